@@ -1,0 +1,63 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "sysmirror",
+    platforms: [.macOS(.v15)],  // Linux only in practice; the platform line keeps SwiftPM's availability checks quiet.
+    products: [
+        .executable(name: "sysmirror", targets: ["sysmirror"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // libseccomp, from Debian's libseccomp-dev: compiles the filter for every ABI the CPU can enter.
+        .systemLibrary(
+            name: "CSeccomp",
+            pkgConfig: "libseccomp",
+            providers: [.apt(["libseccomp-dev"])]
+        ),
+        // What Swift cannot express: ioctl numbers, variadic syscalls, and the fork-to-exec child.
+        .target(name: "CSysmirror"),
+        // One choke point for the syscalls sysmirror makes, and one error type.
+        .target(
+            name: "LinuxSystem",
+            dependencies: [
+                "CSysmirror",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Pure: syscall tables, argument decoding, socket addresses, and the trace log's formats.
+        .target(name: "SyscallDecoding"),
+        // Pure: which intercepted calls run locally, remotely, or fail.
+        .target(name: "Routing", dependencies: ["SyscallDecoding"]),
+        // Plumbing: the filter, spawning, the notification loop, reading the program's memory.
+        .target(
+            name: "Supervisor",
+            dependencies: [
+                "CSeccomp", "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .executableTarget(
+            name: "sysmirror",
+            dependencies: [
+                "Supervisor", "SyscallDecoding",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "SyscallDecodingTests", dependencies: ["SyscallDecoding"]),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing"]),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp"]),
+        // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
+        .testTarget(
+            name: "TraceTests",
+            dependencies: ["sysmirror"],
+            exclude: ["README.md"]
+        ),
+    ]
+)

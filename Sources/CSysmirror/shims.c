@@ -1,0 +1,154 @@
+#define _GNU_SOURCE
+#include "sysmirror_shims.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int sysm_notif_recv(int listener, struct seccomp_notif *notification) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, notification);
+}
+
+int sysm_notif_send(int listener, struct seccomp_notif_resp *response) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, response);
+}
+
+int sysm_notif_id_valid(int listener, uint64_t id) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id);
+}
+
+int sysm_notif_addfd(int listener, struct seccomp_notif_addfd *addfd) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, addfd);
+}
+
+int sysm_notif_set_flags(int listener, uint64_t flags) {
+    return ioctl(listener, SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags);
+}
+
+int sysm_pidfd_open(pid_t pid, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+int sysm_pidfd_getfd(int pidfd, int targetfd, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
+}
+
+int sysm_seccomp(unsigned int operation, unsigned int flags, void *args) {
+    return (int)syscall(SYS_seccomp, operation, flags, args);
+}
+
+// openat2 with a NULL `how` fails with EFAULT where the kernel has it, and ENOSYS where it does not.
+int sysm_openat2_probe(void) {
+    return (int)syscall(SYS_openat2, -1, "", NULL, 24);
+}
+
+int sysm_become_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int sysm_memfd(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
+}
+
+int sysm_eventfd(void) {
+    return eventfd(0, EFD_CLOEXEC);
+}
+
+ssize_t sysm_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
+                              const struct iovec *remote, unsigned long remote_count) {
+    return process_vm_readv(pid, local, local_count, remote, remote_count, 0);
+}
+
+int sysm_set_thread_name(pthread_t thread, const char *name) {
+    return pthread_setname_np(thread, name);
+}
+
+// ---- The child between fork and exec: async-signal-safe calls only, no allocation, no locks. ----
+
+// The kernel's struct for rt_sigaction. glibc's sigaction refuses its own internal signals (32, 33),
+// which would keep a parent's handler for them alive in the child until exec.
+struct sysm_kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+static void sysm_write_report(int channel, int32_t kind, int32_t value, int32_t detail) {
+    struct sysm_child_report report = { kind, value, detail };
+    const char *bytes = (const char *)&report;
+    size_t left = sizeof report;
+    while (left > 0) {
+        ssize_t n = write(channel, bytes, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        bytes += n;
+        left -= (size_t)n;
+    }
+}
+
+static _Noreturn void sysm_fail(int channel, int stage) {
+    sysm_write_report(channel, SYSM_REPORT_FAILED, errno, stage);
+    _exit(127);
+}
+
+static _Noreturn void sysm_child(const struct sysm_spawn_request *request) {
+    int channel = request->channel;
+    close(request->parent_channel);
+
+    // Handlers of the parent must not run here, and the program starts as it would from a shell:
+    // default dispositions, except what was ignored when sysmirror started.
+    for (int signal = 1; signal < 65; signal++) {
+        if (signal == SIGKILL || signal == SIGSTOP) continue;
+        struct sysm_kernel_sigaction action = { 0 };
+        action.handler = sigismember(request->ignored, signal) == 1 ? SIG_IGN : SIG_DFL;
+        syscall(SYS_rt_sigaction, signal, &action, NULL, sizeof action.mask);
+    }
+    if (sigprocmask(SIG_SETMASK, request->mask, NULL) != 0) sysm_fail(channel, SYSM_STAGE_SIGNALS);
+
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) sysm_fail(channel, SYSM_STAGE_NO_NEW_PRIVS);
+
+    struct sock_fprog program = {
+        .len = request->filter_length,
+        .filter = (struct sock_filter *)request->filter,
+    };
+    unsigned int flags = request->filter_flags | SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    int listener = sysm_seccomp(SECCOMP_SET_MODE_FILTER, flags, &program);
+    if (listener < 0 && errno == EINVAL && (flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)) {
+        flags &= ~SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;  // kernels before 5.19
+        listener = sysm_seccomp(SECCOMP_SET_MODE_FILTER, flags, &program);
+    }
+    if (listener < 0) sysm_fail(channel, SYSM_STAGE_SECCOMP);
+
+    // From here on, routed syscalls wait for the parent. write, read and close are never routed.
+    sysm_write_report(channel, SYSM_REPORT_LISTENER, listener, (int32_t)flags);
+    char ack;
+    ssize_t n;
+    do { n = read(channel, &ack, 1); } while (n < 0 && errno == EINTR);
+    if (n != 1) { errno = EPIPE; sysm_fail(channel, SYSM_STAGE_HANDOVER); }
+    close(listener);
+
+    if (request->path == NULL) _exit(0);
+    execve(request->path, request->argv, request->envp);
+    sysm_fail(channel, SYSM_STAGE_EXEC);
+}
+
+pid_t sysm_spawn(const struct sysm_spawn_request *request) {
+    // Block every signal across fork so that no parent handler runs in the child before it resets them.
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t pid = fork();
+    if (pid == 0) sysm_child(request);
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return pid;
+}

@@ -1,0 +1,21 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Clock reads for the hot path: clock_gettime through the vDSO, no allocation.
+public enum Clock {
+    /// Nanoseconds on CLOCK_MONOTONIC, for durations.
+    @inlinable
+    public static func monotonic() -> UInt64 { read(CLOCK_MONOTONIC) }
+
+    /// Nanoseconds since the Unix epoch, for timestamps.
+    @inlinable
+    public static func wall() -> UInt64 { read(CLOCK_REALTIME) }
+
+    @inlinable
+    static func read(_ clock: clockid_t) -> UInt64 {
+        var time = timespec()
+        clock_gettime(clock, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+}

@@ -1,0 +1,107 @@
+import CSeccomp
+import LinuxSystem
+import Logging
+import Routing
+import Synchronization
+import SyscallDecoding
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The receiving thread: takes each intercepted call, reads its arguments, checks the call is still pending,
+/// decides, logs and answers, all on this thread, since a hand-off to another thread costs a cross-CPU
+/// wake-up that is larger than the whole decision. Only work that must wait (a round trip to the agent,
+/// in later issues) will leave this thread.
+public final class NotificationLoop: Sendable {
+    let listener: NotificationListener
+    let table: SyscallTable
+    let policy: RoutingPolicy
+    let log: TraceLog
+    let logger: Logger
+    private let foreignABIWarned = Atomic<Bool>(false)
+    private let thread = Mutex<ThreadHandle?>(nil)
+
+    public init(listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger) {
+        self.listener = listener
+        self.table = table
+        self.policy = policy
+        self.log = log
+        self.logger = logger
+    }
+
+    /// Starts the receiving thread. It ends by itself once no filtered process is left.
+    public func start() throws {
+        let handle = try ThreadHandle.start(name: "sysmirror-recv") { [self] in run() }
+        thread.withLock { $0 = handle }
+    }
+
+    private func run() {
+        while true {
+            do {
+                handle(try listener.receive())
+            } catch let error where error.errno == .interrupted {
+                continue
+            } catch let error where error.errno == .noSuchFileOrDirectory {
+                // The call was interrupted before we received it, or (6.6+) every filtered process is gone.
+                if listener.hasHungUp() { return }
+            } catch {
+                logger.error("stopped receiving intercepted calls", metadata: ["error": "\(error)"])
+                return
+            }
+        }
+    }
+
+    func handle(_ notification: Notification) {
+        let started = Clock.monotonic()
+        let time = Clock.wall()
+        let abi = notification.abi
+        var decoded: DecodedSyscall?
+        var name: String
+        if abi == .x86_64, let spec = table[notification.number] {
+            decoded = SyscallDecoder().decode(
+                spec, arguments: notification.arguments, memory: ProcessMemory(pid: notification.pid))
+            name = spec.name
+        } else {
+            name = foreignName(notification)
+        }
+        // What was read must belong to this call, not to a process that died and whose pid was reused.
+        guard listener.isPending(notification.id) else { return }
+
+        let decision = policy.decide(decoded, abi: abi)
+        if decision.route == .denied { warnOnceAboutForeignABI(notification, name: name) }
+        let outcome: Outcome = decision.errno.map { .failed(errno: $0) } ?? .continued
+        log.record(
+            TraceEvent(
+                time: time, pid: notification.pid, syscall: name, arguments: decoded, route: decision.route,
+                outcome: outcome, durationNanos: Clock.monotonic() - started, note: decision.note))
+        do {
+            if let errno = decision.errno {
+                try listener.fail(notification.id, errno: errno)
+            } else {
+                try listener.continueCall(notification.id)
+            }
+        } catch let error where error.errno == .noSuchFileOrDirectory {
+            // Interrupted while we decided (a signal, or the thread died): nothing to answer, nothing held.
+        } catch {
+            logger.error("could not answer an intercepted call", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func foreignName(_ notification: Notification) -> String {
+        switch notification.abi {
+        case .i386:
+            SeccompFilter.name(of: notification.number, architecture: notification.architecture)
+        case .x32:
+            SeccompFilter.name(of: notification.number, architecture: seccomp_arch_resolve_name("x32"))
+        case .x86_64:
+            "syscall_\(notification.number)"
+        }
+    }
+
+    private func warnOnceAboutForeignABI(_ notification: Notification, name: String) {
+        guard !foreignABIWarned.exchange(true, ordering: .relaxed) else { return }
+        logger.warning(
+            "pid \(notification.pid) called \(name) through the \(notification.abi.rawValue) system call ABI, which sysmirror does not serve: such calls fail with ENOSYS")
+    }
+}

@@ -1,0 +1,70 @@
+import CSysmirror
+import SyscallDecoding
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A traced thread's memory, read with process_vm_readv, or through /proc/PID/mem where that is refused.
+/// Opened per request: a /proc/PID/mem handle belongs to the address space it was opened on.
+struct ProcessMemory: ProgramMemory {
+    let pid: Int32
+    static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+
+    func readable(at address: UInt64, count: Int) throws(MemoryFault) -> [UInt8] {
+        guard count > 0 else { return [] }
+        guard address != 0 else { throw .unreadable(errno: EFAULT) }
+        var failure: Int32 = 0
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            let result = Self.vmRead(pid: pid, address: address, into: buffer)
+            if result >= 0 {
+                initialized = result
+            } else if result == -Int(EPERM) || result == -Int(ENOSYS) {
+                let fallback = Self.procRead(pid: pid, address: address, into: buffer)
+                initialized = max(fallback, 0)
+                failure = fallback < 0 ? Int32(-fallback) : 0
+            } else {
+                initialized = 0
+                failure = Int32(-result)
+            }
+        }
+        if bytes.isEmpty { throw .unreadable(errno: failure == 0 ? EFAULT : failure) }
+        return bytes
+    }
+
+    /// One process_vm_readv with the remote range cut at page boundaries: the kernel transfers whole iovecs
+    /// only, so a range running into an unmapped page still yields the pages before it.
+    /// Returns the bytes read, or -errno.
+    static func vmRead(pid: Int32, address: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        let end = address &+ UInt64(buffer.count)
+        let pieces = Int((end - 1) / pageSize - address / pageSize) + 1
+        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: pieces) { remote in
+            var start = address
+            for index in 0..<pieces {
+                let pageEnd = (start / pageSize + 1) * pageSize
+                let length = min(pageEnd, end) - start
+                remote[index] = iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(start)), iov_len: Int(length))
+                start += length
+            }
+            var local = iovec(iov_base: UnsafeMutableRawPointer(buffer.baseAddress), iov_len: buffer.count)
+            let result = sysm_process_vm_readv(pid, &local, 1, remote.baseAddress, UInt(pieces))
+            return result >= 0 ? result : -Int(errno)
+        }
+    }
+
+    /// pread on /proc/PID/mem, page by page, stopping at the first page that fails. Returns bytes or -errno.
+    static func procRead(pid: Int32, address: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
+        let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return -Int(errno) }
+        defer { close(fd) }
+        var done = 0
+        while done < buffer.count {
+            let at = address + UInt64(done)
+            let length = min(buffer.count - done, Int((at / pageSize + 1) * pageSize - at))
+            let result = pread(fd, buffer.baseAddress! + done, length, off_t(Int64(bitPattern: at)))
+            if result <= 0 { return done > 0 ? done : (result < 0 ? -Int(errno) : -Int(EFAULT)) }
+            done += result
+        }
+        return done
+    }
+}

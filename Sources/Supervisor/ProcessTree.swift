@@ -1,0 +1,50 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The processes below sysmirror, read from /proc/PID/task/TID/children.
+enum ProcessTree {
+    /// Every descendant of `root`, parents before children.
+    static func descendants(of root: Int32) -> [Int32] {
+        var found: [Int32] = []
+        var queue = children(of: root)
+        while let pid = queue.first {
+            queue.removeFirst()
+            found.append(pid)
+            queue += children(of: pid)
+        }
+        return found
+    }
+
+    static func children(of pid: Int32) -> [Int32] {
+        guard let tasks = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(tasks) }
+        var result: [Int32] = []
+        while let entry = readdir(tasks) {
+            let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int32(tid) != nil else { continue }
+            result += read("/proc/\(pid)/task/\(tid)/children").split(separator: " ").compactMap { Int32($0) }
+        }
+        return result
+    }
+
+    static func read(_ path: String) -> String {
+        guard let file = fopen(path, "re") else { return "" }
+        defer { fclose(file) }
+        var text = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, Int32(buffer.count), file) != nil {
+            text += String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
+        }
+        return text.trimmingCharacters(in: " \n")
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: String) -> String {
+        var view = Substring(self)
+        while let first = view.first, set.contains(first) { view.removeFirst() }
+        while let last = view.last, set.contains(last) { view.removeLast() }
+        return String(view)
+    }
+}

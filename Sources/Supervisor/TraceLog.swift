@@ -1,0 +1,70 @@
+import CSysmirror
+import LinuxSystem
+import Synchronization
+import SyscallDecoding
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where trace events go. The receiving thread only appends an event under a lock; a writer thread
+/// formats and writes them in batches, so the program never waits on formatting or on the log's disk.
+public final class TraceLog: Sendable {
+    private let sink: FileDescriptor?
+    private let format: TraceFormat
+    private let closesSink: Bool
+    private let pending = Mutex<[TraceEvent]>([])
+    /// Wakes the writer early when the log is closed.
+    private let wakeUp: FileDescriptor
+    private let writer = Mutex<ThreadHandle?>(nil)
+    private let writeFailed = Atomic<Bool>(false)
+    static let interval: Int32 = 20  // milliseconds between batches
+
+    /// A log writing `format` to `sink`; nil discards events (`--quiet` without `--log`).
+    public init(sink: FileDescriptor?, format: TraceFormat, closesSink: Bool) throws {
+        self.sink = sink
+        self.format = format
+        self.closesSink = closesSink
+        self.wakeUp = FileDescriptor(rawValue: try systemCall("eventfd") { sysm_eventfd() })
+        let handle = try ThreadHandle.start(name: "sysmirror-log") { [self] in runWriter() }
+        writer.withLock { $0 = handle }
+    }
+
+    /// Hot path: one lock and an append.
+    public func record(_ event: TraceEvent) {
+        guard sink != nil else { return }
+        pending.withLock { $0.append(event) }
+    }
+
+    /// Writes what is pending and stops the writer.
+    public func close() {
+        guard let handle = writer.withLock({ current in defer { current = nil }; return current }) else { return }
+        var one: UInt64 = 1
+        _ = write(wakeUp.rawValue, &one, 8)
+        handle.join()
+        try? wakeUp.close()
+        if closesSink { try? sink?.close() }
+    }
+
+    private func runWriter() {
+        var done = false
+        while !done {
+            var entry = pollfd(fd: wakeUp.rawValue, events: Int16(POLLIN), revents: 0)
+            done = poll(&entry, 1, Self.interval) == 1
+            let events = pending.withLock { events in
+                defer { events.removeAll(keepingCapacity: true) }
+                return events
+            }
+            guard let sink, !events.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
+            var text = ""
+            for event in events { text += format.line(event) }
+            do {
+                _ = try sink.writeAll(text.utf8)
+            } catch {
+                // A closed pipe or full disk must not stop the program: drop the log from here on.
+                writeFailed.store(true, ordering: .relaxed)
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+import CSysmirror
+import LinuxSystem
+import Logging
+import Routing
+import Synchronization
+import SyscallDecoding
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `sysmirror trace`: runs a program under the filter, serves it, and returns its exit status.
+///
+/// The program stays in sysmirror's process group and keeps the terminal. Signals the terminal sends reach
+/// it directly; SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to sysmirror itself are forwarded. Descendants that
+/// outlive the program stay served: sysmirror is their subreaper and exits once the last one is gone, with
+/// the program's status.
+public final class TraceSession: Sendable {
+    public struct Options: Sendable {
+        public var command: [String]
+        public var environment: [String]
+        public var logSink: FileDescriptor?
+        public var closesLogSink: Bool
+        public var logFormat: TraceFormat
+        public var routeSendmsg: Bool
+        public var quiet: Bool
+
+        public init(
+            command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
+            logFormat: TraceFormat, routeSendmsg: Bool = true, quiet: Bool = false
+        ) {
+            self.command = command
+            self.environment = environment
+            self.logSink = logSink
+            self.closesLogSink = closesLogSink
+            self.logFormat = logFormat
+            self.routeSendmsg = routeSendmsg
+            self.quiet = quiet
+        }
+    }
+
+    /// Signals sysmirror forwards to the program when they are sent to sysmirror itself.
+    static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT]
+    let options: Options
+    let logger: Logger
+    private let program = Mutex<(pid: Int32, exited: Bool)>((0, false))
+
+    public init(options: Options, logger: Logger) {
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Runs the program to the end of it and of its descendants; returns the status to exit with.
+    public func run() throws(TraceFailure) -> Int32 {
+        guard let name = options.command.first else { throw .internalError("no program given") }
+        let environmentPath = options.environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) }
+        guard case .found(let path) = ExecutableLookup.resolve(name, searchPath: environmentPath) else {
+            throw .commandNotFound(name)
+        }
+        let inherited = InheritedSignals.capture()
+        blockSignalsForSupervisor()
+        _ = sysm_become_child_subreaper()
+
+        let filter: FilterProgram
+        do {
+            filter = try SeccompFilter.compile(.trace(routeSendmsg: options.routeSendmsg))
+        } catch {
+            throw .filter(error.description)
+        }
+        let log: TraceLog
+        do {
+            log = try TraceLog(sink: options.logSink, format: options.logFormat, closesSink: options.closesLogSink)
+        } catch {
+            throw .internalError("could not start the trace log: \(error)")
+        }
+        defer { log.close() }
+
+        let spawned: SpawnedProgram
+        do {
+            spawned = try Spawner.spawn(
+                path: path, arguments: options.command, environment: options.environment, filter: filter,
+                signals: inherited
+            ) { program in
+                try prepare(program, log: log)
+            }
+        } catch let failure as TraceFailure {
+            throw failure
+        } catch let error as SpawnError {
+            throw .cannotExecute(path, error.stage, error.errno)
+        } catch {
+            throw .internalError("could not start \(name): \(error)")
+        }
+        return reap(spawned.pid, name: name)
+    }
+
+    /// While the child waits before exec: check the kernel, then start serving.
+    private func prepare(_ program: SpawnedProgram, log: TraceLog) throws {
+        let features = KernelFeatures.probe(program)
+        if let missing = KernelFeatures.missingRequirement(features) { throw TraceFailure.kernelLacks(missing) }
+        if !program.waitsKillably {
+            logger.warning("this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19): signals may restart intercepted calls")
+        }
+        if features.contains(where: { $0.name.hasSuffix("SYNC_WAKE_UP") && !$0.present }) {
+            logger.warning("this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up")
+        }
+        let loop = NotificationLoop(
+            listener: program.listener, table: .x86_64, policy: RoutingPolicy(), log: log, logger: logger)
+        try loop.start()
+        self.program.withLock { $0 = (program.pid, false) }
+        try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
+    }
+
+    /// Blocks the forwarded signals in every thread sysmirror starts from here on (one thread takes them
+    /// with sigwaitinfo), and SIGPIPE, so a closed log pipe is an error to handle, not a death.
+    private func blockSignalsForSupervisor() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in Self.forwarded + [SIGPIPE] { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    private func forwardSignals() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in Self.forwarded { sigaddset(&set, signal) }
+        while true {
+            var info = siginfo_t()
+            let signal = sigwaitinfo(&set, &info)
+            guard signal > 0 else { continue }
+            // The terminal sent it to the whole foreground process group: the program has it already.
+            if info.si_code == SI_KERNEL { continue }
+            let (pid, exited) = program.withLock { $0 }
+            if !exited {
+                kill(pid, signal)
+            } else {
+                for descendant in ProcessTree.descendants(of: getpid()) { kill(descendant, signal) }
+            }
+        }
+    }
+
+    /// Reaps the program and every orphan reparented to sysmirror, until none is left.
+    private func reap(_ pid: Int32, name: String) -> Int32 {
+        var exitStatus: Int32 = 0
+        while true {
+            var status: Int32 = 0
+            let reaped = waitpid(-1, &status, __WALL)
+            if reaped == -1 {
+                if errno == EINTR { continue }
+                break  // ECHILD: nobody is left under the filter
+            }
+            guard reaped == pid else { continue }
+            exitStatus = Self.exitStatus(status)
+            program.withLock { $0.exited = true }
+            let remaining = ProcessTree.descendants(of: getpid())
+            if !remaining.isEmpty && !options.quiet {
+                logger.notice(
+                    "\(name) exited; sysmirror keeps serving its \(remaining.count) remaining descendant process(es) (\(remaining.map(String.init).joined(separator: ", "))) until they exit. SIGINT or SIGTERM to sysmirror (pid \(getpid())) is passed on to them.")
+            }
+        }
+        return exitStatus
+    }
+
+    /// The shell's convention: the exit code, or 128+N when killed by signal N.
+    static func exitStatus(_ status: Int32) -> Int32 {
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
+    }
+}
