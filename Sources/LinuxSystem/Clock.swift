@@ -12,6 +12,17 @@ public enum Clock {
     @inlinable
     public static func wall() -> UInt64 { read(CLOCK_REALTIME) }
 
+    /// Turns monotonic readings into wall-clock time with one offset taken now, so that the hot path
+    /// reads one clock instead of two. A later change of the wall clock does not move log timestamps.
+    public struct WallFromMonotonic: Sendable {
+        @usableFromInline let offset: UInt64
+
+        public init() { offset = Clock.wall() &- Clock.monotonic() }
+
+        @inlinable
+        public func wall(at monotonic: UInt64) -> UInt64 { monotonic &+ offset }
+    }
+
     @inlinable
     static func read(_ clock: clockid_t) -> UInt64 {
         var time = timespec()

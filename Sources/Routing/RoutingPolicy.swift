@@ -12,6 +12,10 @@ public struct Decision: Sendable, Equatable {
     public let errno: Int32?
     /// Why, for the log.
     public let note: String?
+    /// Serving it does something before the answer (injects an fd, asks the agent). Such decisions are
+    /// checked with SECCOMP_IOCTL_NOTIF_ID_VALID first. A plain answer needs no check: the kernel's
+    /// SECCOMP_IOCTL_NOTIF_SEND fails with ENOENT, atomically, for a call that is gone.
+    public var hasEffects: Bool { route == .remote }
 
     public static let local = Decision(route: .local, errno: nil, note: nil)
 

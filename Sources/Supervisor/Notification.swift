@@ -1,5 +1,6 @@
 import CSysmirror
 import Routing
+import SyscallDecoding
 
 /// One intercepted system call waiting for an answer (`struct seccomp_notif`).
 public struct Notification: Sendable {
@@ -10,15 +11,14 @@ public struct Notification: Sendable {
     public let number: Int32
     /// AUDIT_ARCH_* of the entry point.
     public let architecture: UInt32
-    public let arguments: [UInt64]
+    public let arguments: RawArguments
 
     init(_ raw: seccomp_notif) {
         id = raw.id
         pid = Int32(bitPattern: raw.pid)
         number = raw.data.nr
         architecture = raw.data.arch
-        let a = raw.data.args
-        arguments = [a.0, a.1, a.2, a.3, a.4, a.5]
+        arguments = RawArguments(raw.data.args)
     }
 
     static let auditArchX86_64: UInt32 = 0xC000_003E

@@ -20,6 +20,9 @@ public final class NotificationLoop: Sendable {
     let log: TraceLog
     let logger: Logger
     private let foreignABIWarned = Atomic<Bool>(false)
+    private let wallClock = Clock.WallFromMonotonic()
+    /// Calls received and not yet logged.
+    private let inFlight = Atomic<Int>(0)
     private let thread = Mutex<ThreadHandle?>(nil)
 
     public init(listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger) {
@@ -39,7 +42,10 @@ public final class NotificationLoop: Sendable {
     private func run() {
         while true {
             do {
-                handle(try listener.receive())
+                let notification = try listener.receive()
+                inFlight.add(1, ordering: .sequentiallyConsistent)
+                handle(notification)
+                inFlight.subtract(1, ordering: .sequentiallyConsistent)
             } catch let error where error.errno == .interrupted {
                 continue
             } catch let error where error.errno == .noSuchFileOrDirectory {
@@ -52,12 +58,20 @@ public final class NotificationLoop: Sendable {
         }
     }
 
+    /// Waits until every call received so far has been answered and logged. Once the last process is
+    /// reaped no call can arrive any more, and each one it made was counted before its answer let it go on.
+    public func drain() {
+        let deadline = Clock.monotonic() + 1_000_000_000
+        while inFlight.load(ordering: .sequentiallyConsistent) > 0 && Clock.monotonic() < deadline {
+            usleep(100)
+        }
+    }
+
     func handle(_ notification: Notification) {
         let started = Clock.monotonic()
-        let time = Clock.wall()
         let abi = notification.abi
         var decoded: DecodedSyscall?
-        var name: String
+        let name: String
         if abi == .x86_64, let spec = table[notification.number] {
             decoded = SyscallDecoder().decode(
                 spec, arguments: notification.arguments, memory: ProcessMemory(pid: notification.pid))
@@ -65,16 +79,13 @@ public final class NotificationLoop: Sendable {
         } else {
             name = foreignName(notification)
         }
-        // What was read must belong to this call, not to a process that died and whose pid was reused.
-        guard listener.isPending(notification.id) else { return }
-
         let decision = policy.decide(decoded, abi: abi)
+        // Before acting on what was read, make sure it belonged to this call and not to a process that died
+        // and whose pid was reused. A plain answer needs no such check (see Decision.hasEffects).
+        if decision.hasEffects && !listener.isPending(notification.id) { return }
         if decision.route == .denied { warnOnceAboutForeignABI(notification, name: name) }
-        let outcome: Outcome = decision.errno.map { .failed(errno: $0) } ?? .continued
-        log.record(
-            TraceEvent(
-                time: time, pid: notification.pid, syscall: name, arguments: decoded, route: decision.route,
-                outcome: outcome, durationNanos: Clock.monotonic() - started, note: decision.note))
+
+        var outcome: Outcome = decision.errno.map { .failed(errno: $0) } ?? .continued
         do {
             if let errno = decision.errno {
                 try listener.fail(notification.id, errno: errno)
@@ -82,10 +93,15 @@ public final class NotificationLoop: Sendable {
                 try listener.continueCall(notification.id)
             }
         } catch let error where error.errno == .noSuchFileOrDirectory {
-            // Interrupted while we decided (a signal, or the thread died): nothing to answer, nothing held.
+            // Gone while we decided (a signal, or the thread died): nothing to answer, nothing held.
+            outcome = .interrupted
         } catch {
             logger.error("could not answer an intercepted call", metadata: ["error": "\(error)"])
         }
+        log.record(
+            TraceEvent(
+                time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded, route: decision.route,
+                outcome: outcome, durationNanos: Clock.monotonic() - started, note: decision.note))
     }
 
     private func foreignName(_ notification: Notification) -> String {

@@ -49,18 +49,19 @@ public final class TraceLog: Sendable {
 
     private func runWriter() {
         var done = false
+        var events: [TraceEvent] = []
+        var output = LineBuffer(capacity: 1 << 20)
         while !done {
             var entry = pollfd(fd: wakeUp.rawValue, events: Int16(POLLIN), revents: 0)
             done = poll(&entry, 1, Self.interval) == 1
-            let events = pending.withLock { events in
-                defer { events.removeAll(keepingCapacity: true) }
-                return events
-            }
+            // Swap buffers: the receiving thread appends into storage that already has capacity.
+            events.removeAll(keepingCapacity: true)
+            pending.withLock { swap(&$0, &events) }
             guard let sink, !events.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
-            var text = ""
-            for event in events { text += format.line(event) }
+            output.removeAll()
+            for event in events { format.append(event, to: &output) }
             do {
-                _ = try sink.writeAll(text.utf8)
+                _ = try sink.writeAll(output.bytes)
             } catch {
                 // A closed pipe or full disk must not stop the program: drop the log from here on.
                 writeFailed.store(true, ordering: .relaxed)

@@ -45,6 +45,7 @@ public final class TraceSession: Sendable {
     let options: Options
     let logger: Logger
     private let program = Mutex<(pid: Int32, exited: Bool)>((0, false))
+    private let loop = Mutex<NotificationLoop?>(nil)
 
     public init(options: Options, logger: Logger) {
         self.options = options
@@ -91,7 +92,9 @@ public final class TraceSession: Sendable {
         } catch {
             throw .internalError("could not start \(name): \(error)")
         }
-        return reap(spawned.pid, name: name)
+        let status = reap(spawned.pid, name: name)
+        loop.withLock { $0?.drain() }
+        return status
     }
 
     /// While the child waits before exec: check the kernel, then start serving.
@@ -107,6 +110,7 @@ public final class TraceSession: Sendable {
         let loop = NotificationLoop(
             listener: program.listener, table: .x86_64, policy: RoutingPolicy(), log: log, logger: logger)
         try loop.start()
+        self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }
         try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
     }

@@ -6,13 +6,14 @@ import Glibc
 enum ArgumentText {
     static let atFdcwd: Int32 = -100
 
-    static func list(_ call: DecodedSyscall) -> String {
-        var parts: [String] = []
+    static func appendList(_ call: DecodedSyscall, to out: inout LineBuffer) {
+        var first = true
         for (index, (kind, value)) in zip(call.spec.arguments, call.values).enumerated() {
             if kind == .mode && !showsMode(call, modeIndex: index) { continue }
-            parts.append(text(kind, value, in: call))
+            if !first { out.append(", ") }
+            first = false
+            append(kind, value, in: call, to: &out)
         }
-        return parts.joined(separator: ", ")
     }
 
     /// open and openat take a mode only with O_CREAT or O_TMPFILE; creat always does.
@@ -23,75 +24,92 @@ enum ArgumentText {
         return flags & 0o100 != 0 || flags & 0o20200000 == 0o20200000
     }
 
-    static func text(_ kind: ArgumentKind, _ value: ArgumentValue, in call: DecodedSyscall) -> String {
+    static func append(_ kind: ArgumentKind, _ value: ArgumentValue, in call: DecodedSyscall, to out: inout LineBuffer) {
         switch value {
         case .fault(_, let address):
-            return pointer(address)
+            out.append(pointer: address)
         case .string(let bytes):
-            return quoted(bytes)
+            appendQuoted(bytes, to: &out)
         case .strings(let strings, let truncated):
-            return "[" + strings.map(quoted).joined(separator: ", ") + (truncated ? ", ..." : "") + "]"
+            out.append("[")
+            for (index, string) in strings.enumerated() {
+                if index > 0 { out.append(", ") }
+                appendQuoted(string, to: &out)
+            }
+            if truncated { out.append(strings.isEmpty ? "..." : ", ...") }
+            out.append("]")
         case .bytes(let bytes):
-            return structure(kind, bytes)
+            appendStructure(kind, bytes, to: &out)
         case .integer(let raw):
-            return integer(kind, raw, syscall: call.spec.name)
+            appendInteger(kind, raw, syscall: call.spec.name, to: &out)
         }
     }
 
-    static func integer(_ kind: ArgumentKind, _ raw: UInt64, syscall: String) -> String {
+    static func appendInteger(_ kind: ArgumentKind, _ raw: UInt64, syscall: String, to out: inout LineBuffer) {
         let signed = Int32(truncatingIfNeeded: raw)
+        let low = raw & 0xffff_ffff
         switch kind {
-        case .fd: return String(signed)
-        case .dirfd: return signed == atFdcwd ? "AT_FDCWD" : String(signed)
-        case .openFlags: return Names.openFlags(raw & 0xffff_ffff)
-        case .mode: return "0" + String(raw & 0o7777, radix: 8)
-        case .accessMode: return Names.accessMode(raw & 0xffff_ffff)
-        case .atFlags: return Names.atFlags(raw & 0xffff_ffff, syscall: syscall)
-        case .statxMask: return Names.statxMask(raw & 0xffff_ffff)
-        case .messageFlags: return Names.messageFlags(raw & 0xffff_ffff)
-        case .pointer, .path, .openHow, .socketAddress, .messageHeader, .stringArray: return pointer(raw)
-        case .integer: return String(Int64(bitPattern: raw))
+        case .fd: out.append(decimal: Int64(signed))
+        case .dirfd: signed == atFdcwd ? out.append("AT_FDCWD") : out.append(decimal: Int64(signed))
+        case .openFlags: out.append(Names.openFlags(low))
+        case .mode:
+            out.append("0")
+            out.append(unsigned: raw & 0o7777, radix: 8)
+        case .accessMode: out.append(Names.accessMode(low))
+        case .atFlags: out.append(Names.atFlags(low, syscall: syscall))
+        case .statxMask: out.append(Names.statxMask(low))
+        case .messageFlags: out.append(Names.messageFlags(low))
+        case .pointer, .path, .openHow, .socketAddress, .messageHeader, .stringArray: out.append(pointer: raw)
+        case .integer: out.append(decimal: Int64(bitPattern: raw))
         }
     }
 
-    static func structure(_ kind: ArgumentKind, _ bytes: [UInt8]) -> String {
+    static func appendStructure(_ kind: ArgumentKind, _ bytes: [UInt8], to out: inout LineBuffer) {
         switch kind {
         case .openHow:
-            let flags = bytes.loadLittleEndian(UInt64.self, at: 0)
-            let mode = bytes.loadLittleEndian(UInt64.self, at: 8)
-            let resolve = bytes.loadLittleEndian(UInt64.self, at: 16)
-            return "{flags=\(Names.openFlags(flags)), mode=0\(String(mode, radix: 8)), "
-                + "resolve=\(Names.resolveFlags(resolve))}"
+            out.append("{flags=")
+            out.append(Names.openFlags(bytes.loadLittleEndian(UInt64.self, at: 0)))
+            out.append(", mode=0")
+            out.append(unsigned: bytes.loadLittleEndian(UInt64.self, at: 8), radix: 8)
+            out.append(", resolve=")
+            out.append(Names.resolveFlags(bytes.loadLittleEndian(UInt64.self, at: 16)))
+            out.append("}")
         case .messageHeader:
-            return "{msg_name=\(address(bytes))}"
+            out.append("{msg_name=")
+            appendAddress(bytes, to: &out)
+            out.append("}")
         default:
-            return address(bytes)
+            appendAddress(bytes, to: &out)
         }
     }
 
-    static func address(_ bytes: [UInt8]) -> String {
-        SocketAddress(bytes)?.description ?? "{invalid address, \(bytes.count) bytes}"
-    }
-
-    static func pointer(_ raw: UInt64) -> String {
-        raw == 0 ? "NULL" : "0x" + String(raw, radix: 16)
+    static func appendAddress(_ bytes: [UInt8], to out: inout LineBuffer) {
+        if let address = SocketAddress(bytes) {
+            out.append(address.description)
+        } else {
+            out.append("{invalid address, ")
+            out.append(unsigned: UInt64(bytes.count))
+            out.append(" bytes}")
+        }
     }
 
     /// A C string in double quotes; bytes that are not printable ASCII as escapes, so nothing is lost.
-    static func quoted(_ bytes: [UInt8]) -> String {
-        var out = "\""
+    static func appendQuoted(_ bytes: [UInt8], to out: inout LineBuffer) {
+        out.append("\"")
         for byte in bytes {
             switch byte {
-            case UInt8(ascii: "\""): out += "\\\""
-            case UInt8(ascii: "\\"): out += "\\\\"
-            case UInt8(ascii: "\n"): out += "\\n"
-            case UInt8(ascii: "\t"): out += "\\t"
-            case 0x20..<0x7f: out.unicodeScalars.append(Unicode.Scalar(byte))
+            case UInt8(ascii: "\""): out.append("\\\"")
+            case UInt8(ascii: "\\"): out.append("\\\\")
+            case UInt8(ascii: "\n"): out.append("\\n")
+            case UInt8(ascii: "\t"): out.append("\\t")
+            case 0x20..<0x7f: out.append(byte: byte)
             default:
-                out += "\\x" + (byte < 0x10 ? "0" : "") + String(byte, radix: 16)
+                out.append("\\x")
+                if byte < 0x10 { out.append("0") }
+                out.append(unsigned: UInt64(byte), radix: 16)
             }
         }
-        return out + "\""
+        out.append("\"")
     }
 }
 

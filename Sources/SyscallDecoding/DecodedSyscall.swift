@@ -42,19 +42,52 @@ public struct DecodedSyscall: Sendable, Equatable {
     }
 }
 
+/// The six raw argument registers of a call, inline (no allocation on the hot path).
+public struct RawArguments: Sendable, Equatable {
+    public var values: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+    public init(_ values: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)) {
+        self.values = values
+    }
+
+    public init(_ array: [UInt64]) {
+        let a = array + Array(repeating: 0, count: max(0, 6 - array.count))
+        values = (a[0], a[1], a[2], a[3], a[4], a[5])
+    }
+
+    @inlinable
+    public subscript(index: Int) -> UInt64 {
+        switch index {
+        case 0: values.0
+        case 1: values.1
+        case 2: values.2
+        case 3: values.3
+        case 4: values.4
+        default: values.5
+        }
+    }
+
+    public static func == (lhs: RawArguments, rhs: RawArguments) -> Bool {
+        (0..<6).allSatisfy { lhs[$0] == rhs[$0] }
+    }
+}
+
 /// Reads a call's arguments from the program, as its table entry says. Pure apart from `memory`.
+/// Inlinable so that it is specialized for the supervisor's memory reader: no generic dispatch per call.
 public struct SyscallDecoder: Sendable {
     /// Linux's PATH_MAX, counting the NUL.
     public static let pathLimit = 4096
     /// How many argv strings the log shows; execve is rare, but argv can be long.
     public static let argumentLimit = 32
-    static let sizeofMessageHeader = 56
-    static let sizeofOpenHow = 24
-    static let maximumSocketAddress = 128
+    @usableFromInline static let sizeofMessageHeader = 56
+    @usableFromInline static let sizeofOpenHow = 24
+    @usableFromInline static let maximumSocketAddress = 128
 
+    @inlinable
     public init() {}
 
-    public func decode(_ spec: SyscallSpec, arguments raw: [UInt64], memory: some ProgramMemory) -> DecodedSyscall {
+    @inlinable
+    public func decode(_ spec: SyscallSpec, arguments raw: RawArguments, memory: some ProgramMemory) -> DecodedSyscall {
         var values: [ArgumentValue] = []
         values.reserveCapacity(spec.arguments.count)
         for (index, kind) in spec.arguments.enumerated() {
@@ -63,7 +96,8 @@ public struct SyscallDecoder: Sendable {
         return DecodedSyscall(spec: spec, values: values)
     }
 
-    private func decode(_ kind: ArgumentKind, _ value: UInt64, all raw: [UInt64], memory: some ProgramMemory)
+    @inlinable
+    func decode(_ kind: ArgumentKind, _ value: UInt64, all raw: RawArguments, memory: some ProgramMemory)
         -> ArgumentValue
     {
         do {
@@ -91,7 +125,8 @@ public struct SyscallDecoder: Sendable {
     }
 
     /// sendmsg's destination: `msg_name` and `msg_namelen` lead `struct msghdr`.
-    private func messageName(at address: UInt64, memory: some ProgramMemory) throws(MemoryFault) -> ArgumentValue {
+    @inlinable
+    func messageName(at address: UInt64, memory: some ProgramMemory) throws(MemoryFault) -> ArgumentValue {
         let header = try memory.bytes(at: address, count: Self.sizeofMessageHeader)
         let name = header.loadLittleEndian(UInt64.self, at: 0)
         let length = Int(header.loadLittleEndian(UInt32.self, at: 8))
@@ -99,7 +134,8 @@ public struct SyscallDecoder: Sendable {
         return .bytes(try memory.bytes(at: name, count: min(length, Self.maximumSocketAddress)))
     }
 
-    private func strings(at address: UInt64, memory: some ProgramMemory) throws(MemoryFault) -> ArgumentValue {
+    @inlinable
+    func strings(at address: UInt64, memory: some ProgramMemory) throws(MemoryFault) -> ArgumentValue {
         guard address != 0 else { return .integer(0) }
         var strings: [[UInt8]] = []
         // The pointer array may end just before an unmapped page: take what is readable.

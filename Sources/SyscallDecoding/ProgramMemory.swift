@@ -17,6 +17,7 @@ public protocol ProgramMemory {
 
 extension ProgramMemory {
     /// Exactly `count` bytes at `address`.
+    @inlinable
     public func bytes(at address: UInt64, count: Int) throws(MemoryFault) -> [UInt8] {
         let bytes = try readable(at: address, count: count)
         guard bytes.count == count else { throw .unreadable(errno: 14) }  // EFAULT
@@ -26,21 +27,23 @@ extension ProgramMemory {
     /// A NUL-terminated string at `address`, without its NUL, at most `limit` bytes counting the NUL.
     /// Reads a short first piece (most paths fit), then whole pieces, so that a string ending just before an
     /// unmapped page is read correctly and one running into it is reported as such.
+    @inlinable
     public func string(at address: UInt64, limit: Int) throws(MemoryFault) -> [UInt8] {
         var collected: [UInt8] = []
         var cursor = address
         var pieceSize = 256
         while collected.count < limit {
             let wanted = min(pieceSize, limit - collected.count)
-            let piece: [UInt8]
+            var piece: [UInt8]
             do {
                 piece = try readable(at: cursor, count: wanted)
             } catch {
                 throw collected.isEmpty ? error : .unterminated
             }
             if let nul = piece.firstIndex(of: 0) {
-                collected += piece[..<nul]
-                return collected
+                piece.removeSubrange(nul...)
+                if collected.isEmpty { return piece }  // the common case: one read, one allocation
+                return collected + piece
             }
             collected += piece
             if piece.count < wanted { throw .unterminated }

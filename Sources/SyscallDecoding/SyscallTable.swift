@@ -47,14 +47,20 @@ public struct SyscallSpec: Sendable, Equatable {
 /// The calls the supervisor can route, for one architecture, looked up by number.
 public struct SyscallTable: Sendable {
     public let specs: [SyscallSpec]
-    private let byNumber: [Int32: SyscallSpec]
+    /// Indexed by number: a lookup on the hot path is one bounds check.
+    @usableFromInline let byNumber: [SyscallSpec?]
 
     public init(_ specs: [SyscallSpec]) {
         self.specs = specs
-        self.byNumber = Dictionary(uniqueKeysWithValues: specs.map { ($0.number, $0) })
+        var byNumber = [SyscallSpec?](repeating: nil, count: Int(specs.map(\.number).max() ?? 0) + 1)
+        for spec in specs { byNumber[Int(spec.number)] = spec }
+        self.byNumber = byNumber
     }
 
-    public subscript(number: Int32) -> SyscallSpec? { byNumber[number] }
+    @inlinable
+    public subscript(number: Int32) -> SyscallSpec? {
+        number >= 0 && Int(number) < byNumber.count ? byNumber[Int(number)] : nil
+    }
     public subscript(name: String) -> SyscallSpec? { specs.first { $0.name == name } }
 
     /// x86_64: the native ABI. i386 and x32 calls are not decoded (see docs/architecture.md).

@@ -26,6 +26,9 @@ public enum Outcome: Sendable, Equatable {
     case continued
     case returned(Int64)
     case failed(errno: Int32)
+    /// The call was gone before it could be answered: a signal interrupted it (it may be restarted as a new
+    /// call) or its thread died.
+    case interrupted
 }
 
 /// One line of the trace log: a call, its route and its outcome.

@@ -5,113 +5,174 @@ public enum TraceFormat: String, Sendable, CaseIterable {
     /// One JSON object per line.
     case json
 
+    /// Appends the event as one line, with its newline.
+    public func append(_ event: TraceEvent, to out: inout LineBuffer) {
+        switch self {
+        case .text: Self.appendText(event, to: &out)
+        case .json: Self.appendJSON(event, to: &out)
+        }
+    }
+
     /// The event as one line, with its newline.
     public func line(_ event: TraceEvent) -> String {
-        switch self {
-        case .text: Self.textLine(event)
-        case .json: Self.jsonLine(event)
-        }
+        var out = LineBuffer()
+        append(event, to: &out)
+        return String(decoding: out.bytes, as: UTF8.self)
     }
 
-    static func textLine(_ event: TraceEvent) -> String {
-        var line = "[pid \(event.pid)] \(event.syscall)("
-        line += event.arguments.map(ArgumentText.list) ?? "..."
-        line += ")"
+    static func appendText(_ event: TraceEvent, to out: inout LineBuffer) {
+        out.append("[pid ")
+        out.append(decimal: Int64(event.pid))
+        out.append("] ")
+        out.append(event.syscall)
+        out.append("(")
+        if let arguments = event.arguments {
+            ArgumentText.appendList(arguments, to: &out)
+        } else {
+            out.append("...")
+        }
+        out.append(")")
         switch event.outcome {
         case .continued: break
-        case .returned(let value): line += " = \(value)"
-        case .failed(let errno): line += " = -1 \(Names.errno(errno)) (\(ErrnoText.message(errno)))"
+        case .returned(let value):
+            out.append(" = ")
+            out.append(decimal: value)
+        case .failed(let errno):
+            out.append(" = -1 ")
+            out.append(Names.errno(errno))
+            out.append(" (")
+            out.append(ErrnoText.message(errno))
+            out.append(")")
+        case .interrupted:
+            out.append(" = ? <interrupted>")
         }
-        line += " → \(event.route.name) \(durationText(event.durationNanos))"
-        if let note = event.note { line += " (\(note))" }
-        return line + "\n"
+        out.append(" → ")
+        out.append(event.route.name)
+        out.append(" ")
+        appendMicroseconds(event.durationNanos, to: &out)
+        out.append("µs")
+        if let note = event.note {
+            out.append(" (")
+            out.append(note)
+            out.append(")")
+        }
+        out.append("\n")
     }
 
-    static func jsonLine(_ event: TraceEvent) -> String {
-        var json = JSONObject()
-        json.add("time", string: Timestamp.rfc3339(nanoseconds: event.time))
-        json.add("pid", number: String(event.pid))
-        json.add("syscall", string: event.syscall)
-        json.add("route", string: event.route.name)
+    static func appendJSON(_ event: TraceEvent, to out: inout LineBuffer) {
+        out.append("{\"time\":\"")
+        Timestamp.appendRFC3339(nanoseconds: event.time, to: &out)
+        out.append("\",\"pid\":")
+        out.append(decimal: Int64(event.pid))
+        out.append(",\"syscall\":")
+        JSONText.appendQuoted(event.syscall.utf8, to: &out)
+        out.append(",\"route\":\"")
+        out.append(event.route.name)
+        out.append("\"")
         if let decoded = event.arguments {
             if let path = decoded.path {
-                json.add("path", string: String(decoding: path, as: UTF8.self))
+                out.append(",\"path\":")
+                JSONText.appendQuoted(path, to: &out)
             }
             if let address = decoded.socketAddress {
-                json.add("address", string: address.description)
+                out.append(",\"address\":")
+                JSONText.appendQuoted(address.description.utf8, to: &out)
             }
-            json.add("args", string: ArgumentText.list(decoded))
+            var arguments = LineBuffer()
+            ArgumentText.appendList(decoded, to: &arguments)
+            out.append(",\"args\":")
+            JSONText.appendQuoted(arguments.bytes, to: &out)
         }
         switch event.outcome {
         case .continued: break
-        case .returned(let value): json.add("result", number: String(value))
+        case .returned(let value):
+            out.append(",\"result\":")
+            out.append(decimal: value)
         case .failed(let errno):
-            json.add("result", number: "-1")
-            json.add("errno", string: Names.errno(errno))
+            out.append(",\"result\":-1,\"errno\":\"")
+            out.append(Names.errno(errno))
+            out.append("\"")
+        case .interrupted:
+            out.append(",\"interrupted\":true")
         }
-        json.add("duration_us", number: microseconds(event.durationNanos))
-        if let note = event.note { json.add("note", string: note) }
-        return json.finished() + "\n"
-    }
-
-    static func durationText(_ nanoseconds: UInt64) -> String {
-        microseconds(nanoseconds) + "µs"
+        out.append(",\"duration_us\":")
+        appendMicroseconds(event.durationNanos, to: &out)
+        if let note = event.note {
+            out.append(",\"note\":")
+            JSONText.appendQuoted(note.utf8, to: &out)
+        }
+        out.append("}\n")
     }
 
     /// Microseconds with one decimal.
-    static func microseconds(_ nanoseconds: UInt64) -> String {
+    static func appendMicroseconds(_ nanoseconds: UInt64, to out: inout LineBuffer) {
         let tenths = (nanoseconds + 50) / 100
-        return "\(tenths / 10).\(tenths % 10)"
+        out.append(unsigned: tenths / 10)
+        out.append(".")
+        out.append(unsigned: tenths % 10)
     }
 }
 
-/// Builds one JSON object, escaping strings as RFC 8259 requires.
-struct JSONObject {
-    private var text = "{"
-
-    mutating func add(_ key: String, string value: String) {
-        add(key, number: Self.quoted(value))
-    }
-
-    /// Adds a value that is already JSON (a number).
-    mutating func add(_ key: String, number value: String) {
-        if text.count > 1 { text += "," }
-        text += Self.quoted(key) + ":" + value
-    }
-
-    func finished() -> String { text + "}" }
-
-    static func quoted(_ value: String) -> String {
-        var out = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                out += "\\u00" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
+/// JSON strings as RFC 8259 requires. Input bytes that are not valid UTF-8 become U+FFFD: the exact bytes
+/// stay visible in the `args` field, where the text format escapes them.
+enum JSONText {
+    static func appendQuoted(_ bytes: some Collection<UInt8>, to out: inout LineBuffer) {
+        out.append("\"")
+        if bytes.allSatisfy({ $0 < 0x80 }) {
+            for byte in bytes { appendEscaped(Unicode.Scalar(byte), to: &out) }
+        } else {
+            for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars { appendEscaped(scalar, to: &out) }
         }
-        return out + "\""
+        out.append("\"")
+    }
+
+    static func appendEscaped(_ scalar: Unicode.Scalar, to out: inout LineBuffer) {
+        switch scalar {
+        case "\"": out.append("\\\"")
+        case "\\": out.append("\\\\")
+        case "\n": out.append("\\n")
+        case "\r": out.append("\\r")
+        case "\t": out.append("\\t")
+        case _ where scalar.value < 0x20:
+            out.append("\\u00")
+            if scalar.value < 0x10 { out.append("0") }
+            out.append(unsigned: UInt64(scalar.value), radix: 16)
+        case _ where scalar.isASCII:
+            out.append(byte: UInt8(scalar.value))
+        default:
+            out.append(String(scalar))
+        }
     }
 }
 
 enum Timestamp {
     /// `2026-11-27T01:12:27.123456Z`: UTC, microseconds.
-    static func rfc3339(nanoseconds: UInt64) -> String {
+    static func appendRFC3339(nanoseconds: UInt64, to out: inout LineBuffer) {
         let seconds = Int64(nanoseconds / 1_000_000_000)
-        let micros = Int(nanoseconds / 1000 % 1_000_000)
-        let days = seconds / 86_400
-        let secondOfDay = Int(seconds % 86_400)
-        let (year, month, day) = civil(daysSinceEpoch: days)
-        func two(_ value: Int) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let fraction = String(micros)
-        let padded = String(repeating: "0", count: 6 - fraction.count) + fraction
-        return "\(year)-\(two(month))-\(two(day))T\(two(secondOfDay / 3600)):\(two(secondOfDay / 60 % 60)):"
-            + "\(two(secondOfDay % 60)).\(padded)Z"
+        let micros = nanoseconds / 1000 % 1_000_000
+        let secondOfDay = UInt64(seconds % 86_400)
+        let (year, month, day) = civil(daysSinceEpoch: seconds / 86_400)
+        func padded(_ value: UInt64, _ width: Int) {
+            var digits = 1
+            var limit: UInt64 = 10
+            while value >= limit { digits += 1; limit *= 10 }
+            for _ in digits..<max(width, digits) { out.append("0") }
+            out.append(unsigned: value)
+        }
+        padded(UInt64(year), 4)
+        out.append("-")
+        padded(UInt64(month), 2)
+        out.append("-")
+        padded(UInt64(day), 2)
+        out.append("T")
+        padded(secondOfDay / 3600, 2)
+        out.append(":")
+        padded(secondOfDay / 60 % 60, 2)
+        out.append(":")
+        padded(secondOfDay % 60, 2)
+        out.append(".")
+        padded(micros, 6)
+        out.append("Z")
     }
 
     /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
