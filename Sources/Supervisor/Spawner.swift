@@ -68,15 +68,17 @@ public enum Spawner {
         let pid = try withCStrings(arguments) { argv in
             try withCStrings(environment) { envp in
                 try filter.instructions.withUnsafeBufferPointer { instructions in
-                    var ignored = signals.ignored
-                    var mask = signals.mask
-                    return try path.withOptionalCString { cPath in
-                        var request = sysm_spawn_request(
-                            path: cPath, argv: argv, envp: envp, filter: instructions.baseAddress,
-                            filter_length: UInt16(instructions.count),
-                            filter_flags: UInt32(SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV),
-                            channel: channel[1], parent_channel: channel[0], ignored: &ignored, mask: &mask)
-                        return try systemCall("fork") { sysm_spawn(&request) }
+                    try withUnsafePointer(to: signals.ignored) { ignored in
+                        try withUnsafePointer(to: signals.mask) { mask in
+                            try path.withOptionalCString { cPath in
+                                var request = sysm_spawn_request(
+                                    path: cPath, argv: argv, envp: envp, filter: instructions.baseAddress,
+                                    filter_length: UInt16(instructions.count),
+                                    filter_flags: UInt32(SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV),
+                                    channel: channel[1], parent_channel: channel[0], ignored: ignored, mask: mask)
+                                return try systemCall("fork") { sysm_spawn(&request) }
+                            }
+                        }
                     }
                 }
             }

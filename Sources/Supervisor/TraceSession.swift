@@ -112,7 +112,7 @@ public final class TraceSession: Sendable {
         try loop.start()
         self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }
-        try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
+        _ = try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
     }
 
     /// Blocks the forwarded signals in every thread sysmirror starts from here on (one thread takes them

@@ -34,12 +34,13 @@ struct Trace: ParsableCommand {
         help: "Leave sendmsg unrouted: it cannot be filtered by destination, so each call costs a round trip.")
     var noTraceSendmsg = false
 
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --: everything after -- is the program's.", valueName: "PROGRAM"))
     var command: [String] = []
 
     mutating func validate() throws {
-        if command.first == "--" { command.removeFirst() }
-        guard !command.isEmpty else { throw ValidationError("Missing the program to run: sysmirror trace [options] -- PROGRAM [ARGS...]") }
+        guard !command.isEmpty else {
+            throw ValidationError("Missing the program to run. Put it after --: sysmirror trace [options] -- PROGRAM [ARGS...]")
+        }
     }
 
     func run() throws {

@@ -1,0 +1,66 @@
+// gofixture: a static Go program (CGO_ENABLED=0) with modes, for tests under sysmirror trace.
+//
+//	gofixture read FILE STATUS   print FILE, exit with STATUS
+//	gofixture many N FILE        open FILE from N goroutines at once; print "ok N"
+//	gofixture exec PROGRAM ARGS  run PROGRAM with os/exec (CLONE_VFORK) and print its output
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "read":
+		data, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		os.Stdout.Write(data)
+		status, _ := strconv.Atoi(os.Args[3])
+		os.Exit(status)
+	case "many":
+		n, _ := strconv.Atoi(os.Args[2])
+		var wait sync.WaitGroup
+		var mutex sync.Mutex
+		opened := 0
+		start := make(chan struct{})
+		for i := 0; i < n; i++ {
+			wait.Add(1)
+			go func() {
+				defer wait.Done()
+				<-start
+				file, err := os.Open(os.Args[3])
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return
+				}
+				file.Close()
+				mutex.Lock()
+				opened++
+				mutex.Unlock()
+			}()
+		}
+		close(start)
+		wait.Wait()
+		fmt.Printf("ok %d\n", opened)
+		if opened != n {
+			os.Exit(1)
+		}
+	case "exec":
+		output, err := exec.Command(os.Args[2], os.Args[3:]...).CombinedOutput()
+		os.Stdout.Write(output)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Testing
+
+/// The built `sysmirror` and the test programs, copied into a world-readable folder so that an unprivileged
+/// user can run them (CI's checkout may sit where that user cannot go).
+final class Fixtures: Sendable {
+    /// Built once per test run, on first use.
+    static let shared: Fixtures = {
+        do {
+            return try Fixtures()
+        } catch {
+            fatalError("could not build the test fixtures: \(error)")
+        }
+    }()
+
+    let directory: URL
+    let sysmirror: String
+
+    private init() throws {
+        directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(
+            "sysmirror-tests-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        chmod(directory.path, 0o1777)  // like /tmp: the unprivileged user writes its logs here
+        sysmirror = directory.appendingPathComponent("sysmirror").path
+        try FileManager.default.copyItem(atPath: Self.builtBinary(), toPath: sysmirror)
+
+        let sources = Self.packageRoot.appendingPathComponent("Tests/Fixtures")
+        for name in ["unblocked", "static-reader", "forker", "signals", "network", "pages", "abi"] {
+            try Self.check(
+                ["gcc", "-O2", "-static", "-pthread", "-Wall", "-o", path(name),
+                 sources.appendingPathComponent("\(name).c").path], in: directory)
+        }
+        try Self.check(
+            ["go", "build", "-o", path("gofixture"), "main.go"],
+            in: sources.appendingPathComponent("gofixture"),
+            environment: ["CGO_ENABLED": "0", "GOCACHE": directory.appendingPathComponent(".gocache").path])
+        try "pod file\n".write(to: directory.appendingPathComponent("data.txt"), atomically: true, encoding: .utf8)
+        for item in try FileManager.default.contentsOfDirectory(atPath: directory.path) {
+            chmod(path(item), item == "data.txt" ? 0o644 : 0o755)
+        }
+    }
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
+
+    func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    /// `SYSMIRROR_BIN`, or the `sysmirror` SwiftPM built beside the test bundle.
+    static func builtBinary() -> String {
+        if let explicit = ProcessInfo.processInfo.environment["SYSMIRROR_BIN"] { return explicit }
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [bundle, bundle.deletingLastPathComponent()] {
+            let binary = candidate.appendingPathComponent("sysmirror").path
+            if FileManager.default.isExecutableFile(atPath: binary) { return binary }
+        }
+        return packageRoot.appendingPathComponent(".build/debug/sysmirror").path
+    }
+
+    /// Runs a build step. `directory` is explicit: `Fixtures.shared` is not available while it is being built.
+    static func check(_ arguments: [String], in directory: URL, environment: [String: String] = [:]) throws {
+        let result = try Run.process(arguments, directory: directory, environment: environment)
+        guard result.status == 0 else {
+            throw FixtureError(description: "\(arguments.joined(separator: " ")) failed: \(result.stderr)")
+        }
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// What a finished process left behind.
+struct Outcome {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+}
+
+enum Run {
+    /// Runs `arguments` to the end, with signals unblocked (see Fixtures/unblocked.c). With `unprivileged`
+    /// and as root, runs them as nobody: the tests must pass without privileges.
+    static func process(
+        _ arguments: [String], directory: URL? = nil, environment: [String: String] = [:], stdin: String? = nil,
+        unprivileged: Bool = false, timeout: TimeInterval = 60
+    ) throws -> Outcome {
+        let process = Process()
+        var command = arguments
+        if unprivileged && getuid() == 0 {
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
+        }
+        if directory == nil { command = [Fixtures.shared.path("unblocked")] + command }
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        process.currentDirectoryURL = directory ?? Fixtures.shared.directory
+        var merged = ProcessInfo.processInfo.environment
+        merged["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+        merged.merge(environment) { $1 }
+        process.environment = merged
+        let output = Pipe()
+        let errors = Pipe()
+        let input = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try input.fileHandleForWriting.close()
+        // Read both pipes while the process runs, so a full pipe never stalls it.
+        let stdoutData = Box<Data>()
+        let stderrData = Box<Data>()
+        let group = DispatchGroup()
+        for (pipe, box) in [(output, stdoutData), (errors, stderrData)] {
+            group.enter()
+            DispatchQueue.global().async {
+                box.value = pipe.fileHandleForReading.readDataToEndOfFile()
+                group.leave()
+            }
+        }
+        let killer = DispatchWorkItem { process.terminate() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        process.waitUntilExit()
+        killer.cancel()
+        group.wait()
+        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return Outcome(
+            status: status, stdout: String(decoding: stdoutData.value ?? Data(), as: UTF8.self),
+            stderr: String(decoding: stderrData.value ?? Data(), as: UTF8.self))
+    }
+
+    /// `sysmirror trace [options] -- program...` as nobody, with the log in a file; returns the log's lines.
+    static func trace(
+        _ program: [String], options: [String] = [], stdin: String? = nil, timeout: TimeInterval = 60
+    ) throws -> (Outcome, [String]) {
+        let fixtures = Fixtures.shared
+        let log = fixtures.path("trace-\(UUID().uuidString).log")
+        let outcome = try process(
+            [fixtures.sysmirror, "trace", "--log", log] + options + ["--"] + program, stdin: stdin,
+            unprivileged: true, timeout: timeout)
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        try? FileManager.default.removeItem(atPath: log)
+        return (outcome, text.split(separator: "\n").map(String.init))
+    }
+}
+
+final class Box<Value>: @unchecked Sendable {
+    var value: Value?
+}
