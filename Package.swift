@@ -5,7 +5,9 @@ let package = Package(
     name: "sysmirror",
     platforms: [.macOS(.v15)],  // Linux only in practice; the platform line keeps SwiftPM's availability checks quiet.
     products: [
-        .executable(name: "sysmirror", targets: ["sysmirror"])
+        .executable(name: "sysmirror", targets: ["sysmirror"]),
+        // For bench/: the log formats are measured on their own there.
+        .library(name: "SyscallDecoding", targets: ["SyscallDecoding"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

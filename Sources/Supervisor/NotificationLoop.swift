@@ -86,6 +86,9 @@ public final class NotificationLoop: Sendable {
         if decision.route == .denied { warnOnceAboutForeignABI(notification, name: name) }
 
         var outcome: Outcome = decision.errno.map { .failed(errno: $0) } ?? .continued
+        // Taken before the answer: with SYNC_WAKE_UP the program runs on this CPU as soon as it is answered,
+        // and this thread resumes only when the program waits again.
+        let answered = Clock.monotonic()
         do {
             if let errno = decision.errno {
                 try listener.fail(notification.id, errno: errno)
@@ -101,7 +104,7 @@ public final class NotificationLoop: Sendable {
         log.record(
             TraceEvent(
                 time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded, route: decision.route,
-                outcome: outcome, durationNanos: Clock.monotonic() - started, note: decision.note))
+                outcome: outcome, durationNanos: answered - started, note: decision.note))
     }
 
     private func foreignName(_ notification: Notification) -> String {

@@ -1,0 +1,182 @@
+// sysmirror-bench: compares sysmirror with the speed anchors and other tools in one run, on this machine.
+//
+// Per-call costs come from ../shared/anchors/syscall-loop.c (openat+close of a file: routed; getppid: never
+// routed), run natively, under unotify-min (the minimal C supervisor), sysmirror trace (log to a file),
+// strace -f (log to a file) and proot. Cases run interleaved, round after round, and the median is shown.
+import Foundation
+import SyscallDecoding
+
+struct Options {
+    var sysmirror = ""
+    var anchors = ""
+    var programs = ""
+    var rounds = 5
+    var iterations = 100_000
+    var busy = false
+
+    static func parse(_ arguments: [String]) -> Options {
+        var options = Options()
+        var rest = arguments.dropFirst()
+        while let argument = rest.popFirst() {
+            switch argument {
+            case "--sysmirror": options.sysmirror = rest.popFirst() ?? ""
+            case "--anchors": options.anchors = rest.popFirst() ?? ""
+            case "--programs": options.programs = rest.popFirst() ?? ""
+            case "--quick": (options.rounds, options.iterations) = (3, 30_000)
+            case "--busy": options.busy = true
+            default:
+                print("usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy]")
+                print("  --quick  fewer rounds and iterations")
+                print("  --busy   keep the other CPU busy with a spinning process during the run")
+                exit(argument == "--help" ? 0 : 2)
+            }
+        }
+        return options
+    }
+}
+
+/// Runs a command to the end; returns its standard output and the wall time in seconds.
+@discardableResult
+func run(_ command: [String], quietStderr: Bool = true) -> (output: String, seconds: Double) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = command
+    let output = Pipe()
+    process.standardOutput = output
+    if quietStderr { process.standardError = FileHandle.nullDevice }
+    let start = DispatchTime.now()
+    do { try process.run() } catch { fatalError("cannot run \(command): \(error)") }
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+    guard process.terminationStatus == 0 else { fatalError("\(command.joined(separator: " ")) exited \(process.terminationStatus)") }
+    return (String(decoding: data, as: UTF8.self), seconds)
+}
+
+func value(_ key: String, in output: String) -> Double {
+    for line in output.split(separator: "\n") where line.hasPrefix(key + " ") {
+        return Double(line.dropFirst(key.count + 1)) ?? .nan
+    }
+    return .nan
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? .nan : sorted[sorted.count / 2]
+}
+
+func format(_ value: Double, _ digits: Int = 1) -> String {
+    String(format: "%.\(digits)f", value)
+}
+
+func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+}
+
+let options = Options.parse(CommandLine.arguments)
+let work = FileManager.default.temporaryDirectory.appendingPathComponent("sysmirror-bench-\(getpid())").path
+try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(atPath: work) }
+
+// The anchors and the bench's own programs, built here so every case runs the same binaries.
+run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-min", "\(options.anchors)/unotify-min.c"])
+run(["cc", "-O2", "-static", "-o", "\(work)/syscall-loop", "\(options.anchors)/syscall-loop.c"])
+run(["cc", "-O2", "-static", "-o", "\(work)/sendmsg-loop", "\(options.programs)/sendmsg-loop.c"])
+_ = FileManager.default.createFile(atPath: "\(work)/file", contents: Data("x".utf8))
+
+var spinner: Process?
+if options.busy {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+    process.arguments = ["-c", "while :; do :; done"]
+    try process.run()
+    spinner = process
+}
+defer { spinner?.terminate() }
+
+struct Case {
+    let name: String
+    let prefix: [String]
+    /// Slow tools run fewer iterations; the result is per call either way.
+    let scale: Int
+}
+
+let log = "\(work)/trace.log"
+let cases = [
+    Case(name: "native", prefix: [], scale: 1),
+    Case(name: "unotify-min (anchor)", prefix: ["\(work)/unotify-min"], scale: 1),
+    Case(name: "sysmirror trace --log FILE", prefix: [options.sysmirror, "trace", "--log", log, "--"], scale: 1),
+    Case(name: "sysmirror trace --quiet", prefix: [options.sysmirror, "trace", "--quiet", "--"], scale: 1),
+    Case(name: "strace -f -o FILE", prefix: ["strace", "-f", "-o", "\(work)/strace.log"], scale: 10),
+    Case(name: "proot", prefix: ["proot"], scale: 5),
+]
+
+print("sysmirror-bench: \(options.rounds) rounds, \(options.iterations) iterations per loop, CPUs \(ProcessInfo.processInfo.activeProcessorCount), other CPU \(options.busy ? "busy (spinning process)" : "idle")")
+print("")
+
+// Per-call costs.
+var openat: [String: [Double]] = [:]
+var getppid: [String: [Double]] = [:]
+var workload: [String: [Double]] = [:]
+let compile = ["gcc", "-O2", "-c", "\(options.anchors)/syscall-loop.c", "-o", "\(work)/loop.o"]
+for _ in 0..<options.rounds {
+    for item in cases {
+        let output = run(item.prefix + ["\(work)/syscall-loop", String(options.iterations / item.scale), "\(work)/file"]).output
+        openat[item.name, default: []].append(value("openat_ns", in: output))
+        getppid[item.name, default: []].append(value("getppid_ns", in: output))
+        workload[item.name, default: []].append(run(item.prefix + compile).seconds)
+    }
+}
+
+let anchor = "unotify-min (anchor)"
+let anchorOpen = median(openat[anchor]!)
+let anchorPid = median(getppid[anchor]!)
+let anchorWork = median(workload[anchor]!)
+print("Per call (median of \(options.rounds)); ratios to unotify-min measured in this run")
+print(pad("case", 28) + pad("openat+close µs", 17) + pad("× anchor", 10) + pad("getppid ns", 12) + pad("× anchor", 10) + pad("gcc -c ms", 11) + "× anchor")
+for item in cases {
+    let o = median(openat[item.name]!)
+    let g = median(getppid[item.name]!)
+    let w = median(workload[item.name]!)
+    print(pad(item.name, 28) + pad(format(o / 1000, 2), 17) + pad(format(o / anchorOpen, 2), 10)
+        + pad(format(g, 1), 12) + pad(format(g / anchorPid, 2), 10) + pad(format(w * 1000, 1), 11) + format(w / anchorWork, 2))
+}
+print("targets: sysmirror routed ≤ 1.30× the anchor, unrouted ≤ 1.05×")
+print("")
+
+// What routing sendmsg costs a program that sends with it on a connected socket.
+var sendmsg: [String: [Double]] = [:]
+let sendmsgCases = [
+    ("native", [String]()),
+    ("sysmirror trace (sendmsg routed)", [options.sysmirror, "trace", "--log", log, "--"]),
+    ("sysmirror trace --no-trace-sendmsg", [options.sysmirror, "trace", "--log", log, "--no-trace-sendmsg", "--"]),
+]
+for _ in 0..<options.rounds {
+    for (name, prefix) in sendmsgCases {
+        sendmsg[name, default: []].append(value("sendmsg_ns", in: run(prefix + ["\(work)/sendmsg-loop", String(options.iterations)]).output))
+    }
+}
+print("sendmsg + recv on connected UDP over loopback (median µs per pair)")
+for (name, _) in sendmsgCases {
+    print(pad(name, 38) + format(median(sendmsg[name]!) / 1000, 2))
+}
+print("")
+
+// The log writer's cost per event, off the program's path.
+let spec = SyscallTable.x86_64["openat"]!
+let call = DecodedSyscall(
+    spec: spec,
+    values: [.integer(UInt64(bitPattern: -100)), .string(Array("/usr/lib/x86_64-linux-gnu/libc.so.6".utf8)), .integer(0o2000000), .integer(0)])
+let event = TraceEvent(time: 1_795_742_747_123_456_789, pid: 4242, syscall: "openat", arguments: call, route: .local, outcome: .continued, durationNanos: 1234)
+print("Log formatting on the writer thread (ns per event)")
+for format in TraceFormat.allCases {
+    var buffer = LineBuffer(capacity: 1 << 20)
+    let count = 200_000
+    let start = DispatchTime.now().uptimeNanoseconds
+    for index in 0..<count {
+        if index % 4096 == 0 { buffer.removeAll() }
+        format.append(event, to: &buffer)
+    }
+    let nanoseconds = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(count)
+    print(pad(format.rawValue, 38) + String(Int(nanoseconds)))
+}
