@@ -32,24 +32,30 @@ struct ProcessMemory: ProgramMemory {
         return bytes
     }
 
-    /// One process_vm_readv with the remote range cut at page boundaries: the kernel transfers whole iovecs
-    /// only, so a range running into an unmapped page still yields the pages before it.
-    /// Returns the bytes read, or -errno.
+    /// process_vm_readv with the remote range cut at page boundaries: the kernel transfers whole iovecs only, so
+    /// a range running into an unmapped page still yields the pages before it. One call per page pair (two
+    /// iovecs on the stack); reads of paths and structures take one. Returns the bytes read, or -errno.
     static func vmRead(pid: Int32, address: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
-        let end = address &+ UInt64(buffer.count)
-        let pieces = Int((end - 1) / pageSize - address / pageSize) + 1
-        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: pieces) { remote in
-            var start = address
-            for index in 0..<pieces {
-                let pageEnd = (start / pageSize + 1) * pageSize
-                let length = min(pageEnd, end) - start
-                remote[index] = iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(start)), iov_len: Int(length))
-                start += length
+        var done = 0
+        while done < buffer.count {
+            let start = address + UInt64(done)
+            let firstEnd = min((start / pageSize + 1) * pageSize, start + UInt64(buffer.count - done))
+            let secondEnd = min(firstEnd + pageSize, start + UInt64(buffer.count - done))
+            var remote = (
+                iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(start)), iov_len: Int(firstEnd - start)),
+                iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(firstEnd)), iov_len: Int(secondEnd - firstEnd))
+            )
+            let wanted = Int(secondEnd - start)
+            var local = iovec(iov_base: UnsafeMutableRawPointer(buffer.baseAddress! + done), iov_len: wanted)
+            let pieces: UInt = secondEnd > firstEnd ? 2 : 1
+            let result = withUnsafeMutablePointer(to: &remote) {
+                $0.withMemoryRebound(to: iovec.self, capacity: 2) { sysm_process_vm_readv(pid, &local, 1, $0, pieces) }
             }
-            var local = iovec(iov_base: UnsafeMutableRawPointer(buffer.baseAddress), iov_len: buffer.count)
-            let result = sysm_process_vm_readv(pid, &local, 1, remote.baseAddress, UInt(pieces))
-            return result >= 0 ? result : -Int(errno)
+            if result < 0 { return done > 0 ? done : -Int(errno) }
+            done += result
+            if result < wanted { break }  // an unreadable page follows
         }
+        return done
     }
 
     /// pread on /proc/PID/mem, page by page, stopping at the first page that fails. Returns bytes or -errno.

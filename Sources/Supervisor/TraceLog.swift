@@ -14,16 +14,27 @@ public final class TraceLog: Sendable {
     private let sink: FileDescriptor?
     private let format: TraceFormat
     private let closesSink: Bool
-    private let pending = Mutex<[TraceEvent]>([])
+    private let table: SyscallTable
+    /// Events as bytes (TraceRecord): nothing the receiving thread allocates is freed by the writer.
+    private let pending = Mutex<[UInt8]>(TraceLog.emptyBuffer())
     /// Wakes the writer early when the log is closed.
     private let wakeUp: FileDescriptor
     private let writer = Mutex<ThreadHandle?>(nil)
     private let writeFailed = Atomic<Bool>(false)
     static let interval: Int32 = 20  // milliseconds between batches
 
+    /// Room for a batch at a high call rate (100,000 calls a second is about 150 KB per batch), so that an
+    /// append on the receiving thread does not grow and copy the buffer.
+    static func emptyBuffer() -> [UInt8] {
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(1 << 20)
+        return buffer
+    }
+
     /// A log writing `format` to `sink`; nil discards events (`--quiet` without `--log`).
-    public init(sink: FileDescriptor?, format: TraceFormat, closesSink: Bool) throws {
+    public init(sink: FileDescriptor?, format: TraceFormat, closesSink: Bool, table: SyscallTable) throws {
         self.sink = sink
+        self.table = table
         self.format = format
         self.closesSink = closesSink
         self.wakeUp = FileDescriptor(rawValue: try systemCall("eventfd") { sysm_eventfd() })
@@ -31,10 +42,10 @@ public final class TraceLog: Sendable {
         writer.withLock { $0 = handle }
     }
 
-    /// Hot path: one lock and an append.
+    /// Hot path: one lock and a copy of the event's bytes.
     public func record(_ event: TraceEvent) {
         guard sink != nil else { return }
-        pending.withLock { $0.append(event) }
+        pending.withLock { TraceRecord.append(event, to: &$0) }
     }
 
     /// Writes what is pending and stops the writer.
@@ -49,17 +60,17 @@ public final class TraceLog: Sendable {
 
     private func runWriter() {
         var done = false
-        var events: [TraceEvent] = []
+        var records = Self.emptyBuffer()
         var output = LineBuffer(capacity: 1 << 20)
         while !done {
             var entry = pollfd(fd: wakeUp.rawValue, events: Int16(POLLIN), revents: 0)
             done = poll(&entry, 1, Self.interval) == 1
             // Swap buffers: the receiving thread appends into storage that already has capacity.
-            events.removeAll(keepingCapacity: true)
-            pending.withLock { swap(&$0, &events) }
-            guard let sink, !events.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
+            records.removeAll(keepingCapacity: true)
+            pending.withLock { swap(&$0, &records) }
+            guard let sink, !records.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
             output.removeAll()
-            for event in events { format.append(event, to: &output) }
+            for event in TraceRecord.decode(records, table: table) { format.append(event, to: &output) }
             do {
                 _ = try sink.writeAll(output.bytes)
             } catch {

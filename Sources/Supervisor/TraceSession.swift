@@ -71,7 +71,8 @@ public final class TraceSession: Sendable {
         }
         let log: TraceLog
         do {
-            log = try TraceLog(sink: options.logSink, format: options.logFormat, closesSink: options.closesLogSink)
+            log = try TraceLog(
+                sink: options.logSink, format: options.logFormat, closesSink: options.closesLogSink, table: .x86_64)
         } catch {
             throw .internalError("could not start the trace log: \(error)")
         }

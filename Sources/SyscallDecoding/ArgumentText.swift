@@ -96,6 +96,11 @@ enum ArgumentText {
     /// A C string in double quotes; bytes that are not printable ASCII as escapes, so nothing is lost.
     static func appendQuoted(_ bytes: [UInt8], to out: inout LineBuffer) {
         out.append("\"")
+        defer { out.append("\"") }
+        // Most paths need no escape: copy them whole.
+        if bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+            return out.append(bytes: bytes)
+        }
         for byte in bytes {
             switch byte {
             case UInt8(ascii: "\""): out.append("\\\"")
@@ -109,7 +114,6 @@ enum ArgumentText {
                 out.append(unsigned: UInt64(byte), radix: 16)
             }
         }
-        out.append("\"")
     }
 }
 

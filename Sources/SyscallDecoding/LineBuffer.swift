@@ -18,6 +18,10 @@ public struct LineBuffer: Sendable {
         bytes.append(contentsOf: text.utf8)
     }
 
+    public mutating func append(bytes more: some Collection<UInt8>) {
+        bytes.append(contentsOf: more)
+    }
+
     public mutating func append(byte: UInt8) {
         bytes.append(byte)
     }

@@ -118,7 +118,9 @@ public enum TraceFormat: String, Sendable, CaseIterable {
 enum JSONText {
     static func appendQuoted(_ bytes: some Collection<UInt8>, to out: inout LineBuffer) {
         out.append("\"")
-        if bytes.allSatisfy({ $0 < 0x80 }) {
+        if bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x80 && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }) {
+            out.append(bytes: bytes)  // nothing to escape: copy whole
+        } else if bytes.allSatisfy({ $0 < 0x80 }) {
             for byte in bytes { appendEscaped(Unicode.Scalar(byte), to: &out) }
         } else {
             for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars { appendEscaped(scalar, to: &out) }
