@@ -7,13 +7,13 @@ let package = Package(
     name: "sysmirror-bench",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(name: "sysmirror", path: ".."),
+        .package(name: "sysmirror", path: "..")
     ],
     targets: [
         .executableTarget(
             name: "sysmirror-bench",
             dependencies: [.product(name: "SyscallDecoding", package: "sysmirror")],
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
-        ),
+        )
     ]
 )

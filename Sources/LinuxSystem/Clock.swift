@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Clock reads for the hot path: clock_gettime through the vDSO, no allocation.

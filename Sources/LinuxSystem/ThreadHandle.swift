@@ -1,7 +1,7 @@
 import CSysmirror
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A plain OS thread. The supervisor's receiver blocks in an ioctl and must answer on the thread that

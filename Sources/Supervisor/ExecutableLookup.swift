@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Finds the program to run as a shell would, so that errors read and exit as a shell's do.
@@ -16,7 +16,9 @@ public enum ExecutableLookup {
         if name.contains("/") { return .found(name) }
         guard !name.isEmpty else { return .commandNotFound }
         var firstFound: String?
-        for directory in (searchPath ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false) {
+        for directory in (searchPath ?? "/usr/local/bin:/usr/bin:/bin").split(
+            separator: ":", omittingEmptySubsequences: false)
+        {
             let candidate = (directory.isEmpty ? "." : String(directory)) + "/" + name
             var info = stat()
             guard stat(candidate, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }

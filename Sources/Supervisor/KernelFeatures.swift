@@ -2,7 +2,7 @@ import CSysmirror
 import LinuxSystem
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One kernel feature from design.md's table, and whether this kernel has it.

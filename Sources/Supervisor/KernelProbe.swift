@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `sysmirror doctor`: starts a child under the real trace filter, probes the kernel on its listener, and
@@ -21,7 +21,8 @@ public enum KernelProbe {
             var status: Int32 = 0
             _ = waitpid(program.pid, &status, 0)
         } catch let error as SpawnError {
-            return Report(features: features, problem: TraceFailure.cannotExecute("probe", error.stage, error.errno).message)
+            return Report(
+                features: features, problem: TraceFailure.cannotExecute("probe", error.stage, error.errno).message)
         } catch {
             return Report(features: features, problem: "\(error)")
         }

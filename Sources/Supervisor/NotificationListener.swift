@@ -3,7 +3,7 @@ import LinuxSystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The seccomp user-notification listener: receive a call, check it is still pending, answer it.

@@ -6,7 +6,7 @@ import Synchronization
 import SyscallDecoding
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The receiving thread: takes each intercepted call, reads its arguments, checks the call is still pending,
@@ -25,7 +25,9 @@ public final class NotificationLoop: Sendable {
     private let inFlight = Atomic<Int>(0)
     private let thread = Mutex<ThreadHandle?>(nil)
 
-    public init(listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger) {
+    public init(
+        listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger
+    ) {
         self.listener = listener
         self.table = table
         self.policy = policy
@@ -103,7 +105,8 @@ public final class NotificationLoop: Sendable {
         }
         log.record(
             TraceEvent(
-                time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded, route: decision.route,
+                time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
+                route: decision.route,
                 outcome: outcome, durationNanos: answered - started, note: decision.note))
     }
 
@@ -121,6 +124,7 @@ public final class NotificationLoop: Sendable {
     private func warnOnceAboutForeignABI(_ notification: Notification, name: String) {
         guard !foreignABIWarned.exchange(true, ordering: .relaxed) else { return }
         logger.warning(
-            "pid \(notification.pid) called \(name) through the \(notification.abi.rawValue) system call ABI, which sysmirror does not serve: such calls fail with ENOSYS")
+            "pid \(notification.pid) called \(name) through the \(notification.abi.rawValue) system call ABI, which sysmirror does not serve: such calls fail with ENOSYS"
+        )
     }
 }

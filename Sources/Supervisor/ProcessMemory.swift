@@ -2,7 +2,7 @@ import CSysmirror
 import SyscallDecoding
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A traced thread's memory, read with process_vm_readv, or through /proc/PID/mem where that is refused.

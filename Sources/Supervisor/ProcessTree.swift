@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The processes below sysmirror, read from /proc/PID/task/TID/children.
@@ -21,7 +21,9 @@ enum ProcessTree {
         defer { closedir(tasks) }
         var result: [Int32] = []
         while let entry = readdir(tasks) {
-            let tid = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let tid = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard Int32(tid) != nil else { continue }
             result += read("/proc/\(pid)/task/\(tid)/children").split(separator: " ").compactMap { Int32($0) }
         }

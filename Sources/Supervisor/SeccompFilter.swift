@@ -4,7 +4,7 @@ import LinuxSystem
 import SyscallDecoding
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Which calls a session routes to the supervisor.

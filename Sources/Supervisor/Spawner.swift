@@ -3,7 +3,7 @@ import LinuxSystem
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The signal state sysmirror started with, which the program inherits as a shell would give it.
@@ -61,7 +61,9 @@ public enum Spawner {
         signals: InheritedSignals, prepare: (SpawnedProgram) throws -> Void
     ) throws -> SpawnedProgram {
         var channel: [Int32] = [-1, -1]
-        _ = try systemCall("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &channel) }
+        _ = try systemCall("socketpair") {
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &channel)
+        }
         let parentEnd = FileDescriptor(rawValue: channel[0])
         defer { try? parentEnd.close() }
 

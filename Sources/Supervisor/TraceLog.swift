@@ -5,7 +5,7 @@ import SyscallDecoding
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where trace events go. The receiving thread only appends an event under a lock; a writer thread
@@ -50,7 +50,11 @@ public final class TraceLog: Sendable {
 
     /// Writes what is pending and stops the writer.
     public func close() {
-        guard let handle = writer.withLock({ current in defer { current = nil }; return current }) else { return }
+        guard
+            let handle = writer.withLock({ current in
+                defer { current = nil }; return current
+            })
+        else { return }
         var one: UInt64 = 1
         _ = write(wakeUp.rawValue, &one, 8)
         handle.join()

@@ -7,7 +7,7 @@ import SyscallDecoding
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `sysmirror trace`: runs a program under the filter, serves it, and returns its exit status.
@@ -103,10 +103,14 @@ public final class TraceSession: Sendable {
         let features = KernelFeatures.probe(program)
         if let missing = KernelFeatures.missingRequirement(features) { throw TraceFailure.kernelLacks(missing) }
         if !program.waitsKillably {
-            logger.warning("this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19): signals may restart intercepted calls")
+            logger.warning(
+                "this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19): signals may restart intercepted calls"
+            )
         }
         if features.contains(where: { $0.name.hasSuffix("SYNC_WAKE_UP") && !$0.present }) {
-            logger.warning("this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up")
+            logger.warning(
+                "this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up"
+            )
         }
         let loop = NotificationLoop(
             listener: program.listener, table: .x86_64, policy: RoutingPolicy(), log: log, logger: logger)
@@ -160,7 +164,8 @@ public final class TraceSession: Sendable {
             let remaining = ProcessTree.descendants(of: getpid())
             if !remaining.isEmpty && !options.quiet {
                 logger.notice(
-                    "\(name) exited; sysmirror keeps serving its \(remaining.count) remaining descendant process(es) (\(remaining.map(String.init).joined(separator: ", "))) until they exit. SIGINT or SIGTERM to sysmirror (pid \(getpid())) is passed on to them.")
+                    "\(name) exited; sysmirror keeps serving its \(remaining.count) remaining descendant process(es) (\(remaining.map(String.init).joined(separator: ", "))) until they exit. SIGINT or SIGTERM to sysmirror (pid \(getpid())) is passed on to them."
+                )
             }
         }
         return exitStatus

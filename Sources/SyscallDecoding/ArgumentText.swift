@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Arguments as strace shows them: quoted paths, flag names, socket addresses.
@@ -24,7 +24,8 @@ enum ArgumentText {
         return flags & 0o100 != 0 || flags & 0o20200000 == 0o20200000
     }
 
-    static func append(_ kind: ArgumentKind, _ value: ArgumentValue, in call: DecodedSyscall, to out: inout LineBuffer) {
+    static func append(_ kind: ArgumentKind, _ value: ArgumentValue, in call: DecodedSyscall, to out: inout LineBuffer)
+    {
         switch value {
         case .fault(_, let address):
             out.append(pointer: address)

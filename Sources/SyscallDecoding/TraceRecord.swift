@@ -40,7 +40,9 @@ public enum TraceRecord {
         var reader = ByteReader(buffer)
         while let length = reader.integer(UInt32.self), length >= 4 {
             let end = reader.offset + Int(length) - 4
-            guard end <= buffer.count, let event = decodeEvent(&reader, table: table), reader.offset == end else { break }
+            guard end <= buffer.count, let event = decodeEvent(&reader, table: table), reader.offset == end else {
+                break
+            }
             events.append(event)
         }
         return events

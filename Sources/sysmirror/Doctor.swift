@@ -2,7 +2,7 @@ import ArgumentParser
 import Supervisor
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 struct Doctor: ParsableCommand {

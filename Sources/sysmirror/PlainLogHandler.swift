@@ -1,7 +1,7 @@
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// sysmirror's own messages as a user reads them on a terminal: `sysmirror: warning: ...`, no timestamps.
@@ -23,7 +23,10 @@ struct PlainLogHandler: LogHandler {
         default: prefix = ""
         }
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-        let details = merged.isEmpty ? "" : " (" + merged.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + ")"
+        let details =
+            merged.isEmpty
+            ? ""
+            : " (" + merged.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ") + ")"
         let line = "sysmirror: \(prefix)\(event.message)\(details)\n"
         // One write(2) per message, so lines from several threads never interleave.
         var bytes = Array(line.utf8)

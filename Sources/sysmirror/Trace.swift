@@ -5,7 +5,7 @@ import SyscallDecoding
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension TraceFormat: ExpressibleByArgument {}
@@ -20,7 +20,8 @@ struct Trace: ParsableCommand {
             """
     )
 
-    @Option(name: .long, help: ArgumentHelp("Write the trace log to FILE ('-' for standard error).", valueName: "FILE|-"))
+    @Option(
+        name: .long, help: ArgumentHelp("Write the trace log to FILE ('-' for standard error).", valueName: "FILE|-"))
     var log: String?
 
     @Option(name: .customLong("log-format"), help: "text (like strace) or json (one object per line).")
@@ -34,12 +35,16 @@ struct Trace: ParsableCommand {
         help: "Leave sendmsg unrouted: it cannot be filtered by destination, so each call costs a round trip.")
     var noTraceSendmsg = false
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --: everything after -- is the program's.", valueName: "PROGRAM"))
+    @Argument(
+        parsing: .postTerminator,
+        help: ArgumentHelp(
+            "The program and its arguments, after --: everything after -- is the program's.", valueName: "PROGRAM"))
     var command: [String] = []
 
     mutating func validate() throws {
         guard !command.isEmpty else {
-            throw ValidationError("Missing the program to run. Put it after --: sysmirror trace [options] -- PROGRAM [ARGS...]")
+            throw ValidationError(
+                "Missing the program to run. Put it after --: sysmirror trace [options] -- PROGRAM [ARGS...]")
         }
     }
 

@@ -9,7 +9,8 @@ struct RoutingPolicyTests {
     @Test("Calls through the native ABI run locally, with no check needed before answering")
     func native() throws {
         let spec = try #require(SyscallTable.x86_64["openat"])
-        let call = DecodedSyscall(spec: spec, values: [.integer(0), .string(Array("/etc/hosts".utf8)), .integer(0), .integer(0)])
+        let call = DecodedSyscall(
+            spec: spec, values: [.integer(0), .string(Array("/etc/hosts".utf8)), .integer(0), .integer(0)])
         let decision = policy.decide(call, abi: .x86_64)
         #expect(decision == .local)
         #expect(!decision.hasEffects)

@@ -54,7 +54,9 @@ struct SupervisorTests {
         try text.withUnsafeBufferPointer { source in
             let address = UInt64(UInt(bitPattern: source.baseAddress!))
             var copy = [UInt8](repeating: 0, count: text.count)
-            let read = copy.withUnsafeMutableBufferPointer { ProcessMemory.procRead(pid: getpid(), address: address, into: $0) }
+            let read = copy.withUnsafeMutableBufferPointer {
+                ProcessMemory.procRead(pid: getpid(), address: address, into: $0)
+            }
             #expect(read == text.count)
             #expect(copy == text)
             _ = try #require(source.baseAddress)
@@ -69,12 +71,19 @@ struct SupervisorTests {
         try FileManager.default.createDirectory(at: first, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: second, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
-        FileManager.default.createFile(atPath: first.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o644])
-        FileManager.default.createFile(atPath: second.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o755])
-        FileManager.default.createFile(atPath: first.appendingPathComponent("plain").path, contents: Data(), attributes: [.posixPermissions: 0o644])
+        FileManager.default.createFile(
+            atPath: first.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o644])
+        FileManager.default.createFile(
+            atPath: second.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o755]
+        )
+        FileManager.default.createFile(
+            atPath: first.appendingPathComponent("plain").path, contents: Data(), attributes: [.posixPermissions: 0o644]
+        )
         let path = "\(first.path):\(second.path)"
-        #expect(ExecutableLookup.resolve("tool", searchPath: path) == .found(second.appendingPathComponent("tool").path))
-        #expect(ExecutableLookup.resolve("plain", searchPath: path) == .found(first.appendingPathComponent("plain").path))
+        #expect(
+            ExecutableLookup.resolve("tool", searchPath: path) == .found(second.appendingPathComponent("tool").path))
+        #expect(
+            ExecutableLookup.resolve("plain", searchPath: path) == .found(first.appendingPathComponent("plain").path))
         #expect(ExecutableLookup.resolve("absent", searchPath: path) == .commandNotFound)
         #expect(ExecutableLookup.resolve("./x/y", searchPath: path) == .found("./x/y"))
         #expect(ExecutableLookup.resolve("", searchPath: path) == .commandNotFound)
@@ -89,9 +98,12 @@ struct SupervisorTests {
         #expect(TraceFailure.cannotExecute("x", .seccomp, .notPermitted).message.contains("not permitted"))
         #expect(TraceFailure.cannotExecute("./x", .exec, .noSuchFileOrDirectory).exitStatus == 127)
         #expect(TraceFailure.cannotExecute("./x", .exec, .permissionDenied).exitStatus == 126)
-        #expect(TraceFailure.cannotExecute("./x", .exec, .execFormatError).message == "./x: cannot execute binary file: Exec format error")
+        #expect(
+            TraceFailure.cannotExecute("./x", .exec, .execFormatError).message
+                == "./x: cannot execute binary file: Exec format error")
         #expect(TraceFailure.commandNotFound("x").exitStatus == 127)
-        let missing = KernelFeature(name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting fds", present: false, required: true)
+        let missing = KernelFeature(
+            name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting fds", present: false, required: true)
         #expect(TraceFailure.kernelLacks(missing).message.contains("Linux 5.9+"))
         #expect(KernelFeatures.missingRequirement([missing]) == missing)
     }

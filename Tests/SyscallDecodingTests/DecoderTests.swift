@@ -12,9 +12,13 @@ struct DecoderTests {
     func openat() throws {
         var memory = MemoryImage()
         memory.write("/etc/hosts", at: 0x1000)
-        let call = decoder.decode(try #require(table["openat"]), arguments: arguments(UInt64(bitPattern: -100), 0x1000, 0o2000000, 0), memory: memory)
+        let call = decoder.decode(
+            try #require(table["openat"]), arguments: arguments(UInt64(bitPattern: -100), 0x1000, 0o2000000, 0),
+            memory: memory)
         #expect(call.path == Array("/etc/hosts".utf8))
-        #expect(TraceFormat.text.line(event(call)) == "[pid 7] openat(AT_FDCWD, \"/etc/hosts\", O_RDONLY|O_CLOEXEC) → local 1.5µs\n")
+        #expect(
+            TraceFormat.text.line(event(call))
+                == "[pid 7] openat(AT_FDCWD, \"/etc/hosts\", O_RDONLY|O_CLOEXEC) → local 1.5µs\n")
     }
 
     @Test("A path whose NUL is the last byte before an unmapped page is read whole")
@@ -32,7 +36,8 @@ struct DecoderTests {
         var memory = MemoryImage()
         let path = "/" + String(repeating: "d/", count: 400) + "file"
         memory.write(path, at: MemoryImage.pageSize - 100)
-        let call = decoder.decode(try #require(table["open"]), arguments: arguments(MemoryImage.pageSize - 100, 0, 0), memory: memory)
+        let call = decoder.decode(
+            try #require(table["open"]), arguments: arguments(MemoryImage.pageSize - 100, 0, 0), memory: memory)
         #expect(call.path == Array(path.utf8))
     }
 
@@ -64,7 +69,8 @@ struct DecoderTests {
     @Test("sendto with no address shows NULL; sendmsg shows msg_name")
     func sendCalls() throws {
         var memory = MemoryImage()
-        let sendto = decoder.decode(try #require(table["sendto"]), arguments: arguments(4, 0x3000, 1, 0x4000, 0, 0), memory: memory)
+        let sendto = decoder.decode(
+            try #require(table["sendto"]), arguments: arguments(4, 0x3000, 1, 0x4000, 0, 0), memory: memory)
         #expect(sendto.socketAddress == nil)
         #expect(TraceFormat.text.line(event(sendto)).contains("sendto(4, 0x3000, 1, MSG_NOSIGNAL, NULL, 0)"))
 
@@ -75,7 +81,8 @@ struct DecoderTests {
         name[8] = 0xfd
         name[23] = 1
         memory.write(name, at: 0x5000)
-        memory.write(.littleEndian(UInt64(0x5000)) + .littleEndian(UInt32(28)) + [UInt8](repeating: 0, count: 44), at: 0x6000)
+        memory.write(
+            .littleEndian(UInt64(0x5000)) + .littleEndian(UInt32(28)) + [UInt8](repeating: 0, count: 44), at: 0x6000)
         let sendmsg = decoder.decode(try #require(table["sendmsg"]), arguments: arguments(5, 0x6000, 0), memory: memory)
         #expect(sendmsg.socketAddress?.description == "[fd00::1]:8080")
         #expect(TraceFormat.text.line(event(sendmsg)).contains("sendmsg(5, {msg_name=[fd00::1]:8080}, 0)"))
@@ -86,7 +93,8 @@ struct DecoderTests {
         var memory = MemoryImage()
         memory.write("/bin/ls", at: 0x7000)
         memory.write("-l", at: 0x7100)
-        memory.write(.littleEndian(UInt64(0x7000)) + .littleEndian(UInt64(0x7100)) + .littleEndian(UInt64(0)), at: 0x8000)
+        memory.write(
+            .littleEndian(UInt64(0x7000)) + .littleEndian(UInt64(0x7100)) + .littleEndian(UInt64(0)), at: 0x8000)
         let spec = try #require(table["execve"])
         let call = decoder.decode(spec, arguments: arguments(0x7000, 0x8000, 0x9000), memory: memory)
         #expect(call.values[1] == .strings([Array("/bin/ls".utf8), Array("-l".utf8)], truncated: false))
@@ -107,10 +115,13 @@ struct DecoderTests {
     func openat2() throws {
         var memory = MemoryImage()
         memory.write("etc/passwd", at: 0x1000)
-        memory.write(.littleEndian(UInt64(0o100)) + .littleEndian(UInt64(0o600)) + .littleEndian(UInt64(0x10)), at: 0x2000)
-        let call = decoder.decode(try #require(table["openat2"]), arguments: arguments(9, 0x1000, 0x2000, 24), memory: memory)
-        #expect(TraceFormat.text.line(event(call)).contains(
-            #"openat2(9, "etc/passwd", {flags=O_RDONLY|O_CREAT, mode=0600, resolve=RESOLVE_IN_ROOT}, 24)"#))
+        memory.write(
+            .littleEndian(UInt64(0o100)) + .littleEndian(UInt64(0o600)) + .littleEndian(UInt64(0x10)), at: 0x2000)
+        let call = decoder.decode(
+            try #require(table["openat2"]), arguments: arguments(9, 0x1000, 0x2000, 24), memory: memory)
+        #expect(
+            TraceFormat.text.line(event(call)).contains(
+                #"openat2(9, "etc/passwd", {flags=O_RDONLY|O_CREAT, mode=0600, resolve=RESOLVE_IN_ROOT}, 24)"#))
     }
 
     @Test("Every routed call has a table entry whose argument count fits the registers")
@@ -125,6 +136,8 @@ struct DecoderTests {
     }
 
     func event(_ call: DecodedSyscall) -> TraceEvent {
-        TraceEvent(time: 0, pid: 7, syscall: call.spec.name, arguments: call, route: .local, outcome: .continued, durationNanos: 1_500)
+        TraceEvent(
+            time: 0, pid: 7, syscall: call.spec.name, arguments: call, route: .local, outcome: .continued,
+            durationNanos: 1_500)
     }
 }

@@ -21,15 +21,28 @@ struct FormatTests {
         #expect(Names.errno(999) == "E999")
     }
 
-    @Test("Socket addresses", arguments: [
-        ([2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], "127.0.0.1:8080"),
-        ([10, 0, 0, 80, 0, 0, 0, 0] + [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [1, 0, 0, 0, 0], "[fd00::1]:80"),
-        ([10, 0, 0, 53, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 10, 96, 0, 10, 0, 0, 0, 0], "[::ffff:10.96.0.10]:53"),
-        ([10, 0, 0, 1, 0, 0, 0, 0] + [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1] + [3, 0, 0, 0], "[2001:db8::1:0:0:1%3]:1"),
-        ([1, 0] + Array("/run/app.sock".utf8) + [0], "unix:/run/app.sock"),
-        ([1, 0, 0] + Array("abstract".utf8), "unix:@abstract"),
-        ([16, 0, 0, 0], "{family=16}"),
-    ] as [([UInt8], String)])
+    @Test(
+        "Socket addresses",
+        arguments: [
+            ([2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0], "127.0.0.1:8080"),
+            (
+                [10, 0, 0, 80, 0, 0, 0, 0] + [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [1, 0, 0, 0, 0],
+                "[fd00::1]:80"
+            ),
+            (
+                [10, 0, 0, 53, 0, 0, 0, 0] + [UInt8](repeating: 0, count: 10) + [
+                    0xff, 0xff, 10, 96, 0, 10, 0, 0, 0, 0,
+                ], "[::ffff:10.96.0.10]:53"
+            ),
+            (
+                [10, 0, 0, 1, 0, 0, 0, 0] + [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1] + [
+                    3, 0, 0, 0,
+                ], "[2001:db8::1:0:0:1%3]:1"
+            ),
+            ([1, 0] + Array("/run/app.sock".utf8) + [0], "unix:/run/app.sock"),
+            ([1, 0, 0] + Array("abstract".utf8), "unix:@abstract"),
+            ([16, 0, 0, 0], "{family=16}"),
+        ] as [([UInt8], String)])
     func socketAddresses(bytes: [UInt8], text: String) {
         #expect(SocketAddress(bytes)?.description == text)
     }
@@ -46,12 +59,19 @@ struct FormatTests {
         let spec = try #require(SyscallTable.x86_64["listen"])
         let call = DecodedSyscall(spec: spec, values: [.integer(3), .integer(128)])
         func line(_ outcome: Outcome, route: Route = .remote, note: String? = nil) -> String {
-            TraceFormat.text.line(TraceEvent(time: 0, pid: 42, syscall: "listen", arguments: call, route: route, outcome: outcome, durationNanos: 84_049, note: note))
+            TraceFormat.text.line(
+                TraceEvent(
+                    time: 0, pid: 42, syscall: "listen", arguments: call, route: route, outcome: outcome,
+                    durationNanos: 84_049, note: note))
         }
         #expect(line(.returned(0)) == "[pid 42] listen(3, 128) = 0 → remote 84.0µs\n")
-        #expect(line(.failed(errno: 98)) == "[pid 42] listen(3, 128) = -1 EADDRINUSE (Address already in use) → remote 84.0µs\n")
+        #expect(
+            line(.failed(errno: 98))
+                == "[pid 42] listen(3, 128) = -1 EADDRINUSE (Address already in use) → remote 84.0µs\n")
         #expect(line(.interrupted, route: .local) == "[pid 42] listen(3, 128) = ? <interrupted> → local 84.0µs\n")
-        #expect(line(.failed(errno: 38), route: .denied, note: "why") == "[pid 42] listen(3, 128) = -1 ENOSYS (Function not implemented) → denied 84.0µs (why)\n")
+        #expect(
+            line(.failed(errno: 38), route: .denied, note: "why")
+                == "[pid 42] listen(3, 128) = -1 ENOSYS (Function not implemented) → denied 84.0µs (why)\n")
     }
 
     @Test("JSON lines parse, escape control characters and keep paths that are not UTF-8 visible")
@@ -78,7 +98,10 @@ struct FormatTests {
     @Test("Timestamps across leap years and the epoch")
     func timestamps() {
         func text(_ seconds: UInt64) -> String {
-            TraceFormat.json.line(TraceEvent(time: seconds * 1_000_000_000, pid: 1, syscall: "x", arguments: nil, route: .local, outcome: .continued, durationNanos: 0))
+            TraceFormat.json.line(
+                TraceEvent(
+                    time: seconds * 1_000_000_000, pid: 1, syscall: "x", arguments: nil, route: .local,
+                    outcome: .continued, durationNanos: 0))
         }
         #expect(text(0).contains("1970-01-01T00:00:00.000000Z"))
         #expect(text(951_782_400).contains("2000-02-29T00:00:00.000000Z"))

@@ -12,17 +12,30 @@ struct TraceRecordTests {
         return [
             TraceEvent(
                 time: 1, pid: 42, syscall: "openat",
-                arguments: DecodedSyscall(spec: openat, values: [.integer(UInt64(bitPattern: -100)), .string(Array("/etc/hosts".utf8)), .integer(0), .integer(0)]),
+                arguments: DecodedSyscall(
+                    spec: openat,
+                    values: [
+                        .integer(UInt64(bitPattern: -100)), .string(Array("/etc/hosts".utf8)), .integer(0), .integer(0),
+                    ]),
                 route: .local, outcome: .continued, durationNanos: 1500),
             TraceEvent(
                 time: .max, pid: -1, syscall: "execve",
-                arguments: DecodedSyscall(spec: execve, values: [.fault(.unterminated, address: 0x1000), .strings([[1, 2], []], truncated: true), .fault(.unreadable(errno: 14), address: 0)]),
+                arguments: DecodedSyscall(
+                    spec: execve,
+                    values: [
+                        .fault(.unterminated, address: 0x1000), .strings([[1, 2], []], truncated: true),
+                        .fault(.unreadable(errno: 14), address: 0),
+                    ]),
                 route: .remote, outcome: .returned(3), durationNanos: 0, note: "why"),
             TraceEvent(
                 time: 7, pid: 7, syscall: "connect",
-                arguments: DecodedSyscall(spec: connect, values: [.integer(3), .bytes([2, 0, 0, 80, 10, 96, 0, 10]), .fault(.tooLong, address: 9)]),
+                arguments: DecodedSyscall(
+                    spec: connect,
+                    values: [.integer(3), .bytes([2, 0, 0, 80, 10, 96, 0, 10]), .fault(.tooLong, address: 9)]),
                 route: .notFound, outcome: .failed(errno: 2), durationNanos: 9),
-            TraceEvent(time: 8, pid: 8, syscall: "open", arguments: nil, route: .denied, outcome: .interrupted, durationNanos: 1, note: ""),
+            TraceEvent(
+                time: 8, pid: 8, syscall: "open", arguments: nil, route: .denied, outcome: .interrupted,
+                durationNanos: 1, note: ""),
         ]
     }
 
@@ -44,7 +57,9 @@ struct TraceRecordTests {
         }
         for _ in 0..<2000 {
             var mutated = buffer
-            for _ in 0..<3 { mutated[Int.random(in: 0..<mutated.count, using: &generator)] = .random(in: 0...255, using: &generator) }
+            for _ in 0..<3 {
+                mutated[Int.random(in: 0..<mutated.count, using: &generator)] = .random(in: 0...255, using: &generator)
+            }
             _ = TraceRecord.decode(mutated, table: Self.table)
         }
     }

@@ -16,8 +16,9 @@ struct ErrorsAndSignalsTests {
         #expect(outcome.status == status)
     }
 
-    @Test("SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to sysmirror reach the program",
-          arguments: [("TERM", 15), ("INT", 2), ("HUP", 1), ("QUIT", 3)])
+    @Test(
+        "SIGTERM, SIGINT, SIGHUP and SIGQUIT sent to sysmirror reach the program",
+        arguments: [("TERM", 15), ("INT", 2), ("HUP", 1), ("QUIT", 3)])
     func forwardedSignals(name: String, number: Int32) throws {
         // The program reports the signal it got and exits with its number; sysmirror must pass it on.
         // The tracer runs in the background of an interactive-free shell, which would start it with SIGINT
@@ -70,7 +71,8 @@ struct ErrorsAndSignalsTests {
 
     @Test("Unknown flags and a missing program are usage errors")
     func usageErrors() throws {
-        let unknown = try Run.process([fixtures.sysmirror, "trace", "--no-such-flag", "--", "true"], unprivileged: true)
+        let unknown = try Run.process(
+            [fixtures.sysmirror, "trace", "--no-such-flag", "--", "true"], unprivileged: true)
         #expect(unknown.status == 64)
         #expect(unknown.stderr.contains("--no-such-flag"))
         let missing = try Run.process([fixtures.sysmirror, "trace"], unprivileged: true)

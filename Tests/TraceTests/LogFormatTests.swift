@@ -50,7 +50,8 @@ struct LogFormatTests {
     @Test("A log reader that goes away does not stop the program")
     func closedLogPipe() throws {
         let traced = "\(fixtures.sysmirror) trace -- \(fixtures.path("gofixture")) many 50 data.txt"
-        let command = "(\(traced) 2>&1 >/dev/null; echo $? > status.$$) | head -c 10 >/dev/null; cat status.$$; rm status.$$"
+        let command =
+            "(\(traced) 2>&1 >/dev/null; echo $? > status.$$) | head -c 10 >/dev/null; cat status.$$; rm status.$$"
         let outcome = try Run.process(["/bin/busybox", "sh", "-c", command], unprivileged: true)
         #expect(outcome.stdout == "0\n")
     }

@@ -27,8 +27,10 @@ final class Fixtures: Sendable {
         let sources = Self.packageRoot.appendingPathComponent("Tests/Fixtures")
         for name in ["unblocked", "static-reader", "forker", "signals", "network", "pages", "abi"] {
             try Self.check(
-                ["gcc", "-O2", "-static", "-pthread", "-Wall", "-o", path(name),
-                 sources.appendingPathComponent("\(name).c").path], in: directory)
+                [
+                    "gcc", "-O2", "-static", "-pthread", "-Wall", "-o", path(name),
+                    sources.appendingPathComponent("\(name).c").path,
+                ], in: directory)
         }
         try Self.check(
             ["go", "build", "-o", path("gofixture"), "main.go"],
@@ -88,7 +90,8 @@ enum Run {
         let process = Process()
         var command = arguments
         if unprivileged && getuid() == 0 {
-            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
+            command =
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
         }
         if directory == nil { command = [Fixtures.shared.path("unblocked")] + command }
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -123,7 +126,8 @@ enum Run {
         process.waitUntilExit()
         killer.cancel()
         group.wait()
-        let status = process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        let status =
+            process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return Outcome(
             status: status, stdout: String(decoding: stdoutData.value ?? Data(), as: UTF8.self),
             stderr: String(decoding: stderrData.value ?? Data(), as: UTF8.self))

@@ -49,7 +49,9 @@ func run(_ command: [String], quietStderr: Bool = true) -> (output: String, seco
     let data = output.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
-    guard process.terminationStatus == 0 else { fatalError("\(command.joined(separator: " ")) exited \(process.terminationStatus)") }
+    guard process.terminationStatus == 0 else {
+        fatalError("\(command.joined(separator: " ")) exited \(process.terminationStatus)")
+    }
     return (String(decoding: data, as: UTF8.self), seconds)
 }
 
@@ -111,7 +113,9 @@ let cases = [
     Case(name: "proot", prefix: ["proot"], scale: 5),
 ]
 
-print("sysmirror-bench: \(options.rounds) rounds, \(options.iterations) iterations per loop, CPUs \(ProcessInfo.processInfo.activeProcessorCount), other CPU \(options.busy ? "busy (spinning process)" : "idle")")
+print(
+    "sysmirror-bench: \(options.rounds) rounds, \(options.iterations) iterations per loop, CPUs \(ProcessInfo.processInfo.activeProcessorCount), other CPU \(options.busy ? "busy (spinning process)" : "idle")"
+)
 print("")
 
 // Per-call costs.
@@ -121,7 +125,9 @@ var workload: [String: [Double]] = [:]
 let compile = ["gcc", "-O2", "-c", "\(options.anchors)/syscall-loop.c", "-o", "\(work)/loop.o"]
 for _ in 0..<options.rounds {
     for item in cases {
-        let output = run(item.prefix + ["\(work)/syscall-loop", String(options.iterations / item.scale), "\(work)/file"]).output
+        let output = run(
+            item.prefix + ["\(work)/syscall-loop", String(options.iterations / item.scale), "\(work)/file"]
+        ).output
         openat[item.name, default: []].append(value("openat_ns", in: output))
         getppid[item.name, default: []].append(value("getppid_ns", in: output))
         workload[item.name, default: []].append(run(item.prefix + compile).seconds)
@@ -133,13 +139,17 @@ let anchorOpen = median(openat[anchor]!)
 let anchorPid = median(getppid[anchor]!)
 let anchorWork = median(workload[anchor]!)
 print("Per call (median of \(options.rounds)); ratios to unotify-min measured in this run")
-print(pad("case", 28) + pad("openat+close µs", 17) + pad("× anchor", 10) + pad("getppid ns", 12) + pad("× anchor", 10) + pad("gcc -c ms", 11) + "× anchor")
+print(
+    pad("case", 28) + pad("openat+close µs", 17) + pad("× anchor", 10) + pad("getppid ns", 12) + pad("× anchor", 10)
+        + pad("gcc -c ms", 11) + "× anchor")
 for item in cases {
     let o = median(openat[item.name]!)
     let g = median(getppid[item.name]!)
     let w = median(workload[item.name]!)
-    print(pad(item.name, 28) + pad(format(o / 1000, 2), 17) + pad(format(o / anchorOpen, 2), 10)
-        + pad(format(g, 1), 12) + pad(format(g / anchorPid, 2), 10) + pad(format(w * 1000, 1), 11) + format(w / anchorWork, 2))
+    print(
+        pad(item.name, 28) + pad(format(o / 1000, 2), 17) + pad(format(o / anchorOpen, 2), 10)
+            + pad(format(g, 1), 12) + pad(format(g / anchorPid, 2), 10) + pad(format(w * 1000, 1), 11)
+            + format(w / anchorWork, 2))
 }
 print("targets: sysmirror routed ≤ 1.30× the anchor, unrouted ≤ 1.05×")
 print("")
@@ -153,7 +163,8 @@ let sendmsgCases = [
 ]
 for _ in 0..<options.rounds {
     for (name, prefix) in sendmsgCases {
-        sendmsg[name, default: []].append(value("sendmsg_ns", in: run(prefix + ["\(work)/sendmsg-loop", String(options.iterations)]).output))
+        sendmsg[name, default: []].append(
+            value("sendmsg_ns", in: run(prefix + ["\(work)/sendmsg-loop", String(options.iterations)]).output))
     }
 }
 print("sendmsg + recv on connected UDP over loopback (median µs per pair)")
@@ -166,8 +177,13 @@ print("")
 let spec = SyscallTable.x86_64["openat"]!
 let call = DecodedSyscall(
     spec: spec,
-    values: [.integer(UInt64(bitPattern: -100)), .string(Array("/usr/lib/x86_64-linux-gnu/libc.so.6".utf8)), .integer(0o2000000), .integer(0)])
-let event = TraceEvent(time: 1_795_742_747_123_456_789, pid: 4242, syscall: "openat", arguments: call, route: .local, outcome: .continued, durationNanos: 1234)
+    values: [
+        .integer(UInt64(bitPattern: -100)), .string(Array("/usr/lib/x86_64-linux-gnu/libc.so.6".utf8)),
+        .integer(0o2000000), .integer(0),
+    ])
+let event = TraceEvent(
+    time: 1_795_742_747_123_456_789, pid: 4242, syscall: "openat", arguments: call, route: .local, outcome: .continued,
+    durationNanos: 1234)
 print("Log formatting on the writer thread (ns per event)")
 for format in TraceFormat.allCases {
     var buffer = LineBuffer(capacity: 1 << 20)
