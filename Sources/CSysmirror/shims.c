@@ -2,6 +2,7 @@
 #include "sysmirror_shims.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -59,6 +60,18 @@ int sysm_memfd(const char *name) {
 
 int sysm_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC);
+}
+
+int sysm_current_cpu(void) {
+    return sched_getcpu();
+}
+
+int sysm_avoid_cpu(int cpu) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(getpid(), sizeof allowed, &allowed) != 0) return -1;  // the process's own set
+    CPU_CLR(cpu, &allowed);
+    if (CPU_COUNT(&allowed) == 0) return 0;
+    return sched_setaffinity(0, sizeof allowed, &allowed);
 }
 
 ssize_t sysm_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,

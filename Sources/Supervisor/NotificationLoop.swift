@@ -54,7 +54,12 @@ public final class NotificationLoop: Sendable {
                 // The call was interrupted before we received it, or (6.6+) every filtered process is gone.
                 if listener.hasHungUp() { return }
             } catch {
-                logger.error("stopped receiving intercepted calls", metadata: ["error": "\(error)"])
+                // Never leave the program waiting on a supervisor that stopped: with the listener closed, the
+                // kernel answers its routed calls with ENOSYS.
+                logger.error(
+                    "stopped serving intercepted calls; from now on they fail with ENOSYS",
+                    metadata: ["error": "\(error)"])
+                try? listener.descriptor.close()
                 return
             }
         }

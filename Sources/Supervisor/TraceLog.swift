@@ -21,6 +21,8 @@ public final class TraceLog: Sendable {
     private let wakeUp: FileDescriptor
     private let writer = Mutex<ThreadHandle?>(nil)
     private let writeFailed = Atomic<Bool>(false)
+    /// The CPU the receiving thread last recorded on; the writer keeps off it (see runWriter).
+    private let recorderCPU = Atomic<Int>(-1)
     static let interval: Int32 = 20  // milliseconds between batches
 
     /// Room for a batch at a high call rate (100,000 calls a second is about 150 KB per batch), so that an
@@ -46,6 +48,7 @@ public final class TraceLog: Sendable {
     public func record(_ event: TraceEvent) {
         guard sink != nil else { return }
         pending.withLock { TraceRecord.append(event, to: &$0) }
+        recorderCPU.store(Int(sysm_current_cpu()), ordering: .relaxed)  // glibc reads it from rseq: no syscall
     }
 
     /// Writes what is pending and stops the writer.
@@ -65,6 +68,7 @@ public final class TraceLog: Sendable {
     private func runWriter() {
         var done = false
         var records = Self.emptyBuffer()
+        var avoidedCPU = -1
         var output = LineBuffer(capacity: 1 << 20)
         while !done {
             var entry = pollfd(fd: wakeUp.rawValue, events: Int16(POLLIN), revents: 0)
@@ -73,6 +77,13 @@ public final class TraceLog: Sendable {
             records.removeAll(keepingCapacity: true)
             pending.withLock { swap(&$0, &records) }
             guard let sink, !records.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
+            // The receiving thread and the program share a CPU (SYNC_WAKE_UP); formatting there would take
+            // time from the program whenever the other CPUs are busy.
+            let cpu = recorderCPU.load(ordering: .relaxed)
+            if cpu >= 0 && cpu != avoidedCPU {
+                _ = sysm_avoid_cpu(Int32(cpu))
+                avoidedCPU = cpu
+            }
             output.removeAll()
             for event in TraceRecord.decode(records, table: table) { format.append(event, to: &output) }
             do {

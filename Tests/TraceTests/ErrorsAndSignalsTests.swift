@@ -38,6 +38,20 @@ struct ErrorsAndSignalsTests {
         #expect(outcome.status == number)
     }
 
+    @Test("When sysmirror is killed, the program's routed calls fail with ENOSYS instead of hanging")
+    func supervisorKilled() throws {
+        let command = """
+            \(fixtures.sysmirror) trace --quiet -- \(fixtures.path("survivor")) data.txt > survivor.$$ &
+            tracer=$!
+            for i in $(seq 200); do grep -q started survivor.$$ 2>/dev/null && break; sleep 0.05; done
+            kill -KILL $tracer
+            for i in $(seq 200); do grep -q failed survivor.$$ && break; sleep 0.05; done
+            cat survivor.$$; rm -f survivor.$$
+            """
+        let outcome = try Run.process(["/bin/busybox", "sh", "-c", command], unprivileged: true, timeout: 30)
+        #expect(outcome.stdout == "started\nopen failed: ENOSYS\n")
+    }
+
     @Test("A program that is not on PATH: 127, as a shell says it")
     func commandNotFound() throws {
         let outcome = try trace(["no-such-program-here"])

@@ -25,7 +25,7 @@ final class Fixtures: Sendable {
         try FileManager.default.copyItem(atPath: Self.builtBinary(), toPath: sysmirror)
 
         let sources = Self.packageRoot.appendingPathComponent("Tests/Fixtures")
-        for name in ["unblocked", "static-reader", "forker", "signals", "network", "pages", "abi"] {
+        for name in ["unblocked", "static-reader", "forker", "signals", "network", "pages", "abi", "survivor"] {
             try Self.check(
                 [
                     "gcc", "-O2", "-static", "-pthread", "-Wall", "-o", path(name),

@@ -45,6 +45,10 @@ int sysm_become_child_subreaper(void);
 int sysm_memfd(const char *name);
 int sysm_eventfd(void);
 
+// sched_getcpu and CPU_SET need _GNU_SOURCE. Keeps the calling thread off one CPU (when there is another).
+int sysm_current_cpu(void);
+int sysm_avoid_cpu(int cpu);
+
 // process_vm_readv needs _GNU_SOURCE too.
 ssize_t sysm_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
                               const struct iovec *remote, unsigned long remote_count);
