@@ -138,12 +138,16 @@ struct ProgramsTests {
         #expect(log.contains { $0.contains(#""data.txt""#) })
     }
 
-    @Test("An interactive busybox shell keeps the terminal")
-    func interactiveShell() throws {
-        let command = "\(fixtures.sysmirror) trace --quiet -- /bin/busybox sh"
-        let outcome = try Run.process(
-            ["script", "-qec", command, "/dev/null"], stdin: "echo interactive-$((6*7))\nexit 4\n",
-            unprivileged: true)
+    @Test(
+        "Interactive programs keep the terminal: a busybox shell and the python3 REPL",
+        arguments: [
+            ("/bin/busybox sh", "echo interactive-$((6*7))\nexit 4\n"),
+            ("/usr/bin/python3 -q", "print('interactive-%d' % (6*7))\nimport sys; sys.exit(4)\n"),
+        ])
+    func interactive(program: String, input: String) throws {
+        // `script` gives the program a real terminal; sysmirror must leave it to the program.
+        let command = "\(fixtures.sysmirror) trace --quiet -- \(program)"
+        let outcome = try Run.process(["script", "-qec", command, "/dev/null"], stdin: input, unprivileged: true)
         #expect(outcome.status == 4)
         #expect(outcome.stdout.contains("interactive-42"))
     }
