@@ -7,6 +7,11 @@ import LinuxSystem
 
 /// One kernel feature from design.md's table, and whether this kernel has it.
 public struct KernelFeature: Sendable, Equatable {
+    public enum ID: Sendable, Equatable {
+        case userNotification, continueFlag, pidfd, addfd, addfdSend, waitKillableRecv, syncWakeUp, openat2
+    }
+
+    public let id: ID
     public let name: String
     public let since: String
     public let use: String
@@ -35,29 +40,39 @@ public enum KernelFeatures {
 
         return [
             KernelFeature(
-                name: "seccomp user notification", since: "5.0", use: "the core loop", present: true, required: true),
-            KernelFeature(
-                name: "SECCOMP_USER_NOTIF_FLAG_CONTINUE", since: "5.5", use: "local decisions",
-                present: understood(sysm_notif_send(fd, &continued)), required: true),
-            KernelFeature(
-                name: "pidfd_open / pidfd_getfd", since: "5.3 / 5.6", use: "taking the listener and the program's fds",
+                id: .userNotification, name: "seccomp user notification", since: "5.0", use: "the core loop",
                 present: true, required: true),
             KernelFeature(
-                name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting remote files and sockets",
+                id: .continueFlag, name: "SECCOMP_USER_NOTIF_FLAG_CONTINUE", since: "5.5", use: "local decisions",
+                present: understood(sysm_notif_send(fd, &continued)), required: true),
+            KernelFeature(
+                id: .pidfd, name: "pidfd_open / pidfd_getfd", since: "5.3 / 5.6",
+                use: "taking the listener and the program's fds",
+                present: true, required: true),
+            KernelFeature(
+                id: .addfd, name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting remote files and sockets",
                 present: understood(sysm_notif_addfd(fd, &addfd)), required: true),
             KernelFeature(
-                name: "SECCOMP_ADDFD_FLAG_SEND", since: "5.14", use: "inject-and-return without an fd leak",
+                id: .addfdSend, name: "SECCOMP_ADDFD_FLAG_SEND", since: "5.14",
+                use: "inject-and-return without an fd leak",
                 present: understood(sysm_notif_addfd(fd, &addfdSend)), required: false),
             KernelFeature(
-                name: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", since: "5.19",
+                id: .waitKillableRecv, name: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV", since: "5.19",
                 use: "signals do not cancel a call being served", present: program.waitsKillably, required: false),
             KernelFeature(
-                name: "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP", since: "6.6", use: "speed: wake on the same CPU",
+                id: .syncWakeUp, name: "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP", since: "6.6",
+                use: "speed: wake on the same CPU",
                 present: (try? program.listener.enableSynchronousWakeUp()) != nil, required: false),
             KernelFeature(
-                name: "openat2 RESOLVE_IN_ROOT", since: "5.6", use: "the agent keeps paths inside the pod's root",
+                id: .openat2, name: "openat2 RESOLVE_IN_ROOT", since: "5.6",
+                use: "the agent keeps paths inside the pod's root",
                 present: openat2, required: false),
         ]
+    }
+
+    /// Whether `id` is among the present features.
+    public static func has(_ id: KernelFeature.ID, in features: [KernelFeature]) -> Bool {
+        features.contains { $0.id == id && $0.present }
     }
 
     /// The first required feature missing, if any.

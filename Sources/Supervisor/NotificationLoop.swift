@@ -9,10 +9,9 @@ import SyscallDecoding
     import Glibc
 #endif
 
-/// The receiving thread: takes each intercepted call, reads its arguments, checks the call is still pending,
-/// decides, logs and answers, all on this thread, since a hand-off to another thread costs a cross-CPU
-/// wake-up that is larger than the whole decision. Only work that must wait (a round trip to the agent,
-/// in later issues) will leave this thread.
+/// The receiving thread: takes each intercepted call, reads its arguments, decides, answers and logs, all on
+/// this thread, since a hand-off to another thread costs a cross-CPU wake-up that is larger than the whole
+/// decision. Only work that must wait (a round trip to the agent, in later issues) will leave this thread.
 public final class NotificationLoop: Sendable {
     let listener: NotificationListener
     let table: SyscallTable
@@ -23,7 +22,6 @@ public final class NotificationLoop: Sendable {
     private let wallClock = Clock.WallFromMonotonic()
     /// Calls received and not yet logged.
     private let inFlight = Atomic<Int>(0)
-    private let thread = Mutex<ThreadHandle?>(nil)
 
     public init(
         listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger
@@ -35,10 +33,10 @@ public final class NotificationLoop: Sendable {
         self.logger = logger
     }
 
-    /// Starts the receiving thread. It ends by itself once no filtered process is left.
+    /// Starts the receiving thread. It ends by itself once no filtered process is left (6.6+ kernels), and
+    /// otherwise with the process.
     public func start() throws {
-        let handle = try ThreadHandle.start(name: "sysmirror-recv") { [self] in run() }
-        thread.withLock { $0 = handle }
+        _ = try ThreadHandle.start(name: "sysmirror-recv") { [self] in run() }
     }
 
     private func run() {

@@ -1,5 +1,6 @@
 import CSysmirror
 import LinuxSystem
+import Logging
 import Synchronization
 import SyscallDecoding
 import SystemPackage
@@ -17,10 +18,9 @@ public final class TraceLog: Sendable {
     private let table: SyscallTable
     /// Events as bytes (TraceRecord): nothing the receiving thread allocates is freed by the writer.
     private let pending = Mutex<[UInt8]>(TraceLog.emptyBuffer())
-    /// Wakes the writer early when the log is closed.
-    private let wakeUp: FileDescriptor
-    private let writer = Mutex<ThreadHandle?>(nil)
-    private let writeFailed = Atomic<Bool>(false)
+    /// The writer thread, and the eventfd that wakes it early when the log closes; none without a sink.
+    private let writer = Mutex<(thread: ThreadHandle, wakeUp: FileDescriptor)?>(nil)
+    private let logger: Logger
     /// The CPU the receiving thread last recorded on; the writer keeps off it (see runWriter).
     private let recorderCPU = Atomic<Int>(-1)
     static let interval: Int32 = 20  // milliseconds between batches
@@ -34,14 +34,18 @@ public final class TraceLog: Sendable {
     }
 
     /// A log writing `format` to `sink`; nil discards events (`--quiet` without `--log`).
-    public init(sink: FileDescriptor?, format: TraceFormat, closesSink: Bool, table: SyscallTable) throws {
+    public init(
+        sink: FileDescriptor?, format: TraceFormat, closesSink: Bool, table: SyscallTable, logger: Logger
+    ) throws {
         self.sink = sink
         self.table = table
         self.format = format
         self.closesSink = closesSink
-        self.wakeUp = FileDescriptor(rawValue: try systemCall("eventfd") { sysm_eventfd() })
-        let handle = try ThreadHandle.start(name: "sysmirror-log") { [self] in runWriter() }
-        writer.withLock { $0 = handle }
+        self.logger = logger
+        guard let sink else { return }
+        let wakeUp = FileDescriptor(rawValue: try systemCall("eventfd") { sysm_eventfd() })
+        let thread = try ThreadHandle.start(name: "sysmirror-log") { [self] in runWriter(to: sink, wakeUp: wakeUp) }
+        writer.withLock { $0 = (thread, wakeUp) }
     }
 
     /// Hot path: one lock and a copy of the event's bytes.
@@ -54,18 +58,19 @@ public final class TraceLog: Sendable {
     /// Writes what is pending and stops the writer.
     public func close() {
         guard
-            let handle = writer.withLock({ current in
+            let (thread, wakeUp) = writer.withLock({ current in
                 defer { current = nil }; return current
             })
         else { return }
         var one: UInt64 = 1
         _ = write(wakeUp.rawValue, &one, 8)
-        handle.join()
+        thread.join()
         try? wakeUp.close()
         if closesSink { try? sink?.close() }
     }
 
-    private func runWriter() {
+    private func runWriter(to sink: FileDescriptor, wakeUp: FileDescriptor) {
+        var writeFailed = false
         var done = false
         var records = Self.emptyBuffer()
         var avoidedCPU = -1
@@ -76,7 +81,7 @@ public final class TraceLog: Sendable {
             // Swap buffers: the receiving thread appends into storage that already has capacity.
             records.removeAll(keepingCapacity: true)
             pending.withLock { swap(&$0, &records) }
-            guard let sink, !records.isEmpty, !writeFailed.load(ordering: .relaxed) else { continue }
+            guard !records.isEmpty, !writeFailed else { continue }
             // The receiving thread and the program share a CPU (SYNC_WAKE_UP); formatting there would take
             // time from the program whenever the other CPUs are busy.
             let cpu = recorderCPU.load(ordering: .relaxed)
@@ -89,8 +94,9 @@ public final class TraceLog: Sendable {
             do {
                 _ = try sink.writeAll(output.bytes)
             } catch {
-                // A closed pipe or full disk must not stop the program: drop the log from here on.
-                writeFailed.store(true, ordering: .relaxed)
+                // A closed pipe or a full disk must not stop the program: the log stops here, and says so.
+                writeFailed = true
+                logger.warning("the trace log could not be written (\(error)); the program goes on without it")
             }
         }
     }

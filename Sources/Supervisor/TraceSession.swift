@@ -72,7 +72,8 @@ public final class TraceSession: Sendable {
         let log: TraceLog
         do {
             log = try TraceLog(
-                sink: options.logSink, format: options.logFormat, closesSink: options.closesLogSink, table: .x86_64)
+                sink: options.logSink, format: options.logFormat, closesSink: options.closesLogSink, table: .x86_64,
+                logger: logger)
         } catch {
             throw .internalError("could not start the trace log: \(error)")
         }
@@ -102,12 +103,12 @@ public final class TraceSession: Sendable {
     private func prepare(_ program: SpawnedProgram, log: TraceLog) throws {
         let features = KernelFeatures.probe(program)
         if let missing = KernelFeatures.missingRequirement(features) { throw TraceFailure.kernelLacks(missing) }
-        if !program.waitsKillably {
+        if !KernelFeatures.has(.waitKillableRecv, in: features) {
             logger.warning(
                 "this kernel lacks SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (5.19): signals may restart intercepted calls"
             )
         }
-        if features.contains(where: { $0.name.hasSuffix("SYNC_WAKE_UP") && !$0.present }) {
+        if !KernelFeatures.has(.syncWakeUp, in: features) {
             logger.warning(
                 "this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up"
             )

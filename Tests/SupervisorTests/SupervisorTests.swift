@@ -71,14 +71,14 @@ struct SupervisorTests {
         try FileManager.default.createDirectory(at: first, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(at: second, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: root) }
-        FileManager.default.createFile(
-            atPath: first.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o644])
-        FileManager.default.createFile(
-            atPath: second.appendingPathComponent("tool").path, contents: Data(), attributes: [.posixPermissions: 0o755]
-        )
-        FileManager.default.createFile(
-            atPath: first.appendingPathComponent("plain").path, contents: Data(), attributes: [.posixPermissions: 0o644]
-        )
+        func make(_ file: URL, mode: Int) {
+            #expect(
+                FileManager.default.createFile(
+                    atPath: file.path, contents: Data(), attributes: [.posixPermissions: mode]))
+        }
+        make(first.appendingPathComponent("tool"), mode: 0o644)
+        make(second.appendingPathComponent("tool"), mode: 0o755)
+        make(first.appendingPathComponent("plain"), mode: 0o644)
         let path = "\(first.path):\(second.path)"
         #expect(
             ExecutableLookup.resolve("tool", searchPath: path) == .found(second.appendingPathComponent("tool").path))
@@ -103,7 +103,8 @@ struct SupervisorTests {
                 == "./x: cannot execute binary file: Exec format error")
         #expect(TraceFailure.commandNotFound("x").exitStatus == 127)
         let missing = KernelFeature(
-            name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting fds", present: false, required: true)
+            id: .addfd, name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting fds", present: false,
+            required: true)
         #expect(TraceFailure.kernelLacks(missing).message.contains("Linux 5.9+"))
         #expect(KernelFeatures.missingRequirement([missing]) == missing)
     }
