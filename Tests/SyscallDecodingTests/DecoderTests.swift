@@ -141,3 +141,38 @@ struct DecoderTests {
             durationNanos: 1_500)
     }
 }
+
+@Suite("Decoding arbitrary programs")
+struct DecoderRobustnessTests {
+    @Test("Random registers over random memory: every call decodes and formats without trapping")
+    func randomInput() {
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<300 {
+            var memory = MemoryImage()
+            for _ in 0..<4 {
+                let page = UInt64.random(in: 0..<16, using: &generator) * MemoryImage.pageSize
+                let bytes = (0..<Int.random(in: 1...5000, using: &generator)).map { _ in
+                    UInt8.random(in: 0...255, using: &generator)
+                }
+                memory.write(bytes, at: page + UInt64.random(in: 0..<MemoryImage.pageSize, using: &generator))
+            }
+            for spec in SyscallTable.x86_64.specs {
+                let registers = (0..<6).map { _ in
+                    Bool.random(using: &generator)
+                        ? UInt64.random(in: 0..<(17 * MemoryImage.pageSize), using: &generator)
+                        : UInt64.random(in: 0...UInt64.max, using: &generator)
+                }
+                let call = SyscallDecoder().decode(spec, arguments: RawArguments(registers), memory: memory)
+                #expect(call.values.count == spec.arguments.count)
+                let event = TraceEvent(
+                    time: 0, pid: 1, syscall: spec.name, arguments: call, route: .local, outcome: .continued,
+                    durationNanos: 0)
+                #expect(TraceFormat.text.line(event).hasSuffix("\n"))
+                #expect(TraceFormat.json.line(event).hasSuffix("}\n"))
+                var record: [UInt8] = []
+                TraceRecord.append(event, to: &record)
+                #expect(TraceRecord.decode(record, table: .x86_64) == [event])
+            }
+        }
+    }
+}
