@@ -21,7 +21,7 @@ struct Trace: ParsableCommand {
     )
 
     @Option(
-        name: .long, help: ArgumentHelp("Write the trace log to FILE ('-' for standard error).", valueName: "FILE|-"))
+        name: .long, help: ArgumentHelp("Write the trace log to FILE; '-' or no --log: standard error.", valueName: "FILE|-"))
     var log: String?
 
     @Option(name: .customLong("log-format"), help: "text (like strace) or json (one object per line).")
