@@ -22,6 +22,10 @@ final class Fixtures: Sendable {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         chmod(directory.path, 0o1777)  // like /tmp: the unprivileged user writes its logs here
         sysmirror = directory.appendingPathComponent("sysmirror").path
+        Self.folderToRemove = directory.path
+        atexit {
+            if let folder = Fixtures.folderToRemove { try? FileManager.default.removeItem(atPath: folder) }
+        }
         try FileManager.default.copyItem(atPath: Self.builtBinary(), toPath: sysmirror)
 
         let sources = Self.packageRoot.appendingPathComponent("Tests/Fixtures")
@@ -42,7 +46,8 @@ final class Fixtures: Sendable {
         }
     }
 
-    deinit { try? FileManager.default.removeItem(at: directory) }
+    /// The folder to remove when the test process exits: a static is never deinitialized.
+    nonisolated(unsafe) private static var folderToRemove: String?
 
     func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
