@@ -34,8 +34,6 @@ public enum KernelFeatures {
         var addfd = seccomp_notif_addfd(id: bogus, flags: 0, srcfd: UInt32(fd), newfd: 0, newfd_flags: 0)
         var addfdSend = seccomp_notif_addfd(
             id: bogus, flags: UInt32(SECCOMP_ADDFD_FLAG_SEND), srcfd: UInt32(fd), newfd: 0, newfd_flags: 0)
-        let pidfd = sysm_pidfd_open(getpid(), 0)
-        defer { if pidfd >= 0 { close(pidfd) } }
         let openat2 = sysm_openat2_probe() == -1 && errno != ENOSYS
 
         return [
@@ -48,7 +46,7 @@ public enum KernelFeatures {
             KernelFeature(
                 id: .pidfd, name: "pidfd_open / pidfd_getfd", since: "5.3 / 5.6",
                 use: "taking the listener and the program's fds",
-                present: true, required: true),
+                present: true, required: true),  // the listener itself came through pidfd_getfd
             KernelFeature(
                 id: .addfd, name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: "5.9", use: "injecting remote files and sockets",
                 present: understood(sysm_notif_addfd(fd, &addfd)), required: true),

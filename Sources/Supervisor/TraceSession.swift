@@ -24,11 +24,10 @@ public final class TraceSession: Sendable {
         public var closesLogSink: Bool
         public var logFormat: TraceFormat
         public var routeSendmsg: Bool
-        public var quiet: Bool
 
         public init(
             command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
-            logFormat: TraceFormat, routeSendmsg: Bool = true, quiet: Bool = false
+            logFormat: TraceFormat, routeSendmsg: Bool = true
         ) {
             self.command = command
             self.environment = environment
@@ -36,7 +35,6 @@ public final class TraceSession: Sendable {
             self.closesLogSink = closesLogSink
             self.logFormat = logFormat
             self.routeSendmsg = routeSendmsg
-            self.quiet = quiet
         }
     }
 
@@ -163,7 +161,7 @@ public final class TraceSession: Sendable {
             exitStatus = Self.exitStatus(status)
             program.withLock { $0.exited = true }
             let remaining = ProcessTree.descendants(of: getpid())
-            if !remaining.isEmpty && !options.quiet {
+            if !remaining.isEmpty {
                 logger.notice(
                     "\(name) exited; sysmirror keeps serving its \(remaining.count) remaining descendant process(es) (\(remaining.map(String.init).joined(separator: ", "))) until they exit. SIGINT or SIGTERM to sysmirror (pid \(getpid())) is passed on to them."
                 )

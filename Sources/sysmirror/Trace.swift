@@ -21,7 +21,8 @@ struct Trace: ParsableCommand {
     )
 
     @Option(
-        name: .long, help: ArgumentHelp("Write the trace log to FILE; '-' or no --log: standard error.", valueName: "FILE|-"))
+        name: .long,
+        help: ArgumentHelp("Write the trace log to FILE; '-' or no --log: standard error.", valueName: "FILE|-"))
     var log: String?
 
     @Option(name: .customLong("log-format"), help: "text (like strace) or json (one object per line).")
@@ -54,7 +55,7 @@ struct Trace: ParsableCommand {
         let (sink, ownsSink) = try openLog()
         let options = TraceSession.Options(
             command: command, environment: currentEnvironment(), logSink: sink, closesLogSink: ownsSink,
-            logFormat: logFormat, routeSendmsg: !noTraceSendmsg, quiet: quiet)
+            logFormat: logFormat, routeSendmsg: !noTraceSendmsg)
         let status: Int32
         do {
             status = try TraceSession(options: options, logger: logger).run()
