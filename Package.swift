@@ -13,6 +13,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // libseccomp, from Debian's libseccomp-dev: compiles the filter for every ABI the CPU can enter.
@@ -33,13 +35,42 @@ let package = Package(
         ),
         // Pure: syscall tables, argument decoding, socket addresses, and the trace log's formats.
         .target(name: "SyscallDecoding"),
-        // Pure: which intercepted calls run locally, remotely, or fail.
+        // Pure: which intercepted calls run locally, remotely, or fail; file rules; the environment merge.
         .target(name: "Routing", dependencies: ["SyscallDecoding"]),
+        // Pure: the supervisor↔agent wire protocol (frames, messages, their codec).
+        .target(name: "AgentProtocol"),
+        // The config file (YAML or JSON, one Codable model) and how it turns into rules.
+        .target(
+            name: "Configuration",
+            dependencies: ["Routing", .product(name: "Yams", package: "Yams")]
+        ),
+        // SwiftNIO glue shared by both ends of the link: framing and socket addresses.
+        .target(
+            name: "AgentLink",
+            dependencies: [
+                "AgentProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // `sysmirror agent`: serves sessions from the pod (files inside the target's root, its environment).
+        .target(
+            name: "Agent",
+            dependencies: [
+                "AgentProtocol", "AgentLink", "CSysmirror", "LinuxSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // Plumbing: the filter, spawning, the notification loop, reading the program's memory.
         .target(
             name: "Supervisor",
             dependencies: [
-                "CSeccomp", "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing",
+                "CSeccomp", "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing", "AgentProtocol", "AgentLink",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -47,13 +78,14 @@ let package = Package(
         .executableTarget(
             name: "sysmirror",
             dependencies: [
-                "Supervisor", "SyscallDecoding",
+                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "SyscallDecodingTests", dependencies: ["SyscallDecoding"]),
-        .testTarget(name: "RoutingTests", dependencies: ["Routing"]),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
+        .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp"]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(

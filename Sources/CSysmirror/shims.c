@@ -2,6 +2,7 @@
 #include "sysmirror_shims.h"
 
 #include <errno.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
@@ -50,6 +51,15 @@ int sysm_openat2_probe(void) {
     return (int)syscall(SYS_openat2, -1, "", NULL, 24);
 }
 
+int sysm_openat2_in_root(int root, const char *path, uint64_t flags, uint64_t mode) {
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    return (int)syscall(SYS_openat2, root, path, &how, sizeof how);
+}
+
+int sysm_setns(int fd, int type) {
+    return setns(fd, type);
+}
+
 int sysm_become_child_subreaper(void) {
     return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 }
@@ -77,6 +87,11 @@ int sysm_avoid_cpu(int cpu) {
 ssize_t sysm_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
                               const struct iovec *remote, unsigned long remote_count) {
     return process_vm_readv(pid, local, local_count, remote, remote_count, 0);
+}
+
+ssize_t sysm_process_vm_writev(pid_t pid, const struct iovec *local, unsigned long local_count,
+                               const struct iovec *remote, unsigned long remote_count) {
+    return process_vm_writev(pid, local, local_count, remote, remote_count, 0);
 }
 
 int sysm_set_thread_name(pthread_t thread, const char *name) {

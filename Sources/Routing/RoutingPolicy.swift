@@ -18,6 +18,7 @@ public struct Decision: Sendable, Equatable {
     public var hasEffects: Bool { route == .remote }
 
     public static let local = Decision(route: .local, errno: nil, note: nil)
+    public static let remote = Decision(route: .remote, errno: nil, note: nil)
 
     public init(route: Route, errno: Int32?, note: String?) {
         self.route = route
@@ -28,17 +29,42 @@ public struct Decision: Sendable, Equatable {
 
 /// Pure rules: no syscalls. Maps a decoded call to a route.
 public struct RoutingPolicy: Sendable {
-    static let enosys: Int32 = 38
+    static let enosys: Int32 = 38, enoent: Int32 = 2, eopnotsupp: Int32 = 95
+    /// Where the kernel shows the hostname; Go's os.Hostname reads it.
+    public static let hostnameFile = Array("/proc/sys/kernel/hostname".utf8)
 
-    public init() {}
+    /// The file rules; nil when no agent serves the session (everything runs locally).
+    public let files: FileRules?
+    /// Whether the pod's hostname replaces the local one (uname, /proc/sys/kernel/hostname).
+    public let servesHostname: Bool
 
-    /// Calls through the native ABI run locally (later: remote by file and network rules). Calls through
-    /// i386 or x32 fail with ENOSYS: sysmirror does not decode them, and letting them run would let a
-    /// program get around the rules.
-    public func decide(_ call: DecodedSyscall?, abi: ABI) -> Decision {
+    public init(files: FileRules? = nil, servesHostname: Bool = false) {
+        self.files = files
+        self.servesHostname = servesHostname
+    }
+
+    /// Calls through i386 or x32 fail with ENOSYS: sysmirror does not decode them, and letting them run would
+    /// let a program get around the rules. File calls follow the file rules, given `path`, the call's path
+    /// made absolute; everything else runs locally.
+    public func decide(_ call: DecodedSyscall?, abi: ABI, file: FileCall? = nil, path: [UInt8]? = nil) -> Decision {
         guard abi == .x86_64 else {
             return Decision(route: .denied, errno: Self.enosys, note: "the \(abi.rawValue) ABI is not served")
         }
-        return .local
+        if servesHostname && call?.spec.name == "uname" { return .remote }
+        guard let files, let file, let path else { return .local }
+        if servesHostname && path == Self.hostnameFile { return .remote }
+        switch files.route(path, writing: file.isWriting) {
+        case .local:
+            return .local
+        case .notFound:
+            return Decision(route: .notFound, errno: Self.enoent, note: "file rule: not_found")
+        case .remote:
+            if case .open(let flags, _) = file.operation, flags & 3 == 2 {
+                return Decision(
+                    route: .denied, errno: Self.eopnotsupp,
+                    note: "read-write opens of remote files are not supported; mark the path local or read_only")
+            }
+            return .remote
+        }
     }
 }

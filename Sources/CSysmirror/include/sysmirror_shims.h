@@ -36,6 +36,10 @@ int sysm_pidfd_open(pid_t pid, unsigned int flags);
 int sysm_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 int sysm_seccomp(unsigned int operation, unsigned int flags, void *args);
 int sysm_openat2_probe(void);
+// openat2 with RESOLVE_IN_ROOT: how the agent keeps every path inside the target's root.
+int sysm_openat2_in_root(int root, const char *path, uint64_t flags, uint64_t mode);
+// setns needs _GNU_SOURCE. Joins a namespace on the calling thread only (the agent's per-target threads).
+int sysm_setns(int fd, int type);
 
 // prctl is variadic. Orphaned descendants of the program are reparented to sysmirror, which reaps them
 // and so knows when the last one is gone.
@@ -52,6 +56,10 @@ int sysm_avoid_cpu(int cpu);
 // process_vm_readv needs _GNU_SOURCE too.
 ssize_t sysm_process_vm_readv(pid_t pid, const struct iovec *local, unsigned long local_count,
                               const struct iovec *remote, unsigned long remote_count);
+
+// process_vm_writev needs _GNU_SOURCE too: remote stat results go into the program's buffer.
+ssize_t sysm_process_vm_writev(pid_t pid, const struct iovec *local, unsigned long local_count,
+                               const struct iovec *remote, unsigned long remote_count);
 
 // pthread_setname_np needs _GNU_SOURCE, which Swift's Glibc module is not built with.
 int sysm_set_thread_name(pthread_t thread, const char *name);

@@ -1,0 +1,310 @@
+import AgentProtocol
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One client connection: the handshake, then its requests.
+///
+/// Metadata requests and files that fit in one chunk are served on the connection's event loop thread:
+/// each is a few microseconds of local file system work, and a hop to another thread and back would cost
+/// more than that. Larger files stream from the thread pool, a chunk at a time, so they never hold up the
+/// small requests of the same session.
+final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // state confined to the channel's loop
+    typealias InboundIn = Message
+    typealias OutboundOut = Message
+
+    enum State { case handshake, open, closed }
+
+    /// An upload in progress: the file opened for writing in the pod.
+    struct Upload {
+        let fd: SystemPackage.FileDescriptor
+    }
+
+    let number: Int
+    let configuration: AgentServer.Configuration
+    let pool: NIOThreadPool
+    let idle: IdleTimer
+    var logger: Logger
+    private var state = State.handshake
+    private var uploads: [UInt32: Upload] = [:]
+    private let cancelled = CancelledStreams()
+    private var handshakeDeadline: Scheduled<Void>?
+    private var requests = 0
+    static let handshakeTimeout = TimeAmount.seconds(10)
+
+    init(number: Int, configuration: AgentServer.Configuration, pool: NIOThreadPool, idle: IdleTimer, logger: Logger) {
+        self.number = number
+        self.configuration = configuration
+        self.pool = pool
+        self.idle = idle
+        self.logger = logger
+        self.logger[metadataKey: "session"] = "\(number)"
+    }
+
+    var target: TargetRoot { configuration.target.root }
+
+    func channelActive(context: ChannelHandlerContext) {
+        let peer = context.remoteAddress.map { "\($0)" } ?? "a unix socket peer"
+        logger[metadataKey: "peer"] = "\(peer)"
+        let channel = context.channel
+        handshakeDeadline = context.eventLoop.scheduleTask(in: Self.handshakeTimeout) { [logger] in
+            logger.warning("closed a connection that sent no handshake within 10 s")
+            channel.close(promise: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        handshakeDeadline?.cancel()
+        for (_, upload) in uploads { try? upload.fd.close() }
+        uploads = [:]
+        cancelled.ids.withLock { $0 = [] }
+        if state == .open {
+            logger.info("session closed after \(requests) request(s)")
+            idle.execute { $0.sessionEnded() }
+        }
+        state = .closed
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let reason = (error as? ProtocolViolation)?.description ?? "\(error)"
+        logger.warning("closing the session: \(reason)")
+        if state != .closed {
+            context.writeAndFlush(wrapOutboundOut(.protocolError(reason)), promise: nil)
+        }
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let message = unwrapInboundIn(data)
+        switch (state, message) {
+        case (.handshake, .hello(let version, let token)):
+            handshake(context: context, version: version, token: token)
+        case (.handshake, _):
+            violation(context: context, "expected hello, got \(Self.kind(of: message))")
+        case (.open, .request(let id, let request)):
+            requests += 1
+            serve(id, request, context: context)
+        case (.open, .chunk(let id, let bytes)):
+            write(bytes, to: id, context: context)
+        case (.open, .end(let id)):
+            finishUpload(id, context: context)
+        case (.open, .cancel(let id)):
+            cancelled.ids.withLock { _ = $0.insert(id) }
+            if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
+        case (.open, .unknown(let type, let id)):
+            let hex = String(type, radix: 16)
+            reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know message type 0x\(hex)"))
+        case (.open, _):
+            violation(context: context, "a client may not send \(Self.kind(of: message))")
+        case (.closed, _):
+            break
+        }
+    }
+
+    static func kind(of message: Message) -> String {
+        "\(message)".prefix { $0 != "(" }.description
+    }
+
+    func violation(context: ChannelHandlerContext, _ reason: String) {
+        logger.warning("closing the session: \(reason)")
+        context.writeAndFlush(wrapOutboundOut(.protocolError(reason)), promise: nil)
+        state = .closed
+        context.close(promise: nil)
+    }
+
+    func handshake(context: ChannelHandlerContext, version: UInt16, token: [UInt8]) {
+        handshakeDeadline?.cancel()
+        let refusal: String?
+        if version != protocolVersion {
+            refusal =
+                "protocol version mismatch: the client speaks version \(version), this agent version \(protocolVersion); run the same sysmirror release on both sides"
+        } else if !Self.constantTimeEquals(token, configuration.token) {
+            refusal = "wrong token: the client's --token-file does not match the agent's"
+        } else {
+            refusal = nil
+        }
+        if let refusal {
+            logger.warning("refused a session: \(refusal)")
+            context.writeAndFlush(wrapOutboundOut(.refused(version: protocolVersion, reason: refusal)), promise: nil)
+            state = .closed
+            context.close(promise: nil)
+            return
+        }
+        state = .open
+        idle.execute { $0.sessionStarted() }
+        logger.info("session opened")
+        let agent = "sysmirror agent serving \(configuration.target.spec)"
+        context.writeAndFlush(wrapOutboundOut(.welcome(version: protocolVersion, agent: agent)), promise: nil)
+    }
+
+    /// Compares in time that does not depend on where the first difference is.
+    static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var difference = UInt8(a.count == b.count ? 0 : 1)
+        for index in 0..<max(a.count, b.count) {
+            difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
+        }
+        return difference == 0
+    }
+
+    func reply(_ context: ChannelHandlerContext, _ id: UInt32, _ response: Response) {
+        context.writeAndFlush(wrapOutboundOut(.response(id: id, response)), promise: nil)
+    }
+
+    func serve(_ id: UInt32, _ request: Request, context: ChannelHandlerContext) {
+        switch request {
+        case .environment:
+            switch configuration.target.environment() {
+            case .success(let entries): reply(context, id, .environment(entries))
+            case .failure(let error): reply(context, id, .failure(errno: error.errno.rawValue, message: "\(error)"))
+            }
+        case .hostname:
+            reply(context, id, .text(configuration.target.hostname()))
+        case .stat(let path, let follow):
+            reply(context, id, target.stat(path, followSymlinks: follow))
+        case .access(let path, let mode):
+            reply(context, id, target.access(path, mode: mode))
+        case .readlink(let path):
+            reply(context, id, target.readlink(path))
+        case .open(let path, let flags, let mode):
+            if flags & O_ACCMODE == O_RDONLY && flags & (O_CREAT | O_TRUNC | O_APPEND) == 0 {
+                openForReading(id, path: path, flags: flags, context: context)
+            } else {
+                openForWriting(id, path: path, flags: flags, mode: mode, context: context)
+            }
+        }
+    }
+
+    func openForReading(_ id: UInt32, path: [UInt8], flags: Int32, context: ChannelHandlerContext) {
+        switch target.openForReading(path, flags: flags) {
+        case .failure(let response):
+            reply(context, id, response)
+        case .directory(let fd, let metadata):
+            switch TargetRoot.entries(of: fd) {  // closes fd
+            case .failure(let error): reply(context, id, error.response)
+            case .success(let entries):
+                context.write(wrapOutboundOut(.response(id: id, .opened(metadata))), promise: nil)
+                for start in stride(from: 0, to: entries.count, by: Frame.chunkSize) {
+                    let piece = Array(entries[start..<min(start + Frame.chunkSize, entries.count)])
+                    context.write(wrapOutboundOut(.chunk(id: id, piece)), promise: nil)
+                }
+                context.writeAndFlush(wrapOutboundOut(.end(id: id)), promise: nil)
+            }
+        case .file(let fd, let metadata):
+            context.write(wrapOutboundOut(.response(id: id, .opened(metadata))), promise: nil)
+            if metadata.size < UInt64(Frame.chunkSize) {
+                // Small: read it here, in one chunk (or several, if it grew since the stat).
+                FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled).runInline(context: context)
+            } else {
+                context.flush()
+                let stream = FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
+                pool.submit { _ in stream.run() }
+            }
+        }
+    }
+
+    func openForWriting(_ id: UInt32, path: [UInt8], flags: Int32, mode: UInt32, context: ChannelHandlerContext) {
+        switch target.openForWriting(path, flags: flags, mode: mode) {
+        case .failure(let error): reply(context, id, error.response)
+        case .success(let (fd, metadata)):
+            uploads[id] = Upload(fd: fd)
+            reply(context, id, .opened(metadata))
+        }
+    }
+
+    func write(_ bytes: [UInt8], to id: UInt32, context: ChannelHandlerContext) {
+        guard let upload = uploads[id] else { return }  // failed earlier, or cancelled
+        do {
+            _ = try upload.fd.writeAll(bytes)
+        } catch {
+            uploads[id] = nil
+            try? upload.fd.close()
+            reply(context, id, .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "writing in the pod failed"))
+        }
+    }
+
+    func finishUpload(_ id: UInt32, context: ChannelHandlerContext) {
+        guard let upload = uploads.removeValue(forKey: id) else { return }
+        do {
+            try upload.fd.close()
+            reply(context, id, .done)
+        } catch {
+            reply(context, id, .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "closing the file in the pod failed"))
+        }
+    }
+}
+
+/// Streams an open file to the client as chunks and an end, then closes it.
+struct FileStream: Sendable {
+    let fd: SystemPackage.FileDescriptor
+    let id: UInt32
+    let channel: any Channel
+    let cancelled: CancelledStreams
+
+    enum Step {
+        case chunk([UInt8]), end, failure(Errno)
+    }
+
+    func next(_ buffer: inout [UInt8]) -> Step {
+        do {
+            let count = try buffer.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            return count == 0 ? .end : .chunk(Array(buffer[..<count]))
+        } catch {
+            return .failure(error as? Errno ?? .ioError)
+        }
+    }
+
+    static func message(_ step: Step, id: UInt32) -> Message {
+        switch step {
+        case .chunk(let bytes): .chunk(id: id, bytes)
+        case .end: .end(id: id)
+        case .failure(let errno): .response(id: id, .failure(errno: errno.rawValue, message: "reading in the pod failed"))
+        }
+    }
+
+    /// On the event loop: the whole (small) file now.
+    func runInline(context: ChannelHandlerContext) {
+        defer { try? fd.close() }
+        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
+        while true {
+            let step = next(&buffer)
+            if case .chunk = step {
+                context.write(NIOAny(Self.message(step, id: id)), promise: nil)
+                continue
+            }
+            context.writeAndFlush(NIOAny(Self.message(step, id: id)), promise: nil)
+            return
+        }
+    }
+
+    /// On a pool thread: a chunk at a time, waiting for the one before last to reach the socket, so a large
+    /// file never piles up in memory and other responses interleave.
+    func run() {
+        defer { try? fd.close() }
+        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
+        var previous: EventLoopFuture<Void>?
+        while !cancelled.ids.withLock({ $0.remove(id) != nil }) {
+            let step = next(&buffer)
+            let written = channel.writeAndFlush(Self.message(step, id: id))
+            guard case .chunk = step else { return }
+            do {
+                try previous?.wait()
+            } catch {
+                return  // the connection is gone
+            }
+            previous = written
+        }
+    }
+}
+
+/// Streams the client no longer wants, shared with the pool threads that stream.
+final class CancelledStreams: Sendable {
+    let ids = Mutex<Set<UInt32>>([])
+}

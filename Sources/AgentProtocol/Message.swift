@@ -1,0 +1,126 @@
+/// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
+/// with both numbers in the message.
+public let protocolVersion: UInt16 = 1
+
+/// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
+///
+/// After the handshake (`hello`, then `welcome` or `refused`), requests carry an id chosen by the client,
+/// and everything the agent sends about a request carries the same id, so hundreds can be in flight on one
+/// connection. Bulk data (a file's content, a directory's entries, bytes written to a remote file) moves as
+/// `chunk` frames closed by `end`, interleaved with everything else.
+public enum Message: Sendable, Equatable {
+    /// Client → agent, first frame: the protocol version and the session token.
+    case hello(version: UInt16, token: [UInt8])
+    /// Agent → client: the session is open.
+    case welcome(version: UInt16, agent: String)
+    /// Agent → client: the session is refused (bad token, another version); the agent then closes.
+    case refused(version: UInt16, reason: String)
+    /// Either side: the peer broke the protocol (a garbled frame); the sender then closes.
+    case protocolError(String)
+    case request(id: UInt32, Request)
+    case response(id: UInt32, Response)
+    /// A piece of a stream belonging to request `id`.
+    case chunk(id: UInt32, [UInt8])
+    /// The stream of request `id` is complete.
+    case end(id: UInt32)
+    /// Client → agent: the program's call went away; stop the stream of request `id`.
+    case cancel(id: UInt32)
+    /// A message type this build does not know (sent by a newer peer); the agent answers ENOSYS.
+    case unknown(type: UInt8, id: UInt32)
+}
+
+/// What a client asks of the agent.
+public enum Request: Sendable, Equatable {
+    /// The target's environment, as `KEY=VALUE` entries.
+    case environment
+    /// The target's hostname.
+    case hostname
+    /// Opens a file inside the target's root. A regular file opened for reading answers `opened` and
+    /// streams its content; a directory answers `opened` and streams its entries (`DirectoryEntry`
+    /// encoding); a file opened for writing answers `opened` and then takes the client's chunks until
+    /// the client's `end`, answered by `done`.
+    case open(path: [UInt8], flags: Int32, mode: UInt32)
+    /// stat (following symlinks) or lstat.
+    case stat(path: [UInt8], followSymlinks: Bool)
+    /// access(2) with F_OK/R_OK/W_OK/X_OK bits.
+    case access(path: [UInt8], mode: Int32)
+    case readlink(path: [UInt8])
+}
+
+/// What the agent answers.
+public enum Response: Sendable, Equatable {
+    /// The call fails in the pod with `errno`; `message` says more when the errno alone would mislead.
+    case failure(errno: Int32, message: String)
+    case done
+    /// The file is open; its content or entries follow as chunks.
+    case opened(FileMetadata)
+    case metadata(FileMetadata)
+    case environment([[UInt8]])
+    /// A hostname or a symlink's target.
+    case text([UInt8])
+}
+
+/// A file's metadata as stat reports it in the pod.
+public struct FileMetadata: Sendable, Equatable {
+    public struct Time: Sendable, Equatable {
+        public var seconds: Int64
+        public var nanoseconds: UInt32
+        public init(seconds: Int64, nanoseconds: UInt32) {
+            self.seconds = seconds
+            self.nanoseconds = nanoseconds
+        }
+    }
+
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var blockSize: UInt32
+    public var linkCount: UInt64
+    public var size: UInt64
+    public var device: UInt64
+    public var inode: UInt64
+    public var specialDevice: UInt64
+    public var blocks: UInt64
+    public var accessed: Time
+    public var modified: Time
+    public var changed: Time
+
+    public init(
+        mode: UInt32, uid: UInt32, gid: UInt32, blockSize: UInt32, linkCount: UInt64, size: UInt64, device: UInt64,
+        inode: UInt64, specialDevice: UInt64, blocks: UInt64, accessed: Time, modified: Time, changed: Time
+    ) {
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.blockSize = blockSize
+        self.linkCount = linkCount
+        self.size = size
+        self.device = device
+        self.inode = inode
+        self.specialDevice = specialDevice
+        self.blocks = blocks
+        self.accessed = accessed
+        self.modified = modified
+        self.changed = changed
+    }
+
+    static let typeMask: UInt32 = 0o170000
+    public var isDirectory: Bool { mode & Self.typeMask == 0o040000 }
+    public var isRegularFile: Bool { mode & Self.typeMask == 0o100000 }
+}
+
+/// One entry of a remote directory, as streamed after `opened` for a directory.
+public struct DirectoryEntry: Sendable, Equatable {
+    /// The d_type value (DT_REG, DT_DIR, DT_LNK, ...).
+    public var type: UInt8
+    public var name: [UInt8]
+
+    public init(type: UInt8, name: [UInt8]) {
+        self.type = type
+        self.name = name
+    }
+
+    public static let regular: UInt8 = 8
+    public static let directory: UInt8 = 4
+    public static let symbolicLink: UInt8 = 10
+}

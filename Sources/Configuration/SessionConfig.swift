@@ -1,0 +1,165 @@
+import Foundation
+import Routing
+import Yams
+
+/// The config file (`--config FILE`), YAML or JSON with one schema (docs/configuration.md). Every field is
+/// optional; flags given on the command line win over it.
+public struct SessionConfig: Decodable, Equatable, Sendable {
+    public struct Agent: Decodable, Equatable, Sendable {
+        public var address: String?
+        public var tokenFile: String?
+        static let keys = ["address", "token_file"]
+        enum CodingKeys: String, CodingKey {
+            case address
+            case tokenFile = "token_file"
+        }
+    }
+
+    public struct Files: Decodable, Equatable, Sendable {
+        public var mode: String?
+        public var local: [String]?
+        public var readOnly: [String]?
+        public var readWrite: [String]?
+        public var notFound: [String]?
+        static let keys = ["mode", "local", "read_only", "read_write", "not_found"]
+        enum CodingKeys: String, CodingKey {
+            case mode, local
+            case readOnly = "read_only"
+            case readWrite = "read_write"
+            case notFound = "not_found"
+        }
+
+        /// The lists as rules take them.
+        public var overrides: FileOverrides {
+            FileOverrides(local: local ?? [], readOnly: readOnly ?? [], readWrite: readWrite ?? [], notFound: notFound ?? [])
+        }
+    }
+
+    public struct Environment: Decodable, Equatable, Sendable {
+        /// false: the pod's environment is not merged (`--no-remote-env`).
+        public var remote: Bool?
+        public var include: [String]?
+        public var exclude: [String]?
+        static let keys = ["remote", "include", "exclude"]
+    }
+
+    public var agent: Agent?
+    public var fs: Files?
+    public var env: Environment?
+    static let keys = ["agent", "fs", "env"]
+
+    public init(agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil) {
+        self.agent = agent
+        self.fs = fs
+        self.env = env
+    }
+
+    /// The file system mode the file names, checked.
+    public func fileSystemMode() throws(ConfigError) -> FileSystemMode? {
+        guard let name = fs?.mode else { return nil }
+        guard let mode = FileSystemMode(rawValue: name) else {
+            throw ConfigError(
+                "fs.mode: \(name.debugDescription) is not one of \(FileSystemMode.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return mode
+    }
+
+    /// Reads `path`: JSON when it ends in `.json` or starts with `{`, YAML otherwise. Unknown keys are errors,
+    /// so that a misspelt setting is not silently ignored.
+    public static func load(path: String) throws(ConfigError) -> SessionConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigError("cannot read the config file \(path): \((error as NSError).localizedDescription)")
+        }
+        do {
+            return try parse(text, json: path.hasSuffix(".json"))
+        } catch {
+            throw ConfigError("config file \(path): \(error.message)")
+        }
+    }
+
+    public static func parse(_ text: String, json: Bool = false) throws(ConfigError) -> SessionConfig {
+        let isJSON = json || text.drop { $0.isWhitespace }.first == "{"
+        if text.allSatisfy(\.isWhitespace) { return SessionConfig() }
+        do {
+            let raw: Loose
+            let config: SessionConfig
+            if isJSON {
+                let data = Data(text.utf8)
+                raw = try JSONDecoder().decode(Loose.self, from: data)
+                config = try JSONDecoder().decode(SessionConfig.self, from: data)
+            } else {
+                raw = try YAMLDecoder().decode(Loose.self, from: text)
+                config = try YAMLDecoder().decode(SessionConfig.self, from: text)
+            }
+            try raw.checkKeys(Self.keys, at: "", sections: ["agent": Agent.keys, "fs": Files.keys, "env": Environment.keys])
+            return config
+        } catch let error as ConfigError {
+            throw error
+        } catch let error as DecodingError {
+            throw ConfigError(describe(error))
+        } catch {
+            throw ConfigError("\(error)")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            return joined.isEmpty ? "" : "\(joined): "
+        }
+        switch error {
+        case .typeMismatch(let type, let context):
+            return "\(path(context))expected \(type == String.self ? "a string" : type == Bool.self ? "true or false" : "a list of strings")"
+        case .valueNotFound(_, let context), .keyNotFound(_, let context), .dataCorrupted(let context):
+            let underlying = context.underlyingError.map { ": \($0)" } ?? ""
+            return "\(path(context))\(context.debugDescription)\(underlying)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+}
+
+/// A config error, in words for the user.
+public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The file's top level as keys only, to find unknown ones.
+struct Loose: Decodable {
+    let keys: [String: [String]]
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: AnyKey.self)
+        var keys: [String: [String]] = [:]
+        for key in container.allKeys {
+            let section = try? container.nestedContainer(keyedBy: AnyKey.self, forKey: key)
+            keys[key.stringValue] = section?.allKeys.map(\.stringValue) ?? []
+        }
+        self.keys = keys
+    }
+
+    func checkKeys(_ known: [String], at prefix: String, sections: [String: [String]]) throws(ConfigError) {
+        for (key, inner) in keys.sorted(by: { $0.key < $1.key }) {
+            guard known.contains(key) else {
+                throw ConfigError("unknown key \(key.debugDescription) (known: \(known.joined(separator: ", ")))")
+            }
+            let allowed = sections[key] ?? []
+            for name in inner.sorted() where !allowed.contains(name) {
+                throw ConfigError(
+                    "unknown key \("\(key).\(name)".debugDescription) (known in \(key): \(allowed.joined(separator: ", ")))")
+            }
+        }
+    }
+}

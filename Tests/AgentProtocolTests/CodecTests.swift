@@ -1,0 +1,104 @@
+import Testing
+
+@testable import AgentProtocol
+
+let sampleMetadata = FileMetadata(
+    mode: 0o100644, uid: 1000, gid: 1000, blockSize: 4096, linkCount: 1, size: 12, device: 0x803, inode: 42,
+    specialDevice: 0, blocks: 8, accessed: .init(seconds: 1_700_000_000, nanoseconds: 5),
+    modified: .init(seconds: -1, nanoseconds: 999_999_999), changed: .init(seconds: 0, nanoseconds: 0))
+
+/// One of every message, with awkward values.
+let everyMessage: [Message] = [
+    .hello(version: protocolVersion, token: Array("s3cret\n".utf8)),
+    .welcome(version: 1, agent: "sysmirror agent, target pid 7"),
+    .refused(version: 1, reason: "wrong token"),
+    .protocolError("garbled"),
+    .request(id: 1, .environment),
+    .request(id: 2, .hostname),
+    .request(id: 3, .open(path: Array("/etc/ünï".utf8), flags: -2_147_483_648, mode: 0o644)),
+    .request(id: 4, .stat(path: [], followSymlinks: true)),
+    .request(id: 5, .stat(path: Array("/a".utf8), followSymlinks: false)),
+    .request(id: 6, .access(path: Array("/x".utf8), mode: 7)),
+    .request(id: 7, .readlink(path: Array("/l".utf8))),
+    .response(id: 8, .failure(errno: 2, message: "")),
+    .response(id: 9, .done),
+    .response(id: 10, .opened(sampleMetadata)),
+    .response(id: 11, .metadata(sampleMetadata)),
+    .response(id: .max, .environment([Array("A=1".utf8), [], Array("B==".utf8)])),
+    .response(id: 12, .text(Array("pod-7".utf8))),
+    .chunk(id: 13, [UInt8](repeating: 0xAB, count: Frame.chunkSize)),
+    .chunk(id: 14, []),
+    .end(id: 15),
+    .cancel(id: 16),
+    .unknown(type: 0x7E, id: 17),
+]
+
+@Test func everyMessageRoundTrips() throws {
+    for message in everyMessage {
+        let bytes = Frame.encode(message)
+        #expect(try Frame.parse(bytes) == .message(message, consumed: bytes.count))
+    }
+}
+
+@Test func framesParseOneAtATimeFromAStream() throws {
+    var stream: [UInt8] = []
+    for message in everyMessage { Frame.encode(message, into: &stream) }
+    var parsed: [Message] = []
+    var offset = 0
+    while offset < stream.count {
+        guard case .message(let message, let consumed) = try Frame.parse(Array(stream[offset...])) else {
+            Issue.record("incomplete at \(offset)")
+            return
+        }
+        parsed.append(message)
+        offset += consumed
+    }
+    #expect(parsed == everyMessage)
+}
+
+@Test func everyPrefixOfAFrameIsIncomplete() throws {
+    let bytes = Frame.encode(.request(id: 3, .open(path: Array("/etc/hosts".utf8), flags: 0, mode: 0)))
+    for end in 0..<bytes.count {
+        #expect(try Frame.parse(Array(bytes[..<end])) == .incomplete)
+    }
+}
+
+@Test func lengthsOutsideTheLimitsAreViolations() {
+    #expect(throws: ProtocolViolation.badLength(0)) { try Frame.parse([0, 0, 0, 0, 1]) }
+    #expect(throws: ProtocolViolation.badLength(4)) { try Frame.parse([0, 0, 0, 4, 1, 0, 0, 0]) }
+    #expect(throws: ProtocolViolation.badLength(0xFFFF_FFFF)) { try Frame.parse([0xFF, 0xFF, 0xFF, 0xFF]) }
+    // HTTP sent to the agent's port is refused on its first four bytes.
+    #expect(throws: ProtocolViolation.self) { try Frame.parse(Array("GET / HTTP/1.1\r\n\r\n".utf8)) }
+}
+
+@Test func truncatedPayloadsOfKnownTypesAreMalformed() {
+    let cut: [Message] = [
+        .hello(version: 1, token: []), .request(id: 1, .open(path: [], flags: 0, mode: 0)),
+        .response(id: 1, .metadata(sampleMetadata)), .response(id: 1, .failure(errno: 1, message: "")),
+    ]
+    for message in cut {
+        var bytes = Frame.encode(message)
+        bytes.removeLast()
+        let length = UInt32(bytes.count - 4)
+        bytes.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
+        #expect(throws: ProtocolViolation.self) { try Frame.parse(bytes) }
+    }
+}
+
+@Test func helloFromAnotherProtocolIsMalformed() {
+    var bytes = Frame.encode(.hello(version: 1, token: []))
+    bytes[9] ^= 0xFF  // first byte of the magic
+    #expect(throws: ProtocolViolation.malformed("hello (not a sysmirror client)")) { try Frame.parse(bytes) }
+}
+
+@Test func directoryEntriesRoundTripAcrossAnyCut() throws {
+    let entries = [
+        DirectoryEntry(type: DirectoryEntry.regular, name: Array("config.yaml".utf8)),
+        DirectoryEntry(type: DirectoryEntry.directory, name: Array("..data".utf8)),
+        DirectoryEntry(type: DirectoryEntry.symbolicLink, name: Array(repeating: 0x61, count: 255)),
+    ]
+    var bytes: [UInt8] = []
+    for entry in entries { DirectoryEntryCodec.encode(entry, into: &bytes) }
+    #expect(try DirectoryEntryCodec.decode(bytes) == entries)
+    #expect(throws: ProtocolViolation.self) { try DirectoryEntryCodec.decode(Array(bytes.dropLast())) }
+}

@@ -1,0 +1,60 @@
+import Configuration
+import Routing
+import Testing
+
+@Suite("Config file")
+struct ConfigTests {
+    let yaml = """
+        agent:
+          address: unix:/run/agent.sock
+          token_file: /run/token
+        fs:
+          mode: write
+          local: ["^/data/cache"]
+          read_only: ['^/etc/app/']
+          not_found: ["secret"]
+        env:
+          remote: true
+          include: ["DB_*"]
+          exclude: ["DB_PASSWORD"]
+        """
+
+    @Test func yamlAndJSONGiveTheSameConfig() throws {
+        let fromYAML = try SessionConfig.parse(yaml)
+        let json = """
+            {"agent": {"address": "unix:/run/agent.sock", "token_file": "/run/token"},
+             "fs": {"mode": "write", "local": ["^/data/cache"], "read_only": ["^/etc/app/"], "not_found": ["secret"]},
+             "env": {"remote": true, "include": ["DB_*"], "exclude": ["DB_PASSWORD"]}}
+            """
+        #expect(try SessionConfig.parse(json) == fromYAML)
+        #expect(try fromYAML.fileSystemMode() == .write)
+        #expect(fromYAML.fs?.overrides == FileOverrides(local: ["^/data/cache"], readOnly: ["^/etc/app/"], notFound: ["secret"]))
+        #expect(fromYAML.agent?.tokenFile == "/run/token")
+    }
+
+    @Test func anEmptyFileIsAnEmptyConfig() throws {
+        #expect(try SessionConfig.parse("\n") == SessionConfig())
+    }
+
+    @Test(
+        "Mistakes are named",
+        arguments: [
+            ("fs:\n  mdoe: read\n", "unknown key \"fs.mdoe\""),
+            ("flies: {}\n", "unknown key \"flies\""),
+            ("fs:\n  local: /data\n", "fs.local: expected a list of strings"),
+            ("{\"fs\": {\"mode\": 3}}", "fs.mode: expected a string"),
+            ("fs: [\n", ""),
+        ])
+    func mistakes(text: String, expected: String) {
+        #expect {
+            try SessionConfig.parse(text)
+        } throws: { error in
+            "\(error)".contains(expected)
+        }
+    }
+
+    @Test func anUnknownModeIsNamed() throws {
+        let config = try SessionConfig.parse("fs:\n  mode: reed\n")
+        #expect(throws: ConfigError("fs.mode: \"reed\" is not one of local, read, write")) { try config.fileSystemMode() }
+    }
+}
