@@ -15,7 +15,11 @@ public enum Reply: Sendable {
 
 /// Whether a request's handler expects more (`chunk`s, an `end`, a `done` after an upload).
 public enum ReplyDisposition: Sendable {
-    case complete, expectingMore
+    case complete
+    /// More is due from the agent: the request times out if nothing comes.
+    case expectingMore
+    /// The next step is the client's (an upload the program may keep open for hours): no timeout.
+    case waitingOnClient
 }
 
 /// Why a session could not start.
@@ -133,6 +137,26 @@ public final class AgentClient: Sendable {
         return id
     }
 
+    /// Sends `request` and waits for its single response (for the session's start, not the hot path).
+    public func call(_ request: Request) throws(AgentCallError) -> Response {
+        let promise = channel.eventLoop.makePromise(of: Response.self)
+        send(request) { reply in
+            switch reply {
+            case .response(let response): promise.succeed(response)
+            case .linkFailure(let reason): promise.fail(AgentCallError(reason))
+            case .chunk, .end: promise.fail(AgentCallError("the agent sent a stream where none was expected"))
+            }
+            return .complete
+        }
+        do {
+            return try promise.futureResult.wait()
+        } catch let error as AgentCallError {
+            throw error
+        } catch {
+            throw AgentCallError("\(error)")
+        }
+    }
+
     /// Sends a chunk of an upload, or its end (`bytes` nil). The returned future completes once the
     /// bytes are in the socket, for back-pressure.
     public func upload(_ id: UInt32, _ bytes: [UInt8]?) -> EventLoopFuture<Void> {
@@ -164,6 +188,12 @@ public final class AgentClient: Sendable {
     }
 }
 
+/// A request that failed for a reason other than the pod's errno.
+public struct AgentCallError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 struct Refusal: Error {
     let reason: String
 }
@@ -172,7 +202,8 @@ struct Refusal: Error {
 final class RequestTable: @unchecked Sendable {
     struct Pending {
         let handler: AgentClient.Handler
-        var lastHeard: NIODeadline
+        /// Nil while the client has the next step.
+        var lastHeard: NIODeadline?
     }
 
     private var pending: [UInt32: Pending] = [:]
@@ -204,6 +235,9 @@ final class RequestTable: @unchecked Sendable {
             pending[id] = nil
         case .expectingMore:
             entry.lastHeard = .now()
+            pending[id] = entry
+        case .waitingOnClient:
+            entry.lastHeard = nil
             pending[id] = entry
         }
     }
@@ -241,7 +275,7 @@ final class RequestTable: @unchecked Sendable {
     func startTimeouts(on loop: any EventLoop) {
         loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             let limit = NIODeadline.now() - AgentClient.requestTimeout
-            for (id, entry) in pending where entry.lastHeard < limit {
+            for (id, entry) in pending where entry.lastHeard.map({ $0 < limit }) ?? false {
                 pending[id] = nil
                 _ = entry.handler(
                     .linkFailure("the agent did not answer within \(AgentClient.requestTimeout.nanoseconds / 1_000_000_000) s"))

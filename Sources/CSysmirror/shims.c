@@ -2,6 +2,7 @@
 #include "sysmirror_shims.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/openat2.h>
 #include <sched.h>
 #include <signal.h>
@@ -66,6 +67,10 @@ int sysm_become_child_subreaper(void) {
 
 int sysm_memfd(const char *name) {
     return memfd_create(name, MFD_CLOEXEC);
+}
+
+int sysm_pipe(int ends[2]) {
+    return pipe2(ends, O_CLOEXEC);
 }
 
 int sysm_eventfd(void) {

@@ -10,6 +10,9 @@ public enum FileOperation: Sendable, Equatable {
     case access(mode: Int32)
     /// readlink, readlinkat: the program's buffer and its size.
     case readlink(buffer: UInt64, size: Int)
+    /// getxattr, lgetxattr (`list` false), listxattr, llistxattr (`list` true). The pod's attributes are not
+    /// served: a file that exists has none.
+    case extendedAttributes(followSymlinks: Bool, list: Bool)
 }
 
 /// The layout of the structure a stat call fills.
@@ -80,6 +83,10 @@ public struct FileCall: Sendable, Equatable {
             (directory, operation) = (int32(0), .access(mode: int32(2)))
         case "readlink":
             (directory, operation) = (Self.currentDirectory, .readlink(buffer: integer(1), size: Int(truncatingIfNeeded: integer(2))))
+        case "getxattr", "lgetxattr", "listxattr", "llistxattr":
+            let follow = !call.spec.name.hasPrefix("l")
+            let list = call.spec.name.hasSuffix("listxattr")
+            (directory, operation) = (Self.currentDirectory, .extendedAttributes(followSymlinks: follow, list: list))
         case "readlinkat":
             (directory, operation) = (int32(0), .readlink(buffer: integer(2), size: Int(truncatingIfNeeded: integer(3))))
         default:

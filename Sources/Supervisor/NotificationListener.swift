@@ -48,6 +48,15 @@ public final class NotificationListener: Sendable {
         try send(&response)
     }
 
+    /// Puts `source` (an fd of sysmirror's) into the program as a new fd and answers the call with its number,
+    /// in one step (SECCOMP_ADDFD_FLAG_SEND): if the call is gone, no fd leaks into the program.
+    public func answer(_ id: UInt64, installing source: Int32, closeOnExec: Bool) throws(SystemCallError) -> Int32 {
+        var request = seccomp_notif_addfd(
+            id: id, flags: UInt32(SECCOMP_ADDFD_FLAG_SEND), srcfd: UInt32(source), newfd: 0,
+            newfd_flags: closeOnExec ? UInt32(O_CLOEXEC) : 0)
+        return try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)") { sysm_notif_addfd(descriptor.rawValue, &request) }
+    }
+
     private func send(_ response: inout seccomp_notif_resp) throws(SystemCallError) {
         _ = try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_SEND)") { sysm_notif_send(descriptor.rawValue, &response) }
     }

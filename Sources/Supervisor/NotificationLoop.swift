@@ -11,21 +11,26 @@ import SyscallDecoding
 
 /// The receiving thread: takes each intercepted call, reads its arguments, decides, answers and logs, all on
 /// this thread, since a hand-off to another thread costs a cross-CPU wake-up that is larger than the whole
-/// decision. Only work that must wait (a round trip to the agent, in later issues) will leave this thread.
+/// decision. Only work that must wait (a round trip to the agent) leaves this thread: `RemoteFiles` sends
+/// the request and the link's thread answers when the agent replies.
 public final class NotificationLoop: Sendable {
     let listener: NotificationListener
     let table: SyscallTable
     let policy: RoutingPolicy
     let log: TraceLog
     let logger: Logger
+    /// Serves calls routed remote; nil without an agent.
+    let remote: RemoteFiles?
     private let foreignABIWarned = Atomic<Bool>(false)
     private let wallClock = Clock.WallFromMonotonic()
     /// Calls received and not yet logged.
     private let inFlight = Atomic<Int>(0)
 
-    public init(
-        listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger
+    init(
+        listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger,
+        remote: RemoteFiles? = nil
     ) {
+        self.remote = remote
         self.listener = listener
         self.table = table
         self.policy = policy
@@ -63,9 +68,11 @@ public final class NotificationLoop: Sendable {
         }
     }
 
-    /// Waits until every call received so far has been answered and logged. Once the last process is
-    /// reaped no call can arrive any more, and each one it made was counted before its answer let it go on.
+    /// Waits until every call received so far has been answered and logged, and files written for the pod
+    /// have reached it. Once the last process is reaped no call can arrive any more, and each one it made
+    /// was counted before its answer let it go on.
     public func drain() {
+        remote?.drain(seconds: 30)
         let deadline = Clock.monotonic() + 1_000_000_000
         while inFlight.load(ordering: .sequentiallyConsistent) > 0 && Clock.monotonic() < deadline {
             usleep(100)
@@ -84,10 +91,30 @@ public final class NotificationLoop: Sendable {
         } else {
             name = foreignName(notification)
         }
-        let decision = policy.decide(decoded, abi: abi)
+        var file: FileCall?
+        var path: [UInt8]?
+        if let remote, let decoded, let call = FileCall(decoded) {
+            file = call
+            path = remote.absolutePath(of: call, pid: notification.pid)
+        }
+        let decision = policy.decide(decoded, abi: abi, file: file, path: path)
         // Before acting on what was read, make sure it belonged to this call and not to a process that died
         // and whose pid was reused. A plain answer needs no such check (see Decision.hasEffects).
         if decision.hasEffects && !listener.isPending(notification.id) { return }
+        if decision.route == .remote, let remote {
+            // Answered from the link's thread; counted in flight until logged.
+            inFlight.add(1, ordering: .sequentiallyConsistent)
+            let resolved = path.flatMap { $0 != file?.path ? "pod path " + String(decoding: $0, as: UTF8.self) : nil }
+            remote.serve(notification, call: decoded, file: file, path: path) { [self, decoded] outcome, note in
+                log.record(
+                    TraceEvent(
+                        time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
+                        route: .remote, outcome: outcome, durationNanos: Clock.monotonic() - started,
+                        note: [resolved, note].compactMap { $0 }.joined(separator: "; ").nonEmpty))
+                inFlight.subtract(1, ordering: .sequentiallyConsistent)
+            }
+            return
+        }
         if decision.route == .denied { warnOnceAboutForeignABI(notification, name: name) }
 
         var outcome: Outcome = decision.errno.map { .failed(errno: $0) } ?? .continued
@@ -130,4 +157,8 @@ public final class NotificationLoop: Sendable {
             "pid \(notification.pid) called \(name) through the \(notification.abi.rawValue) system call ABI, which sysmirror does not serve: such calls fail with ENOSYS"
         )
     }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
 }

@@ -74,3 +74,24 @@ struct ProcessMemory: ProgramMemory {
         return done
     }
 }
+
+extension ProcessMemory {
+    /// Writes `bytes` into the program at `address` (a stat buffer, a readlink buffer). Returns 0, or the
+    /// errno the program's own call would have met (EFAULT for a bad buffer).
+    func write(_ bytes: [UInt8], at address: UInt64) -> Int32 {
+        guard !bytes.isEmpty else { return 0 }
+        guard address != 0 else { return EFAULT }
+        var written = bytes.withUnsafeBytes { raw -> Int in
+            var local = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress), iov_len: raw.count)
+            var remote = iovec(iov_base: UnsafeMutableRawPointer(bitPattern: UInt(address)), iov_len: raw.count)
+            return sysm_process_vm_writev(pid, &local, 1, &remote, 1)
+        }
+        if written < 0 && (errno == EPERM || errno == ENOSYS) {
+            let fd = open("/proc/\(pid)/mem", O_WRONLY | O_CLOEXEC)
+            guard fd >= 0 else { return errno }
+            defer { close(fd) }
+            written = pwrite(fd, bytes, bytes.count, off_t(Int64(bitPattern: address)))
+        }
+        return written == bytes.count ? 0 : EFAULT
+    }
+}

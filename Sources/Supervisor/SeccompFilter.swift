@@ -20,11 +20,13 @@ public struct FilterPlan: Sendable {
     /// Calls routed only when an argument is not zero (sendto with a destination address).
     public var routedWithNonZeroArgument: [NonZeroArgument]
 
-    /// What `sysmirror trace` routes: the file, exec and network calls; sendto only with a
-    /// destination, so that send() on a connected socket never costs a round trip.
-    public static func trace(routeSendmsg: Bool) -> FilterPlan {
+    /// What `sysmirror trace` routes: the file, exec and network calls; sendto only with a destination, so
+    /// that send() on a connected socket never costs a round trip; some calls only with an agent
+    /// (`SyscallTable.servedOnlyWithAnAgent`).
+    public static func trace(routeSendmsg: Bool, withAgent: Bool = false) -> FilterPlan {
         var routed = SyscallTable.x86_64.specs.map(\.name).filter { $0 != "sendto" }
         if !routeSendmsg { routed.removeAll { $0 == "sendmsg" } }
+        if !withAgent { routed.removeAll { SyscallTable.servedOnlyWithAnAgent.contains($0) } }
         return FilterPlan(routed: routed, routedWithNonZeroArgument: [NonZeroArgument(name: "sendto", index: 4)])
     }
 }

@@ -6,6 +6,8 @@ public enum TraceFailure: Error, Equatable {
     case cannotExecute(String, SpawnStage, Errno)
     case filter(String)
     case kernelLacks(KernelFeature)
+    /// The agent could not be reached, refused the session, or failed at its start.
+    case agent(String)
     case internalError(String)
 
     /// 127 when the program does not exist, 126 when it cannot be executed (as shells do), 1 otherwise.
@@ -14,7 +16,7 @@ public enum TraceFailure: Error, Equatable {
         case .commandNotFound: 127
         case .cannotExecute(_, .exec, .noSuchFileOrDirectory): 127
         case .cannotExecute(_, .exec, _): 126
-        case .cannotExecute, .filter, .kernelLacks, .internalError: 1
+        case .cannotExecute, .filter, .kernelLacks, .agent, .internalError: 1
         }
     }
 
@@ -58,6 +60,8 @@ public enum TraceFailure: Error, Equatable {
                 this kernel lacks \(feature.name) (Linux \(feature.since)+), which sysmirror needs for \(feature.use). \
                 Run `sysmirror doctor` for the full list.
                 """
+        case .agent(let reason):
+            return "\(reason). The program was not started."
         case .internalError(let reason):
             return reason
         }

@@ -1,3 +1,5 @@
+import AgentLink
+import AgentProtocol
 import CSysmirror
 import LinuxSystem
 import Logging
@@ -24,11 +26,14 @@ public final class TraceSession: Sendable {
         public var closesLogSink: Bool
         public var logFormat: TraceFormat
         public var routeSendmsg: Bool
+        /// The agent and the rules for what it serves; nil runs everything locally.
+        public var remote: RemoteOptions?
 
         public init(
             command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
-            logFormat: TraceFormat, routeSendmsg: Bool = true
+            logFormat: TraceFormat, routeSendmsg: Bool = true, remote: RemoteOptions? = nil
         ) {
+            self.remote = remote
             self.command = command
             self.environment = environment
             self.logSink = logSink
@@ -36,6 +41,29 @@ public final class TraceSession: Sendable {
             self.logFormat = logFormat
             self.routeSendmsg = routeSendmsg
         }
+    }
+
+    /// How a session reaches its agent, and what it takes from it.
+    public struct RemoteOptions: Sendable {
+        public var address: AgentAddress
+        public var token: [UInt8]
+        public var files: FileRules
+        /// How the pod's environment is merged; nil keeps the local environment only (`--no-remote-env`).
+        public var environment: EnvironmentMerge?
+
+        public init(address: AgentAddress, token: [UInt8], files: FileRules, environment: EnvironmentMerge?) {
+            self.address = address
+            self.token = token
+            self.files = files
+            self.environment = environment
+        }
+    }
+
+    /// What the session got from the agent before the program started.
+    struct Link {
+        let client: AgentClient
+        let hostname: [UInt8]
+        let directories: RemoteDirectories
     }
 
     /// Signals sysmirror forwards to the program when they are sent to sysmirror itself.
@@ -53,6 +81,14 @@ public final class TraceSession: Sendable {
     /// Runs the program to the end of it and of its descendants; returns the status to exit with.
     public func run() throws(TraceFailure) -> Int32 {
         guard let name = options.command.first else { throw .internalError("no program given") }
+        var environment = options.environment
+        let link = try options.remote.map { remote throws(TraceFailure) in
+            try connect(remote, environment: &environment)
+        }
+        defer {
+            link?.directories.removeAll()
+            link?.client.close()
+        }
         let environmentPath = options.environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) }
         guard case .found(let path) = ExecutableLookup.resolve(name, searchPath: environmentPath) else {
             throw .commandNotFound(name)
@@ -63,7 +99,7 @@ public final class TraceSession: Sendable {
 
         let filter: FilterProgram
         do {
-            filter = try SeccompFilter.compile(.trace(routeSendmsg: options.routeSendmsg))
+            filter = try SeccompFilter.compile(.trace(routeSendmsg: options.routeSendmsg, withAgent: link != nil))
         } catch {
             throw .filter(error.description)
         }
@@ -80,10 +116,10 @@ public final class TraceSession: Sendable {
         let spawned: SpawnedProgram
         do {
             spawned = try Spawner.spawn(
-                path: path, arguments: options.command, environment: options.environment, filter: filter,
+                path: path, arguments: options.command, environment: environment, filter: filter,
                 signals: inherited
             ) { program in
-                try prepare(program, log: log)
+                try prepare(program, log: log, link: link)
             }
         } catch let failure as TraceFailure {
             throw failure
@@ -97,8 +133,32 @@ public final class TraceSession: Sendable {
         return status
     }
 
+    /// Opens the session with the agent: the handshake, then the pod's hostname and environment, which is
+    /// merged into `environment`. Fails before anything runs when the agent cannot be used.
+    private func connect(_ remote: RemoteOptions, environment: inout [String]) throws(TraceFailure) -> Link {
+        let client: AgentClient
+        do {
+            client = try AgentClient.connect(to: remote.address, token: remote.token, logger: logger)
+        } catch {
+            throw .agent(error.description)
+        }
+        do {
+            let hostname = try client.call(.hostname)
+            let podEnvironment = try remote.environment.map { _ in try client.call(.environment) }
+            guard case .text(let name) = hostname else { throw AgentCallError("unexpected answer \(hostname)") }
+            if let merge = remote.environment, case .environment(let entries)? = podEnvironment {
+                environment = merge.merge(local: environment, pod: entries.map { String(decoding: $0, as: UTF8.self) })
+            }
+            logger.info("connected to \(client.agentDescription) at \(remote.address)")
+            return Link(client: client, hostname: name, directories: try RemoteDirectories())
+        } catch {
+            client.close()
+            throw .agent("the agent at \(remote.address) failed at the start of the session: \(error)")
+        }
+    }
+
     /// While the child waits before exec: check the kernel, then start serving.
-    private func prepare(_ program: SpawnedProgram, log: TraceLog) throws {
+    private func prepare(_ program: SpawnedProgram, log: TraceLog, link: Link?) throws {
         let features = KernelFeatures.probe(program)
         if let missing = KernelFeatures.missingRequirement(features) { throw TraceFailure.kernelLacks(missing) }
         if !KernelFeatures.has(.waitKillableRecv, in: features) {
@@ -111,8 +171,14 @@ public final class TraceSession: Sendable {
                 "this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up"
             )
         }
+        let remote = link.map {
+            RemoteFiles(
+                client: $0.client, listener: program.listener, directories: $0.directories, hostname: $0.hostname,
+                logger: logger)
+        }
+        let policy = options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true) } ?? RoutingPolicy()
         let loop = NotificationLoop(
-            listener: program.listener, table: .x86_64, policy: RoutingPolicy(), log: log, logger: logger)
+            listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote)
         try loop.start()
         self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }

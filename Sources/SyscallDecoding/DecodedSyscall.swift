@@ -102,7 +102,7 @@ public struct SyscallDecoder: Sendable {
     {
         do {
             switch kind {
-            case .path:
+            case .path, .name:
                 return .string(try memory.string(at: value, limit: Self.pathLimit))
             case .openHow:
                 return .bytes(try memory.bytes(at: value, count: Self.sizeofOpenHow))

@@ -5,6 +5,8 @@ public enum ArgumentKind: Sendable, Equatable {
     case dirfd
     /// A NUL-terminated path in the program's memory.
     case path
+    /// A NUL-terminated name that is not a path (an extended attribute's).
+    case name
     case openFlags
     /// A file mode; open and openat show it only with O_CREAT or O_TMPFILE, as strace does.
     case mode
@@ -27,6 +29,8 @@ public enum ArgumentKind: Sendable, Equatable {
 /// What a call is about, which decides the fields it fills in the log.
 public enum SyscallCategory: Sendable, Equatable {
     case file, exec, network
+    /// uname: routed only when the pod's hostname is served.
+    case system
 }
 
 /// One system call the supervisor may be asked about: its number, name and argument kinds.
@@ -87,5 +91,14 @@ public struct SyscallTable: Sendable {
             44, "sendto", .network,
             [.fd, .pointer, .integer, .messageFlags, .socketAddress(lengthIndex: 5), .integer]),
         SyscallSpec(46, "sendmsg", .network, [.fd, .messageHeader, .messageFlags]),
+        SyscallSpec(63, "uname", .system, [.pointer]),
+        SyscallSpec(191, "getxattr", .file, [.path, .name, .pointer, .integer]),
+        SyscallSpec(192, "lgetxattr", .file, [.path, .name, .pointer, .integer]),
+        SyscallSpec(194, "listxattr", .file, [.path, .pointer, .integer]),
+        SyscallSpec(195, "llistxattr", .file, [.path, .pointer, .integer]),
     ])
+
+    /// Calls routed only when an agent serves the session: the hostname, and extended attributes (which
+    /// `ls -l` asks for each file, and which must not fail locally for a file that exists only in the pod).
+    public static let servedOnlyWithAnAgent = ["uname", "getxattr", "lgetxattr", "listxattr", "llistxattr"]
 }

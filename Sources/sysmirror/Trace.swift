@@ -1,5 +1,8 @@
+import AgentLink
 import ArgumentParser
+import Configuration
 import Logging
+import Routing
 import Supervisor
 import SyscallDecoding
 import SystemPackage
@@ -9,6 +12,7 @@ import SystemPackage
 #endif
 
 extension TraceFormat: ExpressibleByArgument {}
+extension FileSystemMode: ExpressibleByArgument {}
 
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -19,6 +23,35 @@ struct Trace: ParsableCommand {
             (the filter needs no_new_privs).
             """
     )
+
+    @Option(
+        help: ArgumentHelp(
+            "The agent serving the pod's files and environment: unix:/path, HOST:PORT or PORT.", valueName: "ADDRESS"))
+    var agent: String?
+
+    @Option(name: .customLong("token-file"), help: ArgumentHelp("The agent's session token.", valueName: "FILE"))
+    var tokenFile: String?
+
+    @Option(help: ArgumentHelp("Settings in YAML or JSON (docs/configuration.md); flags win.", valueName: "FILE"))
+    var config: String?
+
+    @Option(
+        name: .customLong("fs-mode"),
+        help: "local: all files local; read (default): reads from the pod, writes local; write: reads and writes in the pod.")
+    var fsMode: FileSystemMode?
+
+    @Flag(name: .customLong("no-remote-env"), help: "Keep the local environment; take nothing from the pod's.")
+    var noRemoteEnv = false
+
+    @Option(
+        name: .customLong("env-include"),
+        help: ArgumentHelp("Take only the pod's variables matching this glob (repeatable).", valueName: "PATTERN"))
+    var envInclude: [String] = []
+
+    @Option(
+        name: .customLong("env-exclude"),
+        help: ArgumentHelp("Do not take the pod's variables matching this glob (repeatable).", valueName: "PATTERN"))
+    var envExclude: [String] = []
 
     @Option(
         name: .long,
@@ -53,9 +86,10 @@ struct Trace: ParsableCommand {
         Sysmirror.bootstrapLogging(quiet: quiet)
         let logger = Logger(label: "sysmirror")
         let (sink, ownsSink) = try openLog()
+        let environment = currentEnvironment()
         let options = TraceSession.Options(
-            command: command, environment: currentEnvironment(), logSink: sink, closesLogSink: ownsSink,
-            logFormat: logFormat, routeSendmsg: !noTraceSendmsg)
+            command: command, environment: environment, logSink: sink, closesLogSink: ownsSink,
+            logFormat: logFormat, routeSendmsg: !noTraceSendmsg, remote: try remoteOptions(environment: environment))
         let status: Int32
         do {
             status = try TraceSession(options: options, logger: logger).run()
@@ -64,6 +98,46 @@ struct Trace: ParsableCommand {
             throw ExitCode(error.exitStatus)
         }
         throw ExitCode(status)
+    }
+
+    /// The agent and rules from the flags, over the config file; nil without an agent.
+    func remoteOptions(environment: [String]) throws -> TraceSession.RemoteOptions? {
+        let settings: SessionConfig
+        do {
+            settings = try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
+        } catch {
+            throw ValidationError(error.message)
+        }
+        guard let address = agent ?? settings.agent?.address else {
+            if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil {
+                throw ValidationError(
+                    "--fs-mode, --token-file and the --env options need an agent: add --agent ADDRESS (or agent.address in --config).")
+            }
+            return nil
+        }
+        guard let tokenPath = tokenFile ?? settings.agent?.tokenFile else {
+            throw ValidationError("--agent needs --token-file FILE, the same token the agent was started with.")
+        }
+        do {
+            let mode = try fsMode ?? settings.fileSystemMode() ?? .read
+            func variable(_ name: String) -> String? {
+                environment.last { $0.hasPrefix(name + "=") }.map { String($0.dropFirst(name.count + 1)) }
+            }
+            let program: String? =
+                if case .found(let path) = ExecutableLookup.resolve(command[0], searchPath: variable("PATH")) { path } else { nil }
+            let files = try FileRules(
+                mode: mode, overrides: settings.fs?.overrides ?? FileOverrides(), home: variable("HOME"),
+                workingDirectory: WorkingDirectory.current(), program: program)
+            let remoteEnvironment = !noRemoteEnv && settings.env?.remote != false
+            let merge = EnvironmentMerge(
+                include: envInclude.isEmpty ? settings.env?.include ?? [] : envInclude,
+                exclude: envExclude + (settings.env?.exclude ?? []))
+            return TraceSession.RemoteOptions(
+                address: try AgentAddress(parsing: address), token: try TokenFile.read(tokenPath), files: files,
+                environment: remoteEnvironment ? merge : nil)
+        } catch {
+            throw ValidationError("\(error)")
+        }
     }
 
     /// The log's destination: a file (created or truncated, 0644), standard error, or nothing.
@@ -91,5 +165,14 @@ struct Trace: ParsableCommand {
             cursor += 1
         }
         return result
+    }
+}
+
+/// getcwd, without Foundation.
+enum WorkingDirectory {
+    static func current() -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
+        guard getcwd(&buffer, buffer.count) != nil else { return nil }
+        return String(cString: buffer)
     }
 }

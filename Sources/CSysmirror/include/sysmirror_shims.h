@@ -45,9 +45,10 @@ int sysm_setns(int fd, int type);
 // and so knows when the last one is gone.
 int sysm_become_child_subreaper(void);
 
-// memfd_create and eventfd need _GNU_SOURCE too; both return close-on-exec descriptors.
+// memfd_create, eventfd and pipe2 need _GNU_SOURCE too; all return close-on-exec descriptors.
 int sysm_memfd(const char *name);
 int sysm_eventfd(void);
+int sysm_pipe(int ends[2]);
 
 // sched_getcpu and CPU_SET need _GNU_SOURCE. Keeps the calling thread off one CPU (when there is another).
 int sysm_current_cpu(void);

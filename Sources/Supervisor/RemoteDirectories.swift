@@ -1,0 +1,80 @@
+import AgentProtocol
+import LinuxSystem
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Remote directories, given to the program as real local directories holding one empty placeholder per
+/// remote entry (of the entry's type), so that getdents64 runs natively: `ls`, readdir and Go's os.ReadDir
+/// see the pod's names. A path through a placeholder (`fstatat(dirfd, "name")`, `openat(dirfd, ...)`) is
+/// translated back to the pod's path, so its metadata and content still come from the pod.
+final class RemoteDirectories: Sendable {
+    /// A private folder for this session's placeholders, removed when the session ends.
+    let root: [UInt8]
+    private let state = Mutex<(next: Int, remotePaths: [Int: [UInt8]])>((1, [:]))
+
+    init() throws(SystemCallError) {
+        var template = Array("/tmp/sysmirror-dirs-XXXXXX".utf8CString)
+        guard mkdtemp(&template) != nil else { throw SystemCallError("mkdtemp", currentErrno()) }
+        root = template.dropLast().map { UInt8(bitPattern: $0) }
+    }
+
+    /// Makes the placeholder of `remotePath` with `entries`; returns an O_DIRECTORY fd on it (close-on-exec),
+    /// or the errno.
+    func open(_ remotePath: [UInt8], entries: [DirectoryEntry]) -> Result<Int32, Errno> {
+        let number = state.withLock { state in
+            defer { state.next += 1 }
+            state.remotePaths[state.next] = remotePath
+            return state.next
+        }
+        let directory = String(decoding: root, as: UTF8.self) + "/\(number)"
+        guard mkdir(directory, 0o700) == 0 else { return .failure(currentErrno()) }
+        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return .failure(currentErrno()) }
+        for entry in entries where !entry.name.contains(UInt8(ascii: "/")) && !entry.name.contains(0) {
+            let name = String(decoding: entry.name, as: UTF8.self)
+            switch entry.type {
+            case DirectoryEntry.directory: mkdirat(fd, name, 0o700)
+            case DirectoryEntry.symbolicLink: symlinkat(".", fd, name)
+            default: close(openat(fd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600))
+            }
+        }
+        return .success(fd)
+    }
+
+    /// The pod's path for a local path inside a placeholder; nil for any other path.
+    func remotePath(for path: [UInt8]) -> [UInt8]? {
+        guard path.count > root.count + 1, path.starts(with: root), path[root.count] == UInt8(ascii: "/") else {
+            return nil
+        }
+        let rest = path[(root.count + 1)...]
+        let digits = rest.prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
+        guard let number = Int(String(decoding: digits, as: UTF8.self)),
+            let remote = state.withLock({ $0.remotePaths[number] })
+        else { return nil }
+        let below = rest[digits.endIndex...]
+        return remote == [UInt8(ascii: "/")] && !below.isEmpty ? Array(below) : remote + below
+    }
+
+    /// Removes every placeholder. They are two levels deep: placeholders hold only empty entries.
+    func removeAll() {
+        let path = String(decoding: root, as: UTF8.self)
+        Self.removeTree(path, depth: 2)
+    }
+
+    static func removeTree(_ path: String, depth: Int) {
+        if depth > 0, let stream = opendir(path) {
+            while let entry = readdir(stream) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name == "." || name == ".." { continue }
+                let child = path + "/" + name
+                if entry.pointee.d_type == DT_DIR { removeTree(child, depth: depth - 1) } else { unlink(child) }
+            }
+            closedir(stream)
+        }
+        rmdir(path)
+    }
+}

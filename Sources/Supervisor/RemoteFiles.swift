@@ -1,0 +1,270 @@
+import AgentLink
+import AgentProtocol
+import CSysmirror
+import LinuxSystem
+import Logging
+import Routing
+import Synchronization
+import SyscallDecoding
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Serves the file calls the rules send to the pod. Each call becomes one request to the agent; its answer
+/// arrives on the link's thread, which answers the program, so the receiving thread never waits.
+///
+/// Results reach the program as kernel objects, so that what follows runs natively: an open gets a memfd
+/// holding the content (or a placeholder directory, see `RemoteDirectories`), a stat gets its structure
+/// written into the program's buffer.
+final class RemoteFiles: Sendable {
+    /// How a served call ended, for the log.
+    typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?) -> Void
+
+    let client: AgentClient
+    let listener: NotificationListener
+    let directories: RemoteDirectories
+    /// The pod's hostname, fetched once at start.
+    let hostname: [UInt8]
+    let logger: Logger
+    private let linkFailureWarned = Atomic<Bool>(false)
+    /// Uploads (`--fs-mode write`) whose pipe is still open or whose end is not yet confirmed.
+    private let uploads = Atomic<Int>(0)
+
+    init(
+        client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
+        logger: Logger
+    ) {
+        self.client = client
+        self.listener = listener
+        self.directories = directories
+        self.hostname = hostname
+        self.logger = logger
+    }
+
+    // MARK: Paths
+
+    /// The call's path made absolute: against the caller's cwd or directory fd, read from /proc for this
+    /// call, and translated back to the pod's path when it runs through a placeholder directory. Nil when
+    /// the base is not a directory path (a socket fd, a deleted cwd): the call then runs locally.
+    func absolutePath(of call: FileCall, pid: Int32) -> [UInt8]? {
+        if !call.isRelative { return directories.remotePath(for: call.path) ?? call.path }
+        guard !call.path.isEmpty else { return nil }
+        let link = call.directory == FileCall.currentDirectory ? "/proc/\(pid)/cwd" : "/proc/\(pid)/fd/\(call.directory)"
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let count = readlink(link, &buffer, buffer.count)
+        guard count > 0, buffer[0] == UInt8(ascii: "/") else { return nil }
+        let absolute = PathNormalizer.absolute(call.path, base: Array(buffer[..<count]))
+        return directories.remotePath(for: absolute) ?? absolute
+    }
+
+    // MARK: Serving
+
+    /// Serves one call routed remote; `done` is called exactly once, after the program has its answer.
+    func serve(_ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion) {
+        let answer = Answer(notification: notification, listener: listener, done: done)
+        guard let file, let path else {
+            if call?.spec.name == "uname" { serveUname(answer, buffer: notification.arguments[0]) }
+            else { answer.fail(ENOSYS, note: "not served remotely") }
+            return
+        }
+        switch file.operation {
+        case .open(let flags, _) where path == RoutingPolicy.hostnameFile:
+            install(Array(hostname) + [UInt8(ascii: "\n")], flags: flags, name: path, answer)
+        case .open(let flags, let mode) where file.isWriting:
+            openForWriting(path, flags: flags, mode: mode, answer)
+        case .open(let flags, _):
+            openForReading(path, flags: flags, answer)
+        case .stat(let follow, let buffer, let layout):
+            client.send(.stat(path: path, followSymlinks: follow)) { reply in
+                answer.expect(reply) { response in
+                    guard case .metadata(let metadata) = response else { return answer.unexpected(response) }
+                    let bytes = layout == .statx ? KernelStructures.statx(metadata) : KernelStructures.stat(metadata)
+                    answer.write(bytes, at: buffer, result: 0)
+                }
+            }
+        case .access(let mode):
+            client.send(.access(path: path, mode: mode)) { reply in
+                answer.expect(reply) { response in
+                    guard case .done = response else { return answer.unexpected(response) }
+                    answer.succeed(0)
+                }
+            }
+        case .extendedAttributes(let follow, let list):
+            client.send(.stat(path: path, followSymlinks: follow)) { reply in
+                answer.expect(reply) { response in
+                    guard case .metadata = response else { return answer.unexpected(response) }
+                    if list { answer.succeed(0) } else { answer.fail(ENODATA) }
+                }
+            }
+        case .readlink(let buffer, let size):
+            guard size > 0 else { return answer.fail(EINVAL) }
+            client.send(.readlink(path: path)) { reply in
+                answer.expect(reply) { response in
+                    guard case .text(let target) = response else { return answer.unexpected(response) }
+                    let shown = Array(target.prefix(size))
+                    answer.write(shown, at: buffer, result: Int64(shown.count))
+                }
+            }
+        }
+    }
+
+    /// uname with the pod's hostname as nodename; the rest is this machine's.
+    func serveUname(_ answer: Answer, buffer: UInt64) {
+        var names = utsname()
+        uname(&names)
+        let local = withUnsafeBytes(of: &names) { Array($0) }
+        answer.write(KernelStructures.utsname(local, nodename: hostname), at: buffer, result: 0)
+    }
+
+    func openForReading(_ path: [UInt8], flags: Int32, _ answer: Answer) {
+        let download = Download(path: path, flags: flags, answer: answer, files: self)
+        download.id = client.send(.open(path: path, flags: flags, mode: 0)) { reply in download.receive(reply) }
+    }
+
+    /// Gives the program a memfd holding `content`, opened with its access mode.
+    func install(_ content: [UInt8], flags: Int32, name: [UInt8], _ answer: Answer) {
+        do {
+            let memfd = try MemoryFile(name: name)
+            do {
+                try memfd.append(content)
+            } catch {
+                memfd.close()
+                throw error
+            }
+            answer.install(memfd: memfd, flags: flags)
+        } catch let error as SystemCallError {
+            answer.fail(error.errno.rawValue, note: "\(error)")
+        } catch {
+            answer.fail(EIO, note: "\(error)")
+        }
+    }
+
+    /// `--fs-mode write`: the program writes into a pipe; its bytes stream to the file opened in the pod.
+    func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
+        let upload = Upload(path: path, flags: flags, answer: answer, files: self)
+        uploads.add(1, ordering: .relaxed)
+        upload.id = client.send(.open(path: path, flags: flags, mode: mode)) { reply in upload.receive(reply) }
+    }
+
+    func uploadEnded() { uploads.subtract(1, ordering: .relaxed) }
+
+    /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
+    func drain(seconds: Int) {
+        let deadline = Clock.monotonic() + UInt64(seconds) * 1_000_000_000
+        while uploads.load(ordering: .relaxed) > 0 && Clock.monotonic() < deadline { usleep(1000) }
+        if uploads.load(ordering: .relaxed) > 0 {
+            logger.warning("\(uploads.load(ordering: .relaxed)) file(s) written for the pod did not finish in \(seconds) s")
+        }
+    }
+
+    /// The first link failure is worth a line on the terminal; the log has every call it failed.
+    func warnAboutLink(_ reason: String) {
+        guard !linkFailureWarned.exchange(true, ordering: .relaxed) else { return }
+        logger.error("\(reason); remote file calls now fail with EIO")
+    }
+}
+
+/// The answer to one notification, given once, from whichever thread has the result.
+struct Answer: Sendable {
+    let notification: Notification
+    let listener: NotificationListener
+    let done: RemoteFiles.Completion
+
+    func succeed(_ value: Int64, note: String? = nil) {
+        do {
+            try listener.succeed(notification.id, value: value)
+            done(.returned(value), note)
+        } catch {
+            done(.interrupted, note)
+        }
+    }
+
+    func fail(_ errno: Int32, note: String? = nil) {
+        do {
+            try listener.fail(notification.id, errno: errno)
+            done(.failed(errno: errno), note)
+        } catch {
+            done(.interrupted, note)
+        }
+    }
+
+    /// Writes a result into the program's buffer, then answers `result`; the call is checked first, since it
+    /// may be long gone and its pid reused.
+    func write(_ bytes: [UInt8], at address: UInt64, result: Int64) {
+        guard listener.isPending(notification.id) else { return done(.interrupted, nil) }
+        let errno = ProcessMemory(pid: notification.pid).write(bytes, at: address)
+        if errno == 0 { succeed(result) } else { fail(errno) }
+    }
+
+    /// Installs a reopened memfd (the caller's access mode, not the memfd's read-write one) and answers
+    /// with its number.
+    func install(memfd: MemoryFile, flags: Int32) {
+        defer { memfd.close() }
+        let reopened = open("/proc/self/fd/\(memfd.fd)", O_RDONLY | O_CLOEXEC)
+        guard reopened >= 0 else { return fail(EIO, note: "could not reopen the memfd: \(currentErrno())") }
+        install(fd: reopened, flags: flags)
+    }
+
+    /// Installs `fd` into the program (closing it here) and answers with the new number.
+    func install(fd: Int32, flags: Int32, note: String? = nil) {
+        defer { close(fd) }
+        do {
+            let number = try listener.answer(notification.id, installing: fd, closeOnExec: flags & O_CLOEXEC != 0)
+            done(.returned(Int64(number)), note)
+        } catch let error where error.errno == .noSuchFileOrDirectory {
+            done(.interrupted, note)
+        } catch {
+            fail(error.errno.rawValue, note: "\(error)")
+        }
+    }
+
+    /// Hands a single-response reply to `body`; failures and link trouble are answered here.
+    func expect(_ reply: Reply, _ body: (Response) -> Void) -> ReplyDisposition {
+        switch reply {
+        case .response(.failure(let errno, let message)):
+            fail(errno, note: message.isEmpty ? nil : message)
+        case .response(let response):
+            body(response)
+        case .chunk, .end:
+            fail(EIO, note: "the agent sent a stream where none was expected")
+        case .linkFailure(let reason):
+            linkFailed(reason)
+        }
+        return .complete
+    }
+
+    func unexpected(_ response: Response) {
+        fail(EIO, note: "unexpected answer from the agent: \(response)")
+    }
+
+    func linkFailed(_ reason: String, files: RemoteFiles? = nil) {
+        files?.warnAboutLink(reason)
+        fail(EIO, note: reason)
+    }
+}
+
+/// A memfd being filled. Owned by one thread at a time (the link's).
+final class MemoryFile: @unchecked Sendable {
+    let fd: Int32
+
+    /// A memfd named after the file's last path component, for readers of /proc/PID/fd.
+    init(name: [UInt8]) throws(SystemCallError) {
+        let base = name.split(separator: UInt8(ascii: "/")).last.map { String(decoding: $0, as: UTF8.self) } ?? "file"
+        fd = try systemCall("memfd_create") { sysm_memfd("sysmirror:" + String(base.prefix(200))) }
+    }
+
+    func append(_ bytes: [UInt8]) throws(SystemCallError) {
+        var done = 0
+        while done < bytes.count {
+            let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("write(memfd)", currentErrno())
+            }
+            done += written
+        }
+    }
+
+    func close() { Glibc.close(fd) }
+}

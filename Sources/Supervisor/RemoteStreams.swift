@@ -1,0 +1,191 @@
+import AgentLink
+import AgentProtocol
+import LinuxSystem
+import CSysmirror
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A remote open for reading, as its replies arrive on the link's thread: the metadata, then the content
+/// (into a memfd) or the entries (into a placeholder directory), then the end, when the program gets its fd.
+final class Download: @unchecked Sendable {  // touched only on the link's thread, after `id` is set
+    let path: [UInt8]
+    let flags: Int32
+    let answer: Answer
+    let files: RemoteFiles
+    var id: UInt32 = 0
+    private var memfd: MemoryFile?
+    private var entries: [UInt8]?
+    private var chunks = 0
+    private var failure: SystemCallError?
+    /// Checked every so many chunks: a program killed during a large download stops the stream.
+    static let liveCheckInterval = 16
+
+    init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
+        self.path = path
+        self.flags = flags
+        self.answer = answer
+        self.files = files
+    }
+
+    func receive(_ reply: Reply) -> ReplyDisposition {
+        switch reply {
+        case .response(.opened(let metadata)):
+            if metadata.isDirectory {
+                entries = []
+            } else {
+                do {
+                    memfd = try MemoryFile(name: path)
+                } catch {
+                    failure = error
+                }
+            }
+            return .expectingMore
+        case .chunk(let bytes):
+            chunks += 1
+            if chunks % Self.liveCheckInterval == 0 && !answer.listener.isPending(answer.notification.id) {
+                files.client.cancel(id)
+                memfd?.close()
+                answer.done(.interrupted, "the call went away during the transfer")
+                return .complete
+            }
+            if entries != nil {
+                entries!.append(contentsOf: bytes)
+            } else if let memfd, failure == nil {
+                do { try memfd.append(bytes) } catch { failure = error }
+            }
+            return .expectingMore
+        case .end:
+            finish()
+            return .complete
+        case .response(.failure(let errno, let message)):
+            memfd?.close()
+            answer.fail(errno, note: message.isEmpty ? nil : message)
+            return .complete
+        case .response(let other):
+            memfd?.close()
+            answer.unexpected(other)
+            return .complete
+        case .linkFailure(let reason):
+            memfd?.close()
+            answer.linkFailed(reason, files: files)
+            return .complete
+        }
+    }
+
+    func finish() {
+        if let entries {
+            do {
+                let decoded = try DirectoryEntryCodec.decode(entries)
+                switch files.directories.open(path, entries: decoded) {
+                case .success(let fd): answer.install(fd: fd, flags: flags)
+                case .failure(let errno): answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
+                }
+            } catch {
+                answer.fail(EIO, note: "\(error)")
+            }
+        } else if let memfd {
+            if let failure {
+                memfd.close()
+                // ENOSPC/ENOMEM filling the memfd: the program sees what it would for a full disk.
+                answer.fail(failure.errno.rawValue, note: "could not hold the file's content: \(failure)")
+            } else {
+                answer.install(memfd: memfd, flags: flags)
+            }
+        } else {
+            answer.fail(failure?.errno.rawValue ?? EIO, note: failure.map { "\($0)" } ?? "the agent sent no content")
+        }
+    }
+}
+
+/// A remote open for writing (`--fs-mode write`): the program gets the write end of a pipe; a thread of its
+/// own streams what arrives to the file opened in the pod, and ends the stream when every writer has
+/// closed the pipe.
+final class Upload: @unchecked Sendable {  // `id` is set before any reply arrives; the rest is the link thread's
+    let path: [UInt8]
+    let flags: Int32
+    let answer: Answer
+    let files: RemoteFiles
+    var id: UInt32 = 0
+    private var installed = false
+
+    init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
+        self.path = path
+        self.flags = flags
+        self.answer = answer
+        self.files = files
+    }
+
+    var name: String { String(decoding: path, as: UTF8.self) }
+
+    func receive(_ reply: Reply) -> ReplyDisposition {
+        switch reply {
+        case .response(.opened):
+            var ends: (Int32, Int32) = (-1, -1)
+            let created = withUnsafeMutableBytes(of: &ends) { sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+            guard created == 0 else {
+                answer.fail(currentErrno().rawValue, note: "could not make the pipe for the upload")
+                files.client.cancel(id)
+                files.uploadEnded()
+                return .complete
+            }
+            if flags & O_NONBLOCK != 0 { _ = fcntl(ends.1, F_SETFL, O_NONBLOCK) }
+            let (reader, id, client) = (ends.0, id, files.client)
+            do {
+                _ = try ThreadHandle.start(name: "sysmirror-upload") { Upload.pump(reader, id: id, client: client) }
+            } catch {
+                close(reader)
+                close(ends.1)
+                answer.fail(EIO, note: "could not start the upload: \(error)")
+                files.client.cancel(id)
+                files.uploadEnded()
+                return .complete
+            }
+            installed = true
+            answer.install(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
+            return .waitingOnClient
+        case .response(.done):
+            files.uploadEnded()
+            return .complete
+        case .response(.failure(let errno, let message)):
+            if installed {
+                files.logger.error("writing \(name) in the pod failed: \(Errno(rawValue: errno)) \(message)")
+            } else {
+                answer.fail(errno, note: message.isEmpty ? nil : message)
+            }
+            files.uploadEnded()
+            return .complete
+        case .linkFailure(let reason):
+            if installed {
+                files.logger.error("writing \(name) in the pod failed: \(reason)")
+            } else {
+                answer.linkFailed(reason, files: files)
+            }
+            files.uploadEnded()
+            return .complete
+        case .response, .chunk, .end:
+            return .waitingOnClient
+        }
+    }
+
+    /// Reads the pipe until every writer has closed it, sending each piece; waits for each piece to be in
+    /// the socket before reading the next, so a fast writer is slowed to the link's pace, not buffered.
+    static func pump(_ reader: Int32, id: UInt32, client: AgentClient) {
+        defer { close(reader) }
+        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
+        while true {
+            let count = read(reader, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            do {
+                try client.upload(id, Array(buffer[..<count])).wait()
+            } catch {
+                return  // the link is gone; the request's handler reports it
+            }
+        }
+        _ = try? client.upload(id, nil).wait()
+    }
+}
