@@ -4,6 +4,10 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// What a request's handler is told, in order: the agent's response, then for streams the chunks and the end.
 public enum Reply: Sendable {
     case response(Response)
@@ -31,11 +35,11 @@ public enum AgentConnectError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unreachable(let address, let reason):
-            "cannot reach the agent at \(address): \(reason). Is `sysmirror agent --listen \(address)` running?"
+            "cannot reach the agent at \(address) (\(reason)). Is `sysmirror agent --listen \(address)` running?"
         case .refused(let address, let reason):
-            "the agent at \(address) refused the session: \(reason)"
+            "the agent at \(address) refused the session: \(reason)."
         case .noAnswer(let address, let seconds):
-            "the agent at \(address) did not answer the handshake within \(seconds) s; is it a sysmirror agent?"
+            "the agent at \(address) did not answer the handshake within \(seconds) s. Is a sysmirror agent listening there?"
         }
     }
 }
@@ -116,8 +120,12 @@ public final class AgentClient: Sendable {
         }
     }
 
+    /// The errno's text where there is one: NIO's descriptions name its internal calls.
     static func describe(_ error: any Error) -> String {
-        if let error = error as? IOError { return "\(error.description)" }
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
+        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
+            return describe(first.error)
+        }
         return "\(error)"
     }
 

@@ -28,8 +28,8 @@ final class RemoteFiles: Sendable {
     let hostname: [UInt8]
     let logger: Logger
     private let linkFailureWarned = Atomic<Bool>(false)
-    /// Uploads (`--fs-mode write`) whose pipe is still open or whose end is not yet confirmed.
-    private let uploads = Atomic<Int>(0)
+    /// Uploads (`--fs-mode write`) by pod path, until the agent confirms their end.
+    private let uploads = Mutex<[[UInt8]: [Upload]]>([:])
 
     init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
@@ -68,10 +68,14 @@ final class RemoteFiles: Sendable {
             else { answer.fail(ENOSYS, note: "not served remotely") }
             return
         }
-        switch file.operation {
+        afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }
+    }
+
+    func serve(_ operation: FileOperation, path: [UInt8], isWriting: Bool, _ answer: Answer) {
+        switch operation {
         case .open(let flags, _) where path == RoutingPolicy.hostnameFile:
             install(Array(hostname) + [UInt8(ascii: "\n")], flags: flags, name: path, answer)
-        case .open(let flags, let mode) where file.isWriting:
+        case .open(let flags, let mode) where isWriting:
             openForWriting(path, flags: flags, mode: mode, answer)
         case .open(let flags, _):
             openForReading(path, flags: flags, answer)
@@ -143,18 +147,37 @@ final class RemoteFiles: Sendable {
     /// `--fs-mode write`: the program writes into a pipe; its bytes stream to the file opened in the pod.
     func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
         let upload = Upload(path: path, flags: flags, answer: answer, files: self)
-        uploads.add(1, ordering: .relaxed)
+        uploads.withLock { $0[path, default: []].append(upload) }
         upload.id = client.send(.open(path: path, flags: flags, mode: mode)) { reply in upload.receive(reply) }
     }
 
-    func uploadEnded() { uploads.subtract(1, ordering: .relaxed) }
+    func uploadEnded(_ upload: Upload) {
+        uploads.withLock { uploads in
+            uploads[upload.path]?.removeAll { $0 === upload }
+            if uploads[upload.path]?.isEmpty == true { uploads[upload.path] = nil }
+        }
+        upload.finish()
+    }
+
+    /// Close-to-open consistency, as NFS gives: a call on a path whose upload the program has closed (every
+    /// writer gone) waits until the pod has the bytes, so the program reads back what it wrote. An upload
+    /// still open does not hold anything up: the program may read while it writes.
+    func afterClosedUploads(to path: [UInt8], _ body: @escaping @Sendable () -> Void) {
+        let closed = uploads.withLock { $0[path]?.filter(\.writersClosed) ?? [] }
+        guard !closed.isEmpty else { return body() }
+        let remaining = Countdown(closed.count)
+        for upload in closed {
+            upload.whenFinished { if remaining.tick() { body() } }
+        }
+    }
 
     /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
     func drain(seconds: Int) {
         let deadline = Clock.monotonic() + UInt64(seconds) * 1_000_000_000
-        while uploads.load(ordering: .relaxed) > 0 && Clock.monotonic() < deadline { usleep(1000) }
-        if uploads.load(ordering: .relaxed) > 0 {
-            logger.warning("\(uploads.load(ordering: .relaxed)) file(s) written for the pod did not finish in \(seconds) s")
+        func count() -> Int { uploads.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+        while count() > 0 && Clock.monotonic() < deadline { usleep(1000) }
+        if count() > 0 {
+            logger.warning("\(count()) file(s) written for the pod did not finish in \(seconds) s")
         }
     }
 
@@ -163,6 +186,13 @@ final class RemoteFiles: Sendable {
         guard !linkFailureWarned.exchange(true, ordering: .relaxed) else { return }
         logger.error("\(reason); remote file calls now fail with EIO")
     }
+}
+
+/// Counts down from a number, shared by threads; true for the tick that reaches zero.
+final class Countdown: Sendable {
+    private let value: Atomic<Int>
+    init(_ count: Int) { value = Atomic(count) }
+    func tick() -> Bool { value.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 }
 }
 
 /// The answer to one notification, given once, from whichever thread has the result.

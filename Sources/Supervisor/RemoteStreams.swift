@@ -104,13 +104,14 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
 /// A remote open for writing (`--fs-mode write`): the program gets the write end of a pipe; a thread of its
 /// own streams what arrives to the file opened in the pod, and ends the stream when every writer has
 /// closed the pipe.
-final class Upload: @unchecked Sendable {  // `id` is set before any reply arrives; the rest is the link thread's
+final class Upload: @unchecked Sendable {  // `id` is set before any reply arrives; `state` is locked
     let path: [UInt8]
     let flags: Int32
     let answer: Answer
     let files: RemoteFiles
     var id: UInt32 = 0
-    private var installed = false
+    /// The pipe's read end (closed when the upload ends), and who waits for the end.
+    private let state = Mutex<(reader: Int32, finished: Bool, waiters: [@Sendable () -> Void])>((-1, false, []))
 
     init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
         self.path = path
@@ -121,54 +122,89 @@ final class Upload: @unchecked Sendable {  // `id` is set before any reply arriv
 
     var name: String { String(decoding: path, as: UTF8.self) }
 
+    /// Whether every writer has closed the pipe: what remains is in flight to the pod.
+    var writersClosed: Bool {
+        state.withLock { state in
+            guard state.reader >= 0 else { return false }
+            var entry = pollfd(fd: state.reader, events: 0, revents: 0)
+            return poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLHUP) != 0
+        }
+    }
+
+    func whenFinished(_ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state in
+            if !state.finished { state.waiters.append(body) }
+            return state.finished
+        }
+        if now { body() }
+    }
+
+    /// The upload is over (done, failed, or never started): close the pipe, release the waiters.
+    func finish() {
+        let waiters = state.withLock { state in
+            if state.reader >= 0 { close(state.reader) }
+            state.reader = -1
+            state.finished = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter() }
+    }
+
     func receive(_ reply: Reply) -> ReplyDisposition {
         switch reply {
         case .response(.opened):
             var ends: (Int32, Int32) = (-1, -1)
             let created = withUnsafeMutableBytes(of: &ends) { sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
             guard created == 0 else {
-                answer.fail(currentErrno().rawValue, note: "could not make the pipe for the upload")
-                files.client.cancel(id)
-                files.uploadEnded()
-                return .complete
+                return abandon(errno: currentErrno().rawValue, "could not make the pipe for the upload")
             }
             if flags & O_NONBLOCK != 0 { _ = fcntl(ends.1, F_SETFL, O_NONBLOCK) }
-            let (reader, id, client) = (ends.0, id, files.client)
+            // The pump reads its own duplicate, so that `finish` may close the watched end at any time.
+            let pumped = fcntl(ends.0, F_DUPFD_CLOEXEC, 0)
+            state.withLock { $0.reader = ends.0 }
+            let (id, client) = (id, files.client)
             do {
-                _ = try ThreadHandle.start(name: "sysmirror-upload") { Upload.pump(reader, id: id, client: client) }
+                guard pumped >= 0 else { throw SystemCallError("fcntl(F_DUPFD_CLOEXEC)", currentErrno()) }
+                _ = try ThreadHandle.start(name: "sysmirror-upload") { Upload.pump(pumped, id: id, client: client) }
             } catch {
-                close(reader)
                 close(ends.1)
-                answer.fail(EIO, note: "could not start the upload: \(error)")
-                files.client.cancel(id)
-                files.uploadEnded()
-                return .complete
+                if pumped >= 0 { close(pumped) }
+                return abandon(errno: EIO, "could not start the upload: \(error)")
             }
-            installed = true
             answer.install(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
             return .waitingOnClient
         case .response(.done):
-            files.uploadEnded()
+            files.uploadEnded(self)
             return .complete
         case .response(.failure(let errno, let message)):
-            if installed {
+            if isInstalled {
                 files.logger.error("writing \(name) in the pod failed: \(Errno(rawValue: errno)) \(message)")
             } else {
                 answer.fail(errno, note: message.isEmpty ? nil : message)
             }
-            files.uploadEnded()
+            files.uploadEnded(self)
             return .complete
         case .linkFailure(let reason):
-            if installed {
+            if isInstalled {
                 files.logger.error("writing \(name) in the pod failed: \(reason)")
             } else {
                 answer.linkFailed(reason, files: files)
             }
-            files.uploadEnded()
+            files.uploadEnded(self)
             return .complete
         case .response, .chunk, .end:
             return .waitingOnClient
         }
+    }
+
+    private var isInstalled: Bool { state.withLock { $0.reader >= 0 } }
+
+    private func abandon(errno: Int32, _ note: String) -> ReplyDisposition {
+        answer.fail(errno, note: note)
+        files.client.cancel(id)
+        files.uploadEnded(self)
+        return .complete
     }
 
     /// Reads the pipe until every writer has closed it, sending each piece; waits for each piece to be in

@@ -61,7 +61,7 @@ public enum TraceFailure: Error, Equatable {
                 Run `sysmirror doctor` for the full list.
                 """
         case .agent(let reason):
-            return "\(reason). The program was not started."
+            return "\(reason) The program was not started."
         case .internalError(let reason):
             return reason
         }

@@ -153,7 +153,7 @@ public final class TraceSession: Sendable {
             return Link(client: client, hostname: name, directories: try RemoteDirectories())
         } catch {
             client.close()
-            throw .agent("the agent at \(remote.address) failed at the start of the session: \(error)")
+            throw .agent("the agent at \(remote.address) failed at the start of the session: \(error).")
         }
     }
 

@@ -87,10 +87,11 @@ struct Outcome {
 
 enum Run {
     /// Runs `arguments` to the end, with signals unblocked (see Fixtures/unblocked.c). With `unprivileged`
-    /// and as root, runs them as nobody: the tests must pass without privileges.
+    /// and as root, runs them as nobody: the tests must pass without privileges. With `namespace`, runs them
+    /// in that network namespace.
     static func process(
         _ arguments: [String], directory: URL? = nil, environment: [String: String] = [:], stdin: String? = nil,
-        unprivileged: Bool = false, timeout: TimeInterval = 60
+        unprivileged: Bool = false, namespace: String? = nil, timeout: TimeInterval = 60
     ) throws -> Outcome {
         let process = Process()
         var command = arguments
@@ -98,6 +99,7 @@ enum Run {
             command =
                 ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
         }
+        if let namespace { command = ["ip", "netns", "exec", namespace] + command }
         if directory == nil { command = [Fixtures.shared.path("unblocked")] + command }
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command

@@ -3,11 +3,14 @@
 //	gofixture read FILE STATUS   print FILE, exit with STATUS
 //	gofixture many N FILE        open FILE from N goroutines at once; print "ok N"
 //	gofixture exec PROGRAM ARGS  run PROGRAM with os/exec (CLONE_VFORK) and print its output
+//	gofixture pod CONFIG DIR     what a service reads in its pod: CONFIG, the service-account token, the
+//	                             entries of DIR, its hostname and $DB_HOST
 package main
 
 import (
 	"fmt"
 	"os"
+	"strings"
 	"os/exec"
 	"strconv"
 	"sync"
@@ -55,6 +58,31 @@ func main() {
 		if opened != n {
 			os.Exit(1)
 		}
+	case "pod":
+		config, err := os.ReadFile(os.Args[2])
+		check(err)
+		token, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/token")
+		check(err)
+		entries, err := os.ReadDir(os.Args[3])
+		check(err)
+		var names []string
+		for _, entry := range entries {
+			kind := "file"
+			if entry.IsDir() {
+				kind = "dir"
+			}
+			names = append(names, entry.Name()+":"+kind)
+		}
+		info, err := os.Stat(os.Args[2])
+		check(err)
+		hostname, err := os.Hostname()
+		check(err)
+		fmt.Printf("config: %s", config)
+		fmt.Printf("token: %s\n", token)
+		fmt.Printf("entries: %s\n", strings.Join(names, " "))
+		fmt.Printf("size: %d mode: %v\n", info.Size(), info.Mode())
+		fmt.Printf("hostname: %s\n", hostname)
+		fmt.Printf("DB_HOST: %s\n", os.Getenv("DB_HOST"))
 	case "exec":
 		output, err := exec.Command(os.Args[2], os.Args[3:]...).CombinedOutput()
 		os.Stdout.Write(output)
@@ -62,5 +90,12 @@ func main() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+	}
+}
+
+func check(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
 	}
 }
