@@ -90,7 +90,7 @@ let package = Package(
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(
             name: "TraceTests",
-            dependencies: ["sysmirror"],
+            dependencies: ["sysmirror", "AgentProtocol"],
             exclude: ["README.md"]
         ),
     ]
