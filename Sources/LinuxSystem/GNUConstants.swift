@@ -5,6 +5,8 @@ public enum GNU {
     public static let openPath: Int32 = 0o10000000
     /// AT_EMPTY_PATH: the *at call acts on the dirfd itself.
     public static let emptyPath: Int32 = 0x1000
+    /// O_TMPFILE: an unnamed file in a directory's file system, freed on its last close.
+    public static let temporaryFile: Int32 = 0o20200000
     /// CLONE_NEWUTS, for setns into a UTS namespace.
     public static let newUTSNamespace: Int32 = 0x0400_0000
 }

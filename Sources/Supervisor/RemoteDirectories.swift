@@ -12,12 +12,15 @@ import SystemPackage
 /// see the pod's names. A path through a placeholder (`fstatat(dirfd, "name")`, `openat(dirfd, ...)`) is
 /// translated back to the pod's path, so its metadata and content still come from the pod.
 final class RemoteDirectories: Sendable {
-    /// A private folder for this session's placeholders, removed when the session ends.
+    /// A private folder for this session's placeholders (and large files' unnamed contents), removed when
+    /// the session ends.
     let root: [UInt8]
     private let state = Mutex<(next: Int, remotePaths: [Int: [UInt8]])>((1, [:]))
 
+    /// Makes the folder in `$TMPDIR`, or /tmp.
     init() throws(SystemCallError) {
-        var template = Array("/tmp/sysmirror-dirs-XXXXXX".utf8CString)
+        let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
+        var template = Array("\(base)/sysmirror-session-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemCallError("mkdtemp", currentErrno()) }
         root = template.dropLast().map { UInt8(bitPattern: $0) }
     }

@@ -10,14 +10,14 @@ import SystemPackage
 #endif
 
 /// A remote open for reading, as its replies arrive on the link's thread: the metadata, then the content
-/// (into a memfd) or the entries (into a placeholder directory), then the end, when the program gets its fd.
+/// (into a `ContentFile`) or the entries (into a placeholder directory), then the end, when the program gets its fd.
 final class Download: @unchecked Sendable {  // touched only on the link's thread, after `id` is set
     let path: [UInt8]
     let flags: Int32
     let answer: Answer
     let files: RemoteFiles
     var id: UInt32 = 0
-    private var memfd: MemoryFile?
+    private var content: ContentFile?
     private var entries: [UInt8]?
     private var chunks = 0
     private var failure: SystemCallError?
@@ -38,7 +38,7 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
                 entries = []
             } else {
                 do {
-                    memfd = try MemoryFile(name: path)
+                    content = try ContentFile(name: path, size: metadata.size, scratch: files.scratch)
                 } catch {
                     failure = error
                 }
@@ -48,29 +48,29 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
             chunks += 1
             if chunks % Self.liveCheckInterval == 0 && !answer.listener.isPending(answer.notification.id) {
                 files.client.cancel(id)
-                memfd?.close()
+                content?.close()
                 answer.done(.interrupted, "the call went away during the transfer")
                 return .complete
             }
             if entries != nil {
                 entries!.append(contentsOf: bytes)
-            } else if let memfd, failure == nil {
-                do { try memfd.append(bytes) } catch { failure = error }
+            } else if let content, failure == nil {
+                do { try content.append(bytes) } catch { failure = error }
             }
             return .expectingMore
         case .end:
             finish()
             return .complete
         case .response(.failure(let errno, let message)):
-            memfd?.close()
+            content?.close()
             answer.fail(errno, note: message.isEmpty ? nil : message)
             return .complete
         case .response(let other):
-            memfd?.close()
+            content?.close()
             answer.unexpected(other)
             return .complete
         case .linkFailure(let reason):
-            memfd?.close()
+            content?.close()
             answer.linkFailed(reason, files: files)
             return .complete
         }
@@ -87,13 +87,13 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
             } catch {
                 answer.fail(EIO, note: "\(error)")
             }
-        } else if let memfd {
+        } else if let content {
             if let failure {
-                memfd.close()
-                // ENOSPC/ENOMEM filling the memfd: the program sees what it would for a full disk.
+                content.close()
+                // ENOSPC/ENOMEM holding the content: the program sees what it would for a full disk.
                 answer.fail(failure.errno.rawValue, note: "could not hold the file's content: \(failure)")
             } else {
-                answer.install(memfd: memfd, flags: flags)
+                answer.install(content: content, flags: flags)
             }
         } else {
             answer.fail(failure?.errno.rawValue ?? EIO, note: failure.map { "\($0)" } ?? "the agent sent no content")

@@ -106,6 +106,7 @@ defer { try? FileManager.default.removeItem(atPath: work) }
 run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-min", "\(options.anchors)/unotify-min.c"])
 run(["cc", "-O2", "-static", "-o", "\(work)/syscall-loop", "\(options.anchors)/syscall-loop.c"])
 run(["cc", "-O2", "-static", "-o", "\(work)/sendmsg-loop", "\(options.programs)/sendmsg-loop.c"])
+run(["cc", "-O2", "-static", "-pthread", "-o", "\(work)/file-reads", "\(options.programs)/file-reads.c"])
 _ = FileManager.default.createFile(atPath: "\(work)/file", contents: Data("x".utf8))
 
 var spinner: Process?
@@ -199,6 +200,64 @@ print("sendmsg + recv on connected UDP over loopback (median µs per pair)")
 for (name, _) in sendmsgCases {
     print(pad(name, 38) + format(median(sendmsg[name]!) / 1000, 2))
 }
+print("")
+
+// Remote files: an agent on a unix socket serving a pod root on this machine, beside local reads of the same
+// files. The pod's /data/small and /data/large are the local files pod/data/small and pod/data/large.
+let pod = "\(work)/pod"
+try FileManager.default.createDirectory(atPath: "\(pod)/data", withIntermediateDirectories: true)
+_ = FileManager.default.createFile(atPath: "\(pod)/data/small", contents: Data(repeating: 0x61, count: 2048))
+_ = FileManager.default.createFile(atPath: "\(pod)/data/large", contents: Data(repeating: 0x62, count: 100 << 20))
+try "bench-token".write(toFile: "\(work)/token", atomically: false, encoding: .utf8)
+let agent = Process()
+agent.executableURL = URL(fileURLWithPath: options.sysmirror)
+agent.arguments = [
+    "agent", "--listen", "unix:\(work)/agent.sock", "--root", pod, "--token-file", "\(work)/token", "--quiet",
+]
+try agent.run()
+defer { agent.terminate() }
+while !FileManager.default.fileExists(atPath: "\(work)/agent.sock") { usleep(10_000) }
+let remote = [options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/agent.sock", "--token-file", "\(work)/token", "--"]
+let fileCases: [(name: String, prefix: [String], root: String)] = [
+    ("local file, native", [], pod),
+    ("local file, sysmirror (routed, local)", [options.sysmirror, "trace", "--quiet", "--"], pod),
+    ("remote file, sysmirror + agent (unix)", remote, ""),
+]
+var p50: [String: [Double]] = [:]
+var p99: [String: [Double]] = [:]
+var throughput: [String: [Double]] = [:]
+var transfer: [String: [Double]] = [:]
+var opensPerSecond: [String: [Double]] = [:]
+var failures: [String: [Double]] = [:]
+let latencyCount = String(max(1000, options.iterations / 20))
+for _ in 0..<options.rounds {
+    for item in fileCases {
+        let latency = run(item.prefix + ["\(work)/file-reads", "latency", latencyCount, "\(item.root)/data/small"]).output
+        p50[item.name, default: []].append(value("p50_ns", in: latency))
+        p99[item.name, default: []].append(value("p99_ns", in: latency))
+        let bulk = run(item.prefix + ["\(work)/file-reads", "throughput", "\(item.root)/data/large"]).output
+        throughput[item.name, default: []].append(value("read_mb_s", in: bulk))
+        transfer[item.name, default: []].append(value("open_ms", in: bulk))
+        let threads = run(item.prefix + ["\(work)/file-reads", "threads", "64", "10000", "\(item.root)/data/small"]).output
+        opensPerSecond[item.name, default: []].append(value("opens_per_s", in: threads))
+        failures[item.name, default: []].append(value("failures", in: threads))
+    }
+}
+print("Files (median of \(options.rounds)): open+read+close of a 2 KiB file; 1 MiB reads of an open 100 MiB file;")
+print("10,000 opens+close of the 2 KiB file from 64 threads")
+print(
+    pad("case", 40) + pad("p50 µs", 9) + pad("p99 µs", 9) + pad("read MB/s", 11) + pad("× local", 9)
+        + pad("100 MiB open ms", 17) + pad("opens/s", 10) + "failures")
+let localRead = median(throughput["local file, native"]!)
+for item in fileCases {
+    let rate = median(throughput[item.name]!)
+    print(
+        pad(item.name, 40) + pad(format(median(p50[item.name]!) / 1000), 9) + pad(format(median(p99[item.name]!) / 1000), 9)
+            + pad(format(rate, 0), 11) + pad(format(rate / localRead, 2), 9)
+            + pad(format(median(transfer[item.name]!), 1), 17) + pad(format(median(opensPerSecond[item.name]!), 0), 10)
+            + format(failures[item.name]!.max() ?? .nan, 0))
+}
+print("targets: remote p50 ≤ 100 µs; remote read throughput within 10% of local (≥ 0.90×); no failures")
 print("")
 
 // The log writer's cost per event, off the program's path.
