@@ -43,7 +43,7 @@ struct ConfigTests {
             ("flies: {}\n", "unknown key \"flies\""),
             ("fs:\n  local: /data\n", "fs.local: expected a list of strings"),
             ("{\"fs\": {\"mode\": 3}}", "fs.mode: expected a string"),
-            ("fs: [\n", ""),
+            ("fs: [\n", "not valid YAML"),
         ])
     func mistakes(text: String, expected: String) {
         #expect {
