@@ -44,11 +44,11 @@ let package = Package(
             name: "Configuration",
             dependencies: ["Routing", .product(name: "Yams", package: "Yams")]
         ),
-        // SwiftNIO glue shared by both ends of the link: framing and socket addresses.
+        // Both ends of the link: addresses, tokens, NIO framing for the agent, the supervisor's client.
         .target(
             name: "AgentLink",
             dependencies: [
-                "AgentProtocol",
+                "AgentProtocol", "CSysmirror", "LinuxSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -70,7 +70,6 @@ let package = Package(
             name: "Supervisor",
             dependencies: [
                 "CSeccomp", "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing", "AgentProtocol", "AgentLink",
-                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

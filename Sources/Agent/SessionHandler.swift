@@ -201,7 +201,8 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             context.write(wrapOutboundOut(.response(id: id, .opened(metadata))), promise: nil)
             if metadata.size < UInt64(Frame.chunkSize) {
                 // Small: read it here, in one chunk (or several, if it grew since the stat).
-                FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled).runInline(context: context)
+                FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
+                    .runInline(context: context, bufferSize: Int(metadata.size) + 1)
             } else {
                 context.flush()
                 let stream = FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
@@ -269,10 +270,11 @@ struct FileStream: Sendable {
         }
     }
 
-    /// On the event loop: the whole (small) file now.
-    func runInline(context: ChannelHandlerContext) {
+    /// On the event loop: the whole (small) file now. `bufferSize` is one more than the size fstat gave, so
+    /// that one read normally gets the content and the next one the end.
+    func runInline(context: ChannelHandlerContext, bufferSize: Int) {
         defer { try? fd.close() }
-        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
+        var buffer = [UInt8](repeating: 0, count: min(bufferSize, Frame.chunkSize))
         while true {
             let step = next(&buffer)
             if case .chunk = step {

@@ -1,7 +1,7 @@
 import AgentProtocol
+import CSysmirror
+import LinuxSystem
 import Logging
-import NIOCore
-import NIOPosix
 import Synchronization
 
 #if canImport(Glibc)
@@ -30,7 +30,7 @@ public enum ReplyDisposition: Sendable {
 public enum AgentConnectError: Error, Sendable, CustomStringConvertible {
     case unreachable(AgentAddress, String)
     case refused(AgentAddress, String)
-    case noAnswer(AgentAddress, seconds: Int64)
+    case noAnswer(AgentAddress, seconds: Int)
 
     public var description: String {
         switch self {
@@ -44,271 +44,327 @@ public enum AgentConnectError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// The supervisor's end of the link: one connection, many requests in flight, each answered through its
-/// handler on the link's event loop thread. Thread-safe: any thread may send.
-public final class AgentClient: Sendable {
-    public typealias Handler = @Sendable (Reply) -> ReplyDisposition
-
-    /// A request that hears nothing from the agent for this long fails, so a stuck agent cannot hang the
-    /// program; chunks count as signs of life.
-    public static let requestTimeout = TimeAmount.seconds(10)
-
-    public let address: AgentAddress
-    /// What the agent said about itself in the handshake.
-    public let agentDescription: String
-    let channel: any Channel
-    let state: RequestTable
-    let group: MultiThreadedEventLoopGroup
-    private let nextID = Atomic<UInt32>(1)
-
-    init(
-        address: AgentAddress, agentDescription: String, channel: any Channel, state: RequestTable,
-        group: MultiThreadedEventLoopGroup
-    ) {
-        self.address = address
-        self.agentDescription = agentDescription
-        self.channel = channel
-        self.state = state
-        self.group = group
-    }
-
-    /// Connects and authenticates; blocks until the session is open or has failed.
-    public static func connect(
-        to address: AgentAddress, token: [UInt8], timeout: TimeAmount = .seconds(5), logger: Logger
-    ) throws(AgentConnectError) -> AgentClient {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let table = RequestTable(logger: logger)
-        let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(timeout)
-            .channelOption(.socketOption(.so_keepalive), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addMessageCodec()
-                    try channel.pipeline.syncOperations.addHandler(ClientHandler(table: table))
-                }
-            }
-        let channel: any Channel
-        do {
-            switch address {
-            case .unix(let path): channel = try bootstrap.connect(unixDomainSocketPath: path).wait()
-            case .tcp(let host, let port): channel = try bootstrap.connect(host: host, port: port).wait()
-            }
-        } catch {
-            try? group.syncShutdownGracefully()
-            throw .unreachable(address, Self.describe(error))
-        }
-        let welcome = channel.eventLoop.makePromise(of: String.self)
-        table.awaitWelcome(welcome)
-        channel.writeAndFlush(Message.hello(version: protocolVersion, token: token), promise: nil)
-        let deadline = channel.eventLoop.scheduleTask(in: timeout) {
-            welcome.fail(AgentConnectError.noAnswer(address, seconds: timeout.nanoseconds / 1_000_000_000))
-        }
-        do {
-            let description = try welcome.futureResult.wait()
-            deadline.cancel()
-            let client = AgentClient(
-                address: address, agentDescription: description, channel: channel, state: table, group: group)
-            channel.eventLoop.execute { table.startTimeouts(on: channel.eventLoop) }
-            return client
-        } catch {
-            deadline.cancel()
-            try? channel.close().wait()
-            try? group.syncShutdownGracefully()
-            if let error = error as? AgentConnectError { throw error }
-            if let refusal = error as? Refusal { throw .refused(address, refusal.reason) }
-            throw .unreachable(address, Self.describe(error))
-        }
-    }
-
-    /// The errno's text where there is one: NIO's descriptions name its internal calls.
-    static func describe(_ error: any Error) -> String {
-        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)) }
-        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first {
-            return describe(first.error)
-        }
-        return "\(error)"
-    }
-
-    /// Sends `request`; `handler` hears every reply until it says the request is complete. Returns the
-    /// request's id (for chunks sent with it and for `cancel`).
-    @discardableResult
-    public func send(_ request: Request, handler: @escaping Handler) -> UInt32 {
-        var next = nextID.add(1, ordering: .relaxed).newValue
-        if next == 0 { next = nextID.add(1, ordering: .relaxed).newValue }
-        let id = next
-        let table = state
-        let channel = channel
-        channel.eventLoop.execute {
-            guard table.register(id, handler: handler) else { return }
-            channel.writeAndFlush(Message.request(id: id, request), promise: nil)
-        }
-        return id
-    }
-
-    /// Sends `request` and waits for its single response (for the session's start, not the hot path).
-    public func call(_ request: Request) throws(AgentCallError) -> Response {
-        let promise = channel.eventLoop.makePromise(of: Response.self)
-        send(request) { reply in
-            switch reply {
-            case .response(let response): promise.succeed(response)
-            case .linkFailure(let reason): promise.fail(AgentCallError(reason))
-            case .chunk, .end: promise.fail(AgentCallError("the agent sent a stream where none was expected"))
-            }
-            return .complete
-        }
-        do {
-            return try promise.futureResult.wait()
-        } catch let error as AgentCallError {
-            throw error
-        } catch {
-            throw AgentCallError("\(error)")
-        }
-    }
-
-    /// Sends a chunk of an upload, or its end (`bytes` nil). The returned future completes once the
-    /// bytes are in the socket, for back-pressure.
-    public func upload(_ id: UInt32, _ bytes: [UInt8]?) -> EventLoopFuture<Void> {
-        let message: Message = bytes.map { .chunk(id: id, $0) } ?? .end(id: id)
-        return channel.writeAndFlush(message)
-    }
-
-    /// The program's call is gone: tell the agent to stop streaming, and forget the request.
-    public func cancel(_ id: UInt32) {
-        let table = state
-        let channel = channel
-        channel.eventLoop.execute {
-            if table.forget(id) { channel.writeAndFlush(Message.cancel(id: id), promise: nil) }
-        }
-    }
-
-    /// Runs `body` on the link's thread, after everything sent before it.
-    public func execute(_ body: @escaping @Sendable () -> Void) {
-        channel.eventLoop.execute(body)
-    }
-
-    /// Whether the link is still up.
-    public var isActive: Bool { channel.isActive }
-
-    /// Closes the link; requests still pending fail.
-    public func close() {
-        try? channel.close().wait()
-        try? group.syncShutdownGracefully()
-    }
-}
-
 /// A request that failed for a reason other than the pod's errno.
 public struct AgentCallError: Error, Sendable, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
 
-struct Refusal: Error {
-    let reason: String
-}
+/// The supervisor's end of the link: one connection, many requests in flight from any thread.
+///
+/// Plain threads rather than an event loop, for latency: the thread that sends (the supervisor's
+/// receiving thread) writes the request into the socket itself, and one reader thread, blocked in poll,
+/// hands each reply to its request's handler. An event loop would add a wake-up of its own thread to
+/// every request; on these machines that is about a quarter of a remote call's time (docs/benchmarks.md).
+/// Nothing here ever blocks a sender: bytes the socket cannot take at once wait in a queue that the reader
+/// thread flushes.
+public final class AgentClient: Sendable {
+    public typealias Handler = @Sendable (Reply) -> ReplyDisposition
 
-/// The requests in flight, confined to the link's event loop.
-final class RequestTable: @unchecked Sendable {
-    struct Pending {
-        let handler: AgentClient.Handler
-        /// Nil while the client has the next step.
-        var lastHeard: NIODeadline?
+    /// A request that hears nothing from the agent for this long fails, so a stuck agent cannot hang the
+    /// program; chunks count as signs of life.
+    public static let requestTimeout: UInt64 = 10
+    /// Uploads wait while this much is queued for the socket, so a fast writer moves at the link's pace.
+    static let queueLimit = 4 << 20
+
+    public let address: AgentAddress
+    /// What the agent said about itself in the handshake.
+    public let agentDescription: String
+    let socket: Int32
+    /// Wakes the reader thread: bytes were queued, or the client is closing.
+    let wakeUp: Int32
+    let logger: Logger
+    private let requests = Mutex(Requests())
+    private let outbound = Mutex(Outbound())
+    private let reader = Mutex<ThreadHandle?>(nil)
+
+    struct Requests {
+        var pending: [UInt32: Pending] = [:]
+        var nextID: UInt32 = 1
+        /// Set once the link is gone: new requests fail at once.
+        var failure: String?
     }
 
-    private var pending: [UInt32: Pending] = [:]
-    private var welcome: EventLoopPromise<String>?
-    /// Set once the link is gone: new requests fail at once.
-    private var failure: String?
-    let logger: Logger
+    struct Pending {
+        let handler: Handler
+        /// Nil while the client has the next step.
+        var lastHeard: UInt64?
+    }
 
-    init(logger: Logger) { self.logger = logger }
+    struct Outbound {
+        var queued: [UInt8] = []
+        var closing = false
+    }
 
-    func awaitWelcome(_ promise: EventLoopPromise<String>) { welcome = promise }
+    init(address: AgentAddress, agentDescription: String, socket: Int32, wakeUp: Int32, logger: Logger) {
+        self.address = address
+        self.agentDescription = agentDescription
+        self.socket = socket
+        self.wakeUp = wakeUp
+        self.logger = logger
+    }
 
-    /// False (after telling the handler) when the link is already gone.
-    func register(_ id: UInt32, handler: @escaping AgentClient.Handler) -> Bool {
+    /// Connects and authenticates; blocks until the session is open or has failed.
+    public static func connect(
+        to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, logger: Logger
+    ) throws(AgentConnectError) -> AgentClient {
+        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
+        let socket: Int32
+        do {
+            socket = try LinkSocket.connect(to: address, deadline: deadline)
+        } catch {
+            throw .unreachable(address, error.reason)
+        }
+        var buffer = FrameBuffer()
+        let welcome: String
+        do {
+            try LinkSocket.writeAll(socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            switch try buffer.readMessage(from: socket, deadline: deadline) {
+            case .welcome(_, let agent)?:
+                welcome = agent
+            case .refused(let version, let reason)?:
+                let detail =
+                    version == protocolVersion
+                    ? reason : "\(reason) (agent protocol \(version), this sysmirror \(protocolVersion))"
+                Glibc.close(socket)
+                throw AgentConnectError.refused(address, detail)
+            case .protocolError(let text)?:
+                Glibc.close(socket)
+                throw AgentConnectError.refused(address, text)
+            case nil:
+                Glibc.close(socket)
+                throw AgentConnectError.unreachable(address, "the agent closed the connection during the handshake")
+            case let other?:
+                Glibc.close(socket)
+                throw AgentConnectError.unreachable(address, "unexpected first message \(other)")
+            }
+        } catch let error as AgentConnectError {
+            throw error
+        } catch let error as LinkSocket.Failure {
+            Glibc.close(socket)
+            if error.timedOut { throw .noAnswer(address, seconds: timeoutSeconds) }
+            throw .unreachable(address, error.reason)
+        } catch {
+            Glibc.close(socket)
+            throw .unreachable(address, "\(error)")
+        }
+        let wakeUp = sysm_eventfd()
+        let client = AgentClient(
+            address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, logger: logger)
+        do {
+            let handshakeRest = buffer
+            let thread = try ThreadHandle.start(name: "sysmirror-link") { client.readReplies(handshakeRest) }
+            client.reader.withLock { $0 = thread }
+        } catch {
+            Glibc.close(socket)
+            Glibc.close(wakeUp)
+            throw .unreachable(address, "could not start the link's thread: \(error)")
+        }
+        return client
+    }
+
+    // MARK: Sending
+
+    /// Sends `request`; `handler` hears every reply, on the link's thread, until it says the request is
+    /// complete. Returns the request's id (for uploads and `cancel`); `prepare` runs with the id before the
+    /// request leaves, so a handler never sees a reply before its owner knows the id.
+    @discardableResult
+    public func send(_ request: Request, prepare: (UInt32) -> Void = { _ in }, handler: @escaping Handler) -> UInt32 {
+        let (id, failure) = requests.withLock { state -> (UInt32, String?) in
+            let id = state.nextID
+            state.nextID = state.nextID == .max ? 1 : state.nextID + 1
+            if state.failure == nil { state.pending[id] = Pending(handler: handler, lastHeard: Clock.monotonic()) }
+            return (id, state.failure)
+        }
+        prepare(id)
         if let failure {
             _ = handler(.linkFailure(failure))
-            return false
+        } else {
+            enqueue(Frame.encode(.request(id: id, request)))
         }
-        pending[id] = Pending(handler: handler, lastHeard: .now())
-        return true
+        return id
     }
 
-    func forget(_ id: UInt32) -> Bool { pending.removeValue(forKey: id) != nil }
+    /// Sends a chunk of an upload, or its end (`bytes` nil). Waits while much is queued already; throws once
+    /// the link has failed.
+    public func upload(_ id: UInt32, _ bytes: [UInt8]?) throws(AgentCallError) {
+        while outbound.withLock({ $0.queued.count }) > Self.queueLimit {
+            if let failure = requests.withLock({ $0.failure }) { throw AgentCallError(failure) }
+            usleep(500)
+        }
+        if let failure = requests.withLock({ $0.failure }) { throw AgentCallError(failure) }
+        enqueue(Frame.encode(bytes.map { .chunk(id: id, $0) } ?? .end(id: id)))
+    }
 
-    func deliver(_ reply: Reply, to id: UInt32) {
-        guard var entry = pending[id] else { return }  // cancelled, or a late chunk of a cancelled stream
-        switch entry.handler(reply) {
-        case .complete:
-            pending[id] = nil
-        case .expectingMore:
-            entry.lastHeard = .now()
-            pending[id] = entry
-        case .waitingOnClient:
-            entry.lastHeard = nil
-            pending[id] = entry
+    /// The program's call is gone: tell the agent to stop streaming, and forget the request.
+    public func cancel(_ id: UInt32) {
+        if requests.withLock({ $0.pending.removeValue(forKey: id) != nil }) {
+            enqueue(Frame.encode(.cancel(id: id)))
+        }
+    }
+
+    /// Sends `request` and waits for its single response (for the session's start, not the hot path).
+    public func call(_ request: Request) throws(AgentCallError) -> Response {
+        let result = Mutex<Result<Response, AgentCallError>?>(nil)
+        let done = Latch()
+        send(request) { reply in
+            let outcome: Result<Response, AgentCallError> =
+                switch reply {
+                case .response(let response): .success(response)
+                case .linkFailure(let reason): .failure(AgentCallError(reason))
+                case .chunk, .end: .failure(AgentCallError("the agent sent a stream where none was expected"))
+                }
+            result.withLock { $0 = outcome }
+            done.signal()
+            return .complete
+        }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+
+    /// Writes what it can now, in order behind anything queued; the reader thread flushes the rest.
+    func enqueue(_ frame: [UInt8]) {
+        let wake = outbound.withLock { out -> Bool in
+            guard !out.closing else { return false }
+            if out.queued.isEmpty {
+                let sent = LinkSocket.sendSome(socket, frame)
+                if sent == frame.count { return false }
+                out.queued.append(contentsOf: frame[max(sent, 0)...])
+                return true
+            }
+            out.queued.append(contentsOf: frame)
+            return false  // the reader already waits for the socket to take more
+        }
+        if wake { signalReader() }
+    }
+
+    func signalReader() {
+        var one: UInt64 = 1
+        _ = write(wakeUp, &one, 8)
+    }
+
+    /// Whether the link is still up.
+    public var isActive: Bool { requests.withLock { $0.failure == nil } }
+
+    /// Closes the link; requests still pending fail.
+    public func close() {
+        outbound.withLock { $0.closing = true }
+        signalReader()
+        reader.withLock { $0 }?.join()
+    }
+
+    // MARK: The reader thread
+
+    func readReplies(_ initial: FrameBuffer) {
+        var buffer = initial
+        var lastTimeoutCheck = Clock.monotonic()
+        defer {
+            Glibc.close(socket)
+            Glibc.close(wakeUp)
+        }
+        while true {
+            let closing = outbound.withLock { $0.closing }
+            if closing { return failAll("the session closed") }
+            let hasQueued = outbound.withLock { !$0.queued.isEmpty }
+            var fds = [
+                pollfd(fd: socket, events: Int16(POLLIN) | (hasQueued ? Int16(POLLOUT) : 0), revents: 0),
+                pollfd(fd: wakeUp, events: Int16(POLLIN), revents: 0),
+            ]
+            let ready = poll(&fds, 2, 1000)
+            if ready < 0 && errno != EINTR { return failAll("the link failed: poll: \(currentErrno())") }
+            if fds[1].revents != 0 {
+                var value: UInt64 = 0
+                _ = read(wakeUp, &value, 8)
+            }
+            if fds[0].revents & Int16(POLLOUT) != 0, !flushQueue() {
+                return failAll("the link to the agent closed")
+            }
+            if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                switch buffer.fill(from: socket) {
+                case .closed: return failAll("the link to the agent closed")
+                case .failed(let errno):
+                    return failAll("the link to the agent failed: \(String(cString: strerror(errno)))")
+                case .filled, .wouldBlock: break
+                }
+                do {
+                    while let message = try buffer.next() { received(message) }
+                } catch {
+                    return failAll("the agent sent a malformed frame: \(error)")
+                }
+            }
+            let now = Clock.monotonic()
+            if now - lastTimeoutCheck > 1_000_000_000 {
+                lastTimeoutCheck = now
+                expireRequests(now: now)
+            }
+        }
+    }
+
+    /// Writes queued bytes; false when the socket is gone.
+    func flushQueue() -> Bool {
+        outbound.withLock { out in
+            guard !out.queued.isEmpty else { return true }
+            let sent = LinkSocket.sendSome(socket, out.queued)
+            if sent < 0 { return false }
+            out.queued.removeFirst(sent)
+            return true
         }
     }
 
     func received(_ message: Message) {
         switch message {
-        case .welcome(_, let agent):
-            welcome?.succeed(agent)
-            welcome = nil
-        case .refused(let version, let reason):
-            let detail = version == protocolVersion ? reason : "\(reason) (agent protocol \(version), this sysmirror \(protocolVersion))"
-            welcome?.fail(Refusal(reason: detail))
-            welcome = nil
-        case .protocolError(let text):
-            failAll("the agent reported a protocol error: \(text)")
         case .response(let id, let response): deliver(.response(response), to: id)
         case .chunk(let id, let bytes): deliver(.chunk(bytes), to: id)
         case .end(let id): deliver(.end, to: id)
-        case .hello, .request, .cancel, .unknown:
+        case .protocolError(let text): failAll("the agent reported a protocol error: \(text)")
+        case .hello, .welcome, .refused, .request, .cancel, .unknown:
             logger.warning("ignored an unexpected message from the agent: \(message)")
         }
     }
 
-    /// Fails every pending request, and every later one.
-    func failAll(_ reason: String) {
-        if failure == nil { failure = reason }
-        welcome?.fail(Refusal(reason: reason))
-        welcome = nil
-        let failed = pending
-        pending = [:]
-        for (_, entry) in failed { _ = entry.handler(.linkFailure(reason)) }
-    }
-
-    /// Every second, fails the requests that have not heard from the agent within the timeout.
-    func startTimeouts(on loop: any EventLoop) {
-        loop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
-            let limit = NIODeadline.now() - AgentClient.requestTimeout
-            for (id, entry) in pending where entry.lastHeard.map({ $0 < limit }) ?? false {
-                pending[id] = nil
-                _ = entry.handler(
-                    .linkFailure("the agent did not answer within \(AgentClient.requestTimeout.nanoseconds / 1_000_000_000) s"))
+    /// Calls the handler outside the lock: it may send or cancel.
+    func deliver(_ reply: Reply, to id: UInt32) {
+        guard let handler = requests.withLock({ $0.pending[id]?.handler }) else { return }  // cancelled
+        let disposition = handler(reply)
+        requests.withLock { state in
+            switch disposition {
+            case .complete: state.pending[id] = nil
+            case .expectingMore: state.pending[id]?.lastHeard = Clock.monotonic()
+            case .waitingOnClient: state.pending[id]?.lastHeard = nil
             }
         }
     }
+
+    func expireRequests(now: UInt64) {
+        let limit = Self.requestTimeout * 1_000_000_000
+        let expired = requests.withLock { state -> [Handler] in
+            let ids = state.pending.filter { $0.value.lastHeard.map { now - $0 > limit } ?? false }.map(\.key)
+            return ids.compactMap { state.pending.removeValue(forKey: $0)?.handler }
+        }
+        for handler in expired { _ = handler(.linkFailure("the agent did not answer within \(Self.requestTimeout) s")) }
+    }
+
+    /// Fails every pending request, and every later one.
+    func failAll(_ reason: String) {
+        let failed = requests.withLock { state -> [Handler] in
+            if state.failure == nil { state.failure = reason }
+            defer { state.pending = [:] }
+            return state.pending.values.map(\.handler)
+        }
+        for handler in failed { _ = handler(.linkFailure(reason)) }
+    }
 }
 
-final class ClientHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = Message
-    let table: RequestTable
-
-    init(table: RequestTable) { self.table = table }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        table.received(unwrapInboundIn(data))
+/// A one-shot signal from one thread to another.
+final class Latch: Sendable {
+    private let fd = sysm_eventfd()
+    func signal() {
+        var one: UInt64 = 1
+        _ = write(fd, &one, 8)
     }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        table.failAll("the link to the agent closed")
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        table.failAll("the link to the agent failed: \(error)")
-        context.close(promise: nil)
+    func wait() {
+        var value: UInt64 = 0
+        while read(fd, &value, 8) < 0 && errno == EINTR {}
+        close(fd)
     }
 }

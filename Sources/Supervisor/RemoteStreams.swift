@@ -16,6 +16,7 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
     let flags: Int32
     let answer: Answer
     let files: RemoteFiles
+    /// Set by `prepare`, before any reply can arrive.
     var id: UInt32 = 0
     private var content: ContentFile?
     private var entries: [UInt8]?
@@ -217,11 +218,11 @@ final class Upload: @unchecked Sendable {  // `id` is set before any reply arriv
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { break }
             do {
-                try client.upload(id, Array(buffer[..<count])).wait()
+                try client.upload(id, Array(buffer[..<count]))
             } catch {
                 return  // the link is gone; the request's handler reports it
             }
         }
-        _ = try? client.upload(id, nil).wait()
+        try? client.upload(id, nil)
     }
 }
