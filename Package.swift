@@ -1,6 +1,13 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+/// SwiftNIO, for the agent's server and the framing both ends share.
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "Logging", package: "swift-log"),
+]
+
 let package = Package(
     name: "sysmirror",
     platforms: [.macOS(.v15)],  // Linux only in practice; the platform line keeps SwiftPM's availability checks quiet.
@@ -49,21 +56,15 @@ let package = Package(
             name: "AgentLink",
             dependencies: [
                 "AgentProtocol", "CSysmirror", "LinuxSystem",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ]
+            ] + nio
         ),
         // `sysmirror agent`: serves sessions from the pod (files inside the target's root, its environment).
         .target(
             name: "Agent",
             dependencies: [
                 "AgentProtocol", "AgentLink", "CSysmirror", "LinuxSystem",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ] + nio
         ),
         // Plumbing: the filter, spawning, the notification loop, reading the program's memory.
         .target(
@@ -85,6 +86,7 @@ let package = Package(
         .testTarget(name: "SyscallDecodingTests", dependencies: ["SyscallDecoding"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
+        .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp"]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(

@@ -227,7 +227,9 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         } catch {
             uploads[id] = nil
             try? upload.fd.close()
-            reply(context, id, .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "writing in the pod failed"))
+            reply(
+                context, id,
+                .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "writing in the pod failed"))
         }
     }
 
@@ -237,7 +239,9 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             try upload.fd.close()
             reply(context, id, .done)
         } catch {
-            reply(context, id, .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "closing the file in the pod failed"))
+            reply(
+                context, id,
+                .failure(errno: (error as? Errno ?? .ioError).rawValue, message: "closing the file in the pod failed"))
         }
     }
 }
@@ -266,7 +270,8 @@ struct FileStream: Sendable {
         switch step {
         case .chunk(let bytes): .chunk(id: id, bytes)
         case .end: .end(id: id)
-        case .failure(let errno): .response(id: id, .failure(errno: errno.rawValue, message: "reading in the pod failed"))
+        case .failure(let errno):
+            .response(id: id, .failure(errno: errno.rawValue, message: "reading in the pod failed"))
         }
     }
 

@@ -44,7 +44,8 @@ public struct Target: Sendable {
         do {
             root = try TargetRoot(directory: directory)
         } catch {
-            let hint = if case .process = spec { " (is the process running, and is the agent allowed to see it?)" } else { "" }
+            let hint =
+                if case .process = spec { " (is the process running, and is the agent allowed to see it?)" } else { "" }
             throw TargetError(description: "cannot open the target's root \(directory): \(error.errno)\(hint)")
         }
     }
@@ -100,9 +101,11 @@ public struct Target: Sendable {
         defer { close(namespace) }
         let result = ResultBox()
         guard
-            let thread = try? ThreadHandle.start(name: "agent-uts", { [result] in
-                if sysm_setns(namespace, GNU.newUTSNamespace) == 0 { result.value = localHostname() }
-            })
+            let thread = try? ThreadHandle.start(
+                name: "agent-uts",
+                { [result] in
+                    if sysm_setns(namespace, GNU.newUTSNamespace) == 0 { result.value = localHostname() }
+                })
         else { return nil }
         thread.join()
         return result.value

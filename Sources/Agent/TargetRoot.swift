@@ -50,7 +50,8 @@ public struct TargetRoot: Sendable {
         switch Self.relative(path) {
         case .failure(let error): return .failure(error)
         case .success(let relative):
-            let fd = sysm_openat2_in_root(root.rawValue, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode))
+            let fd = sysm_openat2_in_root(
+                root.rawValue, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode))
             return fd >= 0 ? .success(FileDescriptor(rawValue: fd)) : .failure(PodError(currentErrno().rawValue))
         }
     }
@@ -115,12 +116,16 @@ public struct TargetRoot: Sendable {
         }
         if metadata.isDirectory {
             let fd = openat(probe.rawValue, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            return fd >= 0 ? .directory(FileDescriptor(rawValue: fd), metadata) : .failure(Self.failure(currentErrno().rawValue))
+            return fd >= 0
+                ? .directory(FileDescriptor(rawValue: fd), metadata) : .failure(Self.failure(currentErrno().rawValue))
         }
         if flags & O_DIRECTORY != 0 { return .failure(Self.failure(ENOTDIR)) }
         if metadata.mode & UInt32(S_IFMT) == UInt32(S_IFLNK) { return .failure(Self.failure(ELOOP)) }  // O_NOFOLLOW
         guard metadata.isRegularFile else {
-            return .failure(Self.failure(ENXIO, "sysmirror serves regular files and directories from the pod, not devices, FIFOs or sockets"))
+            return .failure(
+                Self.failure(
+                    ENXIO, "sysmirror serves regular files and directories from the pod, not devices, FIFOs or sockets")
+            )
         }
         switch lookup(path, flags: O_RDONLY | O_NONBLOCK | O_NOCTTY | (flags & O_NOFOLLOW)) {
         case .failure(let error): return .failure(error.response)
@@ -129,14 +134,17 @@ public struct TargetRoot: Sendable {
     }
 
     /// Opens for writing (`--fs-mode write`): a regular file only; O_APPEND is kept by the caller's stream.
-    public func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32) -> Result<(FileDescriptor, FileMetadata), PodError> {
+    public func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32) -> Result<
+        (FileDescriptor, FileMetadata), PodError
+    > {
         // Refuse devices and FIFOs before opening them for real.
         if case .success(let probe) = lookup(path, flags: GNU.openPath) {
             defer { try? probe.close() }
             if case .success(let existing) = Self.metadata(of: probe) {
                 if existing.isDirectory { return .failure(PodError(EISDIR)) }
                 if !existing.isRegularFile {
-                    return .failure(PodError(ENXIO, "sysmirror writes regular files in the pod, not devices, FIFOs or sockets"))
+                    return .failure(
+                        PodError(ENXIO, "sysmirror writes regular files in the pod, not devices, FIFOs or sockets"))
                 }
             }
         }
@@ -171,7 +179,8 @@ public struct TargetRoot: Sendable {
 extension FileMetadata {
     init(_ info: stat) {
         self.init(
-            mode: info.st_mode, uid: info.st_uid, gid: info.st_gid, blockSize: UInt32(truncatingIfNeeded: info.st_blksize),
+            mode: info.st_mode, uid: info.st_uid, gid: info.st_gid,
+            blockSize: UInt32(truncatingIfNeeded: info.st_blksize),
             linkCount: UInt64(info.st_nlink), size: UInt64(max(info.st_size, 0)), device: UInt64(info.st_dev),
             inode: UInt64(info.st_ino), specialDevice: UInt64(info.st_rdev), blocks: UInt64(max(info.st_blocks, 0)),
             accessed: Time(info.st_atim), modified: Time(info.st_mtim), changed: Time(info.st_ctim))

@@ -118,7 +118,8 @@ public final class AgentClient: Sendable {
         var buffer = FrameBuffer()
         let welcome: String
         do {
-            try LinkSocket.writeAll(socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            try LinkSocket.writeAll(
+                socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
             switch try buffer.readMessage(from: socket, deadline: deadline) {
             case .welcome(_, let agent)?:
                 welcome = agent

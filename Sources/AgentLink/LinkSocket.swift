@@ -23,7 +23,8 @@ enum LinkSocket {
                 for (index, byte) in path.utf8.enumerated() where index < raw.count - 1 { raw[index] = byte }
             }
             return try withUnsafeBytes(of: &storage) { raw throws(Failure) in
-                try attempt(family: AF_UNIX, address: raw.baseAddress!, length: socklen_t(raw.count), deadline: deadline)
+                try attempt(
+                    family: AF_UNIX, address: raw.baseAddress!, length: socklen_t(raw.count), deadline: deadline)
             }
         case .tcp(let host, let port):
             var hints = addrinfo()
@@ -37,7 +38,8 @@ enum LinkSocket {
             var entry = list
             while let info = entry?.pointee {
                 do {
-                    let fd = try attempt(family: info.ai_family, address: info.ai_addr, length: info.ai_addrlen, deadline: deadline)
+                    let fd = try attempt(
+                        family: info.ai_family, address: info.ai_addr, length: info.ai_addrlen, deadline: deadline)
                     var one: Int32 = 1
                     setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
                     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -96,7 +98,9 @@ enum LinkSocket {
     static func sendSome(_ fd: Int32, _ bytes: [UInt8]) -> Int {
         var sent = 0
         while sent < bytes.count {
-            let result = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            let result = bytes.withUnsafeBytes {
+                send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
+            }
             if result > 0 {
                 sent += result
             } else if result < 0 && errno == EINTR {
@@ -155,7 +159,8 @@ struct FrameBuffer {
         guard end > start else { return nil }
         let (start, end) = (self.start, self.end)
         let parsed = storage.withUnsafeBytes { raw in
-            Result { () throws(ProtocolViolation) in try Frame.parse(UnsafeRawBufferPointer(rebasing: raw[start..<end])) }
+            Result { () throws(ProtocolViolation) in try Frame.parse(UnsafeRawBufferPointer(rebasing: raw[start..<end]))
+            }
         }
         switch try parsed.get() {
         case .incomplete: return nil

@@ -31,7 +31,8 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
 
         /// The lists as rules take them.
         public var overrides: FileOverrides {
-            FileOverrides(local: local ?? [], readOnly: readOnly ?? [], readWrite: readWrite ?? [], notFound: notFound ?? [])
+            FileOverrides(
+                local: local ?? [], readOnly: readOnly ?? [], readWrite: readWrite ?? [], notFound: notFound ?? [])
         }
     }
 
@@ -59,7 +60,8 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         guard let name = fs?.mode else { return nil }
         guard let mode = FileSystemMode(rawValue: name) else {
             throw ConfigError(
-                "fs.mode: \(name.debugDescription) is not one of \(FileSystemMode.allCases.map(\.rawValue).joined(separator: ", "))")
+                "fs.mode: \(name.debugDescription) is not one of \(FileSystemMode.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         return mode
     }
@@ -94,7 +96,8 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
                 raw = try YAMLDecoder().decode(Loose.self, from: text)
                 config = try YAMLDecoder().decode(SessionConfig.self, from: text)
             }
-            try raw.checkKeys(Self.keys, at: "", sections: ["agent": Agent.keys, "fs": Files.keys, "env": Environment.keys])
+            try raw.checkKeys(
+                Self.keys, at: "", sections: ["agent": Agent.keys, "fs": Files.keys, "env": Environment.keys])
             return config
         } catch let error as ConfigError {
             throw error
@@ -107,12 +110,14 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
 
     static func describe(_ error: DecodingError) -> String {
         func path(_ context: DecodingError.Context) -> String {
-            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            let joined = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(
+                separator: ".")
             return joined.isEmpty ? "" : "\(joined): "
         }
         switch error {
         case .typeMismatch(let type, let context):
-            return "\(path(context))expected \(type == String.self ? "a string" : type == Bool.self ? "true or false" : "a list of strings")"
+            return
+                "\(path(context))expected \(type == String.self ? "a string" : type == Bool.self ? "true or false" : "a list of strings")"
         case .valueNotFound(_, let context), .keyNotFound(_, let context), .dataCorrupted(let context):
             let underlying = context.underlyingError.map { ": \($0)" } ?? ""
             return "\(path(context))\(context.debugDescription)\(underlying)"
@@ -158,7 +163,8 @@ struct Loose: Decodable {
             let allowed = sections[key] ?? []
             for name in inner.sorted() where !allowed.contains(name) {
                 throw ConfigError(
-                    "unknown key \("\(key).\(name)".debugDescription) (known in \(key): \(allowed.joined(separator: ", ")))")
+                    "unknown key \("\(key).\(name)".debugDescription) (known in \(key): \(allowed.joined(separator: ", ")))"
+                )
             }
         }
     }

@@ -53,7 +53,9 @@ public struct FileCall: Sendable, Equatable {
         let operation: FileOperation
         switch call.spec.name {
         case "open":
-            (directory, operation) = (Self.currentDirectory, .open(flags: int32(1), mode: UInt32(truncatingIfNeeded: integer(2))))
+            (directory, operation) = (
+                Self.currentDirectory, .open(flags: int32(1), mode: UInt32(truncatingIfNeeded: integer(2)))
+            )
         case "openat":
             (directory, operation) = (int32(0), .open(flags: int32(2), mode: UInt32(truncatingIfNeeded: integer(3))))
         case "openat2":
@@ -63,10 +65,14 @@ public struct FileCall: Sendable, Equatable {
             (directory, operation) = (int32(0), .open(flags: flags, mode: mode))
         case "creat":
             let flags = Self.create | 1 | Self.truncate
-            (directory, operation) = (Self.currentDirectory, .open(flags: flags, mode: UInt32(truncatingIfNeeded: integer(1))))
+            (directory, operation) = (
+                Self.currentDirectory, .open(flags: flags, mode: UInt32(truncatingIfNeeded: integer(1)))
+            )
         case "stat", "lstat":
             let follow = call.spec.name == "stat"
-            (directory, operation) = (Self.currentDirectory, .stat(followSymlinks: follow, buffer: integer(1), layout: .stat))
+            (directory, operation) = (
+                Self.currentDirectory, .stat(followSymlinks: follow, buffer: integer(1), layout: .stat)
+            )
         case "newfstatat":
             let flags = integer(3)
             if flags & Self.emptyPath != 0 && path.isEmpty { return nil }
@@ -82,13 +88,17 @@ public struct FileCall: Sendable, Equatable {
         case "faccessat", "faccessat2":
             (directory, operation) = (int32(0), .access(mode: int32(2)))
         case "readlink":
-            (directory, operation) = (Self.currentDirectory, .readlink(buffer: integer(1), size: Int(truncatingIfNeeded: integer(2))))
+            (directory, operation) = (
+                Self.currentDirectory, .readlink(buffer: integer(1), size: Int(truncatingIfNeeded: integer(2)))
+            )
         case "getxattr", "lgetxattr", "listxattr", "llistxattr":
             let follow = !call.spec.name.hasPrefix("l")
             let list = call.spec.name.hasSuffix("listxattr")
             (directory, operation) = (Self.currentDirectory, .extendedAttributes(followSymlinks: follow, list: list))
         case "readlinkat":
-            (directory, operation) = (int32(0), .readlink(buffer: integer(2), size: Int(truncatingIfNeeded: integer(3))))
+            (directory, operation) = (
+                int32(0), .readlink(buffer: integer(2), size: Int(truncatingIfNeeded: integer(3)))
+            )
         default:
             return nil
         }

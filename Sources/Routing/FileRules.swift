@@ -35,7 +35,9 @@ public struct InvalidPattern: Error, Sendable, CustomStringConvertible {
     public let list: String
     public let pattern: String
     public let reason: String
-    public var description: String { "file rule \(list): \(pattern.debugDescription) is not a valid regular expression: \(reason)" }
+    public var description: String {
+        "file rule \(list): \(pattern.debugDescription) is not a valid regular expression: \(reason)"
+    }
 }
 
 /// Pure rules: which file operations go to the pod. Paths are absolute and normalized bytes.
@@ -142,9 +144,10 @@ public struct FileRules: @unchecked Sendable {  // Regex is not Sendable; these 
             return true
         }
         return localComponents.contains { component in
-            path.count >= component.count && path.indices.dropLast(component.count - 1).contains { start in
-                path[start..<(start + component.count)].elementsEqual(component)
-            }
+            path.count >= component.count
+                && path.indices.dropLast(component.count - 1).contains { start in
+                    path[start..<(start + component.count)].elementsEqual(component)
+                }
         }
     }
 

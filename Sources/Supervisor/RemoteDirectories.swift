@@ -71,7 +71,9 @@ final class RemoteDirectories: Sendable {
     static func removeTree(_ path: String, depth: Int) {
         if depth > 0, let stream = opendir(path) {
             while let entry = readdir(stream) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                }
                 if name == "." || name == ".." { continue }
                 let child = path + "/" + name
                 if entry.pointee.d_type == DT_DIR { removeTree(child, depth: depth - 1) } else { unlink(child) }

@@ -52,7 +52,8 @@ final class RemoteFiles: Sendable {
     func absolutePath(of call: FileCall, pid: Int32) -> [UInt8]? {
         if !call.isRelative { return directories.remotePath(for: call.path) ?? call.path }
         guard !call.path.isEmpty else { return nil }
-        let link = call.directory == FileCall.currentDirectory ? "/proc/\(pid)/cwd" : "/proc/\(pid)/fd/\(call.directory)"
+        let link =
+            call.directory == FileCall.currentDirectory ? "/proc/\(pid)/cwd" : "/proc/\(pid)/fd/\(call.directory)"
         var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
         let count = readlink(link, &buffer, buffer.count)
         guard count > 0, buffer[0] == UInt8(ascii: "/") else { return nil }
@@ -63,11 +64,16 @@ final class RemoteFiles: Sendable {
     // MARK: Serving
 
     /// Serves one call routed remote; `done` is called exactly once, after the program has its answer.
-    func serve(_ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion) {
+    func serve(
+        _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion
+    ) {
         let answer = Answer(notification: notification, listener: listener, done: done)
         guard let file, let path else {
-            if call?.spec.name == "uname" { serveUname(answer, buffer: notification.arguments[0]) }
-            else { answer.fail(ENOSYS, note: "not served remotely") }
+            if call?.spec.name == "uname" {
+                serveUname(answer, buffer: notification.arguments[0])
+            } else {
+                answer.fail(ENOSYS, note: "not served remotely")
+            }
             return
         }
         afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }

@@ -1,7 +1,7 @@
 import AgentLink
 import AgentProtocol
-import LinuxSystem
 import CSysmirror
+import LinuxSystem
 import Synchronization
 import SystemPackage
 
@@ -83,7 +83,8 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
                 let decoded = try DirectoryEntryCodec.decode(entries)
                 switch files.directories.open(path, entries: decoded) {
                 case .success(let fd): answer.install(fd: fd, flags: flags)
-                case .failure(let errno): answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
+                case .failure(let errno):
+                    answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
                 }
             } catch {
                 answer.fail(EIO, note: "\(error)")
@@ -156,7 +157,9 @@ final class Upload: @unchecked Sendable {  // `id` is set before any reply arriv
         switch reply {
         case .response(.opened):
             var ends: (Int32, Int32) = (-1, -1)
-            let created = withUnsafeMutableBytes(of: &ends) { sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
+            let created = withUnsafeMutableBytes(of: &ends) {
+                sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self))
+            }
             guard created == 0 else {
                 return abandon(errno: currentErrno().rawValue, "could not make the pipe for the upload")
             }

@@ -64,7 +64,8 @@ struct AgentCommand: ParsableCommand {
         let logger = Logger(label: "sysmirror-agent")
         do {
             let token = try TokenFile.read(tokenFile)
-            let spec: TargetSpec = pid.map { .process(pid: $0) } ?? .directory(root: root!, environmentFile: environmentFile)
+            let spec: TargetSpec =
+                pid.map { .process(pid: $0) } ?? .directory(root: root!, environmentFile: environmentFile)
             let configuration = AgentServer.Configuration(
                 listen: try AgentAddress(parsing: listen), target: try Target(spec), token: token,
                 idleTimeout: .seconds(idleTimeout))

@@ -37,7 +37,9 @@ struct Trace: ParsableCommand {
 
     @Option(
         name: .customLong("fs-mode"),
-        help: "local: all files local; read (default): reads from the pod, writes local; write: reads and writes in the pod.")
+        help:
+            "local: all files local; read (default): reads from the pod, writes local; write: reads and writes in the pod."
+    )
     var fsMode: FileSystemMode?
 
     @Flag(name: .customLong("no-remote-env"), help: "Keep the local environment; take nothing from the pod's.")
@@ -104,14 +106,16 @@ struct Trace: ParsableCommand {
     func remoteOptions(environment: [String]) throws -> TraceSession.RemoteOptions? {
         let settings: SessionConfig
         do {
-            settings = try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
+            settings =
+                try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
         } catch {
             throw ValidationError(error.message)
         }
         guard let address = agent ?? settings.agent?.address else {
             if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil {
                 throw ValidationError(
-                    "--fs-mode, --token-file and the --env options need an agent: add --agent ADDRESS (or agent.address in --config).")
+                    "--fs-mode, --token-file and the --env options need an agent: add --agent ADDRESS (or agent.address in --config)."
+                )
             }
             return nil
         }
@@ -124,7 +128,9 @@ struct Trace: ParsableCommand {
                 environment.last { $0.hasPrefix(name + "=") }.map { String($0.dropFirst(name.count + 1)) }
             }
             let program: String? =
-                if case .found(let path) = ExecutableLookup.resolve(command[0], searchPath: variable("PATH")) { path } else { nil }
+                if case .found(let path) = ExecutableLookup.resolve(command[0], searchPath: variable("PATH")) {
+                    path
+                } else { nil }
             let files = try FileRules(
                 mode: mode, overrides: settings.fs?.overrides ?? FileOverrides(), home: variable("HOME"),
                 workingDirectory: WorkingDirectory.current(), program: program)

@@ -57,7 +57,10 @@ func checkParse(_ bytes: [UInt8]) {
             bytes.removeLast(Int.random(in: 0...bytes.count, using: &random))
         case 2:  // insert garbage
             let at = Int.random(in: 0...bytes.count, using: &random)
-            bytes.insert(contentsOf: (0..<Int.random(in: 1...8, using: &random)).map { _ in UInt8.random(in: 0...255, using: &random) }, at: at)
+            bytes.insert(
+                contentsOf: (0..<Int.random(in: 1...8, using: &random)).map { _ in
+                    UInt8.random(in: 0...255, using: &random)
+                }, at: at)
         default:  // change the type, keep the length right
             if bytes.count > 4 { bytes[4] = UInt8.random(in: 0...255, using: &random) }
         }

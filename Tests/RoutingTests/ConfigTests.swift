@@ -28,7 +28,9 @@ struct ConfigTests {
             """
         #expect(try SessionConfig.parse(json) == fromYAML)
         #expect(try fromYAML.fileSystemMode() == .write)
-        #expect(fromYAML.fs?.overrides == FileOverrides(local: ["^/data/cache"], readOnly: ["^/etc/app/"], notFound: ["secret"]))
+        #expect(
+            fromYAML.fs?.overrides
+                == FileOverrides(local: ["^/data/cache"], readOnly: ["^/etc/app/"], notFound: ["secret"]))
         #expect(fromYAML.agent?.tokenFile == "/run/token")
     }
 
@@ -55,6 +57,8 @@ struct ConfigTests {
 
     @Test func anUnknownModeIsNamed() throws {
         let config = try SessionConfig.parse("fs:\n  mode: reed\n")
-        #expect(throws: ConfigError("fs.mode: \"reed\" is not one of local, read, write")) { try config.fileSystemMode() }
+        #expect(throws: ConfigError("fs.mode: \"reed\" is not one of local, read, write")) {
+            try config.fileSystemMode()
+        }
     }
 }

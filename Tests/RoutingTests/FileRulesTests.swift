@@ -36,7 +36,8 @@ struct FileRulesTests {
     }
 
     @Test(
-        "Credentials are not found", arguments: ["/home/dev/.kube/config", "/home/dev/.aws", "/home/dev/.config/gcloud/x"])
+        "Credentials are not found",
+        arguments: ["/home/dev/.kube/config", "/home/dev/.aws", "/home/dev/.config/gcloud/x"])
     func notFound(path: String) {
         #expect(route(path) == .notFound)
     }
@@ -68,7 +69,9 @@ struct FileRulesTests {
 
     @Test func anInvalidPatternIsNamed() {
         #expect {
-            try FileRules(mode: .read, overrides: FileOverrides(local: ["ok", "(unclosed"]), home: nil, workingDirectory: nil, program: nil)
+            try FileRules(
+                mode: .read, overrides: FileOverrides(local: ["ok", "(unclosed"]), home: nil, workingDirectory: nil,
+                program: nil)
         } throws: { error in
             "\(error)".contains("local") && "\(error)".contains("(unclosed")
         }
@@ -77,7 +80,8 @@ struct FileRulesTests {
     @Test(
         "Paths are made absolute lexically",
         arguments: [
-            ("a/b", "/w", "/w/a/b"), ("./a//b/", "/w", "/w/a/b"), ("../../../x", "/w/d", "/x"), ("/abs/./p", "/w", "/abs/p"),
+            ("a/b", "/w", "/w/a/b"), ("./a//b/", "/w", "/w/a/b"), ("../../../x", "/w/d", "/x"),
+            ("/abs/./p", "/w", "/abs/p"),
             ("..", "/", "/"), ("", "/w", "/w"), ("a/../..", "/w/d", "/w"),
         ])
     func normalize(path: String, base: String, expected: String) {
@@ -93,9 +97,11 @@ struct FileRulesTests {
         #expect(call.directory == 3)
         #expect(call.isRelative)
         let fstat = DecodedSyscall(
-            spec: SyscallTable.x86_64["newfstatat"]!, values: [.integer(3), .string([]), .integer(0x7000), .integer(0x1000)])
+            spec: SyscallTable.x86_64["newfstatat"]!,
+            values: [.integer(3), .string([]), .integer(0x7000), .integer(0x1000)])
         #expect(FileCall(fstat) == nil)
-        let creat = DecodedSyscall(spec: SyscallTable.x86_64["creat"]!, values: [.string(Array("/o".utf8)), .integer(0o644)])
+        let creat = DecodedSyscall(
+            spec: SyscallTable.x86_64["creat"]!, values: [.string(Array("/o".utf8)), .integer(0o644)])
         #expect(try #require(FileCall(creat)).isWriting)
     }
 }
@@ -106,7 +112,10 @@ struct EnvironmentMergeTests {
         let merged = EnvironmentMerge().merge(
             local: ["PATH=/usr/bin", "HOME=/home/dev", "DB=local", "SSH_AUTH_SOCK=/s", "KEEP=1"],
             pod: ["PATH=/pod", "DB=pod", "SERVICE_HOST=10.96.0.1", "HOME=/root", "SSH_X=1", "LC_ALL=C", "bad"])
-        #expect(merged == ["PATH=/usr/bin", "HOME=/home/dev", "DB=pod", "SSH_AUTH_SOCK=/s", "KEEP=1", "SERVICE_HOST=10.96.0.1"])
+        #expect(
+            merged == [
+                "PATH=/usr/bin", "HOME=/home/dev", "DB=pod", "SSH_AUTH_SOCK=/s", "KEEP=1", "SERVICE_HOST=10.96.0.1",
+            ])
     }
 
     @Test func includeAndExcludeAreGlobs() {

@@ -34,7 +34,9 @@ struct RemoteRoutingTests {
     func openat(_ path: String, flags: Int32 = 0) -> (DecodedSyscall, FileCall) {
         let call = DecodedSyscall(
             spec: SyscallTable.x86_64["openat"]!,
-            values: [.integer(UInt64(bitPattern: -100)), .string(Array(path.utf8)), .integer(UInt64(flags)), .integer(0)])
+            values: [
+                .integer(UInt64(bitPattern: -100)), .string(Array(path.utf8)), .integer(UInt64(flags)), .integer(0),
+            ])
         return (call, FileCall(call)!)
     }
 

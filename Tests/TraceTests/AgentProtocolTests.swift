@@ -14,7 +14,9 @@ final class RawConnection {
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
         }
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard connected == 0 else { throw FixtureError(description: "connect \(path): \(errno)") }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
@@ -63,7 +65,8 @@ final class AgentRobustnessTests {
     init() throws {
         let name = "robust-\(UUID().uuidString.prefix(8))"
         root = fixtures.directory.appendingPathComponent(name)
-        try FileManager.default.createDirectory(at: root.appendingPathComponent("data"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            at: root.appendingPathComponent("data"), withIntermediateDirectories: true)
         try "content\n".write(to: root.appendingPathComponent("data/file"), atomically: false, encoding: .utf8)
         mkfifo(root.appendingPathComponent("data/fifo").path, 0o644)
         socket = fixtures.path("\(name).sock")
@@ -71,7 +74,10 @@ final class AgentRobustnessTests {
         log = fixtures.path("\(name).log")
         try token.write(toFile: tokenFile, atomically: false, encoding: .utf8)
         agent = try PodStandIn.start(
-            [fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--token-file", tokenFile],
+            [
+                fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--token-file",
+                tokenFile,
+            ],
             log: log)
         try PodStandIn.waitUntil("the agent's socket") { FileManager.default.fileExists(atPath: socket) }
     }
@@ -134,7 +140,9 @@ final class AgentRobustnessTests {
     @Test func anotherVersionIsRefusedNamingBoth() throws {
         let connection = try RawConnection(socket)
         connection.send(.hello(version: 99, token: Array(token.utf8)))
-        guard case .refused(let version, let reason)? = connection.receive() else { Issue.record("not refused"); return }
+        guard case .refused(let version, let reason)? = connection.receive() else {
+            Issue.record("not refused"); return
+        }
         #expect(version == protocolVersion)
         #expect(reason.contains("version 99") && reason.contains("version \(protocolVersion)"))
         #expect(connection.receive() == nil)
@@ -144,9 +152,12 @@ final class AgentRobustnessTests {
         let connection = try RawConnection(socket)
         guard case .welcome? = connection.handshake(token) else { Issue.record("no welcome"); return }
         connection.send(.unknown(type: 0x7E, id: 5))
-        #expect(connection.receive() == .response(id: 5, .failure(errno: ENOSYS, message: "this agent does not know message type 0x7e")))
+        #expect(
+            connection.receive()
+                == .response(id: 5, .failure(errno: ENOSYS, message: "this agent does not know message type 0x7e")))
         connection.send(.request(id: 6, .open(path: Array("/data/file\0/etc/passwd".utf8), flags: 0, mode: 0)))
-        #expect(connection.receive() == .response(id: 6, .failure(errno: EINVAL, message: "the path contains a NUL byte")))
+        #expect(
+            connection.receive() == .response(id: 6, .failure(errno: EINVAL, message: "the path contains a NUL byte")))
         // A FIFO would block an open for reading: refused before it is opened.
         connection.send(.request(id: 7, .open(path: Array("/data/fifo".utf8), flags: 0, mode: 0)))
         guard case .response(id: 7, .failure(errno: ENXIO, _))? = connection.receive() else {
@@ -154,11 +165,16 @@ final class AgentRobustnessTests {
             return
         }
         connection.send(.request(id: 8, .open(path: Array("/data".utf8), flags: O_DIRECTORY, mode: 0)))
-        guard case .response(id: 8, .opened(let metadata))? = connection.receive() else { Issue.record("no directory"); return }
+        guard case .response(id: 8, .opened(let metadata))? = connection.receive() else {
+            Issue.record("no directory"); return
+        }
         #expect(metadata.isDirectory)
         var entries: [UInt8] = []
         while case .chunk(id: 8, let bytes)? = connection.receive() { entries.append(contentsOf: bytes) }
-        #expect(Set(try DirectoryEntryCodec.decode(entries).map { String(decoding: $0.name, as: UTF8.self) }) == ["file", "fifo"])
+        #expect(
+            Set(try DirectoryEntryCodec.decode(entries).map { String(decoding: $0.name, as: UTF8.self) }) == [
+                "file", "fifo",
+            ])
         guard case .response(id: 10, .metadata)? = stat(connection, id: 10, "/../../data/file") else {
             Issue.record("the session did not go on")
             return
@@ -189,12 +205,40 @@ final class AgentRobustnessTests {
         let socket = fixtures.path("idle-\(UUID().uuidString.prefix(8)).sock")
         let started = Date()
         let outcome = try Run.process(
-            [fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--token-file", tokenFile,
-             "--idle-timeout", "1"], timeout: 20)
+            [
+                fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--token-file",
+                tokenFile,
+                "--idle-timeout", "1",
+            ], timeout: 20)
         #expect(outcome.status == 0)
         #expect(Date().timeIntervalSince(started) < 10)
         #expect(outcome.stderr.contains("no session for 1 s: exiting"))
         #expect(!FileManager.default.fileExists(atPath: socket))
+    }
+
+    @Test func aRootTargetServesItsEnvironmentFile() throws {
+        let name = "envfile-\(UUID().uuidString.prefix(8))"
+        let environment = try fixtures.readableFile(
+            "\(name).env", "# the pod's variables\nexport DB_HOST=db.pod\n\nGREETING=hello = world\nnot a variable\n")
+        let socket = fixtures.path("\(name).sock")
+        let agent = try PodStandIn.start(
+            [
+                fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--env-file",
+                environment,
+                "--token-file", tokenFile,
+            ], log: nil)
+        defer {
+            kill(agent.processIdentifier, SIGKILL)
+            agent.waitUntilExit()
+            for path in [environment, socket] { unlink(path) }
+        }
+        try PodStandIn.waitUntil("the agent's socket") { FileManager.default.fileExists(atPath: socket) }
+        let outcome = try Run.process(
+            [
+                fixtures.sysmirror, "trace", "--quiet", "--agent", "unix:\(socket)", "--token-file", tokenFile, "--",
+                "/bin/busybox", "sh", "-c", "echo $DB_HOST; echo $GREETING; cat /data/file",
+            ])
+        #expect(outcome.stdout == "db.pod\nhello = world\ncontent\n", "\(outcome.stderr)")
     }
 
     @Test(
@@ -204,7 +248,10 @@ final class AgentRobustnessTests {
             (["--listen", "70000", "--root", "/", "--token-file", "/dev/null"], "port must be a number"),
             (["--listen", "1234", "--pid", "1", "--root", "/", "--token-file", "/dev/null"], "give one of them"),
             (["--listen", "1234", "--root", "/", "--token-file", "/nonexistent"], "cannot use the token file"),
-            (["--listen", "1234", "--pid", "999999999", "--token-file", "/etc/hostname"], "cannot open the target's root"),
+            (
+                ["--listen", "1234", "--pid", "999999999", "--token-file", "/etc/hostname"],
+                "cannot open the target's root"
+            ),
         ])
     func usage(arguments: [String], message: String) throws {
         let outcome = try Run.process([fixtures.sysmirror, "agent"] + arguments)

@@ -27,7 +27,10 @@ final class AgentTests {
                 DB_HOST: db.default.svc.cluster.local
 
                 """)
-        #expect(log.contains { $0.contains(#"openat(AT_FDCWD, "/config/app.yaml", O_RDONLY|O_CLOEXEC) = "#) && $0.contains("→ remote") })
+        #expect(
+            log.contains {
+                $0.contains(#"openat(AT_FDCWD, "/config/app.yaml", O_RDONLY|O_CLOEXEC) = "#) && $0.contains("→ remote")
+            })
         #expect(log.contains { $0.contains("uname(") && $0.contains("= 0 → remote") })
         // Without sysmirror the same program finds none of it: the files came from the pod.
         #expect(try pod.direct(program).status != 0)
@@ -67,6 +70,12 @@ final class AgentTests {
             for top, dirs, files in os.walk('/data'):
                 print(top, sorted(dirs), sorted(files))
             print(os.path.getsize('/data/nested/c.txt'), os.path.isdir('/data/nested'), os.path.exists('/data/none'))
+            import fcntl
+            fd = os.open('/data/a.txt', os.O_RDONLY)
+            try:
+                os.write(fd, b'x')
+            except OSError as error:
+                print('write refused', error.errno == 9, 'cloexec', fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
             """
         let (outcome, _) = try pod.trace(["python3", "-c", script])
         #expect(
@@ -75,6 +84,7 @@ final class AgentTests {
                 /data ['nested'] ['a.txt', 'b.txt']
                 /data/nested [] ['c.txt']
                 8 True False
+                write refused True cloexec 1
 
                 """, "\(outcome.stderr)")
     }
@@ -104,9 +114,7 @@ final class AgentTests {
 
     @Test("A wrong token is refused before the program runs, and the agent logs it")
     func wrongToken() throws {
-        let wrong = fixtures.path("wrong-token-\(pod.name)")
-        try "not the token".write(toFile: wrong, atomically: false, encoding: .utf8)
-        chmod(wrong, 0o644)
+        let wrong = try fixtures.readableFile("wrong-token-\(pod.name)", "not the token")
         defer { try? FileManager.default.removeItem(atPath: wrong) }
         let marker = fixtures.path("ran-\(pod.name)")
         let (outcome, _) = try pod.trace(["/bin/busybox", "touch", marker], tokenFile: wrong)
@@ -147,29 +155,35 @@ final class AgentTests {
             options: ["--fs-mode", "write"])
         #expect(outcome.status == 0, "\(outcome.stderr)")
         #expect(outcome.stdout == "one\ntwo\n")
-        #expect(try String(contentsOf: pod.root.appendingPathComponent("data/out.txt"), encoding: .utf8) == "one\ntwo\n")
+        #expect(
+            try String(contentsOf: pod.root.appendingPathComponent("data/out.txt"), encoding: .utf8) == "one\ntwo\n")
         #expect(log.contains { $0.contains(#""/data/out.txt", O_WRONLY|O_CREAT|O_TRUNC"#) && $0.contains("→ remote") })
 
         let (readMode, _) = try pod.trace(["/bin/busybox", "sh", "-c", "echo three > /data/out.txt"])
         #expect(readMode.status != 0)  // local /data does not exist, and the pod's file is untouched
-        #expect(try String(contentsOf: pod.root.appendingPathComponent("data/out.txt"), encoding: .utf8) == "one\ntwo\n")
+        #expect(
+            try String(contentsOf: pod.root.appendingPathComponent("data/out.txt"), encoding: .utf8) == "one\ntwo\n")
     }
 
     @Test("Config rules override the defaults; credentials are not found")
     func rules() throws {
-        let config = fixtures.path("config-\(pod.name).yaml")
-        try "fs:\n  not_found: ['^/data/b']\n  local: ['^/config/']\n".write(toFile: config, atomically: false, encoding: .utf8)
-        chmod(config, 0o644)
+        let config = try fixtures.readableFile(
+            "config-\(pod.name).yaml", "fs:\n  not_found: ['^/data/b']\n  local: ['^/config/']\n")
         defer { try? FileManager.default.removeItem(atPath: config) }
         let home = fixtures.directory.appendingPathComponent("home-\(pod.name)")
-        try FileManager.default.createDirectory(at: home.appendingPathComponent(".kube"), withIntermediateDirectories: true)
-        try "local credentials".write(to: home.appendingPathComponent(".kube/config"), atomically: false, encoding: .utf8)
+        try FileManager.default.createDirectory(
+            at: home.appendingPathComponent(".kube"), withIntermediateDirectories: true)
+        try "local credentials".write(
+            to: home.appendingPathComponent(".kube/config"), atomically: false, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: home) }
         chmod(home.path, 0o755)
         chmod(home.appendingPathComponent(".kube").path, 0o755)
         chmod(home.appendingPathComponent(".kube/config").path, 0o644)
         let (outcome, log) = try pod.trace(
-            ["/bin/busybox", "sh", "-c", "cat /data/a.txt; cat /data/b.txt; cat /config/app.yaml; cat $HOME/.kube/config"],
+            [
+                "/bin/busybox", "sh", "-c",
+                "cat /data/a.txt; cat /data/b.txt; cat /config/app.yaml; cat $HOME/.kube/config",
+            ],
             options: ["--config", config], environment: ["HOME": home.path])
         #expect(outcome.stdout == "alpha\n", "\(outcome.stderr)")
         #expect(log.contains { $0.contains(#""/data/b.txt""#) && $0.contains("→ not_found") })
@@ -189,7 +203,9 @@ final class AgentTests {
         }
         try handle.close()
         let expected = try Run.process(["md5sum", path.path], directory: fixtures.directory).stdout.prefix(32)
-        let (outcome, log) = try pod.trace(["/bin/busybox", "sh", "-c", "md5sum < /data/large.bin; wc -c < /data/large.bin"])
+        let (outcome, log) = try pod.trace([
+            "/bin/busybox", "sh", "-c", "md5sum < /data/large.bin; wc -c < /data/large.bin",
+        ])
         #expect(outcome.stdout == "\(expected)  -\n\(size)\n", "\(outcome.stderr)")
         #expect(log.filter { $0.contains("large.bin") && $0.contains("read(") }.isEmpty)
     }

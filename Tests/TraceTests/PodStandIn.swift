@@ -70,9 +70,9 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             atPath: root.appendingPathComponent("config/escape").path, withDestinationPath: "/../../etc/shadow")
         try FileManager.default.createDirectory(
             at: root.appendingPathComponent("bin"), withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: root.appendingPathComponent("bin/busybox").path)
-        try Self.token.write(toFile: tokenFile, atomically: false, encoding: .utf8)
-        chmod(tokenFile, 0o644)
+        try FileManager.default.copyItem(
+            atPath: "/bin/busybox", toPath: root.appendingPathComponent("bin/busybox").path)
+        _ = try Fixtures.shared.readableFile("token-\(name)", Self.token)
     }
 
     private func startContainer() throws {
@@ -85,10 +85,13 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         // Ready once the container runs in its own root.
         try Self.waitUntil("the container to start") {
             (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(container!.processIdentifier)/root"))
-                == root.path && (try? String(contentsOfFile: "/proc/\(container!.processIdentifier)/comm", encoding: .utf8)) == "busybox\n"
+                == root.path
+                && (try? String(contentsOfFile: "/proc/\(container!.processIdentifier)/comm", encoding: .utf8))
+                    == "busybox\n"
         }
         try Self.waitUntil("the container's hostname") {
-            let result = try? Run.process(["nsenter", "-t", "\(container!.processIdentifier)", "--uts", "hostname"], directory: root)
+            let result = try? Run.process(
+                ["nsenter", "-t", "\(container!.processIdentifier)", "--uts", "hostname"], directory: root)
             return result?.stdout == "\(Self.hostname)\n"
         }
     }
@@ -123,8 +126,10 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         let log = Fixtures.shared.path("trace-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: log) }
         let outcome = try Run.process(
-            [Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", "unix:\(socket)", "--token-file",
-             tokenFile ?? self.tokenFile] + options + ["--"] + program,
+            [
+                Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", "unix:\(socket)", "--token-file",
+                tokenFile ?? self.tokenFile,
+            ] + options + ["--"] + program,
             environment: environment, stdin: stdin, unprivileged: true, namespace: developerNamespace,
             timeout: timeout)
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
@@ -187,6 +192,10 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     final class Counter: @unchecked Sendable {
         private var value = 0
         private let lock = NSLock()
-        func next() -> Int { lock.withLock { value += 1; return value } }
+        func next() -> Int {
+            lock.withLock {
+                value += 1; return value
+            }
+        }
     }
 }

@@ -51,6 +51,14 @@ final class Fixtures: Sendable {
 
     func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
+    /// Writes a file the unprivileged user can read; returns its path.
+    func readableFile(_ name: String, _ content: String) throws -> String {
+        let file = path(name)
+        try content.write(toFile: file, atomically: false, encoding: .utf8)
+        chmod(file, 0o644)
+        return file
+    }
+
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .deletingLastPathComponent().deletingLastPathComponent()
 

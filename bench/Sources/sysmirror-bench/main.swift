@@ -217,7 +217,9 @@ agent.arguments = [
 try agent.run()
 defer { agent.terminate() }
 while !FileManager.default.fileExists(atPath: "\(work)/agent.sock") { usleep(10_000) }
-let remote = [options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/agent.sock", "--token-file", "\(work)/token", "--"]
+let remote = [
+    options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/agent.sock", "--token-file", "\(work)/token", "--",
+]
 let fileCases: [(name: String, prefix: [String], root: String)] = [
     ("local file, native", [], pod),
     ("local file, sysmirror (routed, local)", [options.sysmirror, "trace", "--quiet", "--"], pod),
@@ -232,13 +234,15 @@ var failures: [String: [Double]] = [:]
 let latencyCount = String(max(1000, options.iterations / 20))
 for _ in 0..<options.rounds {
     for item in fileCases {
-        let latency = run(item.prefix + ["\(work)/file-reads", "latency", latencyCount, "\(item.root)/data/small"]).output
+        let latency = run(item.prefix + ["\(work)/file-reads", "latency", latencyCount, "\(item.root)/data/small"])
+            .output
         p50[item.name, default: []].append(value("p50_ns", in: latency))
         p99[item.name, default: []].append(value("p99_ns", in: latency))
         let bulk = run(item.prefix + ["\(work)/file-reads", "throughput", "\(item.root)/data/large"]).output
         throughput[item.name, default: []].append(value("read_mb_s", in: bulk))
         transfer[item.name, default: []].append(value("open_ms", in: bulk))
-        let threads = run(item.prefix + ["\(work)/file-reads", "threads", "64", "10000", "\(item.root)/data/small"]).output
+        let threads = run(item.prefix + ["\(work)/file-reads", "threads", "64", "10000", "\(item.root)/data/small"])
+            .output
         opensPerSecond[item.name, default: []].append(value("opens_per_s", in: threads))
         failures[item.name, default: []].append(value("failures", in: threads))
     }
@@ -252,7 +256,8 @@ let localRead = median(throughput["local file, native"]!)
 for item in fileCases {
     let rate = median(throughput[item.name]!)
     print(
-        pad(item.name, 40) + pad(format(median(p50[item.name]!) / 1000), 9) + pad(format(median(p99[item.name]!) / 1000), 9)
+        pad(item.name, 40) + pad(format(median(p50[item.name]!) / 1000), 9)
+            + pad(format(median(p99[item.name]!) / 1000), 9)
             + pad(format(rate, 0), 11) + pad(format(rate / localRead, 2), 9)
             + pad(format(median(transfer[item.name]!), 1), 17) + pad(format(median(opensPerSecond[item.name]!), 0), 10)
             + format(failures[item.name]!.max() ?? .nan, 0))
