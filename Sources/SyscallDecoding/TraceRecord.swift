@@ -18,8 +18,8 @@ public enum TraceRecord {
         case .failed(let errno): buffer.append(2); buffer.appendInteger(Int64(errno))
         case .interrupted: buffer.append(3); buffer.appendInteger(Int64(0))
         }
-        buffer.appendBytes(Array(event.syscall.utf8))
-        buffer.appendOptionalBytes(event.note.map { Array($0.utf8) })
+        buffer.appendBytes(event.syscall.utf8)
+        buffer.appendOptionalBytes(event.note?.utf8)
         if let arguments = event.arguments {
             buffer.append(1)
             buffer.appendInteger(arguments.spec.number)
@@ -161,13 +161,14 @@ extension Array where Element == UInt8 {
         Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 
-    mutating func appendBytes(_ bytes: [UInt8]) {
+    /// Length-prefixed; takes a String's UTF-8 view as it is, so a name costs no array of its own.
+    mutating func appendBytes(_ bytes: some Collection<UInt8>) {
         appendInteger(UInt32(bytes.count))
         append(contentsOf: bytes)
     }
 
     /// nil is written as the length 0xFFFF_FFFF.
-    mutating func appendOptionalBytes(_ bytes: [UInt8]?) {
+    mutating func appendOptionalBytes(_ bytes: String.UTF8View?) {
         guard let bytes else { return appendInteger(UInt32.max) }
         appendBytes(bytes)
     }

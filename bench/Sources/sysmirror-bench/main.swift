@@ -276,6 +276,20 @@ let call = DecodedSyscall(
 let event = TraceEvent(
     time: 1_795_742_747_123_456_789, pid: 4242, syscall: "openat", arguments: call, route: .local, outcome: .continued,
     durationNanos: 1234)
+print("Event hand-off on the receiving thread (ns per event)")
+do {
+    var records: [UInt8] = []
+    records.reserveCapacity(1 << 20)
+    let count = 200_000
+    let start = DispatchTime.now().uptimeNanoseconds
+    for index in 0..<count {
+        if index % 4096 == 0 { records.removeAll(keepingCapacity: true) }
+        TraceRecord.append(event, to: &records)
+    }
+    let nanoseconds = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(count)
+    print(pad("TraceRecord.append", 38) + String(Int(nanoseconds)))
+}
+print("")
 print("Log formatting on the writer thread (ns per event)")
 for format in TraceFormat.allCases {
     var buffer = LineBuffer(capacity: 1 << 20)
