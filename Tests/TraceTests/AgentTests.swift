@@ -62,7 +62,7 @@ final class AgentTests {
         #expect(outcome.stderr.contains("can't open '/data/missing': No such file or directory"))
     }
 
-    @Test("python3 reads files and walks a directory of the pod")
+    @Test("python3 reads files, walks a directory, and opens relative to a directory fd of the pod")
     func python() throws {
         let script = """
             import os
@@ -70,6 +70,8 @@ final class AgentTests {
             for top, dirs, files in os.walk('/data'):
                 print(top, sorted(dirs), sorted(files))
             print(os.path.getsize('/data/nested/c.txt'), os.path.isdir('/data/nested'), os.path.exists('/data/none'))
+            nested = os.open('/data/nested', os.O_RDONLY | os.O_DIRECTORY)
+            print(os.stat('c.txt', dir_fd=nested).st_size, open('c.txt', opener=lambda p, f: os.open(p, f, dir_fd=nested)).read().strip())
             import fcntl
             fd = os.open('/data/a.txt', os.O_RDONLY)
             try:
@@ -84,6 +86,7 @@ final class AgentTests {
                 /data ['nested'] ['a.txt', 'b.txt']
                 /data/nested [] ['c.txt']
                 8 True False
+                8 charlie
                 write refused True cloexec 1
 
                 """, "\(outcome.stderr)")
