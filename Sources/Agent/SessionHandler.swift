@@ -88,7 +88,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         case (.handshake, .hello(let version, let token)):
             handshake(context: context, version: version, token: token)
         case (.handshake, _):
-            violation(context: context, "expected hello, got \(Self.kind(of: message))")
+            violation(context: context, "expected hello, got \(message.kind)")
         case (.open, .request(let id, let request)):
             requests += 1
             serve(id, request, context: context)
@@ -99,18 +99,13 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         case (.open, .cancel(let id)):
             cancelled.ids.withLock { _ = $0.insert(id) }
             if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
-        case (.open, .unknown(let type, let id)):
-            let hex = String(type, radix: 16)
-            reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know message type 0x\(hex)"))
+        case (.open, .unknown(_, let id)):
+            reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know \(message.kind)"))
         case (.open, _):
-            violation(context: context, "a client may not send \(Self.kind(of: message))")
+            violation(context: context, "a client may not send a \(message.kind)")
         case (.closed, _):
             break
         }
-    }
-
-    static func kind(of message: Message) -> String {
-        "\(message)".prefix { $0 != "(" }.description
     }
 
     func violation(context: ChannelHandlerContext, _ reason: String) {

@@ -137,7 +137,7 @@ public final class AgentClient: Sendable {
                 throw AgentConnectError.unreachable(address, "the agent closed the connection during the handshake")
             case let other?:
                 Glibc.close(socket)
-                throw AgentConnectError.unreachable(address, "unexpected first message \(other)")
+                throw AgentConnectError.unreachable(address, "the agent answered the handshake with a \(other.kind)")
             }
         } catch let error as AgentConnectError {
             throw error
@@ -319,7 +319,7 @@ public final class AgentClient: Sendable {
         case .end(let id): deliver(.end, to: id)
         case .protocolError(let text): failAll("the agent reported a protocol error: \(text)")
         case .hello, .welcome, .refused, .request, .cancel, .unknown:
-            logger.warning("ignored an unexpected message from the agent: \(message)")
+            logger.warning("ignored an unexpected \(message.kind) from the agent")
         }
     }
 

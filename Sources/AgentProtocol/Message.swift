@@ -29,6 +29,24 @@ public enum Message: Sendable, Equatable {
     case unknown(type: UInt8, id: UInt32)
 }
 
+extension Message {
+    /// The message's kind, as errors and logs name it.
+    public var kind: String {
+        switch self {
+        case .hello: "hello"
+        case .welcome: "welcome"
+        case .refused: "refused"
+        case .protocolError: "protocol error"
+        case .request: "request"
+        case .response: "response"
+        case .chunk: "chunk"
+        case .end: "end"
+        case .cancel: "cancel"
+        case .unknown(let type, _): "message type 0x\(String(type, radix: 16))"
+        }
+    }
+}
+
 /// What a client asks of the agent.
 public enum Request: Sendable, Equatable {
     /// The target's environment, as `KEY=VALUE` entries.

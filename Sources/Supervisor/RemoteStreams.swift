@@ -9,21 +9,13 @@ import SystemPackage
     import Glibc
 #endif
 
-/// A remote open for reading, as its replies arrive on the link's thread: the metadata, then the content
-/// (into a `ContentFile`) or the entries (into a placeholder directory), then the end, when the program gets its fd.
-final class Download: @unchecked Sendable {  // touched only on the link's thread, after `id` is set
+/// A remote open in progress: what the program asked, and the request that serves it.
+class RemoteOpen: @unchecked Sendable {  // `id` is set by `prepare`, before any reply can arrive
     let path: [UInt8]
     let flags: Int32
     let answer: Answer
     let files: RemoteFiles
-    /// Set by `prepare`, before any reply can arrive.
     var id: UInt32 = 0
-    private var content: ContentFile?
-    private var entries: [UInt8]?
-    private var chunks = 0
-    private var failure: SystemCallError?
-    /// Checked every so many chunks: a program killed during a large download stops the stream.
-    static let liveCheckInterval = 16
 
     init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
         self.path = path
@@ -31,6 +23,18 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
         self.answer = answer
         self.files = files
     }
+}
+
+/// A remote open for reading, as its replies arrive on the link's thread: the metadata, then the content
+/// (into a `ContentFile`) or the entries (into a placeholder directory), then the end, when the program gets
+/// its fd.
+final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the link's thread
+    private var content: ContentFile?
+    private var entries: [UInt8]?
+    private var chunks = 0
+    private var failure: SystemCallError?
+    /// Checked every so many chunks: a program killed during a large download stops the stream.
+    static let liveCheckInterval = 16
 
     func receive(_ reply: Reply) -> ReplyDisposition {
         switch reply {
@@ -106,21 +110,9 @@ final class Download: @unchecked Sendable {  // touched only on the link's threa
 /// A remote open for writing (`--fs-mode write`): the program gets the write end of a pipe; a thread of its
 /// own streams what arrives to the file opened in the pod, and ends the stream when every writer has
 /// closed the pipe.
-final class Upload: @unchecked Sendable {  // `id` is set before any reply arrives; `state` is locked
-    let path: [UInt8]
-    let flags: Int32
-    let answer: Answer
-    let files: RemoteFiles
-    var id: UInt32 = 0
+final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
     /// The pipe's read end (closed when the upload ends), and who waits for the end.
     private let state = Mutex<(reader: Int32, finished: Bool, waiters: [@Sendable () -> Void])>((-1, false, []))
-
-    init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
-        self.path = path
-        self.flags = flags
-        self.answer = answer
-        self.files = files
-    }
 
     var name: String { String(decoding: path, as: UTF8.self) }
 
