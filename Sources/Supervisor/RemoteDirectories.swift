@@ -17,10 +17,14 @@ final class RemoteDirectories: Sendable {
     let root: [UInt8]
     private let state = Mutex<(next: Int, remotePaths: [Int: [UInt8]])>((1, [:]))
 
-    /// Makes the folder in `$TMPDIR`, or /tmp.
+    static let prefix = "sysmirror-session-"
+
+    /// Makes the folder in `$TMPDIR`, or /tmp, named after this process; first removes the folders of
+    /// sessions whose sysmirror was killed before it could clean up.
     init() throws(SystemCallError) {
         let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
-        var template = Array("\(base)/sysmirror-session-XXXXXX".utf8CString)
+        Self.removeAbandoned(in: base)
+        var template = Array("\(base)/\(Self.prefix)\(getpid())-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw SystemCallError("mkdtemp", currentErrno()) }
         root = template.dropLast().map { UInt8(bitPattern: $0) }
     }
@@ -66,6 +70,26 @@ final class RemoteDirectories: Sendable {
     func removeAll() {
         let path = String(decoding: root, as: UTF8.self)
         Self.removeTree(path, depth: 2)
+    }
+
+    /// Folders of this user's sessions whose process is gone.
+    static func removeAbandoned(in base: String) {
+        guard let stream = opendir(base) else { return }
+        var abandoned: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count).prefix { $0 != "-" }) else {
+                continue
+            }
+            var info = stat()
+            let path = base + "/" + name
+            guard lstat(path, &info) == 0, info.st_uid == getuid(), kill(pid, 0) == -1, errno == ESRCH else { continue }
+            abandoned.append(path)
+        }
+        closedir(stream)
+        for path in abandoned { removeTree(path, depth: 2) }
     }
 
     static func removeTree(_ path: String, depth: Int) {

@@ -149,7 +149,7 @@ public final class TraceSession: Sendable {
             if let merge = remote.environment, case .environment(let entries)? = podEnvironment {
                 environment = merge.merge(local: environment, pod: entries.map { String(decoding: $0, as: UTF8.self) })
             }
-            logger.info("connected to \(client.agentDescription) at \(remote.address)")
+            logger.notice("connected to the \(client.agentDescription) at \(remote.address)")
             return Link(client: client, hostname: name, directories: try RemoteDirectories())
         } catch {
             client.close()

@@ -241,6 +241,46 @@ final class AgentRobustnessTests {
         #expect(outcome.stdout == "db.pod\nhello = world\ncontent\n", "\(outcome.stderr)")
     }
 
+    @Test func anAgentOnTCPServesATraceOverTCP() throws {
+        let port = try Self.freePort()
+        let agent = try PodStandIn.start(
+            [fixtures.sysmirror, "agent", "--listen", "\(port)", "--root", root.path, "--token-file", tokenFile],
+            log: nil)
+        defer {
+            kill(agent.processIdentifier, SIGKILL)
+            agent.waitUntilExit()
+        }
+        var outcome = Outcome(status: -1, stdout: "", stderr: "")
+        try PodStandIn.waitUntil("the agent on TCP") {
+            outcome =
+                (try? Run.process(
+                    [
+                        fixtures.sysmirror, "trace", "--agent", "127.0.0.1:\(port)", "--token-file", tokenFile,
+                        "--quiet",
+                        "--", "/bin/busybox", "cat", "/data/file",
+                    ])) ?? outcome
+            return outcome.status == 0
+        }
+        #expect(outcome.stdout == "content\n")
+    }
+
+    /// A TCP port nobody listens on now, from the kernel's ephemeral range.
+    static func freePort() throws -> Int {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw FixtureError(description: "no free port: \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
     @Test(
         "Agent usage errors are clear",
         arguments: [

@@ -193,6 +193,22 @@ final class AgentTests {
         #expect(log.contains { $0.contains(".kube/config") && $0.contains("→ not_found") })
     }
 
+    @Test("The scratch folder of a session whose sysmirror was killed is removed by the next session")
+    func abandonedSessionFolder() throws {
+        let dead = Process()
+        dead.executableURL = URL(fileURLWithPath: "/bin/true")
+        try dead.run()
+        dead.waitUntilExit()
+        let abandoned = "/tmp/sysmirror-session-\(dead.processIdentifier)-\(pod.name)"
+        try FileManager.default.createDirectory(atPath: abandoned + "/1", withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: abandoned + "/1/entry", contents: nil)
+        try PodStandIn.command(["chown", "-R", "65534:65534", abandoned])
+        defer { try? FileManager.default.removeItem(atPath: abandoned) }
+        let (outcome, _) = try pod.trace(["/bin/busybox", "cat", "/data/a.txt"])
+        #expect(outcome.stdout == "alpha\n")
+        #expect(!FileManager.default.fileExists(atPath: abandoned))
+    }
+
     @Test("A large file arrives whole, through a real descriptor, and reads natively")
     func largeFile() throws {
         let size = 64 << 20
