@@ -119,7 +119,7 @@ public struct FileCall: Sendable, Equatable {
 /// Lexical path arithmetic on bytes.
 public enum PathNormalizer {
     /// `path` made absolute against `base` (an absolute directory), with `.`, `..` and repeated slashes
-    /// removed. `..` is taken lexically: the rules see the path the program named.
+    /// removed, and a trailing slash kept. `..` is taken lexically: the rules see the path the program named.
     public static func absolute(_ path: [UInt8], base: [UInt8]) -> [UInt8] {
         let slash = UInt8(ascii: "/")
         let joined = path.first == slash ? path : base + [slash] + path
@@ -138,6 +138,13 @@ public enum PathNormalizer {
             result.append(slash)
             result.append(contentsOf: part)
         }
-        return result.isEmpty ? [slash] : result
+        if result.isEmpty { return [slash] }
+        // A trailing slash, `.` or `..` says "a directory": kept as a slash, so that the pod answers ENOTDIR
+        // for a file, as the kernel would.
+        let last = joined.split(separator: slash).last
+        if joined.last == slash || last.map({ $0.allSatisfy { $0 == UInt8(ascii: ".") } && $0.count <= 2 }) == true {
+            result.append(slash)
+        }
+        return result
     }
 }

@@ -57,8 +57,9 @@ final class RemoteFiles: Sendable {
         var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
         let count = readlink(link, &buffer, buffer.count)
         guard count > 0, buffer[0] == UInt8(ascii: "/") else { return nil }
-        let absolute = PathNormalizer.absolute(call.path, base: Array(buffer[..<count]))
-        return directories.remotePath(for: absolute) ?? absolute
+        // A placeholder base is translated first, so that `..` from it climbs in the pod, not in /tmp.
+        let base = Array(buffer[..<count])
+        return PathNormalizer.absolute(call.path, base: directories.remotePath(for: base) ?? base)
     }
 
     // MARK: Serving

@@ -80,9 +80,9 @@ struct FileRulesTests {
     @Test(
         "Paths are made absolute lexically",
         arguments: [
-            ("a/b", "/w", "/w/a/b"), ("./a//b/", "/w", "/w/a/b"), ("../../../x", "/w/d", "/x"),
+            ("a/b", "/w", "/w/a/b"), ("./a//b/", "/w", "/w/a/b/"), ("a/.", "/w", "/w/a/"), ("../../../x", "/w/d", "/x"),
             ("/abs/./p", "/w", "/abs/p"),
-            ("..", "/", "/"), ("", "/w", "/w"), ("a/../..", "/w/d", "/w"),
+            ("..", "/", "/"), ("", "/w", "/w/"), ("a/../..", "/w/d", "/w/"),
         ])
     func normalize(path: String, base: String, expected: String) {
         #expect(PathNormalizer.absolute(Array(path.utf8), base: Array(base.utf8)) == Array(expected.utf8))

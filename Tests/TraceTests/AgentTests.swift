@@ -72,6 +72,7 @@ final class AgentTests {
             print(os.path.getsize('/data/nested/c.txt'), os.path.isdir('/data/nested'), os.path.exists('/data/none'))
             nested = os.open('/data/nested', os.O_RDONLY | os.O_DIRECTORY)
             print(os.stat('c.txt', dir_fd=nested).st_size, open('c.txt', opener=lambda p, f: os.open(p, f, dir_fd=nested)).read().strip())
+            print(open('../a.txt', opener=lambda p, f: os.open(p, f, dir_fd=nested)).read().strip())
             import fcntl
             fd = os.open('/data/a.txt', os.O_RDONLY)
             try:
@@ -87,6 +88,7 @@ final class AgentTests {
                 /data/nested [] ['c.txt']
                 8 True False
                 8 charlie
+                alpha
                 write refused True cloexec 1
 
                 """, "\(outcome.stderr)")
