@@ -36,6 +36,15 @@ final class AgentTests {
         #expect(try pod.direct(program).status != 0)
     }
 
+    @Test("200 goroutines open a remote file at once; each open is served and logged once")
+    func goroutines() throws {
+        let (outcome, log) = try pod.trace([fixtures.path("gofixture"), "many", "200", "/data/a.txt"])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout == "ok 200\n")
+        let opens = log.filter { $0.contains(#"openat(AT_FDCWD, "/data/a.txt""#) && $0.contains("→ remote") }
+        #expect(opens.count == 200)
+    }
+
     @Test("busybox cat, ls, stat and wc see the pod's files")
     func busybox() throws {
         let script = """
