@@ -105,11 +105,12 @@ public final class NotificationLoop: Sendable {
             // Answered from the link's thread; counted in flight until logged.
             inFlight.add(1, ordering: .sequentiallyConsistent)
             let resolved = path.flatMap { $0 != file?.path ? "pod path " + String(decoding: $0, as: UTF8.self) : nil }
-            remote.serve(notification, call: decoded, file: file, path: path) { [self, decoded] outcome, note in
+            remote.serve(notification, call: decoded, file: file, path: path) {
+                [self, decoded] outcome, note, answered in
                 log.record(
                     TraceEvent(
                         time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
-                        route: .remote, outcome: outcome, durationNanos: Clock.monotonic() - started,
+                        route: .remote, outcome: outcome, durationNanos: answered - started,
                         note: [resolved, note].compactMap { $0 }.joined(separator: "; ").nonEmpty))
                 inFlight.subtract(1, ordering: .sequentiallyConsistent)
             }

@@ -18,8 +18,9 @@ import SyscallDecoding
 /// holding the content (`ContentFile`) or a placeholder directory (`RemoteDirectories`), a stat gets its
 /// structure written into the program's buffer.
 final class RemoteFiles: Sendable {
-    /// How a served call ended, for the log.
-    typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?) -> Void
+    /// How a served call ended, for the log, and when it was answered (taken before the answer: the program
+    /// may run on this CPU as soon as it has it).
+    typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
 
     let client: AgentClient
     let listener: NotificationListener
@@ -211,27 +212,34 @@ struct Answer: Sendable {
     let done: RemoteFiles.Completion
 
     func succeed(_ value: Int64, note: String? = nil) {
+        let answered = Clock.monotonic()
         do {
             try listener.succeed(notification.id, value: value)
-            done(.returned(value), note)
+            done(.returned(value), note, answered)
         } catch {
-            done(.interrupted, note)
+            done(.interrupted, note, answered)
         }
     }
 
     func fail(_ errno: Int32, note: String? = nil) {
+        let answered = Clock.monotonic()
         do {
             try listener.fail(notification.id, errno: errno)
-            done(.failed(errno: errno), note)
+            done(.failed(errno: errno), note, answered)
         } catch {
-            done(.interrupted, note)
+            done(.interrupted, note, answered)
         }
+    }
+
+    /// The call went away before it could be answered.
+    func gone(_ note: String? = nil) {
+        done(.interrupted, note, Clock.monotonic())
     }
 
     /// Writes a result into the program's buffer, then answers `result`; the call is checked first, since it
     /// may be long gone and its pid reused.
     func write(_ bytes: [UInt8], at address: UInt64, result: Int64) {
-        guard listener.isPending(notification.id) else { return done(.interrupted, nil) }
+        guard listener.isPending(notification.id) else { return gone() }
         let errno = ProcessMemory(pid: notification.pid).write(bytes, at: address)
         if errno == 0 { succeed(result) } else { fail(errno) }
     }
@@ -253,11 +261,12 @@ struct Answer: Sendable {
     /// Installs `fd` into the program (closing it here) and answers with the new number.
     func install(fd: Int32, flags: Int32, note: String? = nil) {
         defer { close(fd) }
+        let answered = Clock.monotonic()
         do {
             let number = try listener.answer(notification.id, installing: fd, closeOnExec: flags & O_CLOEXEC != 0)
-            done(.returned(Int64(number)), note)
+            done(.returned(Int64(number)), note, answered)
         } catch let error where error.errno == .noSuchFileOrDirectory {
-            done(.interrupted, note)
+            done(.interrupted, note, answered)
         } catch {
             fail(error.errno.rawValue, note: "\(error)")
         }

@@ -54,7 +54,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             if chunks % Self.liveCheckInterval == 0 && !answer.listener.isPending(answer.notification.id) {
                 files.client.cancel(id)
                 content?.close()
-                answer.done(.interrupted, "the call went away during the transfer")
+                answer.gone("the call went away during the transfer")
                 return .complete
             }
             if entries != nil {
