@@ -169,10 +169,14 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         case .readlink(let path):
             reply(context, id, target.readlink(path))
         case .open(let path, let flags, let mode):
-            if flags & O_ACCMODE == O_RDONLY && flags & (O_CREAT | O_TRUNC | O_APPEND) == 0 {
-                openForReading(id, path: path, flags: flags, context: context)
-            } else {
-                openForWriting(id, path: path, flags: flags, mode: mode, context: context)
+            switch OpenIntent(flags: flags) {
+            case .read: openForReading(id, path: path, flags: flags, context: context)
+            case .stream: openForWriting(id, path: path, flags: flags, mode: mode, context: context)
+            case .readWrite:
+                switch target.openForReadWrite(path, flags: flags, mode: mode) {
+                case .failure(let error): reply(context, id, error.response)
+                case .success(let (fd, metadata)): stream(fd, metadata, id: id, context: context)
+                }
             }
         }
     }
@@ -193,16 +197,22 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
                 context.writeAndFlush(wrapOutboundOut(.end(id: id)), promise: nil)
             }
         case .file(let fd, let metadata):
-            context.write(wrapOutboundOut(.response(id: id, .opened(metadata))), promise: nil)
-            if metadata.size < UInt64(Frame.chunkSize) {
-                // Small: read it here, in one chunk (or several, if it grew since the stat).
-                FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
-                    .runInline(context: context, bufferSize: Int(metadata.size) + 1)
-            } else {
-                context.flush()
-                let stream = FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
-                pool.submit { _ in stream.run() }
-            }
+            stream(fd, metadata, id: id, context: context)
+        }
+    }
+
+    /// Answers `opened` and streams the file's content: here when it fits in one chunk, else from the pool.
+    func stream(
+        _ fd: SystemPackage.FileDescriptor, _ metadata: FileMetadata, id: UInt32, context: ChannelHandlerContext
+    ) {
+        context.write(wrapOutboundOut(.response(id: id, .opened(metadata))), promise: nil)
+        let stream = FileStream(fd: fd, id: id, channel: context.channel, cancelled: cancelled)
+        if metadata.size < UInt64(Frame.chunkSize) {
+            // Small: read it here, in one chunk (or several, if it grew since the stat).
+            stream.runInline(context: context, bufferSize: Int(metadata.size) + 1)
+        } else {
+            context.flush()
+            pool.submit { _ in stream.run() }
         }
     }
 

@@ -133,11 +133,28 @@ public struct TargetRoot: Sendable {
         }
     }
 
-    /// Opens for writing (`--fs-mode write`): a regular file only; O_APPEND is kept by the caller's stream.
+    /// Opens for writing (`--fs-mode write`, `OpenIntent.stream`): a regular file only, with the caller's
+    /// creation flags.
     public func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32) -> Result<
         (FileDescriptor, FileMetadata), PodError
     > {
-        // Refuse devices and FIFOs before opening them for real.
+        openRegularFile(
+            path, access: O_WRONLY, flags: flags & (O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_NOFOLLOW), mode: mode)
+    }
+
+    /// Opens read-write (`OpenIntent.readWrite`): the content is streamed to the client, whose copy is
+    /// written back when the program closes it. O_TRUNC empties the pod's file now, as the kernel would.
+    public func openForReadWrite(_ path: [UInt8], flags: Int32, mode: UInt32) -> Result<
+        (FileDescriptor, FileMetadata), PodError
+    > {
+        openRegularFile(path, access: O_RDWR, flags: flags & (O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW), mode: mode)
+    }
+
+    /// A regular file opened for writing; directories, devices, FIFOs and sockets are refused after a look
+    /// with O_PATH, before they are opened for real.
+    func openRegularFile(_ path: [UInt8], access: Int32, flags: Int32, mode: UInt32) -> Result<
+        (FileDescriptor, FileMetadata), PodError
+    > {
         if case .success(let probe) = lookup(path, flags: GNU.openPath) {
             defer { try? probe.close() }
             if case .success(let existing) = Self.metadata(of: probe) {
@@ -148,8 +165,7 @@ public struct TargetRoot: Sendable {
                 }
             }
         }
-        let allowed = O_WRONLY | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_NOFOLLOW
-        switch lookup(path, flags: (flags & allowed) | O_NOCTTY | O_NONBLOCK, mode: mode) {
+        switch lookup(path, flags: access | flags | O_NOCTTY | O_NONBLOCK, mode: mode) {
         case .failure(let error): return .failure(error)
         case .success(let fd):
             switch Self.metadata(of: fd) {

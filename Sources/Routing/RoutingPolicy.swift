@@ -29,7 +29,7 @@ public struct Decision: Sendable, Equatable {
 
 /// Pure rules: no syscalls. Maps a decoded call to a route.
 public struct RoutingPolicy: Sendable {
-    static let enosys: Int32 = 38, enoent: Int32 = 2, eopnotsupp: Int32 = 95
+    static let enosys: Int32 = 38, enoent: Int32 = 2
     /// Where the kernel shows the hostname; Go's os.Hostname reads it.
     public static let hostnameFile = Array("/proc/sys/kernel/hostname".utf8)
 
@@ -59,11 +59,6 @@ public struct RoutingPolicy: Sendable {
         case .notFound:
             return Decision(route: .notFound, errno: Self.enoent, note: "file rule: not_found")
         case .remote:
-            if case .open(let flags, _) = file.operation, flags & 3 == 2 {
-                return Decision(
-                    route: .denied, errno: Self.eopnotsupp,
-                    note: "read-write opens of remote files are not supported; mark the path local or read_only")
-            }
             return .remote
         }
     }

@@ -31,8 +31,10 @@ final class RemoteFiles: Sendable {
     var scratch: String { String(decoding: directories.root, as: UTF8.self) }
     let logger: Logger
     private let linkFailureWarned = Atomic<Bool>(false)
-    /// Uploads (`--fs-mode write`) by pod path, until the agent confirms their end.
-    private let uploads = Mutex<[[UInt8]: [Upload]]>([:])
+    /// Writes to the pod (`--fs-mode write`) by pod path, until the agent confirms their end.
+    private let writes = Mutex<[[UInt8]: [any PendingWrite]]>([:])
+    /// Started with the first file opened to write in place.
+    private let closeWatcher = Mutex<CloseWatcher?>(nil)
 
     init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
@@ -85,10 +87,12 @@ final class RemoteFiles: Sendable {
         switch operation {
         case .open(let flags, _) where path == RoutingPolicy.hostnameFile:
             install(Array(hostname) + [UInt8(ascii: "\n")], flags: flags, name: path, answer)
-        case .open(let flags, let mode) where isWriting:
-            openForWriting(path, flags: flags, mode: mode, answer)
-        case .open(let flags, _):
-            openForReading(path, flags: flags, answer)
+        case .open(let flags, let mode):
+            switch OpenIntent(flags: flags) {
+            case .read: openForReading(path, flags: flags, mode: mode, answer)
+            case .stream: openForWriting(path, flags: flags, mode: mode, answer)
+            case .readWrite: openForReading(path, flags: flags, mode: mode, answer)
+            }
         case .stat(let follow, let buffer, let layout):
             client.send(.stat(path: path, followSymlinks: follow)) { reply in
                 answer.expect(reply) { response in
@@ -131,9 +135,49 @@ final class RemoteFiles: Sendable {
         answer.write(KernelStructures.utsname(local, nodename: hostname), at: buffer, result: 0)
     }
 
-    func openForReading(_ path: [UInt8], flags: Int32, _ answer: Answer) {
+    /// A read, or a read-write open whose copy is written back at close (`OpenIntent`): the agent streams the
+    /// content either way. The request's id reaches its owner before any reply can (`prepare`).
+    func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
         let download = Download(path: path, flags: flags, answer: answer, files: self)
-        download.id = client.send(.open(path: path, flags: flags, mode: 0)) { reply in download.receive(reply) }
+        client.send(.open(path: path, flags: flags, mode: mode), prepare: { download.id = $0 }) { download.receive($0) }
+    }
+
+    /// Gives the program its writable copy, and arranges for it to go back to the pod when the program
+    /// closes it. sysmirror keeps a read-only descriptor of its own on the copy until then.
+    func installForWriteBack(_ content: ContentFile, path: [UInt8], flags: Int32, _ answer: Answer) {
+        let keeper: Int32
+        let programCopy: Int32
+        do throws(SystemCallError) {
+            try content.flush()
+            let source = "/proc/self/fd/\(content.fd)"
+            keeper = try systemCall("open(content)") { open(source, O_RDONLY | O_CLOEXEC) }
+            do throws(SystemCallError) {
+                programCopy = try systemCall("open(content)") {
+                    open(source, flags & (O_ACCMODE | O_APPEND) | O_CLOEXEC)
+                }
+            } catch {
+                close(keeper)
+                throw error
+            }
+        } catch {
+            content.close()
+            return answer.fail(error.errno.rawValue, note: "could not hold the file's content: \(error)")
+        }
+        // The copy's own writable descriptor goes before the watch starts, or its close would count.
+        content.close()
+        let writeBack = WriteBack(path: path, keeper: keeper, files: self)
+        writes.withLock { $0[path, default: []].append(writeBack) }
+        do {
+            try closeWatcher.withLock { watcher throws(SystemCallError) in
+                if watcher == nil { watcher = try CloseWatcher() }
+                try watcher!.watch(writeBack)
+            }
+        } catch {
+            close(programCopy)
+            writeEnded(writeBack)
+            return answer.fail(error.errno.rawValue, note: "could not watch the copy for its close: \(error)")
+        }
+        answer.install(fd: programCopy, flags: flags, note: "written back to the pod when closed")
     }
 
     /// Gives the program a file holding `content`, opened with its access mode.
@@ -157,23 +201,25 @@ final class RemoteFiles: Sendable {
     /// `--fs-mode write`: the program writes into a pipe; its bytes stream to the file opened in the pod.
     func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
         let upload = Upload(path: path, flags: flags, answer: answer, files: self)
-        uploads.withLock { $0[path, default: []].append(upload) }
-        upload.id = client.send(.open(path: path, flags: flags, mode: mode)) { reply in upload.receive(reply) }
+        writes.withLock { $0[path, default: []].append(upload) }
+        client.send(.open(path: path, flags: flags, mode: mode), prepare: { upload.id = $0 }) { upload.receive($0) }
     }
 
-    func uploadEnded(_ upload: Upload) {
-        uploads.withLock { uploads in
-            uploads[upload.path]?.removeAll { $0 === upload }
-            if uploads[upload.path]?.isEmpty == true { uploads[upload.path] = nil }
+    func writeEnded(_ write: any PendingWrite) {
+        writes.withLock { writes in
+            writes[write.path]?.removeAll { $0 === write }
+            if writes[write.path]?.isEmpty == true { writes[write.path] = nil }
         }
-        upload.finish()
+        write.finish()
     }
 
     /// Close-to-open consistency, as NFS gives: a call on a path whose upload the program has closed (every
     /// writer gone) waits until the pod has the bytes, so the program reads back what it wrote. An upload
     /// still open does not hold anything up: the program may read while it writes.
     func afterClosedUploads(to path: [UInt8], _ body: @escaping @Sendable () -> Void) {
-        let closed = uploads.withLock { $0[path]?.filter(\.writersClosed) ?? [] }
+        guard writes.withLock({ $0[path] != nil }) else { return body() }
+        closeWatcher.withLock { $0 }?.drain()
+        let closed = writes.withLock { $0[path]?.filter(\.writersClosed) ?? [] }
         guard !closed.isEmpty else { return body() }
         let remaining = Countdown(closed.count)
         for upload in closed {
@@ -184,11 +230,30 @@ final class RemoteFiles: Sendable {
     /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
     func drain(seconds: Int) {
         let deadline = Clock.monotonic() + UInt64(seconds) * 1_000_000_000
-        func count() -> Int { uploads.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+        func count() -> Int { writes.withLock { $0.values.reduce(0) { $0 + $1.count } } }
         while count() > 0 && Clock.monotonic() < deadline { usleep(1000) }
         if count() > 0 {
             logger.warning("\(count()) file(s) written for the pod did not finish in \(seconds) s")
         }
+    }
+
+    /// Reads `source` to its end (a pipe: until every writer has closed it), sending each piece as a chunk
+    /// of upload `id`, then the end; closes `source`. Each piece is queued before the next is read, and the
+    /// client slows the reader when much is queued, so a fast writer moves at the link's pace.
+    static func pump(_ source: Int32, id: UInt32, client: AgentClient) {
+        defer { close(source) }
+        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
+        while true {
+            let count = read(source, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            do {
+                try client.upload(id, Array(buffer[..<count]))
+            } catch {
+                return  // the link is gone; the request's handler reports it
+            }
+        }
+        try? client.upload(id, nil)
     }
 
     /// The first link failure is worth a line on the terminal; the log has every call it failed.

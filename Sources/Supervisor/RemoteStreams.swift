@@ -98,6 +98,8 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
                 content.close()
                 // ENOSPC/ENOMEM holding the content: the program sees what it would for a full disk.
                 answer.fail(failure.errno.rawValue, note: "could not hold the file's content: \(failure)")
+            } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
+                files.installForWriteBack(content, path: path, flags: flags, answer)
             } else {
                 answer.install(content: content, flags: flags)
             }
@@ -107,42 +109,32 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
     }
 }
 
-/// A remote open for writing (`--fs-mode write`): the program gets the write end of a pipe; a thread of its
-/// own streams what arrives to the file opened in the pod, and ends the stream when every writer has
-/// closed the pipe.
-final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
-    /// The pipe's read end (closed when the upload ends), and who waits for the end.
-    private let state = Mutex<(reader: Int32, finished: Bool, waiters: [@Sendable () -> Void])>((-1, false, []))
+/// A remote open for writing (`--fs-mode write`, `OpenIntent.stream`): the program gets the write end of a
+/// pipe; a thread of its own streams what arrives to the file opened in the pod, and ends the stream when
+/// every writer has closed the pipe.
+final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
+    /// The pipe's read end, watched for POLLHUP (closed when the upload ends).
+    private let reader = Mutex<Int32>(-1)
+    private let finished = FinishSignal()
 
     var name: String { String(decoding: path, as: UTF8.self) }
 
-    /// Whether every writer has closed the pipe: what remains is in flight to the pod.
     var writersClosed: Bool {
-        state.withLock { state in
-            guard state.reader >= 0 else { return false }
-            var entry = pollfd(fd: state.reader, events: 0, revents: 0)
+        reader.withLock { reader in
+            guard reader >= 0 else { return false }
+            var entry = pollfd(fd: reader, events: 0, revents: 0)
             return poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLHUP) != 0
         }
     }
 
-    func whenFinished(_ body: @escaping @Sendable () -> Void) {
-        let now = state.withLock { state in
-            if !state.finished { state.waiters.append(body) }
-            return state.finished
-        }
-        if now { body() }
-    }
+    func whenFinished(_ body: @escaping @Sendable () -> Void) { finished.whenFinished(body) }
 
-    /// The upload is over (done, failed, or never started): close the pipe, release the waiters.
     func finish() {
-        let waiters = state.withLock { state in
-            if state.reader >= 0 { close(state.reader) }
-            state.reader = -1
-            state.finished = true
-            defer { state.waiters = [] }
-            return state.waiters
+        reader.withLock { reader in
+            if reader >= 0 { close(reader) }
+            reader = -1
         }
-        for waiter in waiters { waiter() }
+        finished.fire()
     }
 
     func receive(_ reply: Reply) -> ReplyDisposition {
@@ -158,11 +150,13 @@ final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
             if flags & O_NONBLOCK != 0 { _ = fcntl(ends.1, F_SETFL, O_NONBLOCK) }
             // The pump reads its own duplicate, so that `finish` may close the watched end at any time.
             let pumped = fcntl(ends.0, F_DUPFD_CLOEXEC, 0)
-            state.withLock { $0.reader = ends.0 }
+            reader.withLock { $0 = ends.0 }
             let (id, client) = (id, files.client)
             do {
                 guard pumped >= 0 else { throw SystemCallError("fcntl(F_DUPFD_CLOEXEC)", currentErrno()) }
-                _ = try ThreadHandle.start(name: "sysmirror-upload") { Upload.pump(pumped, id: id, client: client) }
+                _ = try ThreadHandle.start(name: "sysmirror-upload") {
+                    RemoteFiles.pump(pumped, id: id, client: client)
+                }
             } catch {
                 close(ends.1)
                 if pumped >= 0 { close(pumped) }
@@ -171,7 +165,7 @@ final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
             answer.install(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
             return .waitingOnClient
         case .response(.done):
-            files.uploadEnded(self)
+            files.writeEnded(self)
             return .complete
         case .response(.failure(let errno, let message)):
             if isInstalled {
@@ -179,7 +173,7 @@ final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
             } else {
                 answer.fail(errno, note: message.isEmpty ? nil : message)
             }
-            files.uploadEnded(self)
+            files.writeEnded(self)
             return .complete
         case .linkFailure(let reason):
             if isInstalled {
@@ -187,37 +181,19 @@ final class Upload: RemoteOpen, @unchecked Sendable {  // `state` is locked
             } else {
                 answer.linkFailed(reason, files: files)
             }
-            files.uploadEnded(self)
+            files.writeEnded(self)
             return .complete
         case .response, .chunk, .end:
             return .waitingOnClient
         }
     }
 
-    private var isInstalled: Bool { state.withLock { $0.reader >= 0 } }
+    private var isInstalled: Bool { reader.withLock { $0 >= 0 } }
 
     private func abandon(errno: Int32, _ note: String) -> ReplyDisposition {
         answer.fail(errno, note: note)
         files.client.cancel(id)
-        files.uploadEnded(self)
+        files.writeEnded(self)
         return .complete
-    }
-
-    /// Reads the pipe until every writer has closed it, sending each piece; waits for each piece to be in
-    /// the socket before reading the next, so a fast writer is slowed to the link's pace, not buffered.
-    static func pump(_ reader: Int32, id: UInt32, client: AgentClient) {
-        defer { close(reader) }
-        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
-        while true {
-            let count = read(reader, &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
-            do {
-                try client.upload(id, Array(buffer[..<count]))
-            } catch {
-                return  // the link is gone; the request's handler reports it
-            }
-        }
-        try? client.upload(id, nil)
     }
 }

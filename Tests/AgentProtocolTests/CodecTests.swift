@@ -102,3 +102,17 @@ let everyMessage: [Message] = [
     #expect(try DirectoryEntryCodec.decode(bytes) == entries)
     #expect(throws: ProtocolViolation.self) { try DirectoryEntryCodec.decode(Array(bytes.dropLast())) }
 }
+
+@Test func opensAreClassifiedByTheirFlags() {
+    let (rdonly, wronly, rdwr): (Int32, Int32, Int32) = (0, 1, 2)
+    let (create, truncate, append, cloexec): (Int32, Int32, Int32, Int32) = (0o100, 0o1000, 0o2000, 0o2000000)
+    #expect(OpenIntent(flags: rdonly | cloexec) == .read)
+    #expect(OpenIntent(flags: rdonly | create) == .readWrite)
+    #expect(OpenIntent(flags: wronly | create | truncate) == .stream)
+    #expect(OpenIntent(flags: wronly | create | append) == .stream)
+    #expect(OpenIntent(flags: wronly | create) == .readWrite)
+    #expect(OpenIntent(flags: rdwr) == .readWrite)
+    #expect(OpenIntent(flags: rdwr | truncate | create) == .readWrite)
+    #expect(!OpenIntent.writesBack(rdonly | create))
+    #expect(OpenIntent.writesBack(wronly) && OpenIntent.writesBack(rdwr))
+}

@@ -54,14 +54,11 @@ struct RemoteRoutingTests {
         #expect(decision.errno == 2)
     }
 
-    @Test func readWriteOpensOfRemoteFilesAreRefusedWithAReason() throws {
-        let write = RoutingPolicy(
-            files: try FileRules(mode: .write, home: nil, workingDirectory: nil, program: nil))
+    @Test func writeModeSendsReadWriteOpensToThePodAndReadModeKeepsThemLocal() throws {
+        let write = RoutingPolicy(files: try FileRules(mode: .write, home: nil, workingDirectory: nil, program: nil))
         let (call, file) = openat("/data/db", flags: 2)
-        let decision = write.decide(call, abi: .x86_64, file: file, path: file.path)
-        #expect(decision.route == .denied)
-        #expect(decision.errno == 95)
-        #expect(decision.note?.contains("read-write") == true)
+        #expect(write.decide(call, abi: .x86_64, file: file, path: file.path) == .remote)
+        #expect(policy.decide(call, abi: .x86_64, file: file, path: file.path) == .local)
     }
 
     @Test func theHostnameComesFromThePod() {

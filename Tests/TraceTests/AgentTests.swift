@@ -162,7 +162,7 @@ final class AgentTests {
         #expect(log.contains { $0.contains(#""/data/b.txt""#) && $0.contains("EIO") && $0.contains("link") })
     }
 
-    @Test("--fs-mode write writes the pod's file; read mode keeps writes local")
+    @Test("--fs-mode write writes the pod's files, streamed or written back on close; read mode keeps writes local")
     func writeMode() throws {
         let (outcome, log) = try pod.trace(
             ["/bin/busybox", "sh", "-c", "echo one > /data/out.txt && echo two >> /data/out.txt && cat /data/out.txt"],
@@ -172,6 +172,24 @@ final class AgentTests {
         #expect(
             try String(contentsOf: pod.root.appendingPathComponent("data/out.txt"), encoding: .utf8) == "one\ntwo\n")
         #expect(log.contains { $0.contains(#""/data/out.txt", O_WRONLY|O_CREAT|O_TRUNC"#) && $0.contains("→ remote") })
+
+        // In place: python's r+ and pwrite on a new file are written back when the program closes them, and
+        // what the program reads afterwards is what it wrote.
+        let script = """
+            f = open('/data/a.txt', 'r+'); f.seek(1); f.write('LP'); f.close()
+            print(open('/data/a.txt').read().strip())
+            import os
+            fd = os.open('/data/new.bin', os.O_WRONLY | os.O_CREAT, 0o640)
+            os.pwrite(fd, b'0123', 0); os.pwrite(fd, b'zz', 1); os.close(fd)
+            print(open('/data/new.bin').read())
+            """
+        let (inPlace, inPlaceLog) = try pod.trace(["python3", "-c", script], options: ["--fs-mode", "write"])
+        #expect(inPlace.stdout == "aLPha\n0zz3\n", "\(inPlace.stderr)")
+        #expect(try String(contentsOf: pod.root.appendingPathComponent("data/a.txt"), encoding: .utf8) == "aLPha\n")
+        let created = pod.root.appendingPathComponent("data/new.bin").path
+        #expect(try String(contentsOfFile: created, encoding: .utf8) == "0zz3")
+        #expect((try FileManager.default.attributesOfItem(atPath: created)[.posixPermissions] as? Int) == 0o640)
+        #expect(inPlaceLog.contains { $0.contains(#""/data/a.txt", O_RDWR"#) && $0.contains("written back") })
 
         let (readMode, _) = try pod.trace(["/bin/busybox", "sh", "-c", "echo three > /data/out.txt"])
         #expect(readMode.status != 0)  // local /data does not exist, and the pod's file is untouched
