@@ -56,6 +56,7 @@ let package = Package(
             name: "AgentLink",
             dependencies: [
                 "AgentProtocol", "CSysmirror", "LinuxSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
             ] + nio
         ),
         // `sysmirror agent`: serves sessions from the pod (files inside the target's root, its environment).

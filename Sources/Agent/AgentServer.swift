@@ -56,6 +56,7 @@ public enum AgentServer {
                 }
             }
         let server: any Channel
+        var sockets: SocketService?
         do {
             switch configuration.listen {
             case .unix(let path):
@@ -64,6 +65,11 @@ public enum AgentServer {
                 defer { umask(previous) }
                 server = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
                 chmod(path, 0o600)
+                // Beside it, the socket channel: a client on this machine can be handed sockets.
+                sockets = try SocketService(
+                    path: SocketService.path(for: path), target: configuration.target, token: configuration.token,
+                    logger: logger)
+                try sockets?.start()
             case .tcp(let host, let port):
                 server = try bootstrap.bind(host: host, port: port).wait()
             }
@@ -76,6 +82,7 @@ public enum AgentServer {
         idle.execute { $0.arm() }
         try? finished.futureResult.wait()
         try? server.close().wait()
+        sockets?.stop()
         if case .unix(let path) = configuration.listen { unlink(path) }
     }
 }

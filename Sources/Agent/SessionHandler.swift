@@ -168,6 +168,10 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
             reply(context, id, target.readlink(path))
+        case .socket:
+            reply(
+                context, id,
+                .failure(errno: EOPNOTSUPP, message: "sockets are passed on the socket channel (docs/protocol.md)"))
         case .open(let path, let flags, let mode):
             switch OpenIntent(flags: flags) {
             case .read: openForReading(id, path: path, flags: flags, context: context)

@@ -1,4 +1,5 @@
 import AgentProtocol
+import CSysmirror
 import LinuxSystem
 
 #if canImport(Glibc)
@@ -114,6 +115,18 @@ enum LinkSocket {
         return sent
     }
 
+    /// Sends everything on a blocking socket; false once the connection is gone.
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let result = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else { return false }
+            sent += result
+        }
+        return true
+    }
+
     /// Sends everything before the deadline (the handshake).
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: UInt64) throws(Failure) {
         var rest = bytes
@@ -126,23 +139,19 @@ enum LinkSocket {
     }
 }
 
-/// Bytes read from the socket, cut into messages.
-struct FrameBuffer {
+/// Bytes read from a socket, cut into messages.
+public struct FrameBuffer: Sendable {
     private var storage = [UInt8](repeating: 0, count: 2 * Frame.maximumLength + 64)
     private var start = 0
     private var end = 0
 
-    enum Fill { case filled, wouldBlock, closed, failed(Int32) }
+    public enum Fill: Sendable { case filled, wouldBlock, closed, failed(Int32) }
+
+    public init() {}
 
     /// Reads what the socket has (up to the room left, which always fits a whole frame).
-    mutating func fill(from fd: Int32) -> Fill {
-        if start > 0 && storage.count - end < Frame.maximumLength + 4 {
-            storage.withUnsafeMutableBytes { raw in
-                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
-            }
-            end -= start
-            start = 0
-        }
+    public mutating func fill(from fd: Int32) -> Fill {
+        compactIfNeeded()
         let room = storage.count - end
         let count = storage.withUnsafeMutableBytes { raw in read(fd, raw.baseAddress! + end, room) }
         if count > 0 {
@@ -154,8 +163,33 @@ struct FrameBuffer {
         return .failed(errno)
     }
 
+    /// Like `fill`, with recvmsg: also returns a descriptor that came with the bytes (-1 when none did).
+    public mutating func fillReceivingDescriptor(from fd: Int32) -> (Fill, Int32) {
+        compactIfNeeded()
+        let room = storage.count - end
+        var received: Int32 = -1
+        let count = storage.withUnsafeMutableBytes { raw in sysm_receive_with_fd(fd, raw.baseAddress! + end, room, &received) }
+        if count > 0 {
+            end += count
+            return (.filled, received)
+        }
+        if count == 0 { return (.closed, received) }
+        if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return (.wouldBlock, received) }
+        return (.failed(errno), received)
+    }
+
+    private mutating func compactIfNeeded() {
+        if start > 0 && storage.count - end < Frame.maximumLength + 4 {
+            storage.withUnsafeMutableBytes { raw in
+                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
+            }
+            end -= start
+            start = 0
+        }
+    }
+
     /// The next whole message, if one is buffered.
-    mutating func next() throws(ProtocolViolation) -> Message? {
+    public mutating func next() throws(ProtocolViolation) -> Message? {
         guard end > start else { return nil }
         let (start, end) = (self.start, self.end)
         let parsed = storage.withUnsafeBytes { raw in

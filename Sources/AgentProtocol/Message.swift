@@ -63,6 +63,9 @@ public enum Request: Sendable, Equatable {
     /// access(2) with F_OK/R_OK/W_OK/X_OK bits.
     case access(path: [UInt8], mode: Int32)
     case readlink(path: [UInt8])
+    /// A socket made in the target's network namespace (`socket(2)` arguments), passed back with SCM_RIGHTS
+    /// beside a `done` answer; only on the socket channel of a unix-socket agent (docs/protocol.md).
+    case socket(family: Int32, type: Int32, protocol: Int32)
 }
 
 /// What the agent answers.

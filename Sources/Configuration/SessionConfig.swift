@@ -44,15 +44,25 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         static let keys = ["remote", "include", "exclude"]
     }
 
+    public struct Outgoing: Decodable, Equatable, Sendable {
+        /// false: as `--no-outgoing`.
+        public var enabled: Bool?
+        public var local: [String]?
+        public var remote: [String]?
+        static let keys = ["enabled", "local", "remote"]
+    }
+
     public var agent: Agent?
     public var fs: Files?
     public var env: Environment?
-    static let keys = ["agent", "fs", "env"]
+    public var outgoing: Outgoing?
+    static let keys = ["agent", "fs", "env", "outgoing"]
 
-    public init(agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil) {
+    public init(agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil, outgoing: Outgoing? = nil) {
         self.agent = agent
         self.fs = fs
         self.env = env
+        self.outgoing = outgoing
     }
 
     /// The file system mode the file names, checked.
@@ -97,7 +107,9 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
                 config = try YAMLDecoder().decode(SessionConfig.self, from: text)
             }
             try raw.checkKeys(
-                Self.keys, at: "", sections: ["agent": Agent.keys, "fs": Files.keys, "env": Environment.keys])
+                Self.keys, at: "", sections: [
+                    "agent": Agent.keys, "fs": Files.keys, "env": Environment.keys, "outgoing": Outgoing.keys,
+                ])
             return config
         } catch let error as ConfigError {
             throw error

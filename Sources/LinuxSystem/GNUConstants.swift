@@ -9,4 +9,6 @@ public enum GNU {
     public static let temporaryFile: Int32 = 0o20200000
     /// CLONE_NEWUTS, for setns into a UTS namespace.
     public static let newUTSNamespace: Int32 = 0x0400_0000
+    /// CLONE_NEWNET, for setns into a network namespace.
+    public static let newNetworkNamespace: Int32 = 0x4000_0000
 }

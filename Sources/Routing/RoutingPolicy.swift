@@ -37,20 +37,26 @@ public struct RoutingPolicy: Sendable {
     public let files: FileRules?
     /// Whether the pod's hostname replaces the local one (uname, /proc/sys/kernel/hostname).
     public let servesHostname: Bool
+    /// The outgoing rules; nil when no agent serves the session.
+    public let outgoing: OutgoingRules?
 
-    public init(files: FileRules? = nil, servesHostname: Bool = false) {
+    public init(files: FileRules? = nil, servesHostname: Bool = false, outgoing: OutgoingRules? = nil) {
         self.files = files
         self.servesHostname = servesHostname
+        self.outgoing = outgoing
     }
 
     /// Calls through i386 or x32 fail with ENOSYS: sysmirror does not decode them, and letting them run would
     /// let a program get around the rules. File calls follow the file rules, given `path`, the call's path
     /// made absolute; everything else runs locally.
-    public func decide(_ call: DecodedSyscall?, abi: ABI, file: FileCall? = nil, path: [UInt8]? = nil) -> Decision {
+    public func decide(
+        _ call: DecodedSyscall?, abi: ABI, file: FileCall? = nil, path: [UInt8]? = nil, socket: SocketFacts? = nil
+    ) -> Decision {
         guard abi == .x86_64 else {
             return Decision(route: .denied, errno: Self.enosys, note: "the \(abi.rawValue) ABI is not served")
         }
         if servesHostname && call?.spec.name == "uname" { return .remote }
+        if let call, let socket { return decide(network: call, socket: socket) }
         guard let files, let file, let path else { return .local }
         if servesHostname && path == Self.hostnameFile { return .remote }
         switch files.route(path, writing: file.isWriting) {
@@ -61,5 +67,37 @@ public struct RoutingPolicy: Sendable {
         case .remote:
             return .remote
         }
+    }
+
+    /// connect, sendto and sendmsg with an IPv4 or IPv6 destination. What the kernel would refuse (a
+    /// destination of another family, connect on a connected stream, an address on a stream) runs locally,
+    /// so that the program gets the kernel's own errno.
+    func decide(network call: DecodedSyscall, socket: SocketFacts) -> Decision {
+        guard let outgoing, let destination = call.socketAddress, let transport = socket.transport else { return .local }
+        switch (destination, socket.family) {
+        case (.inet, SocketFacts.inet), (.inet6, SocketFacts.inet6): break
+        default: return .local
+        }
+        if transport == .tcp && (call.spec.name != "connect" || socket.connected) { return .local }
+        if socket.inPod { return Decision(route: .remote, errno: nil, note: "a socket of the pod") }
+        return outgoing.route(destination, transport: transport) == .remote ? .remote : .local
+    }
+}
+
+/// What the supervisor found out about the socket of a network call (the plumbing reads it; rules use it).
+public struct SocketFacts: Sendable, Equatable {
+    static let inet: Int32 = 2, inet6: Int32 = 10
+    public var family: Int32
+    /// nil: neither a stream nor a datagram socket.
+    public var transport: Transport?
+    public var connected: Bool
+    /// Made in the pod's network namespace already (an earlier remote call put it there).
+    public var inPod: Bool
+
+    public init(family: Int32, transport: Transport?, connected: Bool, inPod: Bool) {
+        self.family = family
+        self.transport = transport
+        self.connected = connected
+        self.inPod = inPod
     }
 }

@@ -57,6 +57,17 @@ public final class NotificationListener: Sendable {
         return try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)") { sysm_notif_addfd(descriptor.rawValue, &request) }
     }
 
+    /// Puts `source` into the program as its descriptor `number`, closing whatever was there
+    /// (SECCOMP_ADDFD_FLAG_SETFD), without answering the call yet.
+    public func replace(_ id: UInt64, descriptor number: Int32, with source: Int32, closeOnExec: Bool)
+        throws(SystemCallError)
+    {
+        var request = seccomp_notif_addfd(
+            id: id, flags: UInt32(SECCOMP_ADDFD_FLAG_SETFD), srcfd: UInt32(source), newfd: UInt32(number),
+            newfd_flags: closeOnExec ? UInt32(O_CLOEXEC) : 0)
+        _ = try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)") { sysm_notif_addfd(descriptor.rawValue, &request) }
+    }
+
     private func send(_ response: inout seccomp_notif_resp) throws(SystemCallError) {
         _ = try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_SEND)") { sysm_notif_send(descriptor.rawValue, &response) }
     }

@@ -19,8 +19,10 @@ public final class NotificationLoop: Sendable {
     let policy: RoutingPolicy
     let log: TraceLog
     let logger: Logger
-    /// Serves calls routed remote; nil without an agent.
+    /// Serves file calls routed remote; nil without an agent.
     let remote: RemoteFiles?
+    /// Serves outgoing traffic routed remote; nil without an agent.
+    let sockets: RemoteSockets?
     private let foreignABIWarned = Atomic<Bool>(false)
     private let wallClock = Clock.WallFromMonotonic()
     /// Calls received and not yet logged.
@@ -28,9 +30,10 @@ public final class NotificationLoop: Sendable {
 
     init(
         listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger,
-        remote: RemoteFiles? = nil
+        remote: RemoteFiles? = nil, sockets: RemoteSockets? = nil
     ) {
         self.remote = remote
+        self.sockets = sockets
         self.listener = listener
         self.table = table
         self.policy = policy
@@ -97,22 +100,32 @@ public final class NotificationLoop: Sendable {
             file = call
             path = remote.absolutePath(of: call, pid: notification.pid)
         }
-        let decision = policy.decide(decoded, abi: abi, file: file, path: path)
+        var socket: ProgramSocket?
+        if let sockets, let decoded, decoded.spec.category == .network, decoded.spec.name != "bind",
+            decoded.socketAddress?.isInternet == true
+        {
+            socket = sockets.inspect(pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0]))
+        }
+        let decision = policy.decide(decoded, abi: abi, file: file, path: path, socket: socket?.facts)
         // Before acting on what was read, make sure it belonged to this call and not to a process that died
         // and whose pid was reused. A plain answer needs no such check (see Decision.hasEffects).
         if decision.hasEffects && !listener.isPending(notification.id) { return }
         if decision.route == .remote, let remote {
-            // Answered from the link's thread; counted in flight until logged.
+            // Answered from another thread; counted in flight until logged.
             inFlight.add(1, ordering: .sequentiallyConsistent)
             let resolved = path.flatMap { $0 != file?.path ? "pod path " + String(decoding: $0, as: UTF8.self) : nil }
-            remote.serve(notification, call: decoded, file: file, path: path) {
-                [self, decoded] outcome, note, answered in
+            let done: RemoteFiles.Completion = { [self, decoded] outcome, note, answered in
                 log.record(
                     TraceEvent(
                         time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
                         route: .remote, outcome: outcome, durationNanos: answered - started,
-                        note: [resolved, note].compactMap { $0 }.joined(separator: "; ").nonEmpty))
+                        note: [resolved, decision.note, note].compactMap { $0 }.joined(separator: "; ").nonEmpty))
                 inFlight.subtract(1, ordering: .sequentiallyConsistent)
+            }
+            if let socket, let sockets, let decoded {
+                sockets.serve(notification, call: decoded, socket: socket, done: done)
+            } else {
+                remote.serve(notification, call: decoded, file: file, path: path, done: done)
             }
             return
         }

@@ -296,6 +296,17 @@ struct Answer: Sendable {
         }
     }
 
+    /// Lets the kernel run the call (on what sysmirror put in place).
+    func proceed(note: String? = nil) {
+        let answered = Clock.monotonic()
+        do {
+            try listener.continueCall(notification.id)
+            done(.continued, note, answered)
+        } catch {
+            done(.interrupted, note, answered)
+        }
+    }
+
     /// The call went away before it could be answered.
     func gone(_ note: String? = nil) {
         done(.interrupted, note, Clock.monotonic())

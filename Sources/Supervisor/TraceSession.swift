@@ -50,12 +50,17 @@ public final class TraceSession: Sendable {
         public var files: FileRules
         /// How the pod's environment is merged; nil keeps the local environment only (`--no-remote-env`).
         public var environment: EnvironmentMerge?
+        public var outgoing: OutgoingRules
 
-        public init(address: AgentAddress, token: [UInt8], files: FileRules, environment: EnvironmentMerge?) {
+        public init(
+            address: AgentAddress, token: [UInt8], files: FileRules, environment: EnvironmentMerge?,
+            outgoing: OutgoingRules
+        ) {
             self.address = address
             self.token = token
             self.files = files
             self.environment = environment
+            self.outgoing = outgoing
         }
     }
 
@@ -64,6 +69,8 @@ public final class TraceSession: Sendable {
         let client: AgentClient
         let hostname: [UInt8]
         let directories: RemoteDirectories
+        /// The agent's socket channel, when it is on this machine (a unix socket) and outgoing traffic is on.
+        let sockets: SocketChannel?
     }
 
     /// Signals sysmirror forwards to the program when they are sent to sysmirror itself.
@@ -149,8 +156,12 @@ public final class TraceSession: Sendable {
             if let merge = remote.environment, case .environment(let entries)? = podEnvironment {
                 environment = merge.merge(local: environment, pod: entries.map { String(decoding: $0, as: UTF8.self) })
             }
+            var sockets: SocketChannel?
+            if remote.outgoing.enabled, case .unix(let path) = remote.address {
+                sockets = try SocketChannel.connect(agentPath: path, token: remote.token)
+            }
             logger.notice("connected to the \(client.agentDescription) at \(remote.address)")
-            return Link(client: client, hostname: name, directories: try RemoteDirectories())
+            return Link(client: client, hostname: name, directories: try RemoteDirectories(), sockets: sockets)
         } catch {
             client.close()
             throw .agent("the agent at \(remote.address) failed at the start of the session: \(error).")
@@ -176,9 +187,16 @@ public final class TraceSession: Sendable {
                 client: $0.client, listener: program.listener, directories: $0.directories, hostname: $0.hostname,
                 logger: logger)
         }
-        let policy = options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true) } ?? RoutingPolicy()
+        let sockets = link.flatMap { link in
+            options.remote?.outgoing.enabled == true
+                ? RemoteSockets(channel: link.sockets, listener: program.listener, logger: logger) : nil
+        }
+        let policy =
+            options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true, outgoing: $0.outgoing) }
+            ?? RoutingPolicy()
         let loop = NotificationLoop(
-            listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote)
+            listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,
+            sockets: sockets)
         try loop.start()
         self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }

@@ -39,6 +39,14 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// `10.96.0.10:80`, `[fd00::1]:80`, `unix:/run/x.sock`, `unix:@name`.
+    /// IPv4 or IPv6.
+    public var isInternet: Bool {
+        switch self {
+        case .inet, .inet6: true
+        case .unix, .other: false
+        }
+    }
+
     public var description: String {
         switch self {
         case .inet(let address, let port):

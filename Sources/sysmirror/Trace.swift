@@ -55,6 +55,11 @@ struct Trace: ParsableCommand {
         help: ArgumentHelp("Do not take the pod's variables matching this glob (repeatable).", valueName: "PATTERN"))
     var envExclude: [String] = []
 
+    @Flag(
+        name: .customLong("no-outgoing"),
+        help: "Keep all network traffic local; by default connections to anything but loopback leave from the pod.")
+    var noOutgoing = false
+
     @Option(
         name: .long,
         help: ArgumentHelp("Write the trace log to FILE; '-' or no --log: standard error.", valueName: "FILE|-"))
@@ -112,9 +117,11 @@ struct Trace: ParsableCommand {
             throw ValidationError(error.message)
         }
         guard let address = agent ?? settings.agent?.address else {
-            if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil {
+            if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil
+                || noOutgoing
+            {
                 throw ValidationError(
-                    "--fs-mode, --token-file and the --env options need an agent: add --agent ADDRESS (or agent.address in --config)."
+                    "--fs-mode, --token-file, --no-outgoing and the --env options need an agent: add --agent ADDRESS (or agent.address in --config)."
                 )
             }
             return nil
@@ -138,9 +145,12 @@ struct Trace: ParsableCommand {
             let merge = EnvironmentMerge(
                 include: envInclude.isEmpty ? settings.env?.include ?? [] : envInclude,
                 exclude: envExclude + (settings.env?.exclude ?? []))
+            let outgoing = try OutgoingRules(
+                enabled: !noOutgoing && settings.outgoing?.enabled != false, local: settings.outgoing?.local ?? [],
+                remote: settings.outgoing?.remote ?? [])
             return TraceSession.RemoteOptions(
                 address: try AgentAddress(parsing: address), token: try TokenFile.read(tokenPath), files: files,
-                environment: remoteEnvironment ? merge : nil)
+                environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
         } catch {
             throw ValidationError("\(error)")
         }

@@ -37,7 +37,7 @@ func checkParse(_ bytes: [UInt8]) {
         if bytes.count >= 5, Bool.random(using: &random) {
             let length = UInt32(bytes.count - 4)
             bytes.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
-            bytes[4] = [0x01, 0x02, 0x03, 0x12, 0x13, 0x14, 0x80, 0x82, 0x84, 0xA0].randomElement(using: &random)!
+            bytes[4] = [0x01, 0x02, 0x03, 0x12, 0x13, 0x14, 0x16, 0x80, 0x82, 0x84, 0xA0].randomElement(using: &random)!
         }
         checkParse(bytes)
     }

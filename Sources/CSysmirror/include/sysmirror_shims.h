@@ -41,6 +41,12 @@ int sysm_openat2_in_root(int root, const char *path, uint64_t flags, uint64_t mo
 // setns needs _GNU_SOURCE. Joins a namespace on the calling thread only (the agent's per-target threads).
 int sysm_setns(int fd, int type);
 
+// SCM_RIGHTS needs the CMSG_* macros. Sends `length` bytes with one descriptor attached; receives up to
+// `capacity` bytes and the descriptor that came with them (*fd = -1 when none did). Both return what
+// sendmsg/recvmsg return; received descriptors are close-on-exec.
+ssize_t sysm_send_with_fd(int socket, const void *bytes, size_t length, int fd);
+ssize_t sysm_receive_with_fd(int socket, void *bytes, size_t capacity, int *fd);
+
 // prctl is variadic. Orphaned descendants of the program are reparented to sysmirror, which reaps them
 // and so knows when the last one is gone.
 int sysm_become_child_subreaper(void);

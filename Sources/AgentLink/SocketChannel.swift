@@ -1,0 +1,90 @@
+import AgentProtocol
+import CSysmirror
+import LinuxSystem
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The client end of an agent's socket channel (a unix-socket agent only): sockets made in the target's
+/// network namespace, received with SCM_RIGHTS. One request at a time; a request takes one round trip.
+public final class SocketChannel: Sendable {
+    let fd: Int32
+    private let state = Mutex<(buffer: FrameBuffer, nextID: UInt32)>((FrameBuffer(), 1))
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+
+    /// Opens the channel beside the agent's socket at `agentPath` and authenticates.
+    public static func connect(agentPath: String, token: [UInt8], timeoutSeconds: Int = 5) throws(AgentConnectError)
+        -> SocketChannel
+    {
+        let address = AgentAddress.unix(path: agentPath + ".sockets")
+        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
+        let fd: Int32
+        do {
+            fd = try LinkSocket.connect(to: address, deadline: deadline)
+            try LinkSocket.writeAll(fd, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            var buffer = FrameBuffer()
+            switch try buffer.readMessage(from: fd, deadline: deadline) {
+            case .welcome?: break
+            case .refused(_, let reason)?:
+                Glibc.close(fd)
+                throw AgentConnectError.refused(address, reason)
+            default:
+                Glibc.close(fd)
+                throw AgentConnectError.unreachable(address, "the agent did not open its socket channel")
+            }
+        } catch let error as AgentConnectError {
+            throw error
+        } catch let error as LinkSocket.Failure {
+            throw .unreachable(address, error.reason)
+        } catch {
+            throw .unreachable(address, "\(error)")
+        }
+        // Requests wait for their answer from here on.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return SocketChannel(fd: fd)
+    }
+
+    /// A socket made in the pod by `socket(family, type, protocol)`; throws the errno the agent met, or
+    /// ECONNREFUSED once the agent is gone.
+    public func makeSocket(family: Int32, type: Int32, protocol socketProtocol: Int32) throws(Errno) -> Int32 {
+        try state.withLock { state throws(Errno) -> Int32 in
+            let id = state.nextID
+            state.nextID &+= 1
+            let request = Frame.encode(.request(id: id, .socket(family: family, type: type, protocol: socketProtocol)))
+            guard LinkSocket.sendAll(fd, request) else { throw Errno(rawValue: ECONNREFUSED) }
+            var received: Int32 = -1
+            while true {
+                do {
+                    if let message = try state.buffer.next() {
+                        switch message {
+                        case .response(id, .done) where received >= 0: return received
+                        case .response(id, .failure(let errno, _)): throw Errno(rawValue: errno)
+                        default: break
+                        }
+                    }
+                } catch let errno as Errno {
+                    throw errno
+                } catch {
+                    throw Errno(rawValue: EPROTO)
+                }
+                let (fill, descriptor) = state.buffer.fillReceivingDescriptor(from: fd)
+                if descriptor >= 0 {
+                    if received >= 0 { Glibc.close(received) }
+                    received = descriptor
+                }
+                switch fill {
+                case .filled, .wouldBlock: continue
+                case .closed, .failed:
+                    if received >= 0 { Glibc.close(received) }
+                    throw Errno(rawValue: ECONNREFUSED)
+                }
+            }
+        }
+    }
+}

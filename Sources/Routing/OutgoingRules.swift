@@ -1,0 +1,160 @@
+import SyscallDecoding
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The transport of an outgoing connection.
+public enum Transport: String, Sendable, Equatable {
+    case tcp, udp
+}
+
+/// An entry of `outgoing.local` or `outgoing.remote` that does not parse.
+public struct InvalidOutgoingRule: Error, Sendable, Equatable, CustomStringConvertible {
+    public let entry: String
+    public let problem: String
+    public var description: String {
+        "outgoing rule \(entry.debugDescription): \(problem); expected [tcp://|udp://]ADDRESS[/PREFIX][:PORT], IPv6 in brackets before a port"
+    }
+}
+
+/// One entry: `[tcp://|udp://]ADDRESS[/PREFIX][:PORT]`, for example `10.96.0.0/12`, `udp://10.96.0.10:53`,
+/// `[fd00::]/8:443`.
+public struct OutgoingRule: Sendable, Equatable {
+    public let transport: Transport?
+    /// 4 or 16 bytes.
+    public let network: [UInt8]
+    public let prefixLength: Int
+    public let port: UInt16?
+
+    public init(parsing entry: String) throws(InvalidOutgoingRule) {
+        var rest = Substring(entry)
+        if rest.hasPrefix("tcp://") {
+            transport = .tcp
+            rest = rest.dropFirst(6)
+        } else if rest.hasPrefix("udp://") {
+            transport = .udp
+            rest = rest.dropFirst(6)
+        } else if rest.contains("://") {
+            throw InvalidOutgoingRule(entry: entry, problem: "the scheme must be tcp:// or udp://")
+        } else {
+            transport = nil
+        }
+        var host: Substring
+        var portText: Substring?
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else {
+                throw InvalidOutgoingRule(entry: entry, problem: "a [ without its ]")
+            }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            var after = rest[rest.index(after: close)...]
+            if after.hasPrefix("/") {
+                let prefixEnd = after.firstIndex(of: ":") ?? after.endIndex
+                host += after[..<prefixEnd]
+                after = after[prefixEnd...]
+            }
+            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
+                throw InvalidOutgoingRule(entry: entry, problem: "unexpected \(after.debugDescription)")
+            }
+        } else if rest.filter({ $0 == ":" }).count == 1, let colon = rest.firstIndex(of: ":") {
+            host = rest[..<colon]
+            portText = rest[rest.index(after: colon)...]
+        } else {
+            host = rest
+        }
+        if let portText {
+            guard let port = UInt16(portText), port > 0 else {
+                throw InvalidOutgoingRule(entry: entry, problem: "the port must be a number from 1 to 65535")
+            }
+            self.port = port
+        } else {
+            port = nil
+        }
+        var prefix: Int?
+        if let slash = host.firstIndex(of: "/") {
+            guard let length = Int(host[host.index(after: slash)...]) else {
+                throw InvalidOutgoingRule(entry: entry, problem: "the prefix length must be a number")
+            }
+            prefix = length
+            host = host[..<slash]
+        }
+        guard let address = Self.address(String(host)) else {
+            throw InvalidOutgoingRule(
+                entry: entry, problem: "\(String(host).debugDescription) is not an IP address (names are not resolved)")
+        }
+        network = address
+        prefixLength = prefix ?? address.count * 8
+        guard (0...(address.count * 8)).contains(prefixLength) else {
+            throw InvalidOutgoingRule(entry: entry, problem: "the prefix length is out of range")
+        }
+    }
+
+    /// 4 bytes for IPv4 text, 16 for IPv6, nil otherwise (inet_pton: pure, no system call).
+    static func address(_ text: String) -> [UInt8]? {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
+        var v6 = in6_addr()
+        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: v6) { Array($0) } }
+        return nil
+    }
+
+    func matches(_ address: [UInt8], port: UInt16, transport: Transport) -> Bool {
+        if let wanted = self.transport, wanted != transport { return false }
+        if let wanted = self.port, wanted != port { return false }
+        guard address.count == network.count else { return false }
+        var bits = prefixLength
+        for index in 0..<address.count where bits > 0 {
+            let mask: UInt8 = bits >= 8 ? 0xff : ~(0xff >> UInt8(bits))
+            if address[index] & mask != network[index] & mask { return false }
+            bits -= 8
+        }
+        return true
+    }
+}
+
+/// Pure rules for outgoing connections: `outgoing.local` first, then `outgoing.remote`, then the default:
+/// loopback local, everything else from the pod.
+public struct OutgoingRules: Sendable, Equatable {
+    /// false: `--no-outgoing`, all traffic local.
+    public let enabled: Bool
+    public let local: [OutgoingRule]
+    public let remote: [OutgoingRule]
+
+    public init(enabled: Bool = true, local: [String] = [], remote: [String] = []) throws(InvalidOutgoingRule) {
+        self.enabled = enabled
+        var parsedLocal: [OutgoingRule] = []
+        for entry in local { parsedLocal.append(try OutgoingRule(parsing: entry)) }
+        var parsedRemote: [OutgoingRule] = []
+        for entry in remote { parsedRemote.append(try OutgoingRule(parsing: entry)) }
+        self.local = parsedLocal
+        self.remote = parsedRemote
+    }
+
+    /// Where a connection to `destination` goes; AF_UNIX and other families stay local.
+    public func route(_ destination: SocketAddress, transport: Transport) -> FileRoute {
+        guard enabled, var (address, port) = Self.internet(destination) else { return .local }
+        // An IPv4-mapped IPv6 address is the IPv4 one.
+        if address.count == 16 && address[0..<10].allSatisfy({ $0 == 0 }) && address[10] == 0xff
+            && address[11] == 0xff
+        {
+            address = Array(address[12...])
+        }
+        if local.contains(where: { $0.matches(address, port: port, transport: transport) }) { return .local }
+        if remote.contains(where: { $0.matches(address, port: port, transport: transport) }) { return .remote }
+        return Self.isLoopback(address) ? .local : .remote
+    }
+
+    static func internet(_ destination: SocketAddress) -> ([UInt8], UInt16)? {
+        switch destination {
+        case .inet(let address, let port): (address, port)
+        case .inet6(let address, let port, _): (address, port)
+        case .unix, .other: nil
+        }
+    }
+
+    /// Loopback, and the unspecified address, which connect() takes to mean this machine.
+    static func isLoopback(_ address: [UInt8]) -> Bool {
+        if address.count == 4 { return address[0] == 127 || address == [0, 0, 0, 0] }
+        return address[0..<15].allSatisfy { $0 == 0 } && address[15] <= 1
+    }
+}

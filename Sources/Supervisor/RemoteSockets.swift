@@ -1,0 +1,201 @@
+import AgentLink
+import CSysmirror
+import Dispatch
+import LinuxSystem
+import Logging
+import Routing
+import SyscallDecoding
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A program's socket as sysmirror sees it for one network call: a descriptor of its own on the same open
+/// socket (pidfd_getfd), and what the rules need to know. The descriptor closes with this object.
+final class ProgramSocket: Sendable {
+    let fd: Int32
+    let number: Int32
+    let facts: SocketFacts
+    let type: Int32
+    let socketProtocol: Int32
+    let nonBlocking: Bool
+
+    init(fd: Int32, number: Int32, facts: SocketFacts, type: Int32, socketProtocol: Int32, nonBlocking: Bool) {
+        self.fd = fd
+        self.number = number
+        self.facts = facts
+        self.type = type
+        self.socketProtocol = socketProtocol
+        self.nonBlocking = nonBlocking
+    }
+
+    deinit { close(fd) }
+}
+
+/// Outgoing traffic: a remote connect or send puts, in place of the program's socket, a socket made in the
+/// pod's network namespace (the agent's socket channel passes it over), with the program's options, and
+/// then the kernel does the rest. The connection leaves from the pod, and the program's traffic runs
+/// natively on it: no relay, no copy, and getpeername, SO_ERROR, half-close, resets and DNS answers'
+/// source addresses are the kernel's own.
+final class RemoteSockets: Sendable {
+    let channel: SocketChannel?
+    let listener: NotificationListener
+    let logger: Logger
+    /// This machine's network namespace, to tell the pod's sockets from the program's own.
+    let localNamespace: UInt64
+    static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
+
+    init(channel: SocketChannel?, listener: NotificationListener, logger: Logger) {
+        self.channel = channel
+        self.listener = listener
+        self.logger = logger
+        let probe = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        localNamespace = Self.namespace(of: probe)
+        close(probe)
+    }
+
+    static func namespace(of fd: Int32) -> UInt64 {
+        var cookie: UInt64 = 0
+        var size = socklen_t(8)
+        return getsockopt(fd, SOL_SOCKET, netnsCookie, &cookie, &size) == 0 ? cookie : 0
+    }
+
+    /// The socket `number` of thread `pid`, or nil when it is not a socket sysmirror can take (the call then
+    /// runs locally and gets the kernel's answer).
+    func inspect(pid: Int32, number: Int32) -> ProgramSocket? {
+        // PIDFD_THREAD (6.9): the notification names a thread, whose descriptors are its process's.
+        var pidfd = sysm_pidfd_open(pid, 0o200)
+        if pidfd < 0 { pidfd = sysm_pidfd_open(pid, 0) }
+        guard pidfd >= 0 else { return nil }
+        defer { close(pidfd) }
+        let fd = sysm_pidfd_getfd(pidfd, number, 0)
+        guard fd >= 0 else { return nil }
+        func option(_ name: Int32) -> Int32 {
+            var value: Int32 = -1
+            var size = socklen_t(4)
+            return getsockopt(fd, SOL_SOCKET, name, &value, &size) == 0 ? value : -1
+        }
+        let family = option(SO_DOMAIN)
+        let type = option(SO_TYPE)
+        guard family >= 0 else {  // not a socket
+            close(fd)
+            return nil
+        }
+        let transport: Transport? =
+            switch type {
+            case Int32(SOCK_STREAM.rawValue): .tcp
+            case Int32(SOCK_DGRAM.rawValue): .udp
+            default: nil
+            }
+        var peer = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let connected = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
+        }
+        let facts = SocketFacts(
+            family: family, transport: transport, connected: connected,
+            inPod: Self.namespace(of: fd) != localNamespace)
+        return ProgramSocket(
+            fd: fd, number: number, facts: facts, type: type, socketProtocol: option(SO_PROTOCOL),
+            nonBlocking: fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
+    }
+
+    /// Serves a connect, sendto or sendmsg routed remote; `done` is called once, after the answer.
+    func serve(_ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, done: @escaping RemoteFiles.Completion) {
+        let answer = Answer(notification: notification, listener: listener, done: done)
+        if socket.facts.inPod { return answer.proceed() }
+        guard let channel else {
+            return answer.fail(
+                ENETUNREACH,
+                note: "outgoing traffic needs the agent on this machine (a unix socket); an agent on TCP serves files only")
+        }
+        // The agent's round trip, and a blocking connect, wait on a worker, never on the receiving thread.
+        DispatchQueue.global().async { [self] in
+            let made: Int32
+            do throws(Errno) {
+                made = try channel.makeSocket(
+                    family: socket.facts.family, type: socket.type, protocol: socket.socketProtocol)
+            } catch {
+                return answer.fail(error.rawValue, note: "the agent could not make the socket: \(error)")
+            }
+            defer { close(made) }
+            SocketOptions.copy(from: socket.fd, to: made, family: socket.facts.family, type: socket.type)
+            if socket.nonBlocking { _ = fcntl(made, F_SETFL, fcntl(made, F_GETFL) | O_NONBLOCK) }
+            guard listener.isPending(notification.id) else { return answer.gone() }
+            do throws(SystemCallError) {
+                try listener.replace(
+                    notification.id, descriptor: socket.number, with: made,
+                    closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
+            } catch {
+                return answer.fail(error.errno.rawValue, note: "could not put the pod's socket in place: \(error)")
+            }
+            guard call.spec.name == "connect", case .bytes(let address) = call.values[1] else {
+                return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
+            }
+            let result = address.withUnsafeBytes {
+                Glibc.connect(made, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+            }
+            if result == 0 { answer.succeed(0) } else { answer.fail(errno) }
+        }
+    }
+
+    /// Whether the program's descriptor has FD_CLOEXEC: /proc shows it among the flags (O_CLOEXEC).
+    static func isCloseOnExec(pid: Int32, fd: Int32) -> Bool {
+        let info = open("/proc/\(pid)/fdinfo/\(fd)", O_RDONLY | O_CLOEXEC)
+        guard info >= 0 else { return false }
+        defer { close(info) }
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let count = read(info, &buffer, buffer.count)
+        guard count > 0 else { return false }
+        let text = String(decoding: buffer[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+            let flags = Int(line.dropFirst(6).trimmingSpaces(), radix: 8)
+        else { return false }
+        return flags & Int(O_CLOEXEC) != 0
+    }
+}
+
+extension Substring {
+    func trimmingSpaces() -> Substring { drop { $0 == " " || $0 == "\t" } }
+}
+
+/// The socket options a program may set before connecting, copied onto the pod's socket; only those that
+/// differ from a fresh socket's, so that defaults (buffer autotuning above all) stay defaults.
+enum SocketOptions {
+    /// (level, name, size): integers, and `struct linger` / `struct timeval` by size.
+    static let copied: [(Int32, Int32, Int)] = [
+        (SOL_SOCKET, SO_KEEPALIVE, 4), (SOL_SOCKET, SO_RCVBUF, 4), (SOL_SOCKET, SO_SNDBUF, 4),
+        (SOL_SOCKET, SO_LINGER, 8), (SOL_SOCKET, SO_BROADCAST, 4), (SOL_SOCKET, SO_PRIORITY, 4),
+        (SOL_SOCKET, SO_RCVTIMEO, 16), (SOL_SOCKET, SO_SNDTIMEO, 16), (SOL_SOCKET, SO_REUSEADDR, 4),
+        (SOL_SOCKET, SO_REUSEPORT, 4), (Int32(IPPROTO_TCP), TCP_NODELAY, 4), (Int32(IPPROTO_TCP), 4, 4),  // TCP_KEEPIDLE
+        (Int32(IPPROTO_TCP), 5, 4), (Int32(IPPROTO_TCP), 6, 4), (Int32(IPPROTO_TCP), 18, 4),  // KEEPINTVL, KEEPCNT, USER_TIMEOUT
+        (Int32(IPPROTO_IP), IP_TOS, 4), (Int32(IPPROTO_IP), IP_TTL, 4), (Int32(IPPROTO_IPV6), IPV6_V6ONLY, 4),
+        (Int32(IPPROTO_IPV6), IPV6_TCLASS, 4),
+    ]
+
+    static func copy(from source: Int32, to target: Int32, family: Int32, type: Int32) {
+        let fresh = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { if fresh >= 0 { close(fresh) } }
+        for (level, name, size) in copied {
+            if family == AF_INET && level == Int32(IPPROTO_IPV6) { continue }
+            if family == AF_INET6 && level == Int32(IPPROTO_IP) { continue }
+            var value = [UInt8](repeating: 0, count: size)
+            var defaultValue = [UInt8](repeating: 0, count: size)
+            var length = socklen_t(size)
+            var defaultLength = socklen_t(size)
+            guard getsockopt(source, level, name, &value, &length) == 0 else { continue }
+            if fresh >= 0 && getsockopt(fresh, level, name, &defaultValue, &defaultLength) == 0
+                && value == defaultValue
+            {
+                continue
+            }
+            if level == SOL_SOCKET && (name == SO_RCVBUF || name == SO_SNDBUF) {
+                // The kernel doubles what it is given, and reports the doubled value.
+                let doubled = value.withUnsafeBytes { $0.load(as: Int32.self) }
+                withUnsafeBytes(of: doubled / 2) { value = Array($0) }
+            }
+            _ = setsockopt(target, level, name, value, length)
+        }
+    }
+}
