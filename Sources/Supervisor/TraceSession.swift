@@ -162,6 +162,9 @@ public final class TraceSession: Sendable {
             }
             logger.notice("connected to the \(client.agentDescription) at \(remote.address)")
             return Link(client: client, hostname: name, directories: try RemoteDirectories(), sockets: sockets)
+        } catch let error as AgentConnectError {
+            client.close()
+            throw .agent(error.description)
         } catch {
             client.close()
             throw .agent("the agent at \(remote.address) failed at the start of the session: \(error).")

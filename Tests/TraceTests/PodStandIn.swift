@@ -25,9 +25,21 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     let agentLog: String
     private(set) var container: Process?
     private(set) var agent: Process?
+    /// The pod's services (`network`), each on an address only the pod's namespace has.
+    private(set) var services: [SpawnedService] = []
     private static let counter = Counter()
 
-    init() throws {
+    /// The cluster's addresses, on the pod namespace's loopback.
+    enum Service {
+        static let dns = "10.96.0.10", web = "10.96.0.20", redis = "10.96.0.30", echo = "10.96.0.40"
+        static let webBody = "hello from the pod's web service\n"
+        /// A name with more addresses than a UDP answer holds: resolvers must retry over TCP.
+        static let manyAddresses = 120
+    }
+
+    /// - Parameter network: also start the pod's services: a name server (dnsmasq, cluster names, no
+    ///   upstream), an HTTP server, redis and a UDP echo.
+    init(network: Bool = false) throws {
         let fixtures = Fixtures.shared
         name = "\(getpid())-\(Self.counter.next())"
         podNamespace = "sysm-pod-\(name)"
@@ -42,6 +54,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             try Self.command(["ip", "netns", "add", developerNamespace])
             try Self.command(["ip", "-n", podNamespace, "link", "set", "lo", "up"])
             try Self.command(["ip", "-n", developerNamespace, "link", "set", "lo", "up"])
+            if network { try startServices() }
             try startContainer()
             try startAgent()
         } catch {
@@ -58,7 +71,9 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             "var/run/secrets/kubernetes.io/serviceaccount/token": "eyJhbGciOiJSUzI1NiJ9.pod-token",
             "data/a.txt": "alpha\n", "data/b.txt": "bravo bravo\n", "data/nested/c.txt": "charlie\n",
             "etc/hostname": "\(Self.hostname)\n", "etc/shadow": "pod-shadow-file\n",
-            "etc/hosts": "127.0.0.1 localhost\n10.96.0.10 web\n",
+            "etc/hosts": "127.0.0.1 localhost\n10.96.0.99 hosts-only.example\n",
+            "etc/resolv.conf":
+                "nameserver \(Service.dns)\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
         ]
         for (path, content) in files {
             let url = root.appendingPathComponent(path)
@@ -73,6 +88,48 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         try FileManager.default.copyItem(
             atPath: "/bin/busybox", toPath: root.appendingPathComponent("bin/busybox").path)
         _ = try Fixtures.shared.readableFile("token-\(name)", Self.token)
+    }
+
+    private func startServices() throws {
+        for address in [Service.dns, Service.web, Service.redis, Service.echo] {
+            try Self.command(["ip", "-n", podNamespace, "addr", "add", "\(address)/32", "dev", "lo"])
+        }
+        let web = root.appendingPathComponent("srv/web")
+        try FileManager.default.createDirectory(at: web, withIntermediateDirectories: true)
+        try Service.webBody.write(to: web.appendingPathComponent("index.html"), atomically: false, encoding: .utf8)
+        let many = (1...Service.manyAddresses).map { "10.96.\(1 + $0 / 250).\($0 % 250) many.default.svc.cluster.local" }
+        let hosts = root.appendingPathComponent("srv/dns-hosts")
+        try (many.joined(separator: "\n") + "\n").write(to: hosts, atomically: false, encoding: .utf8)
+        let inPod = ["ip", "netns", "exec", podNamespace]
+        services = [
+            try SpawnedService(
+                inPod + [
+                    "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
+                    "--listen-address=\(Service.dns)", "--bind-interfaces", "--pid-file=", "--addn-hosts=\(hosts.path)",
+                    "--address=/web.default.svc.cluster.local/\(Service.web)",
+                    "--address=/redis.default.svc.cluster.local/\(Service.redis)",
+                    "--address=/echo.default.svc.cluster.local/\(Service.echo)",
+                ]),
+            try SpawnedService(
+                inPod + ["python3", "-m", "http.server", "8080", "--bind", Service.web, "--directory", web.path]),
+            try SpawnedService(
+                inPod + [
+                    "redis-server", "--bind", Service.redis, "--port", "6379", "--save", "", "--appendonly", "no",
+                    "--protected-mode", "no",
+                ]),
+            try SpawnedService(
+                inPod + [
+                    "python3", "-c",
+                    "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('\(Service.echo)', 7))\nwhile True:\n    data, peer = s.recvfrom(65536)\n    s.sendto(b'echo ' + data, peer)\n",
+                ]),
+        ]
+        // Listening once the pod's /proc/net shows the ports: 53/udp and tcp, 8080, 6379, 7/udp.
+        try Self.waitUntil("the pod's services") {
+            let tcp = (try? Run.process(inPod + ["cat", "/proc/net/tcp"], directory: root).stdout) ?? ""
+            let udp = (try? Run.process(inPod + ["cat", "/proc/net/udp"], directory: root).stdout) ?? ""
+            return ["0A00600A:0035", "1400600A:1F90", "1E00600A:18EB"].allSatisfy(tcp.contains)
+                && ["0A00600A:0035", "2800600A:0007"].allSatisfy(udp.contains)
+        }
     }
 
     private func startContainer() throws {
@@ -107,8 +164,10 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 "ip", "netns", "exec", podNamespace, Fixtures.shared.sysmirror, "agent", "--listen", "unix:\(socket)",
                 "--pid", "\(containerPID)", "--token-file", tokenFile, "--idle-timeout", "\(idleTimeout)",
             ], log: agentLog)
-        try Self.waitUntil("the agent's socket") { FileManager.default.fileExists(atPath: socket) }
-        try Self.command(["chown", "65534:65534", socket])
+        try Self.waitUntil("the agent's sockets") {
+            FileManager.default.fileExists(atPath: socket) && FileManager.default.fileExists(atPath: socket + ".sockets")
+        }
+        try Self.command(["chown", "65534:65534", socket, socket + ".sockets"])
     }
 
     /// Kills the agent with SIGKILL, as a crash would.
@@ -144,6 +203,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     var agentLogText: String { (try? String(contentsOfFile: agentLog, encoding: .utf8)) ?? "" }
 
     func tearDown() {
+        for service in services { service.stop() }
         for process in [agent, container].compactMap({ $0 }) where process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
@@ -197,5 +257,32 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 value += 1; return value
             }
         }
+    }
+}
+
+/// A server started with posix_spawn rather than Foundation's Process: Process watches a socket its child
+/// inherits, and a daemon that closes every inherited descriptor at start (dnsmasq) looks to it like an
+/// exit it then waits for, forever.
+final class SpawnedService: @unchecked Sendable {  // pid set once
+    let pid: pid_t
+
+    init(_ arguments: [String]) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd: Int32 in [0, 1, 2] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0) }
+        let command = [Fixtures.shared.path("unblocked")] + arguments
+        let argv = command.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let result = posix_spawnp(&pid, command[0], &actions, nil, argv, environ)
+        guard result == 0 else { throw FixtureError(description: "cannot start \(arguments[0]): \(result)") }
+        self.pid = pid
+    }
+
+    func stop() {
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
     }
 }

@@ -5,10 +5,16 @@
 //	gofixture exec PROGRAM ARGS  run PROGRAM with os/exec (CLONE_VFORK) and print its output
 //	gofixture pod CONFIG DIR     what a service reads in its pod: CONFIG, the service-account token, the
 //	                             entries of DIR, its hostname and $DB_HOST
+//	gofixture get URL            print the body of an HTTP GET
+//	gofixture gets N URL         N GETs at once, each on a new connection; print "ok N" when all succeed
+//	gofixture lookup NAME        print how many addresses NAME resolves to (pure Go resolver)
 package main
 
 import (
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"os/exec"
@@ -83,6 +89,47 @@ func main() {
 		fmt.Printf("size: %d mode: %v\n", info.Size(), info.Mode())
 		fmt.Printf("hostname: %s\n", hostname)
 		fmt.Printf("DB_HOST: %s\n", os.Getenv("DB_HOST"))
+	case "get":
+		response, err := http.Get(os.Args[2])
+		check(err)
+		body, err := io.ReadAll(response.Body)
+		check(err)
+		os.Stdout.Write(body)
+	case "gets":
+		n, _ := strconv.Atoi(os.Args[2])
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, MaxConnsPerHost: 0}}
+		var wait sync.WaitGroup
+		var mutex sync.Mutex
+		succeeded := 0
+		for i := 0; i < n; i++ {
+			wait.Add(1)
+			go func() {
+				defer wait.Done()
+				response, err := client.Get(os.Args[3])
+				if err != nil {
+					fmt.Fprintln(os.Stderr, err)
+					return
+				}
+				body, err := io.ReadAll(response.Body)
+				response.Body.Close()
+				if err != nil || response.StatusCode != 200 || len(body) == 0 {
+					fmt.Fprintln(os.Stderr, "bad response", response.StatusCode, err)
+					return
+				}
+				mutex.Lock()
+				succeeded++
+				mutex.Unlock()
+			}()
+		}
+		wait.Wait()
+		fmt.Printf("ok %d\n", succeeded)
+		if succeeded != n {
+			os.Exit(1)
+		}
+	case "lookup":
+		addresses, err := net.LookupHost(os.Args[2])
+		check(err)
+		fmt.Println(len(addresses))
 	case "exec":
 		output, err := exec.Command(os.Args[2], os.Args[3:]...).CombinedOutput()
 		os.Stdout.Write(output)
