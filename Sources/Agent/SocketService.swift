@@ -107,7 +107,11 @@ final class SocketService: Sendable {
         setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         if case .process(let pid) = target.spec, let failure = Self.joinNetworkNamespace(of: pid) {
             logger.error("cannot join the target's network namespace: \(failure)")
-            return send(connection, .refused(version: protocolVersion, reason: "the agent cannot join the target's network namespace: \(failure)"))
+            return send(
+                connection,
+                .refused(
+                    version: protocolVersion, reason: "the agent cannot join the target's network namespace: \(failure)"
+                ))
         }
         send(connection, .welcome(version: protocolVersion, agent: "sysmirror agent sockets for \(target.spec)"))
         while let message = next(connection, &buffer) {

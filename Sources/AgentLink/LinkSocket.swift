@@ -119,7 +119,9 @@ enum LinkSocket {
     static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var sent = 0
         while sent < bytes.count {
-            let result = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            let result = bytes.withUnsafeBytes {
+                send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
+            }
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else { return false }
             sent += result
@@ -168,7 +170,9 @@ public struct FrameBuffer: Sendable {
         compactIfNeeded()
         let room = storage.count - end
         var received: Int32 = -1
-        let count = storage.withUnsafeMutableBytes { raw in sysm_receive_with_fd(fd, raw.baseAddress! + end, room, &received) }
+        let count = storage.withUnsafeMutableBytes { raw in
+            sysm_receive_with_fd(fd, raw.baseAddress! + end, room, &received)
+        }
         if count > 0 {
             end += count
             return (.filled, received)

@@ -27,7 +27,8 @@ public final class SocketChannel: Sendable {
         let fd: Int32
         do {
             fd = try LinkSocket.connect(to: address, deadline: deadline)
-            try LinkSocket.writeAll(fd, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            try LinkSocket.writeAll(
+                fd, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
             var buffer = FrameBuffer()
             switch try buffer.readMessage(from: fd, deadline: deadline) {
             case .welcome?: break

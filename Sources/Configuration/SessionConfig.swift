@@ -107,7 +107,8 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
                 config = try YAMLDecoder().decode(SessionConfig.self, from: text)
             }
             try raw.checkKeys(
-                Self.keys, at: "", sections: [
+                Self.keys, at: "",
+                sections: [
                     "agent": Agent.keys, "fs": Files.keys, "env": Environment.keys, "outgoing": Outgoing.keys,
                 ])
             return config

@@ -53,7 +53,9 @@ public struct OutgoingRule: Sendable, Equatable {
                 host += after[..<prefixEnd]
                 after = after[prefixEnd...]
             }
-            if after.hasPrefix(":") { portText = after.dropFirst() } else if !after.isEmpty {
+            if after.hasPrefix(":") {
+                portText = after.dropFirst()
+            } else if !after.isEmpty {
                 throw InvalidOutgoingRule(entry: entry, problem: "unexpected \(after.debugDescription)")
             }
         } else if rest.filter({ $0 == ":" }).count == 1, let colon = rest.firstIndex(of: ":") {

@@ -73,7 +73,9 @@ public struct RoutingPolicy: Sendable {
     /// destination of another family, connect on a connected stream, an address on a stream) runs locally,
     /// so that the program gets the kernel's own errno.
     func decide(network call: DecodedSyscall, socket: SocketFacts) -> Decision {
-        guard let outgoing, let destination = call.socketAddress, let transport = socket.transport else { return .local }
+        guard let outgoing, let destination = call.socketAddress, let transport = socket.transport else {
+            return .local
+        }
         switch (destination, socket.family) {
         case (.inet, SocketFacts.inet), (.inet6, SocketFacts.inet6): break
         default: return .local

@@ -57,6 +57,15 @@ public final class NotificationListener: Sendable {
         return try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)") { sysm_notif_addfd(descriptor.rawValue, &request) }
     }
 
+    /// Puts `source` into the program as a new descriptor, without answering the call yet; returns its
+    /// number. For when sysmirror must drop its own reference before the program can run (SEND would let
+    /// it run at once); if the call is then interrupted, the program keeps a descriptor it does not know of.
+    public func install(_ id: UInt64, _ source: Int32, closeOnExec: Bool) throws(SystemCallError) -> Int32 {
+        var request = seccomp_notif_addfd(
+            id: id, flags: 0, srcfd: UInt32(source), newfd: 0, newfd_flags: closeOnExec ? UInt32(O_CLOEXEC) : 0)
+        return try systemCall("ioctl(SECCOMP_IOCTL_NOTIF_ADDFD)") { sysm_notif_addfd(descriptor.rawValue, &request) }
+    }
+
     /// Puts `source` into the program as its descriptor `number`, closing whatever was there
     /// (SECCOMP_ADDFD_FLAG_SETFD), without answering the call yet.
     public func replace(_ id: UInt64, descriptor number: Int32, with source: Int32, closeOnExec: Bool)

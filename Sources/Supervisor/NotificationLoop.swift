@@ -104,7 +104,8 @@ public final class NotificationLoop: Sendable {
         if let sockets, let decoded, decoded.spec.category == .network, decoded.spec.name != "bind",
             decoded.socketAddress?.isInternet == true
         {
-            socket = sockets.inspect(pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0]))
+            socket = sockets.inspect(
+                pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0]))
         }
         let decision = policy.decide(decoded, abi: abi, file: file, path: path, socket: socket?.facts)
         // Before acting on what was read, make sure it belonged to this call and not to a process that died

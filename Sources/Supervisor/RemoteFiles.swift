@@ -177,7 +177,7 @@ final class RemoteFiles: Sendable {
             writeEnded(writeBack)
             return answer.fail(error.errno.rawValue, note: "could not watch the copy for its close: \(error)")
         }
-        answer.install(fd: programCopy, flags: flags, note: "written back to the pod when closed")
+        answer.installWritable(fd: programCopy, flags: flags, note: "written back to the pod when closed")
     }
 
     /// Gives the program a file holding `content`, opened with its access mode.
@@ -346,6 +346,23 @@ struct Answer: Sendable {
         } catch {
             fail(error.errno.rawValue, note: "\(error)")
         }
+    }
+
+    /// Installs a writable `fd` whose last close matters (a pipe's write end, a copy to write back): sysmirror
+    /// drops its own reference before the program runs, so that the program's close is the last one and
+    /// its effect (POLLHUP, IN_CLOSE_WRITE) is there before the program's next call. This gives up
+    /// SECCOMP_ADDFD_FLAG_SEND: if the call is interrupted in between, the program keeps a descriptor it
+    /// does not know of, closed when it exits.
+    func installWritable(fd: Int32, flags: Int32, note: String) {
+        let number: Int32
+        do throws(SystemCallError) {
+            number = try listener.install(notification.id, fd, closeOnExec: flags & O_CLOEXEC != 0)
+        } catch {
+            close(fd)
+            return error.errno == .noSuchFileOrDirectory ? gone(note) : fail(error.errno.rawValue, note: "\(error)")
+        }
+        close(fd)
+        succeed(Int64(number), note: note)
     }
 
     /// Hands a single-response reply to `body`; failures and link trouble are answered here.

@@ -102,13 +102,18 @@ final class RemoteSockets: Sendable {
     }
 
     /// Serves a connect, sendto or sendmsg routed remote; `done` is called once, after the answer.
-    func serve(_ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, done: @escaping RemoteFiles.Completion) {
+    func serve(
+        _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
+        done: @escaping RemoteFiles.Completion
+    ) {
         let answer = Answer(notification: notification, listener: listener, done: done)
         if socket.facts.inPod { return answer.proceed() }
         guard let channel else {
             return answer.fail(
                 ENETUNREACH,
-                note: "outgoing traffic needs the agent on this machine (a unix socket); an agent on TCP serves files only")
+                note:
+                    "outgoing traffic needs the agent on this machine (a unix socket); an agent on TCP serves files only"
+            )
         }
         // The agent's round trip, and a blocking connect, wait on a worker, never on the receiving thread.
         DispatchQueue.global().async { [self] in

@@ -162,7 +162,7 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
                 if pumped >= 0 { close(pumped) }
                 return abandon(errno: EIO, "could not start the upload: \(error)")
             }
-            answer.install(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
+            answer.installWritable(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
             return .waitingOnClient
         case .response(.done):
             files.writeEnded(self)

@@ -65,7 +65,7 @@ final class AgentTests {
                 6 /data/a.txt
                 status 1
                 127.0.0.1 localhost
-                10.96.0.10 web
+                10.96.0.99 hosts-only.example
 
                 """, "\(outcome.stderr)")
         #expect(outcome.stderr.contains("can't open '/data/missing': No such file or directory"))

@@ -25,8 +25,12 @@ final class OutgoingTests {
         for url in ["http://web:8080/", "http://web.default.svc.cluster.local:8080/"] {
             let (outcome, log) = try traced([fixtures.path("gofixture"), "get", url])
             #expect(outcome.stdout == Service.webBody, "\(url): \(outcome.stderr)")
-            #expect(log.contains { $0.contains("connect(") && $0.contains("\(Service.web):8080") && $0.contains("→ remote") })
-            #expect(log.contains { $0.contains("connect(") && $0.contains("\(Service.dns):53") && $0.contains("→ remote") })
+            #expect(
+                log.contains {
+                    $0.contains("connect(") && $0.contains("\(Service.web):8080") && $0.contains("→ remote")
+                })
+            #expect(
+                log.contains { $0.contains("connect(") && $0.contains("\(Service.dns):53") && $0.contains("→ remote") })
         }
     }
 
@@ -34,7 +38,8 @@ final class OutgoingTests {
     func glibcClients() throws {
         let (curl, _) = try traced(["curl", "-sS", "--max-time", "10", "http://web:8080/"])
         #expect(curl.stdout == Service.webBody, "\(curl.stderr)")
-        let script = "import urllib.request; print(urllib.request.urlopen('http://web.default.svc.cluster.local:8080/').read().decode(), end='')"
+        let script =
+            "import urllib.request; print(urllib.request.urlopen('http://web.default.svc.cluster.local:8080/').read().decode(), end='')"
         let (python, _) = try traced(["python3", "-c", script])
         #expect(python.stdout == Service.webBody, "\(python.stderr)")
     }
@@ -71,7 +76,8 @@ final class OutgoingTests {
         let (go, goLog) = try traced([fixtures.path("gofixture"), "lookup", "many"])
         #expect(go.stdout == "\(Service.manyAddresses)\n", "\(go.stderr)")
         #expect(goLog.contains { $0.contains("connect(") && $0.contains("\(Service.dns):53") })
-        let script = "import socket; print(len({a[4][0] for a in socket.getaddrinfo('many', 80, socket.AF_INET, socket.SOCK_STREAM)}))"
+        let script =
+            "import socket; print(len({a[4][0] for a in socket.getaddrinfo('many', 80, socket.AF_INET, socket.SOCK_STREAM)}))"
         let (python, _) = try traced(["python3", "-c", script])
         #expect(python.stdout == "\(Service.manyAddresses)\n", "\(python.stderr)")
     }
@@ -80,10 +86,14 @@ final class OutgoingTests {
     func manyConnections() throws {
         let (outcome, log) = try traced([fixtures.path("gofixture"), "gets", "200", "http://\(Service.web):8080/"])
         #expect(outcome.stdout == "ok 200\n", "\(outcome.stderr)")
-        #expect(log.filter { $0.contains("connect(") && $0.contains("\(Service.web):8080") && $0.contains("→ remote") }.count == 200)
+        #expect(
+            log.filter { $0.contains("connect(") && $0.contains("\(Service.web):8080") && $0.contains("→ remote") }
+                .count == 200)
     }
 
-    @Test("The kernel's own answers: refusal from the pod, EISCONN, a family mismatch, loopback and --no-outgoing stay local")
+    @Test(
+        "The kernel's own answers: refusal from the pod, EISCONN, a family mismatch, loopback and --no-outgoing stay local"
+    )
     func edges() throws {
         let script = """
             import errno, socket
@@ -106,7 +116,8 @@ final class OutgoingTests {
             """
         let (outcome, log) = try pod.trace(["python3", "-c", script])
         #expect(
-            outcome.stdout == "ECONNREFUSED\nEISCONN\n\(Service.web) True\nconnected\nECONNREFUSED\n", "\(outcome.stderr)")
+            outcome.stdout == "ECONNREFUSED\nEISCONN\n\(Service.web) True\nconnected\nECONNREFUSED\n",
+            "\(outcome.stderr)")
         #expect(log.contains { $0.contains("127.0.0.1:9") && $0.contains("→ local") })
         let (local, _) = try pod.trace(
             ["curl", "-sS", "--max-time", "3", "http://\(Service.web):8080/"], options: ["--no-outgoing"])
@@ -130,7 +141,9 @@ final class OutgoingTests {
             """
         let pod = self.pod
         DispatchQueue.global().async {
-            try? PodStandIn.waitUntil("the first connection", timeout: 20) { FileManager.default.fileExists(atPath: marker) }
+            try? PodStandIn.waitUntil("the first connection", timeout: 20) {
+                FileManager.default.fileExists(atPath: marker)
+            }
             pod.killAgent()
             try? FileManager.default.removeItem(atPath: marker)
         }

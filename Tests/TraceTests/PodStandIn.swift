@@ -97,7 +97,9 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         let web = root.appendingPathComponent("srv/web")
         try FileManager.default.createDirectory(at: web, withIntermediateDirectories: true)
         try Service.webBody.write(to: web.appendingPathComponent("index.html"), atomically: false, encoding: .utf8)
-        let many = (1...Service.manyAddresses).map { "10.96.\(1 + $0 / 250).\($0 % 250) many.default.svc.cluster.local" }
+        let many = (1...Service.manyAddresses).map {
+            "10.96.\(1 + $0 / 250).\($0 % 250) many.default.svc.cluster.local"
+        }
         let hosts = root.appendingPathComponent("srv/dns-hosts")
         try (many.joined(separator: "\n") + "\n").write(to: hosts, atomically: false, encoding: .utf8)
         let inPod = ["ip", "netns", "exec", podNamespace]
@@ -165,7 +167,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 "--pid", "\(containerPID)", "--token-file", tokenFile, "--idle-timeout", "\(idleTimeout)",
             ], log: agentLog)
         try Self.waitUntil("the agent's sockets") {
-            FileManager.default.fileExists(atPath: socket) && FileManager.default.fileExists(atPath: socket + ".sockets")
+            FileManager.default.fileExists(atPath: socket)
+                && FileManager.default.fileExists(atPath: socket + ".sockets")
         }
         try Self.command(["chown", "65534:65534", socket, socket + ".sockets"])
     }
