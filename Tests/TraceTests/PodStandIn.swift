@@ -112,8 +112,19 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                     "--address=/redis.default.svc.cluster.local/\(Service.redis)",
                     "--address=/echo.default.svc.cluster.local/\(Service.echo)",
                 ]),
+            // http.server's own listen backlog (5) would drop the SYNs of 200 connections made at once.
             try SpawnedService(
-                inPod + ["python3", "-m", "http.server", "8080", "--bind", Service.web, "--directory", web.path]),
+                inPod + [
+                    "python3", "-c",
+                    """
+                    import http.server
+                    class Server(http.server.ThreadingHTTPServer):
+                        request_queue_size = 1024
+                        daemon_threads = True
+                    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory='\(web.path)', **k)
+                    Server(('\(Service.web)', 8080), handler).serve_forever()
+                    """,
+                ]),
             try SpawnedService(
                 inPod + [
                     "redis-server", "--bind", Service.redis, "--port", "6379", "--save", "", "--appendonly", "no",
