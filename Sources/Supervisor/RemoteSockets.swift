@@ -4,6 +4,7 @@ import Dispatch
 import LinuxSystem
 import Logging
 import Routing
+import Synchronization
 import SyscallDecoding
 import SystemPackage
 
@@ -39,7 +40,8 @@ final class ProgramSocket: Sendable {
 /// natively on it: no relay, no copy, and getpeername, SO_ERROR, half-close, resets and DNS answers'
 /// source addresses are the kernel's own.
 final class RemoteSockets: Sendable {
-    let channel: SocketChannel?
+    /// Sockets of the pod, ready; nil when the agent cannot pass them (it is not on this machine).
+    let pool: SocketPool?
     let listener: NotificationListener
     let logger: Logger
     /// This machine's network namespace, to tell the pod's sockets from the program's own.
@@ -47,7 +49,7 @@ final class RemoteSockets: Sendable {
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
 
     init(channel: SocketChannel?, listener: NotificationListener, logger: Logger) {
-        self.channel = channel
+        pool = channel.map(SocketPool.init)
         self.listener = listener
         self.logger = logger
         let probe = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -102,47 +104,101 @@ final class RemoteSockets: Sendable {
     }
 
     /// Serves a connect, sendto or sendmsg routed remote; `done` is called once, after the answer.
+    ///
+    /// On the receiving thread when a socket is ready in the pool and the connect completes at once (a
+    /// non-blocking socket always does: EINPROGRESS); a round trip to the agent or a connect still in
+    /// progress on a blocking socket waits on a worker instead.
     func serve(
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
         done: @escaping RemoteFiles.Completion
     ) {
         let answer = Answer(notification: notification, listener: listener, done: done)
         if socket.facts.inPod { return answer.proceed() }
-        guard let channel else {
+        guard let pool else {
             return answer.fail(
                 ENETUNREACH,
                 note:
                     "outgoing traffic needs the agent on this machine (a unix socket); an agent on TCP serves files only"
             )
         }
-        // The agent's round trip, and a blocking connect, wait on a worker, never on the receiving thread.
-        DispatchQueue.global().async { [self] in
-            let made: Int32
-            do throws(Errno) {
-                made = try channel.makeSocket(
-                    family: socket.facts.family, type: socket.type, protocol: socket.socketProtocol)
-            } catch {
-                return answer.fail(error.rawValue, note: "the agent could not make the socket: \(error)")
-            }
-            defer { close(made) }
-            SocketOptions.copy(from: socket.fd, to: made, family: socket.facts.family, type: socket.type)
-            if socket.nonBlocking { _ = fcntl(made, F_SETFL, fcntl(made, F_GETFL) | O_NONBLOCK) }
-            guard listener.isPending(notification.id) else { return answer.gone() }
-            do throws(SystemCallError) {
-                try listener.replace(
-                    notification.id, descriptor: socket.number, with: made,
-                    closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
-            } catch {
-                return answer.fail(error.errno.rawValue, note: "could not put the pod's socket in place: \(error)")
-            }
-            guard call.spec.name == "connect", case .bytes(let address) = call.values[1] else {
-                return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
-            }
-            let result = address.withUnsafeBytes {
-                Glibc.connect(made, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
-            }
-            if result == 0 { answer.succeed(0) } else { answer.fail(errno) }
+        let kind = SocketPool.Kind(family: socket.facts.family, type: socket.type, protocol: socket.socketProtocol)
+        if let made = pool.take(kind) {
+            return serve(notification, call: call, socket: socket, made: made, answer: answer)
         }
+        DispatchQueue.global().async { [self] in
+            do throws(Errno) {
+                let made = try pool.make(kind)
+                serve(notification, call: call, socket: socket, made: made, answer: answer)
+            } catch {
+                answer.fail(error.rawValue, note: "the agent could not make the socket: \(error)")
+            }
+        }
+    }
+
+    /// Puts `made` (a socket of the pod, which this closes) in place of the program's socket and lets the
+    /// call go on with it.
+    private func serve(
+        _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, made: Int32, answer: Answer
+    ) {
+        SocketOptions.copy(from: socket.fd, to: made, family: socket.facts.family, type: socket.type)
+        // sysmirror connects it without waiting; the program's own mode is set before it gets the answer.
+        _ = fcntl(made, F_SETFL, fcntl(made, F_GETFL) | O_NONBLOCK)
+        guard listener.isPending(notification.id) else {
+            close(made)
+            return answer.gone()
+        }
+        do throws(SystemCallError) {
+            try listener.replace(
+                notification.id, descriptor: socket.number, with: made,
+                closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
+        } catch {
+            close(made)
+            return answer.fail(error.errno.rawValue, note: "could not put the pod's socket in place: \(error)")
+        }
+        guard call.spec.name == "connect", case .bytes(let address) = call.values[1] else {
+            if !socket.nonBlocking { Self.setBlocking(made) }
+            close(made)
+            return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
+        }
+        let result = address.withUnsafeBytes {
+            Glibc.connect(made, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+        }
+        let error = result == 0 ? 0 : errno
+        if socket.nonBlocking || error != EINPROGRESS {
+            if !socket.nonBlocking { Self.setBlocking(made) }
+            close(made)
+            return error == 0 ? answer.succeed(0) : answer.fail(error)
+        }
+        // A blocking connect: its result is the handshake's, whenever it ends.
+        if Self.waitUntilConnected(made, milliseconds: 0) {
+            return Self.finishBlockingConnect(made, answer)
+        }
+        DispatchQueue.global().async {
+            _ = Self.waitUntilConnected(made, milliseconds: -1)
+            Self.finishBlockingConnect(made, answer)
+        }
+    }
+
+    static func waitUntilConnected(_ fd: Int32, milliseconds: Int32) -> Bool {
+        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+        while true {
+            let ready = poll(&entry, 1, milliseconds)
+            if ready < 0 && errno == EINTR { continue }
+            return ready > 0
+        }
+    }
+
+    static func finishBlockingConnect(_ fd: Int32, _ answer: Answer) {
+        var error: Int32 = 0
+        var size = socklen_t(4)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
+        setBlocking(fd)
+        close(fd)
+        if error == 0 { answer.succeed(0) } else { answer.fail(error) }
+    }
+
+    static func setBlocking(_ fd: Int32) {
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
     }
 
     /// Whether the program's descriptor has FD_CLOEXEC: /proc shows it among the flags (O_CLOEXEC).
@@ -180,28 +236,89 @@ enum SocketOptions {
         (Int32(IPPROTO_IPV6), IPV6_TCLASS, 4),
     ]
 
+    /// A fresh socket's values of `copied`, per family and type, read once.
+    private static let defaults = Mutex<[SocketPool.Kind: [[UInt8]?]]>([:])
+
     static func copy(from source: Int32, to target: Int32, family: Int32, type: Int32) {
-        let fresh = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { if fresh >= 0 { close(fresh) } }
-        for (level, name, size) in copied {
+        let fresh = freshValues(family: family, type: type)
+        for (index, (level, name, size)) in copied.enumerated() {
             if family == AF_INET && level == Int32(IPPROTO_IPV6) { continue }
             if family == AF_INET6 && level == Int32(IPPROTO_IP) { continue }
             var value = [UInt8](repeating: 0, count: size)
-            var defaultValue = [UInt8](repeating: 0, count: size)
             var length = socklen_t(size)
-            var defaultLength = socklen_t(size)
-            guard getsockopt(source, level, name, &value, &length) == 0 else { continue }
-            if fresh >= 0 && getsockopt(fresh, level, name, &defaultValue, &defaultLength) == 0
-                && value == defaultValue
-            {
-                continue
-            }
+            guard getsockopt(source, level, name, &value, &length) == 0, value != fresh[index] else { continue }
             if level == SOL_SOCKET && (name == SO_RCVBUF || name == SO_SNDBUF) {
                 // The kernel doubles what it is given, and reports the doubled value.
                 let doubled = value.withUnsafeBytes { $0.load(as: Int32.self) }
                 withUnsafeBytes(of: doubled / 2) { value = Array($0) }
             }
             _ = setsockopt(target, level, name, value, length)
+        }
+    }
+
+    static func freshValues(family: Int32, type: Int32) -> [[UInt8]?] {
+        let kind = SocketPool.Kind(family: family, type: type, protocol: 0)
+        if let known = defaults.withLock({ $0[kind] }) { return known }
+        let fresh = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { if fresh >= 0 { close(fresh) } }
+        let values = copied.map { (level, name, size) -> [UInt8]? in
+            var value = [UInt8](repeating: 0, count: size)
+            var length = socklen_t(size)
+            return fresh >= 0 && getsockopt(fresh, level, name, &value, &length) == 0 ? value : nil
+        }
+        defaults.withLock { $0[kind] = values }
+        return values
+    }
+}
+
+/// Sockets made in the pod ahead of use, a few of each kind, so that a connect needs no round trip to the
+/// agent: the pool refills on a worker after each take.
+final class SocketPool: Sendable {
+    struct Kind: Hashable, Sendable {
+        let family: Int32
+        let type: Int32
+        let `protocol`: Int32
+    }
+
+    static let depth = 2
+    /// Made ready when the session starts.
+    static let common = [
+        Kind(family: AF_INET, type: Int32(SOCK_STREAM.rawValue), protocol: Int32(IPPROTO_TCP)),
+        Kind(family: AF_INET, type: Int32(SOCK_DGRAM.rawValue), protocol: Int32(IPPROTO_UDP)),
+        Kind(family: AF_INET6, type: Int32(SOCK_STREAM.rawValue), protocol: Int32(IPPROTO_TCP)),
+        Kind(family: AF_INET6, type: Int32(SOCK_DGRAM.rawValue), protocol: Int32(IPPROTO_UDP)),
+    ]
+
+    let channel: SocketChannel
+    private let ready = Mutex<[Kind: [Int32]]>([:])
+
+    init(channel: SocketChannel) {
+        self.channel = channel
+        for kind in Self.common { refill(kind) }
+    }
+
+    deinit {
+        ready.withLock { ready in for fd in ready.values.joined() { close(fd) } }
+    }
+
+    /// A ready socket of `kind`, if there is one.
+    func take(_ kind: Kind) -> Int32? {
+        let taken = ready.withLock { $0[kind]?.popLast() }
+        refill(kind)
+        return taken
+    }
+
+    /// A new socket of `kind`, made now (a round trip to the agent).
+    func make(_ kind: Kind) throws(Errno) -> Int32 {
+        try channel.makeSocket(family: kind.family, type: kind.type, protocol: kind.protocol)
+    }
+
+    private func refill(_ kind: Kind) {
+        DispatchQueue.global().async { [self] in
+            while ready.withLock({ ($0[kind]?.count ?? 0) < Self.depth }) {
+                guard let made = try? make(kind) else { return }
+                ready.withLock { $0[kind, default: []].append(made) }
+            }
         }
     }
 }
