@@ -244,6 +244,9 @@ public final class AgentClient: Sendable {
         _ = write(wakeUp, &one, 8)
     }
 
+    /// Whether the link is still up: once it has failed, no request can succeed.
+    public var isActive: Bool { requests.withLock { $0.failure == nil } }
+
     /// Closes the link; requests still pending fail.
     public func close() {
         outbound.withLock { $0.closing = true }

@@ -44,11 +44,18 @@ final class RemoteSockets: Sendable {
     let pool: SocketPool?
     let listener: NotificationListener
     let logger: Logger
+    /// Whether the session's link to the agent is up: the pool's sockets would still work after the agent
+    /// died, but a session without its agent must not reach the pod.
+    let linkIsUp: @Sendable () -> Bool
     /// This machine's network namespace, to tell the pod's sockets from the program's own.
     let localNamespace: UInt64
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
 
-    init(channel: SocketChannel?, listener: NotificationListener, logger: Logger) {
+    init(
+        channel: SocketChannel?, listener: NotificationListener, logger: Logger,
+        linkIsUp: @escaping @Sendable () -> Bool
+    ) {
+        self.linkIsUp = linkIsUp
         pool = channel.map(SocketPool.init)
         self.listener = listener
         self.logger = logger
@@ -114,6 +121,10 @@ final class RemoteSockets: Sendable {
     ) {
         let answer = Answer(notification: notification, listener: listener, done: done)
         if socket.facts.inPod { return answer.proceed() }
+        guard linkIsUp() else {
+            pool?.drain()
+            return answer.fail(ECONNREFUSED, note: "the link to the agent is gone")
+        }
         guard let pool else {
             return answer.fail(
                 ENETUNREACH,
@@ -160,10 +171,7 @@ final class RemoteSockets: Sendable {
             close(made)
             return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
         }
-        let result = address.withUnsafeBytes {
-            Glibc.connect(made, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
-        }
-        let error = result == 0 ? 0 : errno
+        let error = Self.connect(made, to: address)
         if socket.nonBlocking || error != EINPROGRESS {
             if !socket.nonBlocking { Self.setBlocking(made) }
             close(made)
@@ -171,12 +179,20 @@ final class RemoteSockets: Sendable {
         }
         // A blocking connect: its result is the handshake's, whenever it ends.
         if Self.waitUntilConnected(made, milliseconds: 0) {
-            return Self.finishBlockingConnect(made, answer)
+            return Self.finishBlockingConnect(made, to: address, answer)
         }
         DispatchQueue.global().async {
             _ = Self.waitUntilConnected(made, milliseconds: -1)
-            Self.finishBlockingConnect(made, answer)
+            Self.finishBlockingConnect(made, to: address, answer)
         }
+    }
+
+    /// connect(2); 0 or the errno.
+    static func connect(_ fd: Int32, to address: [UInt8]) -> Int32 {
+        let result = address.withUnsafeBytes {
+            Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+        }
+        return result == 0 ? 0 : errno
     }
 
     static func waitUntilConnected(_ fd: Int32, milliseconds: Int32) -> Bool {
@@ -188,10 +204,13 @@ final class RemoteSockets: Sendable {
         }
     }
 
-    static func finishBlockingConnect(_ fd: Int32, _ answer: Answer) {
+    /// Once the handshake is over: its result, and (by connecting again, which then returns 0) the socket
+    /// marked connected, as a blocking connect leaves it, so that a later connect gets EISCONN.
+    static func finishBlockingConnect(_ fd: Int32, to address: [UInt8], _ answer: Answer) {
         var error: Int32 = 0
         var size = socklen_t(4)
         getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
+        if error == 0 { _ = connect(fd, to: address) }
         setBlocking(fd)
         close(fd)
         if error == 0 { answer.succeed(0) } else { answer.fail(error) }
@@ -306,6 +325,15 @@ final class SocketPool: Sendable {
         let taken = ready.withLock { $0[kind]?.popLast() }
         refill(kind)
         return taken
+    }
+
+    /// Closes every ready socket.
+    func drain() {
+        let sockets = ready.withLock { ready in
+            defer { ready = [:] }
+            return ready.values.joined()
+        }
+        for fd in sockets { close(fd) }
     }
 
     /// A new socket of `kind`, made now (a round trip to the agent).

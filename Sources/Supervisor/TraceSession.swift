@@ -192,7 +192,9 @@ public final class TraceSession: Sendable {
         }
         let sockets = link.flatMap { link in
             options.remote?.outgoing.enabled == true
-                ? RemoteSockets(channel: link.sockets, listener: program.listener, logger: logger) : nil
+                ? RemoteSockets(
+                    channel: link.sockets, listener: program.listener, logger: logger,
+                    linkIsUp: { [client = link.client] in client.isActive }) : nil
         }
         let policy =
             options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true, outgoing: $0.outgoing) }

@@ -255,7 +255,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         return process
     }
 
-    static func waitUntil(_ what: String, timeout: TimeInterval = 10, _ condition: () -> Bool) throws {
+    static func waitUntil(_ what: String, timeout: TimeInterval = 30, _ condition: () -> Bool) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while !condition() {
             guard Date() < deadline else { throw FixtureError(description: "timed out waiting for \(what)") }
