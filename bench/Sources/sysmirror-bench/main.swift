@@ -265,6 +265,12 @@ for item in fileCases {
 print("targets: remote p50 ≤ 100 µs; remote read throughput within 10% of local (≥ 0.90×); no failures")
 print("")
 
+if getuid() == 0 {
+    try outgoingTraffic()
+} else {
+    print("Outgoing traffic: skipped (network namespaces need root)\n")
+}
+
 // The log writer's cost per event, off the program's path.
 let spec = SyscallTable.x86_64["openat"]!
 let call = DecodedSyscall(
@@ -301,4 +307,119 @@ for format in TraceFormat.allCases {
     }
     let nanoseconds = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(count)
     print(pad(format.rawValue, 38) + String(Int(nanoseconds)))
+}
+
+
+/// Outgoing traffic from a pod stand-in: a network namespace for the pod (its servers on 10.96.0.50, only
+/// there) and one for the developer (loopback only), sysmirror's agent in the pod's. Compared in one run:
+/// the same client run directly inside the pod's namespace, through sysmirror from the developer's, and (for
+/// throughput) through a relay of two socat hops, tcp → unix → tcp.
+func outgoingTraffic() throws {
+    let pod = "sysmirror-bench-pod-\(getpid())", developer = "sysmirror-bench-dev-\(getpid())"
+    let address = "10.96.0.50"
+    var started: [Process] = []
+    defer {
+        for process in started where process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        for namespace in [pod, developer] { _ = try? run(["ip", "netns", "delete", namespace]) }
+    }
+    for namespace in [pod, developer] {
+        run(["ip", "netns", "add", namespace])
+        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+    }
+    run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
+    run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
+    let goCache = "\(work)/.gocache"
+    let build = Process()
+    build.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    build.arguments = ["go", "build", "-o", "\(work)/httpbench", "main.go"]
+    build.currentDirectoryURL = URL(fileURLWithPath: "\(options.programs)/httpbench")
+    build.environment = ProcessInfo.processInfo.environment.merging(["CGO_ENABLED": "0", "GOCACHE": goCache]) { $1 }
+    try build.run()
+    build.waitUntilExit()
+
+    func background(_ command: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        started.append(process)
+        return process
+    }
+    let inPod = ["ip", "netns", "exec", pod], inDeveloper = ["ip", "netns", "exec", developer]
+    let target = try background(inPod + ["sleep", "100000"])
+    _ = try background(
+        inPod + [
+            options.sysmirror, "agent", "--listen", "unix:\(work)/net.sock", "--pid", "\(target.processIdentifier)",
+            "--token-file", "\(work)/token", "--quiet",
+        ])
+    _ = try background(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
+    _ = try background(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
+    _ = try background(inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork", "TCP:\(address):5201"])
+    _ = try background(
+        inDeveloper + ["socat", "TCP-LISTEN:5202,bind=127.0.0.1,fork,reuseaddr", "UNIX-CONNECT:\(work)/relay.sock"])
+    while !FileManager.default.fileExists(atPath: "\(work)/net.sock.sockets") { usleep(10_000) }
+    usleep(300_000)  // the servers' listen
+    let traced = inDeveloper + [
+        options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/net.sock", "--token-file", "\(work)/token", "--",
+    ]
+    let seconds = options.rounds >= 5 ? 2 : 1
+
+    func gigabits(_ command: [String]) -> Double {
+        let output = run(command + ["-t", String(seconds), "-J"]).output
+        guard let json = try? JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any],
+            let end = json["end"] as? [String: Any], let sum = end["sum_received"] as? [String: Any],
+            let bits = sum["bits_per_second"] as? Double
+        else { return .nan }
+        return bits / 1e9
+    }
+    var throughput: [String: [Double]] = [:]
+    var connectP50: [String: [Double]] = [:]
+    var connectP99: [String: [Double]] = [:]
+    var requests: [String: [Double]] = [:]
+    let throughputCases = [
+        ("direct, inside the pod's namespace", inPod + ["iperf3", "-c", address, "-p", "5201"]),
+        ("sysmirror trace --agent (unix)", traced + ["iperf3", "-c", address, "-p", "5201"]),
+        ("two socat hops, tcp → unix → tcp", inDeveloper + ["iperf3", "-c", "127.0.0.1", "-p", "5202"]),
+    ]
+    let clientCases = [("direct, inside the pod's namespace", inPod), ("sysmirror trace --agent (unix)", traced)]
+    for _ in 0..<options.rounds {
+        for (name, command) in throughputCases { throughput[name, default: []].append(gigabits(command)) }
+        for (name, prefix) in clientCases {
+            let latency = run(prefix + ["\(work)/connect-latency", "2000", address, "9090"]).output
+            connectP50[name, default: []].append(value("p50_ns", in: latency))
+            connectP99[name, default: []].append(value("p99_ns", in: latency))
+            for mode in ["keepalive", "close"] {
+                let load = run(
+                    prefix + ["\(work)/httpbench", "load", "http://\(address):9090/", String(seconds), "4", mode]
+                ).output
+                requests["\(name) \(mode)", default: []].append(value("requests_per_s", in: load))
+            }
+        }
+    }
+    let direct = "direct, inside the pod's namespace", traced_ = "sysmirror trace --agent (unix)"
+    print("Outgoing TCP (median of \(options.rounds)): iperf3 for \(seconds) s; 2,000 blocking connects; an HTTP client (Go, 4")
+    print("connections) against a Go server in the pod, keep-alive and a new connection per request")
+    print(pad("case", 40) + pad("Gbit/s", 9) + pad("× direct", 10) + pad("connect p50 µs", 16) + pad("p99 µs", 9)
+        + pad("req/s keep-alive", 18) + pad("×", 7) + pad("req/s new conn", 16) + "×")
+    let directRate = median(throughput[direct]!)
+    for (name, _) in throughputCases {
+        let rate = median(throughput[name]!)
+        var line = pad(name, 40) + pad(format(rate, 2), 9) + pad(format(rate / directRate, 2), 10)
+        if let p50 = connectP50[name] {
+            let keep = median(requests["\(name) keepalive"]!), fresh = median(requests["\(name) close"]!)
+            line += pad(format(median(p50) / 1000), 16) + pad(format(median(connectP99[name]!) / 1000), 9)
+            line += pad(format(keep, 0), 18) + pad(format(keep / median(requests["\(direct) keepalive"]!), 2), 7)
+            line += pad(format(fresh, 0), 16) + format(fresh / median(requests["\(direct) close"]!), 2)
+        }
+        print(line)
+    }
+    let added = median(connectP50[traced_]!) - median(connectP50[direct]!)
+    print("connect latency added by sysmirror, p50: \(format(added / 1000)) µs")
+    print("targets: throughput ≥ 0.40× direct; added connect latency p50 ≤ 200 µs; keep-alive requests ≥ 0.80× direct")
+    print("")
 }
