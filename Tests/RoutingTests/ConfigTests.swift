@@ -34,6 +34,15 @@ struct ConfigTests {
         #expect(fromYAML.agent?.tokenFile == "/run/token")
     }
 
+    @Test func outgoingRulesComeFromTheirSection() throws {
+        let config = try SessionConfig.parse(
+            "outgoing:\n  enabled: false\n  local: ['10.0.0.0/8']\n  remote: ['udp://10.96.0.10:53']\n")
+        #expect(config.outgoing?.enabled == false)
+        #expect(config.outgoing?.local == ["10.0.0.0/8"])
+        #expect(config.outgoing?.remote == ["udp://10.96.0.10:53"])
+        #expect(throws: ConfigError.self) { try SessionConfig.parse("outgoing:\n  remotes: []\n") }
+    }
+
     @Test func anEmptyFileIsAnEmptyConfig() throws {
         #expect(try SessionConfig.parse("\n") == SessionConfig())
     }

@@ -70,3 +70,46 @@ struct RemoteRoutingTests {
         #expect(policy.decide(uname, abi: .x86_64) == .remote)
     }
 }
+
+@Suite("Routing policy for outgoing traffic")
+struct OutgoingPolicyTests {
+    let policy = RoutingPolicy(outgoing: try! OutgoingRules())
+    static let web: [UInt8] = [2, 0, 0x1f, 0x90, 10, 96, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0]
+    static let loopback: [UInt8] = [2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    let tcp = SocketFacts(family: 2, transport: .tcp, connected: false, inPod: false)
+
+    func call(_ name: String, _ address: [UInt8]) -> DecodedSyscall {
+        let spec = SyscallTable.x86_64[name]!
+        var values: [ArgumentValue] = spec.arguments.map { _ in .integer(0) }
+        let index = spec.arguments.firstIndex { if case .socketAddress = $0 { true } else { false } }!
+        values[index] = .bytes(address)
+        return DecodedSyscall(spec: spec, values: values)
+    }
+
+    @Test func connectsLeaveFromThePodExceptToLoopback() {
+        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: tcp) == .remote)
+        #expect(policy.decide(call("connect", Self.loopback), abi: .x86_64, socket: tcp) == .local)
+        #expect(RoutingPolicy().decide(call("connect", Self.web), abi: .x86_64, socket: tcp) == .local)
+    }
+
+    @Test func whatTheKernelWouldRefuseRunsLocally() {
+        var connected = tcp
+        connected.connected = true
+        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: connected) == .local)
+        let ipv6 = SocketFacts(family: 10, transport: .tcp, connected: false, inPod: false)
+        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: ipv6) == .local)
+        #expect(policy.decide(call("sendto", Self.web), abi: .x86_64, socket: tcp) == .local)
+        let raw = SocketFacts(family: 2, transport: nil, connected: false, inPod: false)
+        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: raw) == .local)
+    }
+
+    @Test func datagramsAndPodSocketsAreServed() {
+        let udp = SocketFacts(family: 2, transport: .udp, connected: true, inPod: false)
+        #expect(policy.decide(call("sendto", Self.web), abi: .x86_64, socket: udp) == .remote)
+        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: udp) == .remote)
+        var moved = udp
+        moved.inPod = true
+        let decision = policy.decide(call("sendto", Self.loopback), abi: .x86_64, socket: moved)
+        #expect(decision.route == .remote && decision.note == "a socket of the pod")
+    }
+}
