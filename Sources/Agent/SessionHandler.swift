@@ -168,7 +168,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
             reply(context, id, target.readlink(path))
-        case .socket:
+        case .socket, .connectionEvents:
             reply(
                 context, id,
                 .failure(errno: EOPNOTSUPP, message: "sockets are passed on the socket channel (docs/protocol.md)"))

@@ -115,6 +115,16 @@ final class SocketService: Sendable {
         }
         send(connection, .welcome(version: protocolVersion, agent: "sysmirror agent sockets for \(target.spec)"))
         while let message = next(connection, &buffer) {
+            if case .request(let id, .connectionEvents) = message {
+                let events = Self.connectionEvents()
+                if events < 0 {
+                    send(connection, .response(id: id, .failure(errno: errno, message: "sock_diag: \(currentErrno())")))
+                } else {
+                    send(connection, .response(id: id, .done), fd: events)
+                    close(events)
+                }
+                continue
+            }
             guard case .request(let id, .socket(let family, let type, let socketProtocol)) = message else {
                 if case .request(let id, _) = message {
                     send(connection, .response(id: id, .failure(errno: ENOSYS, message: "only sockets are made here")))
@@ -155,6 +165,27 @@ final class SocketService: Sendable {
             case .wouldBlock, .closed, .failed: return nil
             }
         }
+    }
+
+    /// A NETLINK_SOCK_DIAG socket subscribed to the destruction of IPv4 and IPv6 TCP sockets (each event
+    /// carries the socket's cookie and tcp_info). Bound here: binding to the groups may need privileges the
+    /// client lacks. -1 with errno on failure.
+    static func connectionEvents() -> Int32 {
+        let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)  // NETLINK_SOCK_DIAG
+        guard fd >= 0 else { return -1 }
+        // struct sockaddr_nl (Swift's Glibc lacks it): family, pad, pid, then the groups, as a bit per group:
+        // SKNLGRP_INET_TCP_DESTROY (1) and SKNLGRP_INET6_TCP_DESTROY (3).
+        var address: (UInt16, UInt16, UInt32, UInt32) = (UInt16(AF_NETLINK), 0, 0, 1 << 0 | 1 << 2)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 12) }
+        }
+        guard bound == 0 else {
+            let saved = errno
+            close(fd)
+            errno = saved
+            return -1
+        }
+        return fd
     }
 
     /// Moves the calling thread (only) into the target's network namespace; nil on success.

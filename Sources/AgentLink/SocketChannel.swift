@@ -54,10 +54,19 @@ public final class SocketChannel: Sendable {
     /// A socket made in the pod by `socket(family, type, protocol)`; throws the errno the agent met, or
     /// ECONNREFUSED once the agent is gone.
     public func makeSocket(family: Int32, type: Int32, protocol socketProtocol: Int32) throws(Errno) -> Int32 {
+        try receiveDescriptor(for: .socket(family: family, type: type, protocol: socketProtocol))
+    }
+
+    /// A netlink socket of the pod that reports each TCP connection's end (`Request.connectionEvents`).
+    public func connectionEvents() throws(Errno) -> Int32 {
+        try receiveDescriptor(for: .connectionEvents)
+    }
+
+    func receiveDescriptor(for request: Request) throws(Errno) -> Int32 {
         try state.withLock { state throws(Errno) -> Int32 in
             let id = state.nextID
             state.nextID &+= 1
-            let request = Frame.encode(.request(id: id, .socket(family: family, type: type, protocol: socketProtocol)))
+            let request = Frame.encode(.request(id: id, request))
             guard LinkSocket.sendAll(fd, request) else { throw Errno(rawValue: ECONNREFUSED) }
             var received: Int32 = -1
             while true {

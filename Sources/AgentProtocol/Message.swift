@@ -66,6 +66,9 @@ public enum Request: Sendable, Equatable {
     /// A socket made in the target's network namespace (`socket(2)` arguments), passed back with SCM_RIGHTS
     /// beside a `done` answer; only on the socket channel of a unix-socket agent (docs/protocol.md).
     case socket(family: Int32, type: Int32, protocol: Int32)
+    /// A NETLINK_SOCK_DIAG socket of the target's network namespace, subscribed to the end of TCP
+    /// connections (their byte counts), passed like `socket`; on the socket channel only.
+    case connectionEvents
 }
 
 /// What the agent answers.

@@ -76,6 +76,7 @@ public final class NotificationLoop: Sendable {
     /// was counted before its answer let it go on.
     public func drain() {
         remote?.drain(seconds: 30)
+        sockets?.connections?.drain(milliseconds: 300)
         let deadline = Clock.monotonic() + 1_000_000_000
         while inFlight.load(ordering: .sequentiallyConsistent) > 0 && Clock.monotonic() < deadline {
             usleep(100)

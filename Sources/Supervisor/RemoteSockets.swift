@@ -47,15 +47,18 @@ final class RemoteSockets: Sendable {
     /// Whether the session's link to the agent is up: the pool's sockets would still work after the agent
     /// died, but a session without its agent must not reach the pod.
     let linkIsUp: @Sendable () -> Bool
+    /// Logs the end of each TCP connection with its bytes; nil when the agent cannot report them.
+    let connections: ConnectionEvents?
     /// This machine's network namespace, to tell the pod's sockets from the program's own.
     let localNamespace: UInt64
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
 
     init(
         channel: SocketChannel?, listener: NotificationListener, logger: Logger,
-        linkIsUp: @escaping @Sendable () -> Bool
+        connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
     ) {
         self.linkIsUp = linkIsUp
+        self.connections = connections
         pool = channel.map(SocketPool.init)
         self.listener = listener
         self.logger = logger
@@ -172,6 +175,10 @@ final class RemoteSockets: Sendable {
             return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
         }
         let error = Self.connect(made, to: address)
+        if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp, let destination = call.socketAddress
+        {
+            connections?.track(made, destination: destination.description, pid: notification.pid)
+        }
         if socket.nonBlocking || error != EINPROGRESS {
             if !socket.nonBlocking { Self.setBlocking(made) }
             close(made)

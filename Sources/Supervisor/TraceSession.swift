@@ -194,6 +194,9 @@ public final class TraceSession: Sendable {
             options.remote?.outgoing.enabled == true
                 ? RemoteSockets(
                     channel: link.sockets, listener: program.listener, logger: logger,
+                    connections: link.sockets.flatMap { try? $0.connectionEvents() }.flatMap {
+                        try? ConnectionEvents(socket: $0, log: log)
+                    },
                     linkIsUp: { [client = link.client] in client.isActive }) : nil
         }
         let policy =

@@ -21,6 +21,7 @@ let everyMessage: [Message] = [
     .request(id: 6, .access(path: Array("/x".utf8), mode: 7)),
     .request(id: 7, .readlink(path: Array("/l".utf8))),
     .request(id: 18, .socket(family: 10, type: 0o2004002, protocol: 0)),
+    .request(id: 19, .connectionEvents),
     .response(id: 8, .failure(errno: 2, message: "")),
     .response(id: 9, .done),
     .response(id: 10, .opened(sampleMetadata)),

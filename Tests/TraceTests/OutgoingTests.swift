@@ -36,8 +36,13 @@ final class OutgoingTests {
 
     @Test("curl and python3 urllib resolve through glibc and fetch from the pod")
     func glibcClients() throws {
-        let (curl, _) = try traced(["curl", "-sS", "--max-time", "10", "http://web:8080/"])
+        let (curl, log) = try traced(["curl", "-sS", "--max-time", "10", "http://web:8080/"])
         #expect(curl.stdout == Service.webBody, "\(curl.stderr)")
+        // When the connection ends, the log has its bytes each way (the pod's kernel counted them).
+        let end = log.first { $0.contains("connection to \(Service.web):8080 ended:") }
+        #expect(end?.contains(" bytes sent, ") == true, "\(log.filter { $0.contains("close") })")
+        let received = end.flatMap { $0.split(separator: " ").dropLast().last }.flatMap { Int($0) } ?? 0
+        #expect(received > Service.webBody.utf8.count)
         let script =
             "import urllib.request; print(urllib.request.urlopen('http://web.default.svc.cluster.local:8080/').read().decode(), end='')"
         let (python, _) = try traced(["python3", "-c", script])

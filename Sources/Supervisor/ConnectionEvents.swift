@@ -1,0 +1,109 @@
+import LinuxSystem
+import Routing
+import Synchronization
+import SyscallDecoding
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The end of each TCP connection the program made from the pod, with the bytes it carried, for the log.
+///
+/// The traffic never passes through sysmirror (docs/architecture.md, "Outgoing traffic"), so the counts come
+/// from the kernel: a NETLINK_SOCK_DIAG socket of the pod's namespace (made and subscribed by the agent)
+/// reports each TCP socket's destruction with its cookie and tcp_info; the ones whose cookie sysmirror put
+/// in place are logged.
+final class ConnectionEvents: Sendable {
+    struct Connection: Sendable {
+        let destination: String
+        let pid: Int32
+    }
+
+    let socket: Int32
+    let log: TraceLog
+    private let tracked = Mutex<[UInt64: Connection]>([:])
+    private let wallClock = Clock.WallFromMonotonic()
+
+    init(socket: Int32, log: TraceLog) throws(SystemCallError) {
+        self.socket = socket
+        self.log = log
+        _ = try ThreadHandle.start(name: "sysmirror-conns") { [self] in run() }
+    }
+
+    /// SO_COOKIE: a socket's identity in sock_diag.
+    static func cookie(of fd: Int32) -> UInt64? {
+        var cookie: UInt64 = 0
+        var size = socklen_t(8)
+        return getsockopt(fd, SOL_SOCKET, 57, &cookie, &size) == 0 ? cookie : nil
+    }
+
+    func track(_ fd: Int32, destination: String, pid: Int32) {
+        guard let cookie = Self.cookie(of: fd) else { return }
+        tracked.withLock { $0[cookie] = Connection(destination: destination, pid: pid) }
+    }
+
+    /// Waits (a little) for the ends of connections the program closed as it exited.
+    func drain(milliseconds: Int) {
+        let deadline = Clock.monotonic() + UInt64(milliseconds) * 1_000_000
+        while tracked.withLock({ !$0.isEmpty }) && Clock.monotonic() < deadline { usleep(1000) }
+    }
+
+    private func run() {
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let count = recv(socket, &buffer, buffer.count, 0)
+            if count < 0 && (errno == EINTR || errno == ENOBUFS) { continue }
+            guard count > 0 else { return }
+            for event in Self.parse(Array(buffer[..<count])) { record(event) }
+        }
+    }
+
+    struct Ended: Equatable {
+        let cookie: UInt64
+        let bytesSent: UInt64
+        let bytesReceived: UInt64
+    }
+
+    /// Netlink messages (nlmsghdr, 16 bytes) of SOCK_DIAG_BY_FAMILY (20): struct inet_diag_msg (72 bytes,
+    /// the cookie at 44), then attributes (nlattr: length, type); INET_DIAG_INFO (2) holds tcp_info, whose
+    /// tcpi_bytes_acked is at 120 and tcpi_bytes_received at 128.
+    static func parse(_ bytes: [UInt8]) -> [Ended] {
+        var events: [Ended] = []
+        var offset = 0
+        while offset + 16 <= bytes.count {
+            let length = Int(bytes.loadLittleEndian(UInt32.self, at: offset))
+            let type = bytes.loadLittleEndian(UInt16.self, at: offset + 4)
+            guard length >= 16, offset + length <= bytes.count else { break }
+            defer { offset += (length + 3) & ~3 }
+            guard type == 20, length >= 16 + 72 else { continue }
+            let message = offset + 16
+            let cookie = bytes.loadLittleEndian(UInt64.self, at: message + 44)
+            var sent: UInt64 = 0
+            var received: UInt64 = 0
+            var attribute = message + 72
+            while attribute + 4 <= offset + length {
+                let attributeLength = Int(bytes.loadLittleEndian(UInt16.self, at: attribute))
+                let attributeType = bytes.loadLittleEndian(UInt16.self, at: attribute + 2)
+                guard attributeLength >= 4 else { break }
+                if attributeType == 2 && attributeLength >= 4 + 136 {
+                    sent = bytes.loadLittleEndian(UInt64.self, at: attribute + 4 + 120)
+                    received = bytes.loadLittleEndian(UInt64.self, at: attribute + 4 + 128)
+                }
+                attribute += (attributeLength + 3) & ~3
+            }
+            events.append(Ended(cookie: cookie, bytesSent: sent, bytesReceived: received))
+        }
+        return events
+    }
+
+    private func record(_ event: Ended) {
+        guard let connection = tracked.withLock({ $0.removeValue(forKey: event.cookie) }) else { return }
+        log.record(
+            TraceEvent(
+                time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close", arguments: nil,
+                route: .remote, outcome: .continued, durationNanos: 0,
+                note:
+                    "connection to \(connection.destination) ended: \(event.bytesSent) bytes sent, \(event.bytesReceived) received"
+            ))
+    }
+}
