@@ -8,16 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static int compare(const void *a, const void *b) {
-    long long x = *(const long long *)a, y = *(const long long *)b;
-    return x < y ? -1 : x > y;
-}
+#include "timing.h"
 
 int main(int argc, char **argv) {
     if (argc != 4) {
@@ -41,7 +32,6 @@ int main(int argc, char **argv) {
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
         close(fd);
     }
-    qsort(samples, n, sizeof *samples, compare);
-    printf("p50_ns %lld\np99_ns %lld\n", samples[n / 2], samples[n * 99 / 100]);
+    print_percentiles(samples, n);
     return 0;
 }

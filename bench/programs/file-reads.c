@@ -10,16 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static long long now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static int compare(const void *a, const void *b) {
-    long long x = *(const long long *)a, y = *(const long long *)b;
-    return x < y ? -1 : x > y;
-}
+#include "timing.h"
 
 static const char *path;
 static int per_thread;
@@ -53,8 +44,7 @@ int main(int argc, char **argv) {
             close(fd);
             samples[i] = now_ns() - start;
         }
-        qsort(samples, n, sizeof *samples, compare);
-        printf("p50_ns %lld\np99_ns %lld\n", samples[n / 2], samples[n * 99 / 100]);
+        print_percentiles(samples, n);
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "throughput") == 0) {

@@ -16,9 +16,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -38,32 +38,15 @@ func main() {
 		os.Exit(status)
 	case "many":
 		n, _ := strconv.Atoi(os.Args[2])
-		var wait sync.WaitGroup
-		var mutex sync.Mutex
-		opened := 0
-		start := make(chan struct{})
-		for i := 0; i < n; i++ {
-			wait.Add(1)
-			go func() {
-				defer wait.Done()
-				<-start
-				file, err := os.Open(os.Args[3])
-				if err != nil {
-					fmt.Fprintln(os.Stderr, err)
-					return
-				}
-				file.Close()
-				mutex.Lock()
-				opened++
-				mutex.Unlock()
-			}()
-		}
-		close(start)
-		wait.Wait()
-		fmt.Printf("ok %d\n", opened)
-		if opened != n {
-			os.Exit(1)
-		}
+		atOnce(n, func() bool {
+			file, err := os.Open(os.Args[3])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return false
+			}
+			file.Close()
+			return true
+		})
 	case "pod":
 		config, err := os.ReadFile(os.Args[2])
 		check(err)
@@ -97,35 +80,21 @@ func main() {
 		os.Stdout.Write(body)
 	case "gets":
 		n, _ := strconv.Atoi(os.Args[2])
-		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, MaxConnsPerHost: 0}}
-		var wait sync.WaitGroup
-		var mutex sync.Mutex
-		succeeded := 0
-		for i := 0; i < n; i++ {
-			wait.Add(1)
-			go func() {
-				defer wait.Done()
-				response, err := client.Get(os.Args[3])
-				if err != nil {
-					fmt.Fprintln(os.Stderr, err)
-					return
-				}
-				body, err := io.ReadAll(response.Body)
-				response.Body.Close()
-				if err != nil || response.StatusCode != 200 || len(body) == 0 {
-					fmt.Fprintln(os.Stderr, "bad response", response.StatusCode, err)
-					return
-				}
-				mutex.Lock()
-				succeeded++
-				mutex.Unlock()
-			}()
-		}
-		wait.Wait()
-		fmt.Printf("ok %d\n", succeeded)
-		if succeeded != n {
-			os.Exit(1)
-		}
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		atOnce(n, func() bool {
+			response, err := client.Get(os.Args[3])
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return false
+			}
+			body, err := io.ReadAll(response.Body)
+			response.Body.Close()
+			if err != nil || response.StatusCode != 200 || len(body) == 0 {
+				fmt.Fprintln(os.Stderr, "bad response", response.StatusCode, err)
+				return false
+			}
+			return true
+		})
 	case "lookup":
 		addresses, err := net.LookupHost(os.Args[2])
 		check(err)
@@ -144,5 +113,32 @@ func check(err error) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
+	}
+}
+
+// atOnce runs work in n goroutines released together, prints "ok" and how many succeeded, and exits 1 unless
+// all did.
+func atOnce(n int, work func() bool) {
+	var wait sync.WaitGroup
+	var mutex sync.Mutex
+	succeeded := 0
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wait.Add(1)
+		go func() {
+			defer wait.Done()
+			<-start
+			if work() {
+				mutex.Lock()
+				succeeded++
+				mutex.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wait.Wait()
+	fmt.Printf("ok %d\n", succeeded)
+	if succeeded != n {
+		os.Exit(1)
 	}
 }
