@@ -129,6 +129,34 @@ final class OutgoingTests {
         #expect(local.status != 0)
     }
 
+    @Test("A connect behaves as the kernel's: non-blocking, options kept, half-close")
+    func connectSemantics() throws {
+        let script = """
+            import errno, select, socket
+            def nonblocking(port):
+                s = socket.socket(); s.setblocking(False)
+                code = s.connect_ex(('\(Service.web)', port))
+                select.select([], [s], [], 5)
+                return errno.errorcode.get(code, code), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            print(*nonblocking(8080), *nonblocking(9))
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+            s.connect(('\(Service.web)', 8080))
+            print(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                  s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+            s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')
+            s.shutdown(socket.SHUT_WR)
+            answer = b''
+            while chunk := s.recv(4096): answer += chunk
+            print(answer.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')
+            """
+        let (outcome, _) = try pod.trace(["python3", "-c", script])
+        #expect(
+            outcome.stdout == "EINPROGRESS 0 EINPROGRESS \(ECONNREFUSED)\n1 1 77\n\(Service.webBody)", "\(outcome.stderr)")
+    }
+
     @Test("With the agent gone, new remote connects fail at once")
     func agentGone() throws {
         let marker = fixtures.path("connected-\(pod.name)")
