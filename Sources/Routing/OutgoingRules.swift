@@ -14,18 +14,28 @@ public struct InvalidOutgoingRule: Error, Sendable, Equatable, CustomStringConve
     public let entry: String
     public let problem: String
     public var description: String {
-        "outgoing rule \(entry.debugDescription): \(problem); expected [tcp://|udp://]ADDRESS[/PREFIX][:PORT], IPv6 in brackets before a port"
+        "outgoing rule \(entry.debugDescription): \(problem); expected [tcp://|udp://]HOST[/PREFIX][:PORT], IPv6 in brackets before a port"
     }
 }
 
-/// One entry: `[tcp://|udp://]ADDRESS[/PREFIX][:PORT]`, for example `10.96.0.0/12`, `udp://10.96.0.10:53`,
-/// `[fd00::]/8:443`.
+/// One entry: `[tcp://|udp://]HOST[/PREFIX][:PORT]`, where HOST is an address or a name: `10.96.0.0/12`,
+/// `udp://10.96.0.10:53`, `[fd00::]/8:443`, `registry.example.com:443`.
 public struct OutgoingRule: Sendable, Equatable {
     public let transport: Transport?
-    /// 4 or 16 bytes.
+    /// 4 or 16 bytes; empty for a name not resolved yet.
     public let network: [UInt8]
     public let prefixLength: Int
     public let port: UInt16?
+    /// The host name, for an entry that names one.
+    public let name: String?
+
+    init(transport: Transport?, network: [UInt8], prefixLength: Int, port: UInt16?, name: String?) {
+        self.transport = transport
+        self.network = network
+        self.prefixLength = prefixLength
+        self.port = port
+        self.name = name
+    }
 
     public init(parsing entry: String) throws(InvalidOutgoingRule) {
         var rest = Substring(entry)
@@ -81,9 +91,17 @@ public struct OutgoingRule: Sendable, Equatable {
             host = host[..<slash]
         }
         guard let address = Self.address(String(host)) else {
-            throw InvalidOutgoingRule(
-                entry: entry, problem: "\(String(host).debugDescription) is not an IP address (names are not resolved)")
+            guard prefix == nil else {
+                throw InvalidOutgoingRule(entry: entry, problem: "a prefix length needs an address, not a name")
+            }
+            guard !host.isEmpty, host.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }) else {
+                throw InvalidOutgoingRule(
+                    entry: entry, problem: "\(String(host).debugDescription) is neither an address nor a name")
+            }
+            (network, prefixLength, name) = ([], 0, String(host))
+            return
         }
+        name = nil
         network = address
         prefixLength = prefix ?? address.count * 8
         guard (0...(address.count * 8)).contains(prefixLength) else {
@@ -98,6 +116,13 @@ public struct OutgoingRule: Sendable, Equatable {
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: v6) { Array($0) } }
         return nil
+    }
+
+    /// The rule for each of `addresses` (a name's).
+    func resolved(to addresses: [[UInt8]]) -> [OutgoingRule] {
+        addresses.map {
+            OutgoingRule(transport: transport, network: $0, prefixLength: $0.count * 8, port: port, name: nil)
+        }
     }
 
     func matches(_ address: [UInt8], port: UInt16, transport: Transport) -> Bool {
@@ -122,14 +147,35 @@ public struct OutgoingRules: Sendable, Equatable {
     public let local: [OutgoingRule]
     public let remote: [OutgoingRule]
 
-    public init(enabled: Bool = true, local: [String] = [], remote: [String] = []) throws(InvalidOutgoingRule) {
+    /// - Parameter resolve: a name's addresses (4 or 16 bytes each), looked up when the rules are made;
+    ///   empty when the name does not resolve.
+    public init(
+        enabled: Bool = true, local: [String] = [], remote: [String] = [],
+        resolve: (String) -> [[UInt8]] = { _ in [] }
+    ) throws(InvalidOutgoingRule) {
         self.enabled = enabled
-        var parsedLocal: [OutgoingRule] = []
-        for entry in local { parsedLocal.append(try OutgoingRule(parsing: entry)) }
-        var parsedRemote: [OutgoingRule] = []
-        for entry in remote { parsedRemote.append(try OutgoingRule(parsing: entry)) }
-        self.local = parsedLocal
-        self.remote = parsedRemote
+        func parse(_ entries: [String]) throws(InvalidOutgoingRule) -> [OutgoingRule] {
+            var rules: [OutgoingRule] = []
+            for entry in entries {
+                let rule = try OutgoingRule(parsing: entry)
+                guard let name = rule.name else {
+                    rules.append(rule)
+                    continue
+                }
+                let addresses = resolve(name)
+                guard !addresses.isEmpty else {
+                    throw InvalidOutgoingRule(
+                        entry: entry,
+                        problem:
+                            "\(name.debugDescription) does not resolve on this machine (names are looked up here, when the session starts; a cluster name resolves only in the pod: give its address or CIDR)"
+                    )
+                }
+                rules += rule.resolved(to: addresses)
+            }
+            return rules
+        }
+        self.local = try parse(local)
+        self.remote = try parse(remote)
     }
 
     /// Where a connection to `destination` goes; AF_UNIX and other families stay local.

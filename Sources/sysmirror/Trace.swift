@@ -147,7 +147,7 @@ struct Trace: ParsableCommand {
                 exclude: envExclude + (settings.env?.exclude ?? []))
             let outgoing = try OutgoingRules(
                 enabled: !noOutgoing && settings.outgoing?.enabled != false, local: settings.outgoing?.local ?? [],
-                remote: settings.outgoing?.remote ?? [])
+                remote: settings.outgoing?.remote ?? [], resolve: HostResolver.addresses)
             return TraceSession.RemoteOptions(
                 address: try AgentAddress(parsing: address), token: try TokenFile.read(tokenPath), files: files,
                 environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
@@ -190,5 +190,31 @@ enum WorkingDirectory {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
         guard getcwd(&buffer, buffer.count) != nil else { return nil }
         return String(cString: buffer)
+    }
+}
+
+/// Names in outgoing rules, looked up on this machine when the session starts.
+enum HostResolver {
+    static func addresses(of name: String) -> [[UInt8]] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &list) == 0 else { return [] }
+        defer { freeaddrinfo(list) }
+        var addresses: [[UInt8]] = []
+        var entry = list
+        while let info = entry?.pointee {
+            if info.ai_family == AF_INET, let address = info.ai_addr {
+                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { pointer in
+                    addresses.append(withUnsafeBytes(of: pointer.pointee.sin_addr) { Array($0) })
+                }
+            } else if info.ai_family == AF_INET6, let address = info.ai_addr {
+                address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { pointer in
+                    addresses.append(withUnsafeBytes(of: pointer.pointee.sin6_addr) { Array($0) })
+                }
+            }
+            entry = info.ai_next
+        }
+        return addresses
     }
 }

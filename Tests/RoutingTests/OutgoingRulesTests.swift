@@ -43,6 +43,20 @@ struct OutgoingRulesTests {
         #expect(rules.route(inet6(Self.ula, 443), transport: .tcp) == .remote)
     }
 
+    @Test func namesResolveWhenTheRulesAreMade() throws {
+        let rules = try OutgoingRules(
+            local: ["registry.example:443"],
+            resolve: { $0 == "registry.example" ? [[10, 1, 2, 3], Self.ula] : [] })
+        #expect(rules.route(inet(10, 1, 2, 3, 443), transport: .tcp) == .local)
+        #expect(rules.route(inet6(Self.ula, 443), transport: .tcp) == .local)
+        #expect(rules.route(inet(10, 1, 2, 3, 80), transport: .tcp) == .remote)
+        #expect {
+            try OutgoingRules(remote: ["web"])
+        } throws: { error in
+            "\(error)".contains("does not resolve on this machine")
+        }
+    }
+
     @Test func noOutgoingKeepsEverythingLocal() throws {
         let rules = try OutgoingRules(enabled: false, remote: ["10.0.0.0/8"])
         #expect(rules.route(inet(10, 96, 0, 10, 80), transport: .tcp) == .local)
@@ -51,7 +65,8 @@ struct OutgoingRulesTests {
     @Test(
         "Bad entries say what is wrong",
         arguments: [
-            ("http://10.0.0.1", "tcp:// or udp://"), ("web.default", "not an IP address"), ("10.0.0.1:0", "port"),
+            ("http://10.0.0.1", "tcp:// or udp://"), ("web/24", "needs an address"), ("10.0.0.1:0", "port"),
+            ("we b", "neither an address nor a name"),
             ("10.0.0.0/33", "prefix length is out of range"), ("[fd00::", "without its ]"), ("10.0.0.0/x", "prefix"),
         ])
     func invalid(entry: String, problem: String) {

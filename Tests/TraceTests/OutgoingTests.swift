@@ -154,7 +154,8 @@ final class OutgoingTests {
             """
         let (outcome, _) = try pod.trace(["python3", "-c", script])
         #expect(
-            outcome.stdout == "EINPROGRESS 0 EINPROGRESS \(ECONNREFUSED)\n1 1 77\n\(Service.webBody)", "\(outcome.stderr)")
+            outcome.stdout == "EINPROGRESS 0 EINPROGRESS \(ECONNREFUSED)\n1 1 77\n\(Service.webBody)",
+            "\(outcome.stderr)")
     }
 
     @Test("With the agent gone, new remote connects fail at once")
