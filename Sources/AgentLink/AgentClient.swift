@@ -77,6 +77,8 @@ public final class AgentClient: Sendable {
     private let requests = Mutex(Requests())
     private let outbound = Mutex(Outbound())
     private let reader = Mutex<ThreadHandle?>(nil)
+    /// Told once, when the link fails.
+    private let failureWatchers = Mutex<[@Sendable (String) -> Void]>([])
 
     struct Requests {
         var pending: [UInt32: Pending] = [:]
@@ -347,12 +349,22 @@ public final class AgentClient: Sendable {
 
     /// Fails every pending request, and every later one.
     func failAll(_ reason: String) {
-        let failed = requests.withLock { state -> [Handler] in
-            if state.failure == nil { state.failure = reason }
+        let (failed, first) = requests.withLock { state -> ([Handler], Bool) in
+            let first = state.failure == nil
+            if first { state.failure = reason }
             defer { state.pending = [:] }
-            return state.pending.values.map(\.handler)
+            return (state.pending.values.map(\.handler), first)
         }
         for handler in failed { _ = handler(.linkFailure(reason)) }
+        if first {
+            for watcher in failureWatchers.withLock({ $0 }) { watcher(reason) }
+        }
+    }
+
+    /// Calls `body` (on the link's thread) when the link fails, with the reason; at once if it has.
+    public func whenLinkFails(_ body: @escaping @Sendable (String) -> Void) {
+        failureWatchers.withLock { $0.append(body) }
+        if let failure = requests.withLock({ $0.failure }) { body(failure) }
     }
 }
 

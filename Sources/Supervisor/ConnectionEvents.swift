@@ -1,3 +1,4 @@
+import CSysmirror
 import LinuxSystem
 import Routing
 import Synchronization
@@ -17,6 +18,9 @@ final class ConnectionEvents: Sendable {
     struct Connection: Sendable {
         let destination: String
         let pid: Int32
+        /// The program's process, and its descriptor number for the socket (for a reset).
+        let process: Int32
+        let number: Int32
     }
 
     let socket: Int32
@@ -37,9 +41,51 @@ final class ConnectionEvents: Sendable {
         return getsockopt(fd, SOL_SOCKET, 57, &cookie, &size) == 0 ? cookie : nil
     }
 
-    func track(_ fd: Int32, destination: String, pid: Int32) {
+    func track(_ fd: Int32, destination: String, pid: Int32, number: Int32) {
         guard let cookie = Self.cookie(of: fd) else { return }
-        tracked.withLock { $0[cookie] = Connection(destination: destination, pid: pid) }
+        let connection = Connection(
+            destination: destination, pid: pid, process: Self.threadGroup(of: pid) ?? pid, number: number)
+        tracked.withLock { $0[cookie] = connection }
+    }
+
+    /// The process a thread belongs to (`Tgid:` in /proc/TID/status).
+    static func threadGroup(of thread: Int32) -> Int32? {
+        let fd = open("/proc/\(thread)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return nil }
+        let text = String(decoding: buffer[..<count], as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }) else { return nil }
+        return Int32(line.dropFirst(5).trimmingSpaces())
+    }
+
+    /// The link to the agent is gone: every open connection of the program is reset, both ways, as a relay
+    /// through the agent would be (connect with AF_UNSPEC on the program's socket, found again by its
+    /// descriptor number and checked by its cookie, since the number may have been reused since).
+    func resetAll(reason: String) {
+        let connections = tracked.withLock { tracked in
+            defer { tracked = [:] }
+            return tracked
+        }
+        for (cookie, connection) in connections {
+            let pidfd = sysm_pidfd_open(connection.process, 0)
+            guard pidfd >= 0 else { continue }
+            defer { close(pidfd) }
+            let fd = sysm_pidfd_getfd(pidfd, connection.number, 0)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            guard Self.cookie(of: fd) == cookie else { continue }
+            var unspecified = sockaddr()
+            unspecified.sa_family = sa_family_t(AF_UNSPEC)
+            _ = Glibc.connect(fd, &unspecified, socklen_t(MemoryLayout<sockaddr>.size))
+            log.record(
+                TraceEvent(
+                    time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close",
+                    arguments: nil, route: .remote, outcome: .continued, durationNanos: 0,
+                    note: "connection to \(connection.destination) reset: \(reason)"))
+        }
     }
 
     /// Waits (a little) for the ends of connections the program closed as it exited.

@@ -177,7 +177,8 @@ final class RemoteSockets: Sendable {
         let error = Self.connect(made, to: address)
         if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp, let destination = call.socketAddress
         {
-            connections?.track(made, destination: destination.description, pid: notification.pid)
+            connections?.track(
+                made, destination: destination.description, pid: notification.pid, number: socket.number)
         }
         if socket.nonBlocking || error != EINPROGRESS {
             if !socket.nonBlocking { Self.setBlocking(made) }

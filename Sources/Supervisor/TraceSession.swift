@@ -199,6 +199,9 @@ public final class TraceSession: Sendable {
                     },
                     linkIsUp: { [client = link.client] in client.isActive }) : nil
         }
+        if let link, let connections = sockets?.connections {
+            link.client.whenLinkFails { reason in connections.resetAll(reason: reason) }
+        }
         let policy =
             options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true, outgoing: $0.outgoing) }
             ?? RoutingPolicy()
