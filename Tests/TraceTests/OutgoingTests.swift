@@ -97,7 +97,7 @@ final class OutgoingTests {
     }
 
     @Test(
-        "The kernel's own answers: refusal from the pod, EISCONN, a family mismatch, loopback and --no-outgoing stay local"
+        "The kernel's own answers: a refusal from the pod, EISCONN, a mapped address, a short address, another family; loopback and --no-outgoing stay local"
     )
     func edges() throws {
         let script = """
@@ -118,10 +118,19 @@ final class OutgoingTests {
             print(s.getpeername()[0], s.getsockname()[0] != '127.0.0.1')
             print(attempt(socket.AF_INET6, ('::ffff:\(Service.web)', 8080)))
             print(attempt(socket.AF_INET, ('127.0.0.1', 9)))
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            def raw(address, length):
+                s = socket.socket()
+                libc.connect(s.fileno(), ctypes.create_string_buffer(address, 16), length)
+                return errno.errorcode[ctypes.get_errno()]
+            web = bytes([2, 0, 0x1f, 0x90, 10, 96, 0, 20]) + bytes(8)
+            print(raw(web, 8), raw(bytes([99, 0]) + web[2:], 16))
             """
         let (outcome, log) = try pod.trace(["python3", "-c", script])
         #expect(
-            outcome.stdout == "ECONNREFUSED\nEISCONN\n\(Service.web) True\nconnected\nECONNREFUSED\n",
+            outcome.stdout
+                == "ECONNREFUSED\nEISCONN\n\(Service.web) True\nconnected\nECONNREFUSED\nEINVAL EAFNOSUPPORT\n",
             "\(outcome.stderr)")
         #expect(log.contains { $0.contains("127.0.0.1:9") && $0.contains("→ local") })
         let (local, _) = try pod.trace(
