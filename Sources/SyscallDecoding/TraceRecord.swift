@@ -74,8 +74,10 @@ public enum TraceRecord {
             }
             arguments = DecodedSyscall(spec: spec, values: values)
         }
+        // A decoded call's name is its table entry's: no string of its own to make for every event.
+        let name = arguments.map(\.spec.name) ?? String(decoding: syscall, as: UTF8.self)
         return TraceEvent(
-            time: time, pid: pid, syscall: String(decoding: syscall, as: UTF8.self), arguments: arguments,
+            time: time, pid: pid, syscall: name, arguments: arguments,
             route: route, outcome: outcome, durationNanos: duration,
             note: note.map { String(decoding: $0, as: UTF8.self) })
     }

@@ -296,6 +296,18 @@ do {
     print(pad("TraceRecord.append", 38) + String(Int(nanoseconds)))
 }
 print("")
+print("Event hand-off on the writer thread (ns per event)")
+do {
+    var records: [UInt8] = []
+    for _ in 0..<4096 { TraceRecord.append(event, to: &records) }
+    let rounds = 50
+    let start = DispatchTime.now().uptimeNanoseconds
+    var decoded = 0
+    for _ in 0..<rounds { decoded += TraceRecord.decode(records, table: .x86_64).count }
+    let nanoseconds = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(decoded)
+    print(pad("TraceRecord.decode", 38) + String(Int(nanoseconds)))
+}
+print("")
 print("Log formatting on the writer thread (ns per event)")
 for format in TraceFormat.allCases {
     var buffer = LineBuffer(capacity: 1 << 20)
