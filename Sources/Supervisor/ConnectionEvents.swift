@@ -50,15 +50,7 @@ final class ConnectionEvents: Sendable {
 
     /// The process a thread belongs to (`Tgid:` in /proc/TID/status).
     static func threadGroup(of thread: Int32) -> Int32? {
-        let fd = open("/proc/\(thread)/status", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        let count = read(fd, &buffer, buffer.count)
-        guard count > 0 else { return nil }
-        let text = String(decoding: buffer[..<count], as: UTF8.self)
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("Tgid:") }) else { return nil }
-        return Int32(line.dropFirst(5).trimmingSpaces())
+        ProcessTree.field("Tgid", in: "/proc/\(thread)/status").flatMap { Int32($0) }
     }
 
     /// The link to the agent is gone: every open connection of the program is reset, both ways, as a relay

@@ -30,6 +30,13 @@ enum ProcessTree {
         return result
     }
 
+    /// The value of `key` in a /proc file of `key:<tab>value` lines (status, fdinfo).
+    static func field(_ key: String, in path: String) -> String? {
+        read(path).split(separator: "\n").first { $0.hasPrefix(key + ":") }.map {
+            String($0.dropFirst(key.count + 1).drop { $0 == " " || $0 == "\t" })
+        }
+    }
+
     static func read(_ path: String) -> String {
         guard let file = fopen(path, "re") else { return "" }
         defer { fclose(file) }

@@ -230,22 +230,10 @@ final class RemoteSockets: Sendable {
 
     /// Whether the program's descriptor has FD_CLOEXEC: /proc shows it among the flags (O_CLOEXEC).
     static func isCloseOnExec(pid: Int32, fd: Int32) -> Bool {
-        let info = open("/proc/\(pid)/fdinfo/\(fd)", O_RDONLY | O_CLOEXEC)
-        guard info >= 0 else { return false }
-        defer { close(info) }
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let count = read(info, &buffer, buffer.count)
-        guard count > 0 else { return false }
-        let text = String(decoding: buffer[..<count], as: UTF8.self)
-        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
-            let flags = Int(line.dropFirst(6).trimmingSpaces(), radix: 8)
+        guard let flags = ProcessTree.field("flags", in: "/proc/\(pid)/fdinfo/\(fd)").flatMap({ Int($0, radix: 8) })
         else { return false }
         return flags & Int(O_CLOEXEC) != 0
     }
-}
-
-extension Substring {
-    func trimmingSpaces() -> Substring { drop { $0 == " " || $0 == "\t" } }
 }
 
 /// The socket options a program may set before connecting, copied onto the pod's socket; only those that

@@ -138,7 +138,7 @@ final class OutgoingTests {
         #expect(local.status != 0)
     }
 
-    @Test("A connect behaves as the kernel's: non-blocking, options kept, half-close")
+    @Test("A connect behaves as the kernel's: non-blocking, options and close-on-exec kept, half-close")
     func connectSemantics() throws {
         let script = """
             import errno, select, socket
@@ -153,6 +153,9 @@ final class OutgoingTests {
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
             s.connect(('\(Service.web)', 8080))
+            inheritable = socket.socket(); inheritable.set_inheritable(True)
+            inheritable.connect(('\(Service.web)', 8080))
+            print(s.get_inheritable(), inheritable.get_inheritable())
             print(s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
                   s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
             s.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')
@@ -163,7 +166,7 @@ final class OutgoingTests {
             """
         let (outcome, _) = try pod.trace(["python3", "-c", script])
         #expect(
-            outcome.stdout == "EINPROGRESS 0 EINPROGRESS \(ECONNREFUSED)\n1 1 77\n\(Service.webBody)",
+            outcome.stdout == "EINPROGRESS 0 EINPROGRESS \(ECONNREFUSED)\nFalse True\n1 1 77\n\(Service.webBody)",
             "\(outcome.stderr)")
     }
 
