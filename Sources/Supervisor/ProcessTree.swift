@@ -37,15 +37,21 @@ enum ProcessTree {
         }
     }
 
+    /// A small /proc file's text, trimmed; empty when it cannot be read. One open and a read or two: this
+    /// runs on the connect path.
     static func read(_ path: String) -> String {
-        guard let file = fopen(path, "re") else { return "" }
-        defer { fclose(file) }
-        var text = ""
-        var buffer = [CChar](repeating: 0, count: 4096)
-        while fgets(&buffer, Int32(buffer.count), file) != nil {
-            text += String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = Glibc.read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { break }
+            bytes += buffer[..<count]
         }
-        return text.trimmingCharacters(in: " \n")
+        return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n")
     }
 }
 

@@ -175,16 +175,23 @@ final class RemoteSockets: Sendable {
             return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
         }
         let error = Self.connect(made, to: address)
-        if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp, let destination = call.socketAddress
-        {
-            connections?.track(
-                made, destination: destination.description, pid: notification.pid, number: socket.number)
+        // Tracked for the log and for resets after the answer where it can be: the program need not wait.
+        let track = { [connections] in
+            if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp,
+                let destination = call.socketAddress
+            {
+                connections?.track(
+                    made, destination: destination.description, pid: notification.pid, number: socket.number)
+            }
         }
         if socket.nonBlocking || error != EINPROGRESS {
             if !socket.nonBlocking { Self.setBlocking(made) }
+            if error == 0 { answer.succeed(0) } else { answer.fail(error) }
+            track()
             close(made)
-            return error == 0 ? answer.succeed(0) : answer.fail(error)
+            return
         }
+        track()
         // A blocking connect: its result is the handshake's, whenever it ends.
         if Self.waitUntilConnected(made, milliseconds: 0) {
             return Self.finishBlockingConnect(made, to: address, answer)
