@@ -54,13 +54,13 @@ public struct Target: Sendable {
     public func environment() -> Result<[[UInt8]], SystemCallError> {
         switch spec {
         case .process(let pid):
-            return Self.read("/proc/\(pid)/environ").map { bytes in
+            return Result { () throws(SystemCallError) in try readFile("/proc/\(pid)/environ") }.map { bytes in
                 bytes.split(separator: 0, omittingEmptySubsequences: true).map(Array.init)
             }
         case .directory(_, nil):
             return .success([])
         case .directory(_, let file?):
-            return Self.read(file).map(Self.parseEnvironmentFile)
+            return Result { () throws(SystemCallError) in try readFile(file) }.map(Self.parseEnvironmentFile)
         }
     }
 
@@ -80,7 +80,7 @@ public struct Target: Sendable {
     public func hostname() -> [UInt8] {
         if case .process(let pid) = spec, let name = Self.hostnameInNamespace(of: pid) { return name }
         if case .success(let root) = root.lookup(Array("/etc/hostname".utf8), flags: O_RDONLY | O_NONBLOCK),
-            case .success(let bytes) = Self.readAll(root)
+            let bytes = try? Self.readAll(root)
         {
             let name = bytes.prefix { $0 != UInt8(ascii: "\n") && $0 != 0 }
             if !name.isEmpty { return Array(name) }
@@ -115,25 +115,9 @@ public struct Target: Sendable {
         var value: [UInt8]?
     }
 
-    static func read(_ path: String) -> Result<[UInt8], SystemCallError> {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(SystemCallError("open(\(path))", currentErrno())) }
-        return readAll(FileDescriptor(rawValue: fd))
-    }
-
     /// Reads to the end and closes.
-    static func readAll(_ fd: FileDescriptor) -> Result<[UInt8], SystemCallError> {
+    static func readAll(_ fd: FileDescriptor) throws(SystemCallError) -> [UInt8] {
         defer { try? fd.close() }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = Glibc.read(fd.rawValue, &buffer, buffer.count)
-            if count < 0 {
-                if errno == EINTR { continue }
-                return .failure(SystemCallError("read", currentErrno()))
-            }
-            if count == 0 { return .success(bytes) }
-            bytes.append(contentsOf: buffer[..<count])
-        }
+        return try fd.readToEnd()
     }
 }

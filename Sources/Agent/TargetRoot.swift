@@ -184,7 +184,7 @@ public struct TargetRoot: Sendable {
         defer { closedir(stream) }
         var encoded: [UInt8] = []
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in Array(raw.prefix { $0 != 0 }) }
+            let name = entryName(entry)
             if name == [46] || name == [46, 46] { continue }
             DirectoryEntryCodec.encode(DirectoryEntry(type: entry.pointee.d_type, name: name), into: &encoded)
         }

@@ -1,21 +1,13 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import LinuxSystem
 
 /// The session token both ends read from `--token-file`: the file's bytes without trailing whitespace.
 public enum TokenFile {
     public static func read(_ path: String) throws(TokenFileError) -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw TokenFileError(path: path, problem: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while bytes.count <= 65536 {
-            let count = Glibc.read(fd, &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { throw TokenFileError(path: path, problem: String(cString: strerror(errno))) }
-            if count == 0 { break }
-            bytes.append(contentsOf: buffer[..<count])
+        var bytes: [UInt8]
+        do {
+            bytes = try readFile(path, limit: 65536)
+        } catch {
+            throw TokenFileError(path: path, problem: "\(error.errno)")
         }
         while let last = bytes.last, [9, 10, 13, 32].contains(last) { bytes.removeLast() }
         guard !bytes.isEmpty else { throw TokenFileError(path: path, problem: "it is empty") }

@@ -1,3 +1,5 @@
+import LinuxSystem
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -21,9 +23,7 @@ enum ProcessTree {
         defer { closedir(tasks) }
         var result: [Int32] = []
         while let entry = readdir(tasks) {
-            let tid = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let tid = String(decoding: entryName(entry), as: UTF8.self)
             guard Int32(tid) != nil else { continue }
             result += read("/proc/\(pid)/task/\(tid)/children").split(separator: " ").compactMap { Int32($0) }
         }
@@ -40,17 +40,7 @@ enum ProcessTree {
     /// A small /proc file's text, trimmed; empty when it cannot be read. One open and a read or two: this
     /// runs on the connect path.
     static func read(_ path: String) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "" }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = Glibc.read(fd, &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
-            bytes += buffer[..<count]
-        }
+        let bytes = (try? readFile(path)) ?? []
         return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n")
     }
 }

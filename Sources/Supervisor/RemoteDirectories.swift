@@ -77,9 +77,7 @@ final class RemoteDirectories: Sendable {
         guard let stream = opendir(base) else { return }
         var abandoned: [String] = []
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = String(decoding: entryName(entry), as: UTF8.self)
             guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count).prefix { $0 != "-" }) else {
                 continue
             }
@@ -95,9 +93,7 @@ final class RemoteDirectories: Sendable {
     static func removeTree(_ path: String, depth: Int) {
         if depth > 0, let stream = opendir(path) {
             while let entry = readdir(stream) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-                }
+                let name = String(decoding: entryName(entry), as: UTF8.self)
                 if name == "." || name == ".." { continue }
                 let child = path + "/" + name
                 if entry.pointee.d_type == DT_DIR { removeTree(child, depth: depth - 1) } else { unlink(child) }
