@@ -187,6 +187,44 @@ pid_t sysm_spawn(const struct sysm_spawn_request *request) {
     return pid;
 }
 
+static _Noreturn void sysm_helper_child(const struct sysm_helper_request *request) {
+    for (int signal = 1; signal < 65; signal++) {
+        if (signal == SIGKILL || signal == SIGSTOP) continue;
+        struct sysm_kernel_sigaction action = { 0 };
+        action.handler = SIG_DFL;
+        syscall(SYS_rt_sigaction, signal, &action, NULL, sizeof action.mask);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    if (getppid() != request->parent) _exit(127);  // the parent died before the line above
+    // Move the descriptors above 2 first, so that dup2 onto 0-2 cannot close one still to be moved.
+    int moved[3];
+    for (int i = 0; i < 3; i++) moved[i] = fcntl(request->fds[i], F_DUPFD_CLOEXEC, 3);
+    for (int i = 0; i < 3; i++) {
+        if (moved[i] < 0 || dup2(moved[i], i) < 0) goto failed;
+    }
+    execve(request->path, request->argv, request->envp);
+failed:;
+    int error = errno;
+    (void)!write(request->report, &error, sizeof error);
+    _exit(127);
+}
+
+pid_t sysm_spawn_helper(const struct sysm_helper_request *request) {
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t pid = fork();
+    if (pid == 0) sysm_helper_child(request);
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return pid;
+}
+
 ssize_t sysm_send_with_fd(int socket, const void *bytes, size_t length, int fd) {
     struct iovec data = {.iov_base = (void *)bytes, .iov_len = length};
     union {

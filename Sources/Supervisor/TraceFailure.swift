@@ -1,3 +1,4 @@
+import LinuxSystem
 import SystemPackage
 
 /// Why `trace` could not run the program: the message a user sees, and the exit status.

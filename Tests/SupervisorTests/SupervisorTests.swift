@@ -1,4 +1,5 @@
 import CSeccomp
+import LinuxSystem
 import Foundation
 import SyscallDecoding
 import SystemPackage

@@ -106,4 +106,19 @@ struct sysm_spawn_request {
 /// Returns the child's pid, or -1 with errno set.
 pid_t sysm_spawn(const struct sysm_spawn_request *request);
 
+/// A helper process sysmirror drives (kubectl) and that must not outlive it: it runs in a process group of
+/// its own, so that the terminal's Ctrl-C is sysmirror's to handle, and PR_SET_PDEATHSIG ends it when the
+/// thread that started it ends, even when sysmirror is killed with SIGKILL. Signal dispositions are the
+/// defaults and the mask is empty. `fds` become its stdin, stdout and stderr; an exec failure's errno is
+/// written to `report` (a close-on-exec pipe). Returns the child's pid, or -1 with errno set.
+struct sysm_helper_request {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    int fds[3];
+    int report;
+    pid_t parent;
+};
+pid_t sysm_spawn_helper(const struct sysm_helper_request *request);
+
 #endif
