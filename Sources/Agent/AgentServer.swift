@@ -14,11 +14,11 @@ public enum AgentServer {
     public struct Configuration: Sendable {
         public var listen: AgentAddress
         public var target: Target
-        public var token: [UInt8]
+        public var token: SessionToken
         /// The agent exits after this long with no session (and at start, if none comes).
         public var idleTimeout: TimeAmount
 
-        public init(listen: AgentAddress, target: Target, token: [UInt8], idleTimeout: TimeAmount) {
+        public init(listen: AgentAddress, target: Target, token: SessionToken, idleTimeout: TimeAmount) {
             self.listen = listen
             self.target = target
             self.token = token

@@ -1,3 +1,4 @@
+import AgentLink
 import AgentProtocol
 import Logging
 import NIOCore
@@ -121,7 +122,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         if version != protocolVersion {
             refusal =
                 "protocol version mismatch: the client speaks version \(version), this agent version \(protocolVersion); run the same sysmirror release on both sides"
-        } else if !Self.constantTimeEquals(token, configuration.token) {
+        } else if !configuration.token.accepts(token) {
             refusal = "wrong token: the client's --token-file does not match the agent's"
         } else {
             refusal = nil
@@ -141,14 +142,6 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     }
 
     /// Compares in time that does not depend on where the first difference is.
-    static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        var difference = UInt8(a.count == b.count ? 0 : 1)
-        for index in 0..<max(a.count, b.count) {
-            difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
-        }
-        return difference == 0
-    }
-
     func reply(_ context: ChannelHandlerContext, _ id: UInt32, _ response: Response) {
         context.writeAndFlush(wrapOutboundOut(.response(id: id, response)), promise: nil)
     }

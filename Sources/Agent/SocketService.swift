@@ -22,11 +22,11 @@ final class SocketService: Sendable {
 
     let path: String
     let target: Target
-    let token: [UInt8]
+    let token: SessionToken
     let logger: Logger
     let listener: Int32
 
-    init(path: String, target: Target, token: [UInt8], logger: Logger) throws(SystemCallError) {
+    init(path: String, target: Target, token: SessionToken, logger: Logger) throws(SystemCallError) {
         self.path = path
         self.target = target
         self.token = token
@@ -95,7 +95,7 @@ final class SocketService: Sendable {
         setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var buffer = FrameBuffer()
         guard case .hello(let version, let presented)? = next(connection, &buffer) else { return }
-        if version != protocolVersion || !SessionHandler.constantTimeEquals(presented, token) {
+        if version != protocolVersion || !token.accepts(presented) {
             let reason =
                 version != protocolVersion
                 ? "protocol version mismatch: the client speaks version \(version), this agent version \(protocolVersion)"
@@ -190,6 +190,7 @@ final class SocketService: Sendable {
 
     /// Moves the calling thread (only) into the target's network namespace; nil on success.
     static func joinNetworkNamespace(of pid: Int32) -> String? {
+        if Target.sharesNamespace("net", with: pid) { return nil }
         let namespace = open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC)
         guard namespace >= 0 else { return "\(currentErrno())" }
         defer { close(namespace) }

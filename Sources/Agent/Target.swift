@@ -94,8 +94,18 @@ public struct Target: Sendable {
         return withUnsafeBytes(of: names.nodename) { Array($0.prefix { $0 != 0 }) }
     }
 
+    /// Whether the agent is already in `pid`'s namespace of this kind ("uts", "net"), as an ephemeral
+    /// container is in its pod's: then nothing needs setns, nor the CAP_SYS_ADMIN it takes.
+    static func sharesNamespace(_ kind: String, with pid: Int32) -> Bool {
+        var own = stat()
+        var theirs = stat()
+        return stat("/proc/self/ns/\(kind)", &own) == 0 && stat("/proc/\(pid)/ns/\(kind)", &theirs) == 0
+            && own.st_ino == theirs.st_ino && own.st_dev == theirs.st_dev
+    }
+
     /// setns on a thread of its own, which then ends: the agent's other threads keep their namespace.
     static func hostnameInNamespace(of pid: Int32) -> [UInt8]? {
+        if sharesNamespace("uts", with: pid) { return localHostname() }
         let namespace = open("/proc/\(pid)/ns/uts", O_RDONLY | O_CLOEXEC)
         guard namespace >= 0 else { return nil }
         defer { close(namespace) }

@@ -11,7 +11,7 @@ struct AgentCommand: ParsableCommand {
         discussion: """
             The target is a process (--pid: its root, /proc/PID/environ, its namespaces) or a directory \
             (--root, with --env-file for the environment). Paths never leave the target's root. Each session \
-            must present the token in --token-file. The agent exits after --idle-timeout seconds without a \
+            must present the token in --token-file, or one whose SHA-256 is --token-sha256. The agent exits after --idle-timeout seconds without a \
             session (default \(AgentServer.defaultIdleTimeout)).
             """
     )
@@ -33,7 +33,14 @@ struct AgentCommand: ParsableCommand {
     var environmentFile: String?
 
     @Option(name: .customLong("token-file"), help: ArgumentHelp("The session token.", valueName: "FILE"))
-    var tokenFile: String
+    var tokenFile: String?
+
+    @Option(
+        name: .customLong("token-sha256"),
+        help: ArgumentHelp(
+            "Accept the token whose SHA-256 is this (64 hex digits): how `trace --target` starts agents, so that the pod spec never holds the token.",
+            valueName: "HEX"))
+    var tokenDigest: String?
 
     @Option(
         name: .customLong("idle-timeout"),
@@ -51,6 +58,13 @@ struct AgentCommand: ParsableCommand {
             throw ValidationError("--env-file goes with --root; with --pid the environment is the process's own.")
         default: break
         }
+        switch (tokenFile, tokenDigest) {
+        case (nil, nil): throw ValidationError("Give the session token: --token-file FILE or --token-sha256 HEX.")
+        case (.some, .some): throw ValidationError("--token-file and --token-sha256 both set the token: give one.")
+        case (nil, let digest?) where SessionToken(sha256: digest) == nil:
+            throw ValidationError("--token-sha256 takes 64 hex digits (a SHA-256), not \(digest.debugDescription).")
+        default: break
+        }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be a positive number of seconds.") }
         do {
             _ = try AgentAddress(parsing: listen)
@@ -63,7 +77,7 @@ struct AgentCommand: ParsableCommand {
         Sysmirror.bootstrapLogging(level: quiet ? .warning : .info, name: "sysmirror agent", timestamps: true)
         let logger = Logger(label: "sysmirror-agent")
         do {
-            let token = try TokenFile.read(tokenFile)
+            let token = try tokenFile.map { .exact(try TokenFile.read($0)) } ?? SessionToken(sha256: tokenDigest!)!
             let spec: TargetSpec =
                 pid.map { .process(pid: $0) } ?? .directory(root: root!, environmentFile: environmentFile)
             let configuration = AgentServer.Configuration(
