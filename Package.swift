@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
         // libseccomp, from Debian's libseccomp-dev: compiles the filter for every ABI the CPU can enter.
@@ -57,7 +58,18 @@ let package = Package(
             dependencies: [
                 "AgentProtocol", "CSysmirror", "LinuxSystem",
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ] + nio
+        ),
+        // `trace --target`: the agent in a Kubernetes pod through the user's kubectl. Pure decisions
+        // (targets, pod selection, what is asked of the cluster, failures) beside the kubectl plumbing.
+        .target(
+            name: "Kubernetes",
+            dependencies: [
+                "AgentLink", "CSysmirror", "LinuxSystem",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // `sysmirror agent`: serves sessions from the pod (files inside the target's root, its environment).
         .target(
@@ -79,7 +91,7 @@ let package = Package(
         .executableTarget(
             name: "sysmirror",
             dependencies: [
-                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing",
+                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing", "Kubernetes",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -88,7 +100,8 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
         .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp"]),
+        .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes"]),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp", "LinuxSystem"]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(
             name: "TraceTests",

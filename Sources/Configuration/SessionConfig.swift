@@ -52,17 +52,39 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         static let keys = ["enabled", "local", "remote"]
     }
 
+    /// `trace --target` and its kubectl settings (docs/kubernetes.md).
+    public struct Kubernetes: Decodable, Equatable, Sendable {
+        public var target: String?
+        public var namespace: String?
+        public var context: String?
+        public var kubeconfig: String?
+        public var agentImage: String?
+        /// Seconds the agent may take to answer.
+        public var agentTimeout: Int?
+        static let keys = ["target", "namespace", "context", "kubeconfig", "agent_image", "agent_timeout"]
+        enum CodingKeys: String, CodingKey {
+            case target, namespace, context, kubeconfig
+            case agentImage = "agent_image"
+            case agentTimeout = "agent_timeout"
+        }
+    }
+
     public var agent: Agent?
     public var fs: Files?
     public var env: Environment?
     public var outgoing: Outgoing?
-    static let keys = ["agent", "fs", "env", "outgoing"]
+    public var kubernetes: Kubernetes?
+    static let keys = ["agent", "fs", "env", "outgoing", "kubernetes"]
 
-    public init(agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil, outgoing: Outgoing? = nil) {
+    public init(
+        agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil, outgoing: Outgoing? = nil,
+        kubernetes: Kubernetes? = nil
+    ) {
         self.agent = agent
         self.fs = fs
         self.env = env
         self.outgoing = outgoing
+        self.kubernetes = kubernetes
     }
 
     /// The file system mode the file names, checked.
@@ -110,6 +132,7 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
                 Self.keys, at: "",
                 sections: [
                     "agent": Agent.keys, "fs": Files.keys, "env": Environment.keys, "outgoing": Outgoing.keys,
+                    "kubernetes": Kubernetes.keys,
                 ])
             return config
         } catch let error as ConfigError {
@@ -130,7 +153,7 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         switch error {
         case .typeMismatch(let type, let context):
             return
-                "\(path(context))expected \(type == String.self ? "a string" : type == Bool.self ? "true or false" : "a list of strings")"
+                "\(path(context))expected \(type == String.self ? "a string" : type == Bool.self ? "true or false" : type == Int.self ? "a number" : "a list of strings")"
         case .valueNotFound(_, let context), .keyNotFound(_, let context), .dataCorrupted(let context):
             let underlying = context.underlyingError.map { ": \($0)" } ?? ""
             return "\(path(context))\(context.debugDescription)\(underlying)"

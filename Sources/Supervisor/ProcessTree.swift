@@ -7,9 +7,10 @@ import LinuxSystem
 /// The processes below sysmirror, read from /proc/PID/task/TID/children.
 enum ProcessTree {
     /// Every descendant of `root`, parents before children.
-    static func descendants(of root: Int32) -> [Int32] {
+    /// Every descendant of `root`, except the subtrees of `excluded` children.
+    static func descendants(of root: Int32, excluding excluded: Set<Int32> = []) -> [Int32] {
         var found: [Int32] = []
-        var queue = children(of: root)
+        var queue = children(of: root).filter { !excluded.contains($0) }
         while let pid = queue.first {
             queue.removeFirst()
             found.append(pid)

@@ -28,6 +28,9 @@ public final class TraceSession: Sendable {
         public var routeSendmsg: Bool
         /// The agent and the rules for what it serves; nil runs everything locally.
         public var remote: RemoteOptions?
+        /// Children sysmirror runs beside the program (kubectl port-forward): not the program's, so neither
+        /// waited for nor served.
+        public var helpers: Set<Int32> = []
 
         public init(
             command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
@@ -237,7 +240,7 @@ public final class TraceSession: Sendable {
             if !exited {
                 kill(pid, signal)
             } else {
-                for descendant in ProcessTree.descendants(of: getpid()) { kill(descendant, signal) }
+                for descendant in ProcessTree.descendants(of: getpid(), excluding: options.helpers) { kill(descendant, signal) }
             }
         }
     }
@@ -252,11 +255,14 @@ public final class TraceSession: Sendable {
                 if errno == EINTR { continue }
                 break  // ECHILD: nobody is left under the filter
             }
-            guard reaped == pid else { continue }
-            exitStatus = Self.exitStatus(status)
-            program.withLock { $0.exited = true }
-            let remaining = ProcessTree.descendants(of: getpid())
-            if !remaining.isEmpty {
+            if reaped == pid {
+                exitStatus = Self.exitStatus(status)
+                program.withLock { $0.exited = true }
+            }
+            guard program.withLock({ $0.exited }) else { continue }
+            let remaining = ProcessTree.descendants(of: getpid(), excluding: options.helpers)
+            if remaining.isEmpty { break }
+            if reaped == pid {
                 logger.notice(
                     "\(name) exited; sysmirror keeps serving its \(remaining.count) remaining descendant process(es) (\(remaining.map(String.init).joined(separator: ", "))) until they exit. SIGINT or SIGTERM to sysmirror (pid \(getpid())) is passed on to them."
                 )

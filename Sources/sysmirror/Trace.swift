@@ -1,6 +1,9 @@
+import Agent
 import AgentLink
 import ArgumentParser
 import Configuration
+import Kubernetes
+import LinuxSystem
 import Logging
 import Routing
 import Supervisor
@@ -31,6 +34,32 @@ struct Trace: ParsableCommand {
 
     @Option(name: .customLong("token-file"), help: ArgumentHelp("The agent's session token.", valueName: "FILE"))
     var tokenFile: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Run as if in this Kubernetes pod: pod/NAME, deployment/NAME or statefulset/NAME, optionally followed by /container/NAME; or targetless (outgoing traffic only). The agent is started through your kubectl (docs/kubernetes.md).",
+            valueName: "TARGET"))
+    var target: String?
+
+    @Option(name: .shortAndLong, help: "The target's namespace (default: the kubectl context's).")
+    var namespace: String?
+
+    @Option(help: "The kubectl context to use (default: the current one).")
+    var context: String?
+
+    @Option(help: ArgumentHelp("The kubeconfig kubectl reads (default: KUBECONFIG or ~/.kube/config).", valueName: "FILE"))
+    var kubeconfig: String?
+
+    @Option(
+        name: .customLong("agent-image"),
+        help: ArgumentHelp("The agent's container image (default: \(Trace.defaultImage)).", valueName: "IMAGE"))
+    var agentImage: String?
+
+    @Option(
+        name: .customLong("agent-timeout"),
+        help: ArgumentHelp(
+            "Seconds the agent may take to start and answer (default \(Trace.defaultAgentTimeout)).", valueName: "S"))
+    var agentTimeout: Int?
 
     @Option(help: ArgumentHelp("Settings in YAML or JSON (docs/configuration.md); flags win.", valueName: "FILE"))
     var config: String?
@@ -82,21 +111,58 @@ struct Trace: ParsableCommand {
             "The program and its arguments, after --: everything after -- is the program's.", valueName: "PROGRAM"))
     var command: [String] = []
 
+    static let defaultImage = "ghcr.io/sysmirror/agent:\(Sysmirror.configuration.version)"
+    static let defaultAgentTimeout = 60
+
     mutating func validate() throws {
         guard !command.isEmpty else {
             throw ValidationError(
                 "Missing the program to run. Put it after --: sysmirror trace [options] -- PROGRAM [ARGS...]")
         }
+        if agent != nil && target != nil {
+            throw ValidationError(
+                "--agent and --target both say where the agent is: give --agent for one you started, or --target for one sysmirror starts in the cluster."
+            )
+        }
+        if let agentTimeout, agentTimeout <= 0 {
+            throw ValidationError("--agent-timeout must be a positive number of seconds.")
+        }
+    }
+
+    /// Where the session's agent comes from.
+    enum AgentSource {
+        case none
+        case given(address: String, tokenFile: String)
+        case cluster(KubernetesSession.Request)
     }
 
     func run() throws {
         Sysmirror.bootstrapLogging(quiet: quiet)
         let logger = Logger(label: "sysmirror")
-        let (sink, ownsSink) = try openLog()
+        let settings = try loadSettings()
+        let source = try agentSource(settings)
         let environment = currentEnvironment()
-        let options = TraceSession.Options(
+        var remote = try remoteOptions(source, settings: settings, environment: environment)
+        var cluster: KubernetesSession?
+        defer { cluster?.end() }
+        if case .cluster(let request) = source {
+            do {
+                let session = try KubernetesSession.start(request, environment: environment, logger: logger) {
+                    logger.notice("\($0)")
+                }
+                cluster = session
+                remote?.address = session.address
+                remote?.token = session.token
+            } catch {
+                logger.error("\(error)")
+                throw ExitCode(error == .interrupted ? 130 : 1)
+            }
+        }
+        let (sink, ownsSink) = try openLog()
+        var options = TraceSession.Options(
             command: command, environment: environment, logSink: sink, closesLogSink: ownsSink,
-            logFormat: logFormat, routeSendmsg: !noTraceSendmsg, remote: try remoteOptions(environment: environment))
+            logFormat: logFormat, routeSendmsg: !noTraceSendmsg, remote: remote)
+        options.helpers = cluster?.helpers ?? []
         let status: Int32
         do {
             status = try TraceSession(options: options, logger: logger).run()
@@ -107,30 +173,79 @@ struct Trace: ParsableCommand {
         throw ExitCode(status)
     }
 
-    /// The agent and rules from the flags, over the config file; nil without an agent.
-    func remoteOptions(environment: [String]) throws -> TraceSession.RemoteOptions? {
-        let settings: SessionConfig
+    func loadSettings() throws -> SessionConfig {
         do {
-            settings =
-                try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
+            return try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
         } catch {
             throw ValidationError(error.message)
         }
-        guard let address = agent ?? settings.agent?.address else {
+    }
+
+    /// The agent the flags (over the config file) name: one already running, one to start in the cluster,
+    /// or none.
+    func agentSource(_ settings: SessionConfig) throws -> AgentSource {
+        let kubernetes = settings.kubernetes
+        if let text = target ?? (agent == nil ? kubernetes?.target : nil) {
+            if tokenFile != nil {
+                throw ValidationError("--token-file goes with --agent; with --target each session makes its own token.")
+            }
+            do {
+                return .cluster(
+                    KubernetesSession.Request(
+                        target: try KubernetesTarget(parsing: text),
+                        kubectl: Kubectl.Settings(
+                            kubeconfig: kubeconfig ?? kubernetes?.kubeconfig, context: context ?? kubernetes?.context,
+                            namespace: namespace ?? kubernetes?.namespace),
+                        image: agentImage ?? kubernetes?.agentImage ?? Self.defaultImage,
+                        readyTimeout: agentTimeout ?? kubernetes?.agentTimeout ?? Self.defaultAgentTimeout,
+                        idleTimeout: Int(AgentServer.defaultIdleTimeout),
+                        writesFiles: (try? fsMode ?? settings.fileSystemMode()) == .write))
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        if namespace != nil || context != nil || kubeconfig != nil || agentImage != nil || agentTimeout != nil {
+            throw ValidationError("-n/--namespace, --context, --kubeconfig, --agent-image and --agent-timeout go with --target.")
+        }
+        guard let address = agent ?? settings.agent?.address else { return .none }
+        guard let tokenPath = tokenFile ?? settings.agent?.tokenFile else {
+            throw ValidationError("--agent needs --token-file FILE, the same token the agent was started with.")
+        }
+        return .given(address: address, tokenFile: tokenPath)
+    }
+
+    /// The rules for what the agent serves; nil without an agent. A cluster's address and token are filled
+    /// in once its agent answers.
+    func remoteOptions(_ source: AgentSource, settings: SessionConfig, environment: [String]) throws
+        -> TraceSession.RemoteOptions?
+    {
+        let address: AgentAddress
+        let token: [UInt8]
+        var targetless = false
+        switch source {
+        case .none:
             if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil
                 || noOutgoing
             {
                 throw ValidationError(
-                    "--fs-mode, --token-file, --no-outgoing and the --env options need an agent: add --agent ADDRESS (or agent.address in --config)."
+                    "--fs-mode, --token-file, --no-outgoing and the --env options need an agent: add --target KIND/NAME or --agent ADDRESS (or kubernetes.target or agent.address in --config)."
                 )
             }
             return nil
-        }
-        guard let tokenPath = tokenFile ?? settings.agent?.tokenFile else {
-            throw ValidationError("--agent needs --token-file FILE, the same token the agent was started with.")
+        case .given(let text, let tokenPath):
+            do {
+                (address, token) = (try AgentAddress(parsing: text), try TokenFile.read(tokenPath))
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        case .cluster(let request):
+            (address, token) = (.tcp(host: "127.0.0.1", port: 1), [])
+            targetless = request.target == .targetless
         }
         do {
-            let mode = try fsMode ?? settings.fileSystemMode() ?? .read
+            // Targetless: the agent's pod has no files or environment of interest, only the cluster's
+            // name server in its resolv.conf.
+            let mode = targetless ? .local : try fsMode ?? settings.fileSystemMode() ?? .read
             func variable(_ name: String) -> String? {
                 environment.last { $0.hasPrefix(name + "=") }.map { String($0.dropFirst(name.count + 1)) }
             }
@@ -138,10 +253,12 @@ struct Trace: ParsableCommand {
                 if case .found(let path) = ExecutableLookup.resolve(command[0], searchPath: variable("PATH")) {
                     path
                 } else { nil }
+            var overrides = settings.fs?.overrides ?? FileOverrides()
+            if targetless { overrides.readOnly.append("^/etc/resolv\\.conf$") }
             let files = try FileRules(
-                mode: mode, overrides: settings.fs?.overrides ?? FileOverrides(), home: variable("HOME"),
+                mode: mode, overrides: overrides, home: variable("HOME"),
                 workingDirectory: WorkingDirectory.current(), program: program)
-            let remoteEnvironment = !noRemoteEnv && settings.env?.remote != false
+            let remoteEnvironment = !noRemoteEnv && settings.env?.remote != false && !targetless
             let merge = EnvironmentMerge(
                 include: envInclude.isEmpty ? settings.env?.include ?? [] : envInclude,
                 exclude: envExclude + (settings.env?.exclude ?? []))
@@ -149,7 +266,7 @@ struct Trace: ParsableCommand {
                 enabled: !noOutgoing && settings.outgoing?.enabled != false, local: settings.outgoing?.local ?? [],
                 remote: settings.outgoing?.remote ?? [], resolve: HostResolver.addresses)
             return TraceSession.RemoteOptions(
-                address: try AgentAddress(parsing: address), token: try TokenFile.read(tokenPath), files: files,
+                address: address, token: token, files: files,
                 environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
         } catch {
             throw ValidationError("\(error)")
