@@ -37,9 +37,15 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         static let manyAddresses = 120
     }
 
-    /// - Parameter network: also start the pod's services: a name server (dnsmasq, cluster names, no
-    ///   upstream), an HTTP server, redis and a UDP echo.
-    init(network: Bool = false) throws {
+    /// The container's main process, when it has a process namespace of its own (PID 1 there).
+    private(set) var containerInit: Int32 = 0
+
+    /// - Parameters:
+    ///   - network: also start the pod's services: a name server (dnsmasq, cluster names, no upstream), an
+    ///     HTTP server, redis and a UDP echo.
+    ///   - kubelet: the container gets a process namespace of its own, as under a kubelet, and no agent is
+    ///     started: the cluster stand-in starts one when asked (KubernetesTests).
+    init(network: Bool = false, kubelet: Bool = false) throws {
         let fixtures = Fixtures.shared
         name = "\(getpid())-\(Self.counter.next())"
         podNamespace = "sysm-pod-\(name)"
@@ -55,8 +61,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             try Self.command(["ip", "-n", podNamespace, "link", "set", "lo", "up"])
             try Self.command(["ip", "-n", developerNamespace, "link", "set", "lo", "up"])
             if network { try startServices() }
-            try startContainer()
-            try startAgent()
+            try startContainer(ownProcessNamespace: kubelet)
+            if !kubelet { try startAgent() }
         } catch {
             tearDown()
             throw error
@@ -145,28 +151,37 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         }
     }
 
-    private func startContainer() throws {
+    private func startContainer(ownProcessNamespace: Bool) throws {
         let environment = Self.environment.map { "\($0.key)=\($0.value)" }.sorted()
         container = try Self.start(
             ["ip", "netns", "exec", podNamespace, "/usr/bin/env", "-i"] + environment + [
-                "/usr/bin/unshare", "--mount", "--uts", "--root=\(root.path)", "/bin/busybox", "sh", "-c",
+                "/usr/bin/unshare", "--mount", "--uts",
+            ] + (ownProcessNamespace ? ["--pid", "--fork"] : []) + [
+                "--root=\(root.path)", "/bin/busybox", "sh", "-c",
                 "/bin/busybox hostname \(Self.hostname) && exec /bin/busybox sleep 600",
             ], log: nil)
+        if ownProcessNamespace {
+            try Self.waitUntil("the container's main process") {
+                let unshare = container!.processIdentifier
+                let children = try? String(
+                    contentsOfFile: "/proc/\(unshare)/task/\(unshare)/children", encoding: .utf8)
+                containerInit = children.flatMap { Int32($0.split(separator: " ").first ?? "") } ?? 0
+                return containerInit > 0
+            }
+        }
         // Ready once the container runs in its own root.
         try Self.waitUntil("the container to start") {
-            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(container!.processIdentifier)/root"))
-                == root.path
-                && (try? String(contentsOfFile: "/proc/\(container!.processIdentifier)/comm", encoding: .utf8))
-                    == "busybox\n"
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(containerPID)/root")) == root.path
+                && (try? String(contentsOfFile: "/proc/\(containerPID)/comm", encoding: .utf8)) == "busybox\n"
         }
         try Self.waitUntil("the container's hostname") {
-            let result = try? Run.process(
-                ["nsenter", "-t", "\(container!.processIdentifier)", "--uts", "hostname"], directory: root)
+            let result = try? Run.process(["nsenter", "-t", "\(containerPID)", "--uts", "hostname"], directory: root)
             return result?.stdout == "\(Self.hostname)\n"
         }
     }
 
-    var containerPID: Int32 { container?.processIdentifier ?? 0 }
+    /// The container's main process, as this machine numbers it.
+    var containerPID: Int32 { containerInit > 0 ? containerInit : container?.processIdentifier ?? 0 }
 
     /// Starts (or restarts) the agent in the pod's namespace, and hands its socket to the unprivileged user
     /// who runs the traced programs.
@@ -218,6 +233,9 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
 
     func tearDown() {
         for service in services { service.stop() }
+        // First the container's own PID 1 (only SIGKILL ends it from outside): while it runs it holds what
+        // Foundation's Process watches of its parent, which would then never be seen to exit.
+        if containerInit > 0 { kill(containerInit, SIGKILL) }
         for process in [agent, container].compactMap({ $0 }) where process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()

@@ -1,0 +1,182 @@
+import Foundation
+import Testing
+
+/// `sysmirror trace --target` against a cluster stand-in: everything but the API server is real (kubectl's
+/// calls and errors as the real one makes them, the agent as an ephemeral container in the pod's network
+/// and process namespaces, a port-forward that forwards).
+@Suite("Kubernetes targets", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"), .serialized)
+final class KubernetesTests {
+    let cluster: ClusterStandIn
+    let fixtures = Fixtures.shared
+
+    init() throws { cluster = try ClusterStandIn() }
+    deinit { cluster.tearDown() }
+
+    @Test("deployment/web: a static Go program reads the pod's files, hostname and environment through the cluster")
+    func deployment() throws {
+        let program = [fixtures.path("gofixture"), "pod", "/config/app.yaml", "/data"]
+        let (outcome, log) = try cluster.trace(program, target: "deployment/web")
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(
+            outcome.stdout == """
+                config: listen: 8080
+                mode: pod
+                token: eyJhbGciOiJSUzI1NiJ9.pod-token
+                entries: a.txt:file b.txt:file nested:dir
+                size: 23 mode: -rw-r--r--
+                hostname: \(PodStandIn.hostname)
+                DB_HOST: db.default.svc.cluster.local
+
+                """)
+        #expect(log.contains { $0.contains(#""/config/app.yaml""#) && $0.contains("→ remote") })
+        // Progress, step by step, with the elapsed time.
+        for step in [
+            "finding deployment/web", "pod default/\(ClusterStandIn.readyPod), container app",
+            "ephemeral container sysmirror-agent-", "agent answering at 127.0.0.1:",
+        ] {
+            #expect(outcome.stderr.contains(step), "\(outcome.stderr)")
+        }
+        #expect(outcome.stderr.contains("sysmirror: [  0."))
+
+        // The ready pod (not the newer unready one), its application container (not the mesh sidecar), and
+        // only the capabilities reading files needs; the pod spec holds the token's digest, not the token.
+        let added = try #require(cluster.recorded.first { $0["ephemeral_container"] != nil })
+        #expect(added["pod"] as? String == ClusterStandIn.readyPod)
+        let container = try #require(added["ephemeral_container"] as? [String: Any])
+        #expect(container["targetContainerName"] as? String == "app")
+        let security = try #require(container["securityContext"] as? [String: Any])
+        let capabilities = try #require(security["capabilities"] as? [String: [String]])
+        #expect(capabilities == ["drop": ["ALL"], "add": ["SYS_PTRACE", "DAC_READ_SEARCH"]])
+        let command = try #require(container["command"] as? [String])
+        #expect(command.starts(with: ["/usr/local/bin/sysmirror", "agent", "--listen"]))
+        #expect(command[3].hasPrefix("127.0.0.1:"))
+        let digest = try #require(command.firstIndex(of: "--token-sha256").map { command[$0 + 1] })
+        #expect(digest.count == 64)
+
+        // Nothing lingers: the port-forward ended with sysmirror.
+        let forwards = cluster.portForwards
+        #expect(forwards.count == 1)
+        for pid in forwards { #expect(exits(pid, within: 5), "port-forward \(pid) still runs") }
+        // Without sysmirror the same program finds none of it.
+        #expect(try cluster.pod.direct(program).status != 0)
+    }
+
+    @Test("targetless: a pod of its own, no capabilities, a deadline; deleted when the program ends")
+    func targetless() throws {
+        let (outcome, log) = try cluster.trace(
+            ["/bin/busybox", "cat", "/etc/resolv.conf"], target: "targetless", options: ["--quiet"])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stderr.isEmpty, "--quiet: no progress")
+        #expect(log.contains { $0.contains(#""/etc/resolv.conf""#) && $0.contains("→ remote") })
+        let created = try #require(cluster.recorded.first { $0["created_pod"] != nil }?["created_pod"] as? [String: Any])
+        let spec = try #require(created["spec"] as? [String: Any])
+        #expect(spec["activeDeadlineSeconds"] as? Int == 12 * 3600)
+        #expect(spec["automountServiceAccountToken"] as? Bool == false)
+        let agent = try #require((spec["containers"] as? [[String: Any]])?.first)
+        let security = try #require(agent["securityContext"] as? [String: Any])
+        #expect(security["runAsUser"] as? Int == 65534)
+        #expect((security["capabilities"] as? [String: [String]]) == ["drop": ["ALL"]])
+        let name = try #require((created["metadata"] as? [String: Any])?["name"] as? String)
+        #expect(cluster.recorded.contains { $0["deleted_pod"] as? String == name })
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5)) }
+    }
+
+    @Test(
+        "Each failure says what failed and what to do; the program never starts and nothing is left running",
+        arguments: [
+            (["--namespace", "nope"], "deployment/web", "the namespace \"nope\" does not exist"),
+            ([], "deployment/nope", "deployment \"nope\" was not found in the current context's namespace"),
+            ([], "deployment/api", "deployment/api has no ready pod (api-5c6d7e-aaaaa: Running, CrashLoopBackOff)"),
+            ([], "pod/\(ClusterStandIn.unreadyPod)", "the pod \(ClusterStandIn.unreadyPod) is not ready"),
+            (
+                [], "pod/\(ClusterStandIn.readyPod)/container/nope",
+                "has no container \"nope\"; its containers are istio-proxy, app"
+            ),
+            (["--context", "nope"], "deployment/web", "the context \"nope\" is not in your kubeconfig"),
+            (["--context", "offline"], "deployment/web", "cannot reach the cluster's API server"),
+            (
+                ["--kubeconfig", "/nope"], "deployment/web",
+                "kubectl cannot read its kubeconfig: error: stat /nope: no such file or directory"
+            ),
+            (
+                ["--context", "viewer"], "deployment/web",
+                "does not let user \"viewer\" patch pods/ephemeralcontainers in the namespace \"default\""
+            ),
+            (["--context", "legacy"], "deployment/web", "this cluster does not accept ephemeral containers"),
+            (
+                ["-n", "secure"], "statefulset/vault",
+                "Pod Security admission refused the agent container: violates PodSecurity \"baseline:latest\""
+            ),
+            (
+                ["--agent-image", "registry.example/missing:1"], "deployment/web",
+                "the agent image registry.example/missing:1 could not be pulled (ErrImagePull): Failed to pull image"
+            ),
+            (
+                ["--agent-image", ClusterStandIn.slowImage, "--agent-timeout", "2"], "deployment/web",
+                "the agent was not ready after 2 s (ContainerCreating)"
+            ),
+            ([], "job/web", "--target job/web: \"job\" is not a kind sysmirror can target"),
+        ])
+    func failures(options: [String], target: String, message: String) throws {
+        let marker = fixtures.path("ran-\(UUID().uuidString)")
+        let (outcome, _) = try cluster.trace(["/bin/busybox", "touch", marker], target: target, options: options)
+        #expect(outcome.status != 0)
+        #expect(outcome.stderr.contains(message), "\(outcome.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: marker), "the program ran")
+        #expect(cluster.portForwards.allSatisfy { exits($0, within: 5) })
+    }
+
+    @Test("No kubectl, or one too old: said at once, with what to do")
+    func kubectl() throws {
+        let program = ["/bin/busybox", "true"]
+        let (missing, _) = try cluster.trace(
+            program, target: "deployment/web", path: cluster.directory.appendingPathComponent("empty").path)
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("kubectl was not found on PATH"), "\(missing.stderr)")
+        let old = cluster.directory.appendingPathComponent("old-bin").path
+        let (tooOld, _) = try cluster.trace(program, target: "deployment/web", path: old)
+        #expect(tooOld.status == 1)
+        #expect(tooOld.stderr.contains("kubectl v1.29.4 is too old: sysmirror needs 1.31 or later"), "\(tooOld.stderr)")
+    }
+
+    @Test("Ctrl-C while the agent starts, and a killed sysmirror: no port-forward or program left behind")
+    func interruptions() throws {
+        let trace = try PodStandIn.start(
+            [
+                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
+                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
+                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web",
+                "--agent-image", ClusterStandIn.slowImage, "--", "/bin/busybox", "true",
+            ], log: nil)
+        try PodStandIn.waitUntil("the agent to be requested") {
+            cluster.recorded.contains { $0["started_agent"] != nil }
+        }
+        kill(trace.processIdentifier, SIGINT)
+        trace.waitUntilExit()
+        #expect(trace.terminationStatus == 130)
+
+        let sleeper = try PodStandIn.start(
+            [
+                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
+                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
+                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web", "--",
+                "/bin/busybox", "sleep", "600",
+            ], log: nil)
+        try PodStandIn.waitUntil("the port-forward") { !cluster.portForwards.isEmpty }
+        var program: Int32 = 0
+        try PodStandIn.waitUntil("the program") {
+            let children = (try? String(
+                contentsOfFile: "/proc/\(sleeper.processIdentifier)/task/\(sleeper.processIdentifier)/children",
+                encoding: .utf8)) ?? ""
+            program = children.split(separator: " ").compactMap { Int32($0) }.first {
+                (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "busybox\n"
+            } ?? 0
+            return program > 0
+        }
+        kill(sleeper.processIdentifier, SIGKILL)
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5), "port-forward \(pid) outlived sysmirror") }
+        // A killed supervisor leaves its program running (as without --target); Process would wait for it.
+        kill(program, SIGKILL)
+        sleeper.waitUntilExit()
+    }
+}
