@@ -20,7 +20,8 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     typealias InboundIn = Message
     typealias OutboundOut = Message
 
-    enum State { case handshake, open, closed }
+    /// `stream`: after a `connect`, the connection relays a TCP connection's bytes (StreamRelay.swift).
+    enum State { case handshake, open, stream, closed }
 
     /// An upload in progress: the file opened for writing in the pod.
     struct Upload {
@@ -32,7 +33,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     let pool: NIOThreadPool
     let idle: IdleTimer
     var logger: Logger
-    private var state = State.handshake
+    var state = State.handshake
     private var uploads: [UInt32: Upload] = [:]
     private let cancelled = CancelledStreams()
     private var handshakeDeadline: Scheduled<Void>?
@@ -66,7 +67,9 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         for (_, upload) in uploads { try? upload.fd.close() }
         uploads = [:]
         cancelled.ids.withLock { $0 = [] }
-        if state == .open {
+        if state == .stream {
+            idle.execute { $0.sessionEnded() }
+        } else if state == .open {
             logger.info("session closed after \(requests) request(s)")
             idle.execute { $0.sessionEnded() }
         }
@@ -84,12 +87,16 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if state == .stream { return context.fireChannelRead(data) }
         let message = unwrapInboundIn(data)
         switch (state, message) {
         case (.handshake, .hello(let version, let token)):
             handshake(context: context, version: version, token: token)
         case (.handshake, _):
             violation(context: context, "expected hello, got \(message.kind)")
+        case (.open, .request(let id, .connect(let address))) where requests == 0:
+            requests += 1
+            connectStream(id, to: address, context: context)
         case (.open, .request(let id, let request)):
             requests += 1
             serve(id, request, context: context)
@@ -104,7 +111,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know \(message.kind)"))
         case (.open, _):
             violation(context: context, "a client may not send a \(message.kind)")
-        case (.closed, _):
+        case (.closed, _), (.stream, _):
             break
         }
     }
@@ -161,6 +168,8 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
             reply(context, id, target.readlink(path))
+        case .connect:
+            reply(context, id, .failure(errno: EINVAL, message: "connect comes first on a connection of its own"))
         case .socket, .connectionEvents:
             reply(
                 context, id,

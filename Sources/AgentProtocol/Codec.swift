@@ -79,7 +79,7 @@ public enum Frame {
     enum TypeCode: UInt8 {
         case hello = 0x01, welcome = 0x02, refused = 0x03, protocolError = 0x04
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
-        case socket = 0x16, connectionEvents = 0x17
+        case socket = 0x16, connectionEvents = 0x17, connect = 0x18
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
     }
@@ -118,6 +118,7 @@ public enum Frame {
             let type = try need(p.int32(), "socket")
             return .request(id: id, .socket(family: family, type: type, protocol: try need(p.int32(), "socket")))
         case .connectionEvents: return .request(id: id, .connectionEvents)
+        case .connect: return .request(id: id, .connect(address: p.rest()))
         case .failure:
             return .response(id: id, .failure(errno: try need(p.int32(), "failure"), message: p.restText()))
         case .done: return .response(id: id, .done)
@@ -297,6 +298,9 @@ struct ByteWriter {
             header(.socket, id)
             for field in [family, type, socketProtocol] { integer(field) }
         case .connectionEvents: header(.connectionEvents, id)
+        case .connect(let address):
+            header(.connect, id)
+            buffer.append(contentsOf: address)
         }
     }
 

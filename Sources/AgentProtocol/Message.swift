@@ -69,6 +69,10 @@ public enum Request: Sendable, Equatable {
     /// A NETLINK_SOCK_DIAG socket of the target's network namespace, subscribed to the end of TCP
     /// connections (their byte counts), passed like `socket`; on the socket channel only.
     case connectionEvents
+    /// A TCP connection from the target's network namespace to `address` (a sockaddr_in or sockaddr_in6),
+    /// for agents that cannot pass sockets (reached through a port-forward). Only as a connection's first
+    /// request: after its `done` the connection carries the TCP connection's bytes and nothing else.
+    case connect(address: [UInt8])
 }
 
 /// What the agent answers.

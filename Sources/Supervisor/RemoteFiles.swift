@@ -27,6 +27,10 @@ final class RemoteFiles: Sendable {
     let directories: RemoteDirectories
     /// The pod's hostname, fetched once at start.
     let hostname: [UInt8]
+    /// Outgoing traffic that can only be TCP (the agent is reached through a port-forward): the pod's
+    /// resolv.conf is served with `options use-vc`, so that glibc's and Go's resolvers ask over TCP.
+    let resolverOverTCP: Bool
+    static let resolverConfiguration = Array("/etc/resolv.conf".utf8)
     /// Where large files' contents go (see `ContentFile`).
     var scratch: String { String(decoding: directories.root, as: UTF8.self) }
     let logger: Logger
@@ -38,8 +42,9 @@ final class RemoteFiles: Sendable {
 
     init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
-        logger: Logger
+        resolverOverTCP: Bool = false, logger: Logger
     ) {
+        self.resolverOverTCP = resolverOverTCP
         self.client = client
         self.listener = listener
         self.directories = directories
@@ -322,7 +327,7 @@ struct Answer: Sendable {
 
     /// Installs the content file reopened with the caller's access mode (not its own read-write one), and
     /// answers with its number.
-    func install(content: ContentFile, flags: Int32) {
+    func install(content: ContentFile, flags: Int32, note: String? = nil) {
         defer { content.close() }
         do {
             try content.flush()
@@ -331,7 +336,7 @@ struct Answer: Sendable {
         }
         let reopened = open("/proc/self/fd/\(content.fd)", O_RDONLY | O_CLOEXEC)
         guard reopened >= 0 else { return fail(EIO, note: "could not reopen the content file: \(currentErrno())") }
-        install(fd: reopened, flags: flags)
+        install(fd: reopened, flags: flags, note: note)
     }
 
     /// Installs `fd` into the program (closing it here) and answers with the new number.

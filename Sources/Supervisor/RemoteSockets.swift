@@ -42,6 +42,8 @@ final class ProgramSocket: Sendable {
 final class RemoteSockets: Sendable {
     /// Sockets of the pod, ready; nil when the agent cannot pass them (it is not on this machine).
     let pool: SocketPool?
+    /// Without a pool: TCP connections made by the agent, each a link connection of its own.
+    let streams: StreamConnector?
     let listener: NotificationListener
     let logger: Logger
     /// Whether the session's link to the agent is up: the pool's sockets would still work after the agent
@@ -54,9 +56,10 @@ final class RemoteSockets: Sendable {
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
 
     init(
-        channel: SocketChannel?, listener: NotificationListener, logger: Logger,
+        channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, logger: Logger,
         connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
     ) {
+        self.streams = streams
         self.linkIsUp = linkIsUp
         self.connections = connections
         pool = channel.map(SocketPool.init)
@@ -129,11 +132,17 @@ final class RemoteSockets: Sendable {
             return answer.fail(ECONNREFUSED, note: "the link to the agent is gone")
         }
         guard let pool else {
-            return answer.fail(
-                ENETUNREACH,
-                note:
-                    "outgoing traffic needs the agent on this machine (a unix socket); an agent on TCP serves files only"
-            )
+            guard let streams, call.spec.name == "connect", socket.facts.transport == .tcp,
+                case .bytes(let address) = call.values[1]
+            else {
+                return answer.fail(
+                    ENETUNREACH,
+                    note: "through a port-forward only TCP connections leave from the pod; UDP needs the agent on this machine"
+                )
+            }
+            return DispatchQueue.global().async { [self] in
+                serveStream(notification, socket: socket, destination: address, streams: streams, answer: answer)
+            }
         }
         let kind = SocketPool.Kind(family: socket.facts.family, type: socket.type, protocol: socket.socketProtocol)
         if let made = pool.take(kind) {
@@ -200,6 +209,35 @@ final class RemoteSockets: Sendable {
             _ = Self.waitUntilConnected(made, milliseconds: -1)
             Self.finishBlockingConnect(made, to: address, answer)
         }
+    }
+
+    /// A TCP connect through the agent's stream: once the pod's end is connected, the program's socket is
+    /// replaced by the stream's and the connect succeeds (at once, also for a non-blocking socket: Go and
+    /// others take an immediate success). Its peer, as getpeername tells, is the port-forward's local end.
+    private func serveStream(
+        _ notification: Notification, socket: ProgramSocket, destination: [UInt8], streams: StreamConnector,
+        answer: Answer
+    ) {
+        let stream: Int32
+        do {
+            stream = try streams.open(destination)
+        } catch {
+            return answer.fail(error.rawValue)
+        }
+        defer { close(stream) }
+        SocketOptions.copy(from: socket.fd, to: stream, family: AF_INET, type: socket.type)
+        // The link's socket is non-blocking; the program's mode is what the program gets.
+        let mode = fcntl(stream, F_GETFL) & ~O_NONBLOCK
+        _ = fcntl(stream, F_SETFL, socket.nonBlocking ? mode | O_NONBLOCK : mode)
+        guard listener.isPending(notification.id) else { return answer.gone() }
+        do throws(SystemCallError) {
+            try listener.replace(
+                notification.id, descriptor: socket.number, with: stream,
+                closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
+        } catch {
+            return answer.fail(error.errno.rawValue, note: "could not put the stream in place: \(error)")
+        }
+        answer.succeed(0, note: "through \(streams.address)")
     }
 
     /// connect(2); 0 or the errno.

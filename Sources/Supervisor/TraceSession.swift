@@ -191,12 +191,15 @@ public final class TraceSession: Sendable {
         let remote = link.map {
             RemoteFiles(
                 client: $0.client, listener: program.listener, directories: $0.directories, hostname: $0.hostname,
-                logger: logger)
+                resolverOverTCP: $0.sockets == nil && options.remote?.outgoing.enabled == true, logger: logger)
         }
         let sockets = link.flatMap { link in
             options.remote?.outgoing.enabled == true
                 ? RemoteSockets(
-                    channel: link.sockets, listener: program.listener, logger: logger,
+                    channel: link.sockets,
+                    streams: link.sockets == nil
+                        ? StreamConnector(address: link.client.address, token: options.remote!.token) : nil,
+                    listener: program.listener, logger: logger,
                     connections: link.sockets.flatMap { try? $0.connectionEvents() }.flatMap {
                         try? ConnectionEvents(socket: $0, log: log)
                     },

@@ -22,6 +22,7 @@ let everyMessage: [Message] = [
     .request(id: 7, .readlink(path: Array("/l".utf8))),
     .request(id: 18, .socket(family: 10, type: 0o2004002, protocol: 0)),
     .request(id: 19, .connectionEvents),
+    .request(id: 1, .connect(address: [2, 0, 0x1f, 0x90, 10, 96, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0])),
     .response(id: 8, .failure(errno: 2, message: "")),
     .response(id: 9, .done),
     .response(id: 10, .opened(sampleMetadata)),

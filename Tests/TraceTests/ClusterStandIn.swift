@@ -17,8 +17,9 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     static let image = "ghcr.io/sysmirror/agent:0.1.0"
     static let slowImage = "ghcr.io/sysmirror/agent:slow"
 
-    init() throws {
-        pod = try PodStandIn(kubelet: true)
+    /// - Parameter network: the pod's services too (PodStandIn's `network`).
+    init(network: Bool = false) throws {
+        pod = try PodStandIn(network: network, kubelet: true)
         directory = Fixtures.shared.directory.appendingPathComponent("cluster-\(pod.name)")
         kubeconfig = directory.appendingPathComponent("kubeconfig").path
         calls = directory.appendingPathComponent("calls.jsonl").path

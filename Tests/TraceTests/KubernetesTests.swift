@@ -180,3 +180,34 @@ final class KubernetesTests {
         sleeper.waitUntilExit()
     }
 }
+
+/// Outgoing connections through the port-forward: the agent connects from the pod and relays.
+@Suite("Kubernetes targets: outgoing TCP", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class KubernetesOutgoingTests {
+    let cluster: ClusterStandIn
+    let fixtures = Fixtures.shared
+
+    init() throws { cluster = try ClusterStandIn(network: true) }
+    deinit { cluster.tearDown() }
+
+    @Test("HTTP from static Go, redis-cli SET/GET, a refused port, cluster names in Go and glibc over TCP, UDP refused")
+    func outgoing() throws {
+        let web = "http://\(PodStandIn.Service.web):8080/index.html"
+        let script = """
+            \(fixtures.path("gofixture")) get \(web) && \
+            redis-cli -h \(PodStandIn.Service.redis) SET greeting hello && redis-cli -h \(PodStandIn.Service.redis) GET greeting; \
+            \(fixtures.path("gofixture")) get http://\(PodStandIn.Service.web):9/ 2>&1 | grep -o 'connection refused'; \
+            python3 -c "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('\(PodStandIn.Service.echo)', 7))" 2>&1 | tail -1; \
+            \(fixtures.path("gofixture")) get http://web:8080/index.html; \
+            python3 -c "import socket; print(socket.gethostbyname('redis.default.svc.cluster.local'))"
+            """
+        let (outcome, log) = try cluster.trace(["/bin/sh", "-c", script], target: "deployment/web")
+        #expect(outcome.stdout == (PodStandIn.Service.webBody + "OK\nhello\nconnection refused\nOSError: [Errno 101] Network is unreachable\n"
+                    + PodStandIn.Service.webBody + "\(PodStandIn.Service.redis)\n"),
+            "\(outcome.stderr)\n\(log.filter { $0.contains(":53") || $0.contains("resolv") }.joined(separator: "\n"))")
+        #expect(log.contains { $0.contains("connect(") && $0.contains("10.96.0.20:8080") && $0.contains("through 127.0.0.1:") })
+        #expect(log.contains { $0.contains("UDP needs the agent on this machine") })
+        #expect(log.contains { $0.contains(#""/etc/resolv.conf""#) && $0.contains("with options use-vc") })
+        #expect(try cluster.pod.direct(["/bin/sh", "-c", "\(fixtures.path("gofixture")) get \(web)"]).status != 0)
+    }
+}

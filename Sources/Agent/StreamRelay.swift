@@ -1,0 +1,156 @@
+import AgentLink
+import AgentProtocol
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Outgoing TCP for clients that cannot take a socket from the agent (they reach it through a
+/// port-forward): a session whose first request is `connect` gets a connection from the target's network
+/// namespace, and from then on its own connection carries that connection's bytes, both ways, with
+/// half-close and backpressure.
+extension SessionHandler {
+    func connectStream(_ id: UInt32, to address: [UInt8], context: ChannelHandlerContext) {
+        if case .process(let pid) = configuration.target.spec, !Target.sharesNamespace("net", with: pid) {
+            return reply(
+                context, id,
+                .failure(
+                    errno: ENETUNREACH,
+                    message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
+                ))
+        }
+        guard let destination = Self.socketAddress(address) else {
+            return reply(context, id, .failure(errno: EAFNOSUPPORT, message: "not an IPv4 or IPv6 address"))
+        }
+        let inbound = context.channel
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(.seconds(30))
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(to: destination)
+            .whenComplete { [self] result in
+                switch result {
+                case .failure(let error):
+                    let code = Self.errno(of: error)
+                    logger.info("stream to \(destination) failed: \(error)")
+                    reply(bound.value, id, .failure(errno: code, message: "\(error)"))
+                case .success(let outbound):
+                    guard inbound.isActive else {
+                        outbound.close(promise: nil)
+                        return
+                    }
+                    reply(bound.value, id, .done)
+                    state = .stream
+                    do {
+                        try inbound.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+                        let (here, there) = GlueHandler.matchedPair()
+                        // First in the pipeline: the stream's bytes pass the message codec by.
+                        try inbound.pipeline.syncOperations.addHandler(here, position: .first)
+                        try outbound.pipeline.syncOperations.addHandler(there)
+                        logger.info("stream to \(destination)")
+                    } catch {
+                        logger.warning("could not relay the stream to \(destination): \(error)")
+                        outbound.close(promise: nil)
+                        inbound.close(promise: nil)
+                    }
+                }
+            }
+    }
+
+    /// The errno a failed connect means, as the program's own connect would have returned it.
+    static func errno(of error: any Error) -> Int32 {
+        if let error = error as? IOError { return error.errnoCode }
+        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first?.error as? IOError {
+            return first.errnoCode
+        }
+        if case ChannelError.connectTimeout = error { return ETIMEDOUT }
+        return ECONNREFUSED
+    }
+
+    /// A sockaddr_in or sockaddr_in6, as the program passed it to connect.
+    static func socketAddress(_ bytes: [UInt8]) -> SocketAddress? {
+        guard bytes.count >= 8 else { return nil }
+        let family = Int32(bytes[0]) | Int32(bytes[1]) << 8
+        let port = Int(bytes[2]) << 8 | Int(bytes[3])
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        switch family {
+        case AF_INET:
+            _ = inet_ntop(AF_INET, Array(bytes[4..<8]), &text, socklen_t(text.count))
+        case AF_INET6 where bytes.count >= 24:
+            _ = inet_ntop(AF_INET6, Array(bytes[8..<24]), &text, socklen_t(text.count))
+        default:
+            return nil
+        }
+        return try? SocketAddress(ipAddress: String(decoding: text.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self), port: port)
+    }
+}
+
+/// Two channels glued together on one event loop: what one reads, the other writes. Reading stops while
+/// the other side cannot take more (backpressure), and an end of input on one becomes a half-close on the
+/// other.
+final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {  // confined to the shared event loop
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+    typealias OutboundOut = NIOAny
+
+    private var partner: GlueHandler?
+    private var context: ChannelHandlerContext?
+    private var readPending = false
+
+    static func matchedPair() -> (GlueHandler, GlueHandler) {
+        let (first, second) = (GlueHandler(), GlueHandler())
+        first.partner = second
+        second.partner = first
+        return (first, second)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { context.read() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        partner = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { partner?.context?.write(data, promise: nil) }
+
+    func channelReadComplete(context: ChannelHandlerContext) { partner?.context?.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        partner?.context?.close(promise: nil)
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            partner?.context?.close(mode: .output, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        partner?.context?.close(promise: nil)
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let partner, partner.readPending {
+            partner.readPending = false
+            partner.context?.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if partner?.context?.channel.isWritable ?? false {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+}
