@@ -133,18 +133,41 @@ static _Noreturn void sysm_fail(int channel, int stage) {
     _exit(127);
 }
 
+// Handlers of the parent must not run in a child: every disposition back to the default, or to SIG_IGN for
+// the signals in `ignored` (when given).
+static void sysm_reset_signal_handlers(const sigset_t *ignored) {
+    for (int signal = 1; signal < 65; signal++) {
+        if (signal == SIGKILL || signal == SIGSTOP) continue;
+        struct sysm_kernel_sigaction action = { 0 };
+        action.handler = ignored && sigismember(ignored, signal) == 1 ? SIG_IGN : SIG_DFL;
+        syscall(SYS_rt_sigaction, signal, &action, NULL, sizeof action.mask);
+    }
+}
+
+// Forks with every signal blocked across the fork, so that no parent handler runs in the child before
+// `child` resets them; `child` must not return.
+static pid_t sysm_fork_blocked(void (*child)(const void *), const void *request) {
+    sigset_t all, previous;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pid_t pid = fork();
+    if (pid == 0) {
+        child(request);
+        _exit(127);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return pid;
+}
+
 static _Noreturn void sysm_child(const struct sysm_spawn_request *request) {
     int channel = request->channel;
     close(request->parent_channel);
 
-    // Handlers of the parent must not run here, and the program starts as it would from a shell:
-    // default dispositions, except what was ignored when sysmirror started.
-    for (int signal = 1; signal < 65; signal++) {
-        if (signal == SIGKILL || signal == SIGSTOP) continue;
-        struct sysm_kernel_sigaction action = { 0 };
-        action.handler = sigismember(request->ignored, signal) == 1 ? SIG_IGN : SIG_DFL;
-        syscall(SYS_rt_sigaction, signal, &action, NULL, sizeof action.mask);
-    }
+    // The program starts as it would from a shell: default dispositions, except what was ignored when
+    // sysmirror started.
+    sysm_reset_signal_handlers(request->ignored);
     if (sigprocmask(SIG_SETMASK, request->mask, NULL) != 0) sysm_fail(channel, SYSM_STAGE_SIGNALS);
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) sysm_fail(channel, SYSM_STAGE_NO_NEW_PRIVS);
@@ -174,26 +197,15 @@ static _Noreturn void sysm_child(const struct sysm_spawn_request *request) {
     sysm_fail(channel, SYSM_STAGE_EXEC);
 }
 
+static void sysm_spawn_child(const void *request) { sysm_child(request); }
+
 pid_t sysm_spawn(const struct sysm_spawn_request *request) {
-    // Block every signal across fork so that no parent handler runs in the child before it resets them.
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &previous);
-    pid_t pid = fork();
-    if (pid == 0) sysm_child(request);
-    int saved = errno;
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    errno = saved;
-    return pid;
+    return sysm_fork_blocked(sysm_spawn_child, request);
 }
 
-static _Noreturn void sysm_helper_child(const struct sysm_helper_request *request) {
-    for (int signal = 1; signal < 65; signal++) {
-        if (signal == SIGKILL || signal == SIGSTOP) continue;
-        struct sysm_kernel_sigaction action = { 0 };
-        action.handler = SIG_DFL;
-        syscall(SYS_rt_sigaction, signal, &action, NULL, sizeof action.mask);
-    }
+static void sysm_helper_child(const void *argument) {
+    const struct sysm_helper_request *request = argument;
+    sysm_reset_signal_handlers(NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -214,15 +226,7 @@ failed:;
 }
 
 pid_t sysm_spawn_helper(const struct sysm_helper_request *request) {
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &previous);
-    pid_t pid = fork();
-    if (pid == 0) sysm_helper_child(request);
-    int saved = errno;
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    errno = saved;
-    return pid;
+    return sysm_fork_blocked(sysm_helper_child, request);
 }
 
 ssize_t sysm_send_with_fd(int socket, const void *bytes, size_t length, int fd) {

@@ -54,6 +54,8 @@ public final class TraceSession: Sendable {
         /// How the pod's environment is merged; nil keeps the local environment only (`--no-remote-env`).
         public var environment: EnvironmentMerge?
         public var outgoing: OutgoingRules
+        /// Whether uname and /etc/hostname are the pod's (not for a targetless agent, whose pod is its own).
+        public var servesHostname = true
 
         public init(
             address: AgentAddress, token: [UInt8], files: FileRules, environment: EnvironmentMerge?,
@@ -209,7 +211,7 @@ public final class TraceSession: Sendable {
             link.client.whenLinkFails { reason in connections.resetAll(reason: reason) }
         }
         let policy =
-            options.remote.map { RoutingPolicy(files: $0.files, servesHostname: true, outgoing: $0.outgoing) }
+            options.remote.map { RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing) }
             ?? RoutingPolicy()
         let loop = NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,

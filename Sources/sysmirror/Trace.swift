@@ -265,9 +265,11 @@ struct Trace: ParsableCommand {
             let outgoing = try OutgoingRules(
                 enabled: !noOutgoing && settings.outgoing?.enabled != false, local: settings.outgoing?.local ?? [],
                 remote: settings.outgoing?.remote ?? [], resolve: HostResolver.addresses)
-            return TraceSession.RemoteOptions(
+            var options = TraceSession.RemoteOptions(
                 address: address, token: token, files: files,
                 environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
+            options.servesHostname = !targetless
+            return options
         } catch {
             throw ValidationError("\(error)")
         }
@@ -306,7 +308,7 @@ enum WorkingDirectory {
     static func current() -> String? {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX))
         guard getcwd(&buffer, buffer.count) != nil else { return nil }
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix { $0 != 0 }.map(UInt8.init(bitPattern:)), as: UTF8.self)
     }
 }
 

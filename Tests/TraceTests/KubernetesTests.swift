@@ -64,9 +64,12 @@ final class KubernetesTests {
     @Test("targetless: a pod of its own, no capabilities, a deadline; deleted when the program ends")
     func targetless() throws {
         let (outcome, log) = try cluster.trace(
-            ["/bin/busybox", "cat", "/etc/resolv.conf"], target: "targetless", options: ["--quiet"])
+            ["/bin/busybox", "sh", "-c", "/bin/busybox cat /etc/resolv.conf > /dev/null && /bin/busybox hostname"],
+            target: "targetless", options: ["--quiet"])
         #expect(outcome.status == 0, "\(outcome.stderr)")
         #expect(outcome.stderr.isEmpty, "--quiet: no progress")
+        // The agent's pod is not the program's: the hostname stays this machine's.
+        #expect(outcome.stdout == (try Run.process(["hostname"]).stdout))
         #expect(log.contains { $0.contains(#""/etc/resolv.conf""#) && $0.contains("→ remote") })
         let created = try #require(cluster.recorded.first { $0["created_pod"] != nil }?["created_pod"] as? [String: Any])
         let spec = try #require(created["spec"] as? [String: Any])
