@@ -34,6 +34,32 @@ struct ConfigTests {
         #expect(fromYAML.agent?.tokenFile == "/run/token")
     }
 
+    @Test func kubernetesSettingsComeFromTheirSection() throws {
+        let config = try SessionConfig.parse(
+            """
+            kubernetes:
+              target: deployment/web/container/app
+              namespace: shop
+              context: staging
+              kubeconfig: /home/dev/.kube/staging
+              agent_image: registry.example/sysmirror-agent:1
+              agent_timeout: 120
+            """)
+        let kubernetes = try #require(config.kubernetes)
+        #expect(kubernetes.target == "deployment/web/container/app")
+        #expect(kubernetes.namespace == "shop")
+        #expect(kubernetes.context == "staging")
+        #expect(kubernetes.kubeconfig == "/home/dev/.kube/staging")
+        #expect(kubernetes.agentImage == "registry.example/sysmirror-agent:1")
+        #expect(kubernetes.agentTimeout == 120)
+        #expect(throws: ConfigError("unknown key \"kubernetes.pod\" (known in kubernetes: target, namespace, context, kubeconfig, agent_image, agent_timeout)")) {
+            try SessionConfig.parse("kubernetes:\n  pod: web\n")
+        }
+        #expect(throws: ConfigError("kubernetes.agent_timeout: expected a number")) {
+            try SessionConfig.parse("kubernetes:\n  agent_timeout: soon\n")
+        }
+    }
+
     @Test func outgoingRulesComeFromTheirSection() throws {
         let config = try SessionConfig.parse(
             "outgoing:\n  enabled: false\n  local: ['10.0.0.0/8']\n  remote: ['udp://10.96.0.10:53']\n")
