@@ -46,6 +46,16 @@ public final class KubernetesSession {
     public var helpers: Set<Int32> { [portForward.pid] }
     private let kubectl: Kubectl
     private let portForward: HelperProcess
+    /// Reads the port-forward's output while it runs, and says so if it ends before the session does.
+    private var watcher: ThreadHandle?
+    private let ending = Ending()
+
+    /// Set by `end`, read by the port-forward's watcher: an end sysmirror asked for is not news.
+    final class Ending: Sendable {
+        private let state = Atomic<Bool>(false)
+        var isSet: Bool { state.load(ordering: .relaxed) }
+        func set() { state.store(true, ordering: .relaxed) }
+    }
     /// The targetless pod to delete at the end.
     private let ownPod: String?
 
@@ -125,9 +135,11 @@ public final class KubernetesSession {
                 throw error
             }
             step("agent answering at 127.0.0.1:\(localPort)")
-            return KubernetesSession(
+            let session = KubernetesSession(
                 address: address, token: token, podDescription: "\(pod.metadata.namespace ?? "?")/\(podName)",
                 kubectl: kubectl, portForward: forward, ownPod: ownPod)
+            session.watchPortForward(logger: logger)
+            return session
         } catch {
             if let ownPod { deletePod(ownPod, kubectl: kubectl) }
             throw error
@@ -149,9 +161,23 @@ public final class KubernetesSession {
     /// Stops the port-forward and deletes the targetless pod. An ephemeral agent exits by itself after its
     /// idle timeout (ephemeral containers cannot be removed from a pod).
     public func end() {
+        ending.set()
         portForward.terminate()
         portForward.wait()
+        watcher?.join()
         if let ownPod { Self.deletePod(ownPod, kubectl: kubectl) }
+    }
+
+    /// kubectl port-forward ends when the pod goes away, its node restarts, or the API server drops the
+    /// stream; the link then fails and remote calls with it, and this says why.
+    private func watchPortForward(logger: Logger) {
+        watcher = try? portForward.drain { [ending, podDescription] errors in
+            guard !ending.isSet else { return }
+            let said = errors.split(separator: "\n").last.map { ": \($0)" } ?? ""
+            logger.error(
+                "kubectl port-forward to the agent in \(podDescription) ended\(said). Remote calls fail from here on; start sysmirror again."
+            )
+        }
     }
 
     static func findPod(kind: KubernetesTarget.Kind, name: String, kubectl: Kubectl) throws(KubernetesFailure) -> Pod {

@@ -142,6 +142,33 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
     }
     private var pending: [UInt8] = []
 
+    /// From now on a thread of its own reads the helper's output and errors as they come, so that a
+    /// long-running helper never blocks on a full pipe (kubectl port-forward prints a line per connection);
+    /// when both end (the helper exited), `ended` hears the last of its errors.
+    public func drain(whenEnded ended: @escaping @Sendable (_ errors: String) -> Void) throws(SystemCallError)
+        -> ThreadHandle
+    {
+        let (output, errors) = (self.output.rawValue, self.errors.rawValue)
+        return try ThreadHandle.start(name: "sysmirror-helper") {
+            var open = [output, errors]
+            var tail: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !open.isEmpty {
+                var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+                guard poll(&fds, nfds_t(fds.count), -1) > 0 else { continue }
+                for entry in fds where entry.revents != 0 {
+                    let count = read(entry.fd, &buffer, buffer.count)
+                    if count > 0 {
+                        if entry.fd == errors { tail = Array((tail + buffer[..<count]).suffix(4096)) }
+                    } else if count == 0 || currentErrno() != .interrupted {
+                        open.removeAll { $0 == entry.fd }
+                    }
+                }
+            }
+            ended(String(decoding: tail, as: UTF8.self))
+        }
+    }
+
     /// Whatever the helper has written to standard error so far (without waiting for more).
     public func availableErrors() -> [UInt8] {
         var bytes: [UInt8] = []

@@ -142,6 +142,27 @@ final class KubernetesTests {
         #expect(tooOld.stderr.contains("kubectl v1.29.4 is too old: sysmirror needs 1.31 or later"), "\(tooOld.stderr)")
     }
 
+    @Test("A port-forward that ends mid-session: said at once, and remote calls fail instead of hanging")
+    func portForwardEnds() throws {
+        let output = fixtures.path("forward-ends-\(UUID().uuidString).log")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let trace = try PodStandIn.start(
+            [
+                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
+                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
+                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web", "--",
+                "/bin/busybox", "sh", "-c", "sleep 2; /bin/busybox cat /config/app.yaml; echo status $?",
+            ], log: output)
+        try PodStandIn.waitUntil("the port-forward") { !cluster.portForwards.isEmpty }
+        usleep(300_000)
+        for pid in cluster.portForwards { kill(pid, SIGKILL) }
+        trace.waitUntilExit()
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(
+            text.contains("kubectl port-forward to the agent in default/\(ClusterStandIn.readyPod) ended"), "\(text)")
+        #expect(text.contains("status 1"), "\(text)")
+    }
+
     @Test("Ctrl-C while the agent starts, and a killed sysmirror: no port-forward or program left behind")
     func interruptions() throws {
         let trace = try PodStandIn.start(

@@ -43,14 +43,19 @@ func run(_ command: [String], quietStderr: Bool = true) -> (output: String, seco
     process.arguments = command
     let output = Pipe()
     process.standardOutput = output
-    if quietStderr { process.standardError = FileHandle.nullDevice }
+    // Kept aside, to say why should the command fail.
+    let errors = NSTemporaryDirectory() + "sysmirror-bench-stderr-\(getpid())"
+    _ = FileManager.default.createFile(atPath: errors, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: errors) }
+    if quietStderr { process.standardError = FileHandle(forWritingAtPath: errors) }
     let start = DispatchTime.now()
     do { try process.run() } catch { fatalError("cannot run \(command): \(error)") }
     let data = output.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
     guard process.terminationStatus == 0 else {
-        fatalError("\(command.joined(separator: " ")) exited \(process.terminationStatus)")
+        let said = (try? String(contentsOfFile: errors, encoding: .utf8))?.suffix(2000) ?? ""
+        fatalError("\(command.joined(separator: " ")) exited \(process.terminationStatus): \(said)")
     }
     return (String(decoding: data, as: UTF8.self), seconds)
 }
@@ -335,11 +340,13 @@ func outgoingTraffic() throws {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        for namespace in [pod, developer] { _ = try? run(["ip", "netns", "delete", namespace]) }
+        for namespace in [pod, developer] { run(["ip", "netns", "delete", namespace]) }
     }
     for namespace in [pod, developer] {
         run(["ip", "netns", "add", namespace])
         run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+        // Tens of thousands of short connections per run: TIME_WAIT must not use up the local ports.
+        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
     }
     run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
     run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
