@@ -50,7 +50,7 @@ extension SessionHandler {
                         // First in the pipeline: the stream's bytes pass the message codec by.
                         try inbound.pipeline.syncOperations.addHandler(here, position: .first)
                         try outbound.pipeline.syncOperations.addHandler(there)
-                        logger.info("stream to \(destination)")
+                        logger.debug("stream to \(destination)")
                     } catch {
                         logger.warning("could not relay the stream to \(destination): \(error)")
                         outbound.close(promise: nil)

@@ -359,12 +359,17 @@ func outgoingTraffic() throws {
     try build.run()
     build.waitUntilExit()
 
-    func background(_ command: [String]) throws -> Process {
+    /// Starts a server; its output goes to `log` (in the work folder, kept when a case fails) or nowhere.
+    func background(_ command: [String], log: String? = nil) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
+        if let log {
+            _ = FileManager.default.createFile(atPath: "\(work)/\(log)", contents: nil)
+            process.standardError = FileHandle(forWritingAtPath: "\(work)/\(log)")
+        }
         try process.run()
         started.append(process)
         return process
@@ -374,7 +379,7 @@ func outgoingTraffic() throws {
     _ = try background(
         inPod + [
             options.sysmirror, "agent", "--listen", "unix:\(work)/net.sock", "--pid", "\(target.processIdentifier)",
-            "--token-file", "\(work)/token", "--quiet",
+            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
         ])
     _ = try background(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
     _ = try background(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
@@ -391,8 +396,8 @@ func outgoingTraffic() throws {
     _ = try background(
         inPod + [
             options.sysmirror, "agent", "--listen", "127.0.0.1:7000", "--pid", "\(target.processIdentifier)",
-            "--token-file", "\(work)/token", "--quiet",
-        ])
+            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
+        ], log: "forward-agent.log")
     _ = try background(inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork", "TCP:127.0.0.1:7000,nodelay"])
     _ = try background(
         inDeveloper + [
