@@ -52,6 +52,15 @@ final class RemoteFiles: Sendable {
         self.logger = logger
     }
 
+    /// Where only TCP leaves the pod, its resolv.conf gains `options use-vc` (a later `options` line adds to
+    /// the earlier ones); returns the log's note when it did.
+    func adjustResolverConfiguration(_ content: ContentFile, _ path: [UInt8]) -> String? {
+        guard resolverOverTCP, path == Self.resolverConfiguration,
+            (try? content.append(Array("\noptions use-vc\n".utf8))) != nil
+        else { return nil }
+        return "with options use-vc: DNS over TCP"
+    }
+
     // MARK: Paths
 
     /// The call's path made absolute: against the caller's cwd or directory fd, read from /proc for this

@@ -100,12 +100,8 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
                 answer.fail(failure.errno.rawValue, note: "could not hold the file's content: \(failure)")
             } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
                 files.installForWriteBack(content, path: path, flags: flags, answer)
-            } else if files.resolverOverTCP && path == RemoteFiles.resolverConfiguration
-                && (try? content.append(Array("\noptions use-vc\n".utf8))) != nil
-            {
-                answer.install(content: content, flags: flags, note: "with options use-vc: DNS over TCP")
             } else {
-                answer.install(content: content, flags: flags)
+                answer.install(content: content, flags: flags, note: files.adjustResolverConfiguration(content, path))
             }
         } else {
             answer.fail(failure?.errno.rawValue ?? EIO, note: failure.map { "\($0)" } ?? "the agent sent no content")

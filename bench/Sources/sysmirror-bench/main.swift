@@ -98,8 +98,9 @@ func format(_ value: Double, _ digits: Int = 1) -> String {
     String(format: "%.\(digits)f", value)
 }
 
+/// `text` left-aligned in `width` columns, and at least one space after it.
 func pad(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
 }
 
 let options = Options.parse(CommandLine.arguments)
