@@ -60,7 +60,7 @@ public struct Kubectl: Sendable {
         global: Bool = true
     ) throws(KubernetesFailure) -> [UInt8] {
         let full = [path] + (global ? settings.flags + ["--request-timeout", Self.requestTimeout] : []) + arguments
-        let command = (["kubectl"] + arguments.prefix(3)).joined(separator: " ")
+        let command = Self.describe(arguments)
         let completion: HelperProcess.Completion
         do {
             let stdin = try input.map { bytes throws(HelperProcess.Failure) in try Self.memoryFile(bytes) }
@@ -94,7 +94,7 @@ public struct Kubectl: Sendable {
             return try JSONDecoder().decode(T.self, from: Data(output))
         } catch {
             throw .kubectl(
-                command: (["kubectl"] + arguments.prefix(3)).joined(separator: " "),
+                command: Self.describe(arguments),
                 message: "unexpected output (\(error)): \(String(decoding: output.prefix(200), as: UTF8.self))")
         }
     }
@@ -128,6 +128,11 @@ public struct Kubectl: Sendable {
             errors: errors.isEmpty ? "kubectl port-forward said nothing within 30 s" : errors,
             command: "kubectl port-forward", object: ("pod", pod), namespace: settings.namespace,
             context: settings.context)
+    }
+
+    /// A call as messages name it: `kubectl get deployment web`.
+    static func describe(_ arguments: [String]) -> String {
+        (["kubectl"] + arguments.prefix(3)).joined(separator: " ")
     }
 
     /// Input for kubectl's stdin (a manifest), in memory.

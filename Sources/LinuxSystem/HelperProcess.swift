@@ -95,30 +95,41 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var output: [UInt8] = []
         var errors: [UInt8] = []
-        var open = [helper.output.rawValue, helper.errors.rawValue]
+        let ended = helper.readOutputs(
+            checkingEvery: 100, until: { shouldStop() || deadline.map { ContinuousClock.now > $0 } == true }
+        ) { fromErrors, bytes in
+            if fromErrors { errors += bytes } else { output += bytes }
+        }
+        guard ended else {
+            helper.terminate(SIGKILL)
+            _ = helper.wait()
+            throw shouldStop() ? .stopped : .timedOut
+        }
+        return Completion(status: helper.wait(), output: output, errors: errors)
+    }
+
+    /// Reads standard output and error as they come until both end (true), or until `stop` says so (false;
+    /// asked every `milliseconds`, or never when -1). `received` hears each piece and where it came from.
+    func readOutputs(
+        checkingEvery milliseconds: Int32 = -1, until stop: () -> Bool = { false },
+        _ received: (_ fromErrors: Bool, _ bytes: ArraySlice<UInt8>) -> Void
+    ) -> Bool {
+        var open = [output.rawValue, errors.rawValue]
         var buffer = [UInt8](repeating: 0, count: 65536)
         while !open.isEmpty {
-            if shouldStop() || deadline.map({ ContinuousClock.now > $0 }) == true {
-                helper.terminate(SIGKILL)
-                _ = helper.wait()
-                throw shouldStop() ? .stopped : .timedOut
-            }
+            if stop() { return false }
             var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-            guard poll(&fds, nfds_t(fds.count), 100) > 0 else { continue }
+            guard poll(&fds, nfds_t(fds.count), milliseconds) > 0 else { continue }
             for entry in fds where entry.revents != 0 {
                 let count = read(entry.fd, &buffer, buffer.count)
                 if count > 0 {
-                    if entry.fd == helper.output.rawValue {
-                        output += buffer[..<count]
-                    } else {
-                        errors += buffer[..<count]
-                    }
+                    received(entry.fd == errors.rawValue, buffer[..<count])
                 } else if count == 0 || currentErrno() != .interrupted {
                     open.removeAll { $0 == entry.fd }
                 }
             }
         }
-        return Completion(status: helper.wait(), output: output, errors: errors)
+        return true
     }
 
     /// Reads standard output up to and including the next newline; nil at its end or after `timeout`.
@@ -148,22 +159,10 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
     public func drain(whenEnded ended: @escaping @Sendable (_ errors: String) -> Void) throws(SystemCallError)
         -> ThreadHandle
     {
-        let (output, errors) = (self.output.rawValue, self.errors.rawValue)
-        return try ThreadHandle.start(name: "sysmirror-helper") {
-            var open = [output, errors]
+        try ThreadHandle.start(name: "sysmirror-helper") { [self] in
             var tail: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while !open.isEmpty {
-                var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
-                guard poll(&fds, nfds_t(fds.count), -1) > 0 else { continue }
-                for entry in fds where entry.revents != 0 {
-                    let count = read(entry.fd, &buffer, buffer.count)
-                    if count > 0 {
-                        if entry.fd == errors { tail = Array((tail + buffer[..<count]).suffix(4096)) }
-                    } else if count == 0 || currentErrno() != .interrupted {
-                        open.removeAll { $0 == entry.fd }
-                    }
-                }
+            _ = readOutputs { fromErrors, bytes in
+                if fromErrors { tail = Array((tail + bytes).suffix(4096)) }
             }
             ended(String(decoding: tail, as: UTF8.self))
         }
@@ -191,7 +190,7 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         if status != nil { return true }
         var raw: Int32 = 0
         guard waitpid(pid, &raw, WNOHANG) == pid else { return false }
-        status = Self.decode(raw)
+        status = shellExitStatus(raw)
         return true
     }
 
@@ -202,13 +201,14 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         var raw: Int32 = 0
         var result: Int32
         repeat { result = waitpid(pid, &raw, 0) } while result < 0 && currentErrno() == .interrupted
-        let decoded = result == pid ? Self.decode(raw) : -1  // -1: reaped elsewhere (a subreaper's wait)
+        let decoded = result == pid ? shellExitStatus(raw) : -1  // -1: reaped elsewhere (a subreaper's wait)
         status = decoded
         return decoded
     }
+}
 
-    static func decode(_ raw: Int32) -> Int32 {
-        let signal = raw & 0x7f
-        return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
-    }
+/// A wait status as a shell reports it: the exit code, or 128+N when signal N ended the process.
+public func shellExitStatus(_ waitStatus: Int32) -> Int32 {
+    let signal = waitStatus & 0x7f
+    return signal == 0 ? (waitStatus >> 8) & 0xff : 128 + signal
 }

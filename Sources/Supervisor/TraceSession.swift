@@ -261,7 +261,7 @@ public final class TraceSession: Sendable {
                 break  // ECHILD: nobody is left under the filter
             }
             if reaped == pid {
-                exitStatus = Self.exitStatus(status)
+                exitStatus = shellExitStatus(status)
                 program.withLock { $0.exited = true }
             }
             guard program.withLock({ $0.exited }) else { continue }
@@ -274,11 +274,5 @@ public final class TraceSession: Sendable {
             }
         }
         return exitStatus
-    }
-
-    /// The shell's convention: the exit code, or 128+N when killed by signal N.
-    static func exitStatus(_ status: Int32) -> Int32 {
-        let signal = status & 0x7f
-        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 }

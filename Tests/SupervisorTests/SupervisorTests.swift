@@ -112,9 +112,9 @@ struct SupervisorTests {
 
     @Test("Wait statuses become the shell's exit status")
     func exitStatuses() {
-        #expect(TraceSession.exitStatus(3 << 8) == 3)
-        #expect(TraceSession.exitStatus(15) == 143)
-        #expect(TraceSession.exitStatus(9 | 0x80) == 137, "core dumped")
+        #expect(shellExitStatus(3 << 8) == 3)
+        #expect(shellExitStatus(15) == 143)
+        #expect(shellExitStatus(9 | 0x80) == 137, "core dumped")
     }
 
     @Test("The kernel probe finds every feature on this machine")
