@@ -166,17 +166,9 @@ final class RemoteSockets: Sendable {
         SocketOptions.copy(from: socket.fd, to: made, family: socket.facts.family, type: socket.type)
         // sysmirror connects it without waiting; the program's own mode is set before it gets the answer.
         _ = fcntl(made, F_SETFL, fcntl(made, F_GETFL) | O_NONBLOCK)
-        guard listener.isPending(notification.id) else {
+        guard putInPlace(made, of: socket, notification, answer, what: "the pod's socket") else {
             close(made)
-            return answer.gone()
-        }
-        do throws(SystemCallError) {
-            try listener.replace(
-                notification.id, descriptor: socket.number, with: made,
-                closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
-        } catch {
-            close(made)
-            return answer.fail(error.errno.rawValue, note: "could not put the pod's socket in place: \(error)")
+            return
         }
         guard call.spec.name == "connect", case .bytes(let address) = call.values[1] else {
             if !socket.nonBlocking { Self.setBlocking(made) }
@@ -229,15 +221,28 @@ final class RemoteSockets: Sendable {
         // The link's socket is non-blocking; the program's mode is what the program gets.
         let mode = fcntl(stream, F_GETFL) & ~O_NONBLOCK
         _ = fcntl(stream, F_SETFL, socket.nonBlocking ? mode | O_NONBLOCK : mode)
-        guard listener.isPending(notification.id) else { return answer.gone() }
+        guard putInPlace(stream, of: socket, notification, answer, what: "the stream") else { return }
+        answer.succeed(0, note: "through \(streams.address)")
+    }
+
+    /// Puts `replacement` at the program's socket's number, keeping its close-on-exec flag. False when the
+    /// call went away or the swap failed: the call has its answer then, and `replacement` is the caller's.
+    private func putInPlace(
+        _ replacement: Int32, of socket: ProgramSocket, _ notification: Notification, _ answer: Answer, what: String
+    ) -> Bool {
+        guard listener.isPending(notification.id) else {
+            answer.gone()
+            return false
+        }
         do throws(SystemCallError) {
             try listener.replace(
-                notification.id, descriptor: socket.number, with: stream,
+                notification.id, descriptor: socket.number, with: replacement,
                 closeOnExec: Self.isCloseOnExec(pid: notification.pid, fd: socket.number))
+            return true
         } catch {
-            return answer.fail(error.errno.rawValue, note: "could not put the stream in place: \(error)")
+            answer.fail(error.errno.rawValue, note: "could not put \(what) in place: \(error)")
+            return false
         }
-        answer.succeed(0, note: "through \(streams.address)")
     }
 
     /// connect(2); 0 or the errno.
