@@ -110,47 +110,8 @@ public final class AgentClient: Sendable {
     public static func connect(
         to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, logger: Logger
     ) throws(AgentConnectError) -> AgentClient {
-        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
-        let socket: Int32
-        do {
-            socket = try LinkSocket.connect(to: address, deadline: deadline)
-        } catch {
-            throw .unreachable(address, error.reason)
-        }
-        var buffer = FrameBuffer()
-        let welcome: String
-        do {
-            try LinkSocket.writeAll(
-                socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
-            switch try buffer.readMessage(from: socket, deadline: deadline) {
-            case .welcome(_, let agent)?:
-                welcome = agent
-            case .refused(let version, let reason)?:
-                let detail =
-                    version == protocolVersion
-                    ? reason : "\(reason) (agent protocol \(version), this sysmirror \(protocolVersion))"
-                Glibc.close(socket)
-                throw AgentConnectError.refused(address, detail)
-            case .protocolError(let text)?:
-                Glibc.close(socket)
-                throw AgentConnectError.refused(address, text)
-            case nil:
-                Glibc.close(socket)
-                throw AgentConnectError.unreachable(address, "the agent closed the connection during the handshake")
-            case let other?:
-                Glibc.close(socket)
-                throw AgentConnectError.unreachable(address, "the agent answered the handshake with a \(other.kind)")
-            }
-        } catch let error as AgentConnectError {
-            throw error
-        } catch let error as LinkSocket.Failure {
-            Glibc.close(socket)
-            if error.timedOut { throw .noAnswer(address, seconds: timeoutSeconds) }
-            throw .unreachable(address, error.reason)
-        } catch {
-            Glibc.close(socket)
-            throw .unreachable(address, "\(error)")
-        }
+        let (socket, welcome, buffer) = try LinkSocket.openSession(
+            to: address, token: token, timeoutSeconds: timeoutSeconds)
         let wakeUp = sysm_eventfd()
         let client = AgentClient(
             address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, logger: logger)

@@ -115,6 +115,49 @@ enum LinkSocket {
         return sent
     }
 
+    /// Connects and completes the handshake: the socket, the agent's description from its welcome, and
+    /// whatever was read after the welcome. On failure the socket is closed.
+    static func openSession(to address: AgentAddress, token: [UInt8], timeoutSeconds: Int)
+        throws(AgentConnectError) -> (socket: Int32, agent: String, buffer: FrameBuffer)
+    {
+        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
+        let socket: Int32
+        do {
+            socket = try connect(to: address, deadline: deadline)
+        } catch {
+            throw .unreachable(address, error.reason)
+        }
+        var buffer = FrameBuffer()
+        do {
+            try writeAll(socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            switch try buffer.readMessage(from: socket, deadline: deadline) {
+            case .welcome(_, let agent)?:
+                return (socket, agent, buffer)
+            case .refused(let version, let reason)?:
+                let detail =
+                    version == protocolVersion
+                    ? reason : "\(reason) (agent protocol \(version), this sysmirror \(protocolVersion))"
+                throw AgentConnectError.refused(address, detail)
+            case .protocolError(let text)?:
+                throw AgentConnectError.refused(address, text)
+            case nil:
+                throw AgentConnectError.unreachable(address, "the agent closed the connection during the handshake")
+            case let other?:
+                throw AgentConnectError.unreachable(address, "the agent answered the handshake with a \(other.kind)")
+            }
+        } catch let error as AgentConnectError {
+            close(socket)
+            throw error
+        } catch let error as Failure {
+            close(socket)
+            if error.timedOut { throw .noAnswer(address, seconds: timeoutSeconds) }
+            throw .unreachable(address, error.reason)
+        } catch {
+            close(socket)
+            throw .unreachable(address, "\(error)")
+        }
+    }
+
     /// Sends everything on a blocking socket; false once the connection is gone.
     static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var sent = 0

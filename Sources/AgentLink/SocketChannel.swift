@@ -22,30 +22,9 @@ public final class SocketChannel: Sendable {
     public static func connect(agentPath: String, token: [UInt8], timeoutSeconds: Int = 5) throws(AgentConnectError)
         -> SocketChannel
     {
-        let address = AgentAddress.unix(path: agentPath + ".sockets")
-        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
-        let fd: Int32
-        do {
-            fd = try LinkSocket.connect(to: address, deadline: deadline)
-            try LinkSocket.writeAll(
-                fd, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
-            var buffer = FrameBuffer()
-            switch try buffer.readMessage(from: fd, deadline: deadline) {
-            case .welcome?: break
-            case .refused(_, let reason)?:
-                Glibc.close(fd)
-                throw AgentConnectError.refused(address, reason)
-            default:
-                Glibc.close(fd)
-                throw AgentConnectError.unreachable(address, "the agent did not open its socket channel")
-            }
-        } catch let error as AgentConnectError {
-            throw error
-        } catch let error as LinkSocket.Failure {
-            throw .unreachable(address, error.reason)
-        } catch {
-            throw .unreachable(address, "\(error)")
-        }
+        // Nothing comes after the welcome unasked: the rest of the handshake's buffer is empty.
+        let (fd, _, _) = try LinkSocket.openSession(
+            to: .unix(path: agentPath + ".sockets"), token: token, timeoutSeconds: timeoutSeconds)
         // Requests wait for their answer from here on.
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         return SocketChannel(fd: fd)
