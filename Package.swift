@@ -47,6 +47,9 @@ let package = Package(
         .target(name: "Routing", dependencies: ["SyscallDecoding"]),
         // Pure: the supervisor↔agent wire protocol (frames, messages, their codec).
         .target(name: "AgentProtocol"),
+        // Pure: incoming traffic's policy and parsing (netfilter rules, copied packets put back in order,
+        // HTTP framing and the steal filter).
+        .target(name: "Incoming"),
         // The config file (YAML or JSON, one Codable model) and how it turns into rules.
         .target(
             name: "Configuration",
@@ -75,7 +78,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "AgentProtocol", "AgentLink", "CSysmirror", "LinuxSystem",
+                "AgentProtocol", "AgentLink", "CSysmirror", "Incoming", "LinuxSystem",
                 .product(name: "SystemPackage", package: "swift-system"),
             ] + nio
         ),
@@ -91,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "sysmirror",
             dependencies: [
-                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing", "Kubernetes",
+                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing", "Kubernetes", "Incoming",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -100,6 +103,7 @@ let package = Package(
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
         .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
+        .testTarget(name: "IncomingTests", dependencies: ["Incoming"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp", "LinuxSystem"]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.

@@ -79,8 +79,9 @@ public enum Frame {
     enum TypeCode: UInt8 {
         case hello = 0x01, welcome = 0x02, refused = 0x03, protocolError = 0x04
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
-        case socket = 0x16, connectionEvents = 0x17, connect = 0x18
+        case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
+        case incoming = 0x86
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
     }
 
@@ -119,6 +120,18 @@ public enum Frame {
             return .request(id: id, .socket(family: family, type: type, protocol: try need(p.int32(), "socket")))
         case .connectionEvents: return .request(id: id, .connectionEvents)
         case .connect: return .request(id: id, .connect(address: p.rest()))
+        case .listen:
+            let port = try need(p.uint16(), "listen")
+            let mode = try need(p.uint8().flatMap(IncomingSubscription.Mode.init), "listen (mode)")
+            let header = try need(p.text(), "listen (header pattern)")
+            let path = try need(p.text(), "listen (path pattern)")
+            return .request(
+                id: id, .listen(IncomingSubscription(port: port, mode: mode, headerPattern: header, pathPattern: path)))
+        case .takeIncoming: return .request(id: id, .takeIncoming(connection: try need(p.uint64(), "take")))
+        case .incoming:
+            let connection = try need(p.uint64(), "incoming")
+            let mode = try need(p.uint8().flatMap(IncomingSubscription.Mode.init), "incoming (mode)")
+            return .response(id: id, .incoming(IncomingConnection(id: connection, mode: mode, client: p.rest())))
         case .failure:
             return .response(id: id, .failure(errno: try need(p.int32(), "failure"), message: p.restText()))
         case .done: return .response(id: id, .done)
@@ -199,6 +212,12 @@ struct ByteReader {
     mutating func rest() -> [UInt8] { bytes(bytes.count - offset) ?? [] }
     mutating func restText() -> String { String(decoding: rest(), as: UTF8.self) }
 
+    /// A UInt16 length and that many bytes of UTF-8.
+    mutating func text() -> String? {
+        guard let count = uint16(), let bytes = bytes(Int(count)) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     mutating func time() -> FileMetadata.Time? {
         guard let seconds = int64(), let nanoseconds = uint32() else { return nil }
         return FileMetadata.Time(seconds: seconds, nanoseconds: nanoseconds)
@@ -228,6 +247,13 @@ struct ByteWriter {
     mutating func header(_ code: Frame.TypeCode, _ id: UInt32) {
         buffer.append(code.rawValue)
         integer(id)
+    }
+
+    /// A UInt16 length and the UTF-8 bytes (cut at 65535).
+    mutating func text(_ text: String) {
+        let bytes = text.utf8.prefix(Int(UInt16.max))
+        integer(UInt16(bytes.count))
+        buffer.append(contentsOf: bytes)
     }
 
     mutating func time(_ time: FileMetadata.Time) {
@@ -301,6 +327,15 @@ struct ByteWriter {
         case .connect(let address):
             header(.connect, id)
             buffer.append(contentsOf: address)
+        case .listen(let subscription):
+            header(.listen, id)
+            integer(subscription.port)
+            buffer.append(subscription.mode.rawValue)
+            text(subscription.headerPattern)
+            text(subscription.pathPattern)
+        case .takeIncoming(let connection):
+            header(.takeIncoming, id)
+            integer(connection)
         }
     }
 
@@ -326,6 +361,11 @@ struct ByteWriter {
         case .text(let bytes):
             header(.text, id)
             buffer.append(contentsOf: bytes)
+        case .incoming(let connection):
+            header(.incoming, id)
+            integer(connection.id)
+            buffer.append(connection.mode.rawValue)
+            buffer.append(contentsOf: connection.client)
         }
     }
 }

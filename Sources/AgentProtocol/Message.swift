@@ -73,6 +73,55 @@ public enum Request: Sendable, Equatable {
     /// for agents that cannot pass sockets (reached through a port-forward). Only as a connection's first
     /// request: after its `done` the connection carries the TCP connection's bytes and nothing else.
     case connect(address: [UInt8])
+    /// Incoming traffic: the pod's connections to `port` reach the client as well (mirror) or instead (steal).
+    /// Answered by `done` once the port is subscribed, then by one `incoming` response per connection,
+    /// until the client cancels the request or the session ends.
+    case listen(IncomingSubscription)
+    /// Takes the pod's connection `connection` (announced by `incoming`). Only as a connection's first
+    /// request: after its `done` the connection carries that connection's bytes (a mirrored one: the
+    /// client's bytes only, and what is sent back is dropped).
+    case takeIncoming(connection: UInt64)
+}
+
+/// What a `listen` asks for.
+public struct IncomingSubscription: Sendable, Equatable {
+    public enum Mode: UInt8, Sendable {
+        case mirror = 1, steal = 2
+    }
+
+    /// The port in the pod.
+    public var port: UInt16
+    public var mode: Mode
+    /// With steal: only HTTP requests with a header line (`Name: value`) matching this regular expression go
+    /// to the client; empty: no header condition.
+    public var headerPattern: String
+    /// With steal: only HTTP requests whose path matches this; empty: no path condition.
+    public var pathPattern: String
+
+    public init(port: UInt16, mode: Mode, headerPattern: String = "", pathPattern: String = "") {
+        self.port = port
+        self.mode = mode
+        self.headerPattern = headerPattern
+        self.pathPattern = pathPattern
+    }
+
+    /// Whether requests are split by an HTTP filter, rather than whole connections taken.
+    public var filtersHTTP: Bool { mode == .steal && !(headerPattern.isEmpty && pathPattern.isEmpty) }
+}
+
+/// A connection that reached the pod, as the agent announces it.
+public struct IncomingConnection: Sendable, Equatable {
+    /// The agent's number for it, for `takeIncoming`.
+    public var id: UInt64
+    public var mode: IncomingSubscription.Mode
+    /// The pod's client: a sockaddr_in or sockaddr_in6.
+    public var client: [UInt8]
+
+    public init(id: UInt64, mode: IncomingSubscription.Mode, client: [UInt8]) {
+        self.id = id
+        self.mode = mode
+        self.client = client
+    }
 }
 
 /// What the agent answers.
@@ -86,6 +135,8 @@ public enum Response: Sendable, Equatable {
     case environment([[UInt8]])
     /// A hostname or a symlink's target.
     case text([UInt8])
+    /// A connection reached a port the client listens on (after `listen`'s `done`).
+    case incoming(IncomingConnection)
 }
 
 /// A file's metadata as stat reports it in the pod.

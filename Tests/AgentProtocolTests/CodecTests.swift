@@ -23,6 +23,12 @@ let everyMessage: [Message] = [
     .request(id: 18, .socket(family: 10, type: 0o2004002, protocol: 0)),
     .request(id: 19, .connectionEvents),
     .request(id: 1, .connect(address: [2, 0, 0x1f, 0x90, 10, 96, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0])),
+    .request(id: 20, .listen(IncomingSubscription(port: 8080, mode: .mirror))),
+    .request(
+        id: 21,
+        .listen(IncomingSubscription(port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/"))),
+    .request(id: 1, .takeIncoming(connection: .max)),
+    .response(id: 20, .incoming(IncomingConnection(id: 7, mode: .steal, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),
     .response(id: 8, .failure(errno: 2, message: "")),
     .response(id: 9, .done),
     .response(id: 10, .opened(sampleMetadata)),
