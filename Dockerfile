@@ -16,7 +16,7 @@ RUN swift build -c release --static-swift-stdlib --product sysmirror \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libseccomp2 \
+    && apt-get install -y --no-install-recommends libseccomp2 nftables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/sysmirror /usr/local/bin/sysmirror
 ENTRYPOINT ["/usr/local/bin/sysmirror"]

@@ -43,6 +43,7 @@ public enum AgentServer {
         let idle = IdleTimer(
             loop: group.next(), timeout: configuration.idleTimeout, logger: logger, onExpiry: { finished.succeed() })
         let counter = SessionCounter()
+        let registry = IncomingRegistry()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -51,8 +52,8 @@ public enum AgentServer {
                     try channel.pipeline.syncOperations.addMessageCodec()
                     try channel.pipeline.syncOperations.addHandler(
                         SessionHandler(
-                            number: counter.next(), configuration: configuration, pool: pool, idle: idle,
-                            logger: logger))
+                            number: counter.next(), configuration: configuration, pool: pool, registry: registry,
+                            idle: idle, logger: logger))
                 }
             }
         let server: any Channel

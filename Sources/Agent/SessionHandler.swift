@@ -31,6 +31,9 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     let number: Int
     let configuration: AgentServer.Configuration
     let pool: NIOThreadPool
+    let registry: IncomingRegistry
+    /// The session's incoming traffic, from its first `listen`.
+    var incoming: IncomingSession?
     let idle: IdleTimer
     var logger: Logger
     var state = State.handshake
@@ -40,10 +43,14 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     private var requests = 0
     static let handshakeTimeout = TimeAmount.seconds(10)
 
-    init(number: Int, configuration: AgentServer.Configuration, pool: NIOThreadPool, idle: IdleTimer, logger: Logger) {
+    init(
+        number: Int, configuration: AgentServer.Configuration, pool: NIOThreadPool, registry: IncomingRegistry,
+        idle: IdleTimer, logger: Logger
+    ) {
         self.number = number
         self.configuration = configuration
         self.pool = pool
+        self.registry = registry
         self.idle = idle
         self.logger = logger
         self.logger[metadataKey: "session"] = "\(number)"
@@ -67,6 +74,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         for (_, upload) in uploads { try? upload.fd.close() }
         uploads = [:]
         cancelled.ids.withLock { $0 = [] }
+        if let incoming { pool.submit { _ in incoming.end() } }
         if state == .stream {
             idle.execute { $0.sessionEnded() }
         } else if state == .open {
@@ -97,6 +105,12 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         case (.open, .request(let id, .connect(let address))) where requests == 0:
             requests += 1
             connectStream(id, to: address, context: context)
+        case (.open, .request(let id, .takeIncoming(let connection))) where requests == 0:
+            requests += 1
+            takeIncoming(id, connection, context: context)
+        case (.open, .request(let id, .listen(let subscription))):
+            requests += 1
+            listen(id, subscription, context: context)
         case (.open, .request(let id, let request)):
             requests += 1
             serve(id, request, context: context)
@@ -107,6 +121,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         case (.open, .cancel(let id)):
             cancelled.ids.withLock { _ = $0.insert(id) }
             if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
+            if let incoming { pool.submit { _ in incoming.unsubscribe(request: id) } }
         case (.open, .unknown(_, let id)):
             reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know \(message.kind)"))
         case (.open, _):
@@ -168,8 +183,10 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
             reply(context, id, target.readlink(path))
-        case .connect:
-            reply(context, id, .failure(errno: EINVAL, message: "connect comes first on a connection of its own"))
+        case .connect, .takeIncoming:
+            reply(context, id, .failure(errno: EINVAL, message: "this request comes first on a connection of its own"))
+        case .listen:
+            break  // served in channelRead
         case .socket, .connectionEvents:
             reply(
                 context, id,

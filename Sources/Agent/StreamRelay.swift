@@ -44,18 +44,8 @@ extension SessionHandler {
                     }
                     reply(bound.value, id, .done)
                     state = .stream
-                    do {
-                        try inbound.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-                        let (here, there) = GlueHandler.matchedPair()
-                        // First in the pipeline: the stream's bytes pass the message codec by.
-                        try inbound.pipeline.syncOperations.addHandler(here, position: .first)
-                        try outbound.pipeline.syncOperations.addHandler(there)
-                        logger.debug("stream to \(destination)")
-                    } catch {
-                        logger.warning("could not relay the stream to \(destination): \(error)")
-                        outbound.close(promise: nil)
-                        inbound.close(promise: nil)
-                    }
+                    StreamEnd.glue(inbound, outbound)
+                    logger.debug("stream to \(destination)")
                 }
             }
     }
@@ -85,72 +75,5 @@ extension SessionHandler {
             return nil
         }
         return try? SocketAddress(ipAddress: String(decoding: text.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self), port: port)
-    }
-}
-
-/// Two channels glued together on one event loop: what one reads, the other writes. Reading stops while
-/// the other side cannot take more (backpressure), and an end of input on one becomes a half-close on the
-/// other.
-final class GlueHandler: ChannelDuplexHandler, @unchecked Sendable {  // confined to the shared event loop
-    typealias InboundIn = NIOAny
-    typealias OutboundIn = NIOAny
-    typealias OutboundOut = NIOAny
-
-    private var partner: GlueHandler?
-    private var context: ChannelHandlerContext?
-    private var readPending = false
-
-    static func matchedPair() -> (GlueHandler, GlueHandler) {
-        let (first, second) = (GlueHandler(), GlueHandler())
-        first.partner = second
-        second.partner = first
-        return (first, second)
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        if context.channel.isActive { context.read() }
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-        partner = nil
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) { partner?.context?.write(data, promise: nil) }
-
-    func channelReadComplete(context: ChannelHandlerContext) { partner?.context?.flush() }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        partner?.context?.close(promise: nil)
-        context.fireChannelInactive()
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event {
-            partner?.context?.close(mode: .output, promise: nil)
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        partner?.context?.close(promise: nil)
-        context.close(promise: nil)
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let partner, partner.readPending {
-            partner.readPending = false
-            partner.context?.read()
-        }
-        context.fireChannelWritabilityChanged()
-    }
-
-    func read(context: ChannelHandlerContext) {
-        if partner?.context?.channel.isWritable ?? false {
-            context.read()
-        } else {
-            readPending = true
-        }
     }
 }

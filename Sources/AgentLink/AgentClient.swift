@@ -328,17 +328,3 @@ public final class AgentClient: Sendable {
         if let failure = requests.withLock({ $0.failure }) { body(failure) }
     }
 }
-
-/// A one-shot signal from one thread to another.
-final class Latch: Sendable {
-    private let fd = sysm_eventfd()
-    func signal() {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
-    }
-    func wait() {
-        var value: UInt64 = 0
-        while read(fd, &value, 8) < 0 && errno == EINTR {}
-        close(fd)
-    }
-}

@@ -6,9 +6,10 @@ import SystemPackage
     import Glibc
 #endif
 
-/// Outgoing TCP through an agent that cannot pass sockets (reached through a port-forward): each connection
-/// is a link connection of its own, opened with `connect`, after which it carries only the connection's
-/// bytes (docs/protocol.md). The program gets this socket in place of its own.
+/// Link connections that carry one TCP connection's bytes each (docs/protocol.md): outgoing TCP through an
+/// agent that cannot pass sockets (reached through a port-forward), opened with `connect`, where the
+/// program gets this socket in place of its own; and the pod's incoming connections, opened with
+/// `takeIncoming`.
 public struct StreamConnector: Sendable {
     public let address: AgentAddress
     let token: [UInt8]
@@ -21,6 +22,17 @@ public struct StreamConnector: Sendable {
     /// A connection from the pod to `destination` (a sockaddr_in or sockaddr_in6); throws the errno the
     /// pod's connect got, or ECONNREFUSED when the agent cannot be reached.
     public func open(_ destination: [UInt8], timeoutSeconds: Int = 35) throws(Errno) -> Int32 {
+        try open(.connect(address: destination), timeoutSeconds: timeoutSeconds)
+    }
+
+    /// The link connection that carries the pod's incoming connection `connection`; throws the errno the
+    /// agent answered (ENOENT: it went to the pod's application), or ECONNREFUSED.
+    public func take(incoming connection: UInt64, timeoutSeconds: Int = 10) throws(Errno) -> Int32 {
+        try open(.takeIncoming(connection: connection), timeoutSeconds: timeoutSeconds)
+    }
+
+    /// A link connection whose first request is `request`, and which carries a stream after its `done`.
+    func open(_ request: Request, timeoutSeconds: Int) throws(Errno) -> Int32 {
         let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
         let fd: Int32
         do {
@@ -33,7 +45,7 @@ public struct StreamConnector: Sendable {
             try LinkSocket.writeAll(
                 fd,
                 Frame.encode(.hello(version: protocolVersion, token: token))
-                    + Frame.encode(.request(id: 1, .connect(address: destination))), deadline: deadline)
+                    + Frame.encode(.request(id: 1, request)), deadline: deadline)
             guard case .welcome = try Self.readFrame(fd, deadline: deadline) else { throw Errno.connectionRefused }
             switch try Self.readFrame(fd, deadline: deadline) {
             case .response(_, .done): return fd

@@ -267,3 +267,7 @@ ssize_t sysm_receive_with_fd(int socket, void *bytes, size_t capacity, int *fd) 
     }
     return result;
 }
+
+int sysm_accept4(int socket, struct sockaddr *address, socklen_t *length, int flags) {
+    return accept4(socket, address, length, flags);
+}

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 // Newer than Debian 12's kernel headers (6.1); the values are the kernel's ABI.
@@ -70,6 +71,14 @@ ssize_t sysm_process_vm_writev(pid_t pid, const struct iovec *local, unsigned lo
 
 // pthread_setname_np needs _GNU_SOURCE, which Swift's Glibc module is not built with.
 int sysm_set_thread_name(pthread_t thread, const char *name);
+
+/// A netlink socket bound to NFLOG group `group`, copying whole packets (up to 64 KiB), with a receive
+/// buffer of `receive_buffer` bytes (SO_RCVBUFFORCE where allowed); -errno on failure (EBUSY: the group
+/// is taken; EPERM: no CAP_NET_ADMIN).
+int sysm_nflog_open(uint16_t group, int receive_buffer);
+
+/// accept4(2), which Swift's Glibc module leaves out.
+int sysm_accept4(int socket, struct sockaddr *address, socklen_t *length, int flags);
 
 /// What the child of `sysm_spawn` reports on its channel before it execs.
 struct sysm_child_report {

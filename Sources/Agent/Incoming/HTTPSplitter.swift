@@ -1,0 +1,276 @@
+import Incoming
+import NIOCore
+
+/// A stolen connection under an HTTP filter: each request goes to the developer's program when it matches
+/// the filter, else to the pod's application, as sent; the answers come back to the client in order, also
+/// when both kinds share one keep-alive connection. Requests are passed one at a time: the next one leaves
+/// when the answer to the last is complete (pipelined requests wait here). Something that is not HTTP/1.x,
+/// and what follows an upgrade (101), is relayed whole to where it was going.
+final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confined to the client channel's loop
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    enum Route: Hashable { case program, pod }
+
+    enum Upstream {
+        /// Writes wait for the connection.
+        case connecting([ByteBuffer])
+        case open(StreamEnd)
+    }
+
+    /// The request on its way and its answer.
+    struct Exchange {
+        var route: Route
+        let method: [UInt8]
+        var request: BodyReader
+        var requestDone = false
+        /// Nil until the answer's head is in.
+        var response: BodyReader?
+        var responseDone = false
+    }
+
+    let session: IncomingSession
+    let request: UInt32
+    let podPort: UInt16
+    let client: Endpoint
+    let filter: HTTPFilter
+    private var context: ChannelHandlerContext?
+    private var pending: [UInt8] = []
+    private var answer: [UInt8] = []
+    private var exchange: Exchange?
+    /// After an upgrade, or when the client does not speak HTTP/1.x: bytes go through as they are.
+    private var tunnel: Route?
+    private var upstreams: [Route: Upstream] = [:]
+    private var clientEnded = false
+    private var counts: [Route: Int] = [:]
+
+    init(session: IncomingSession, request: UInt32, podPort: UInt16, client: Endpoint, filter: HTTPFilter) {
+        self.session = session
+        self.request = request
+        self.podPort = podPort
+        self.client = client
+        self.filter = filter
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        pending += unwrapInboundIn(data).readableBytesView
+        advance()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            clientEnded = true
+            if let tunnel, case .open(let end) = upstreams[tunnel] { end.closeOutput() }
+            advance()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        for case .open(let end) in upstreams.values { end.close() }
+        upstreams = [:]
+        session.logger.info(
+            "incoming connection from \(client) to port \(podPort): HTTP, \(counts[.program] ?? 0) request(s) stolen, \(counts[.pod] ?? 0) passed through"
+        )
+        self.context = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+
+    // MARK: Requests
+
+    /// Routes what the client sent, as far as the exchanges allow.
+    private func advance() {
+        while true {
+            if let tunnel {
+                if !pending.isEmpty { send(pending[...], to: tunnel) }
+                pending = []
+                return
+            }
+            if exchange == nil {
+                if pending.isEmpty {
+                    if clientEnded { context?.close(promise: nil) }
+                    return
+                }
+                guard startExchange() else { return }
+            }
+            guard var current = exchange else { return }
+            if !current.requestDone {
+                do {
+                    let taken = try current.request.consume(pending[...])
+                    if taken > 0 {
+                        send(pending[..<taken], to: current.route)
+                        pending.removeFirst(taken)
+                    }
+                } catch {
+                    return fail("the request's body: \(error)")
+                }
+                current.requestDone = current.request.isComplete
+                exchange = current
+                if !current.requestDone { return }
+            }
+            if !current.responseDone { return }
+            exchange = nil
+        }
+    }
+
+    /// Reads the next request's head and sends it on its way; false while the head is incomplete.
+    private func startExchange() -> Bool {
+        let head: HTTPHead
+        let body: BodyFraming
+        do {
+            guard let parsed = try HTTPHead.parse(pending[...]) else { return false }
+            head = parsed
+            body = try head.requestBody()
+        } catch {
+            // Not HTTP as the filter can follow it: the rest of the connection is the pod application's.
+            session.logger.info("incoming connection from \(client) to port \(podPort): \(error); passed through whole")
+            tunnel = .pod
+            return true
+        }
+        let route: Route = filter.matches(head) ? .program : .pod
+        counts[route, default: 0] += 1
+        exchange = Exchange(route: route, method: head.method, request: BodyReader(body))
+        send(pending[..<head.length], to: route)
+        pending.removeFirst(head.length)
+        return true
+    }
+
+    private func send(_ bytes: ArraySlice<UInt8>, to route: Route) {
+        let buffer = ByteBuffer(bytes: bytes)
+        switch upstreams[route] {
+        case .open(let end)?:
+            end.write(buffer, flush: true)
+        case .connecting(let queued)?:
+            upstreams[route] = .connecting(queued + [buffer])
+        case nil:
+            upstreams[route] = .connecting([buffer])
+            open(route)
+        }
+    }
+
+    private func open(_ route: Route) {
+        guard let channel = context?.channel else { return }
+        let loop = channel.eventLoop
+        switch route {
+        case .pod:
+            session.connectToPod(from: channel, podPort: podPort).whenComplete { [self] result in
+                switch result {
+                case .success(let upstream): connected(.pod, upstream)
+                case .failure(let error): fail("cannot reach the pod's application: \(error)")
+                }
+            }
+        case .program:
+            session.offer(
+                request, mode: .steal, client: client, on: loop,
+                take: { [self] link in loop.execute { self.connected(.program, link) } },
+                abandon: { [self] in loop.execute { self.programDidNotTake() } })
+        }
+    }
+
+    private func connected(_ route: Route, _ channel: any Channel) {
+        guard context != nil, case .connecting(let queued)? = upstreams[route] else {
+            channel.close(promise: nil)
+            return
+        }
+        let loop = context!.eventLoop
+        let end = StreamEnd.install(on: channel) { [self] event in
+            if loop.inEventLoop { upstream(route, event) } else { loop.execute { self.upstream(route, event) } }
+        }
+        upstreams[route] = .open(end)
+        for buffer in queued { end.write(buffer) }
+        end.flush()
+    }
+
+    /// The developer's program did not take the connection in time: its requests go to the pod instead.
+    private func programDidNotTake() {
+        guard case .connecting(let queued)? = upstreams[.program] else { return }
+        upstreams[.program] = nil
+        session.logger.warning(
+            "incoming connection from \(client) to port \(podPort): the developer's program did not take it in time; its requests go to the pod's application")
+        if exchange?.route == .program { exchange?.route = .pod }
+        if tunnel == .program { tunnel = .pod }
+        for buffer in queued { send(Array(buffer.readableBytesView)[...], to: .pod) }
+    }
+
+    // MARK: Answers
+
+    private func upstream(_ route: Route, _ event: StreamEnd.Event) {
+        switch event {
+        case .bytes(let buffer): received(Array(buffer.readableBytesView), from: route)
+        case .readComplete: context?.flush()
+        case .inputClosed, .closed: ended(route)
+        case .writable: break
+        }
+    }
+
+    private func received(_ bytes: [UInt8], from route: Route) {
+        guard let context else { return }
+        if let tunnel {
+            if tunnel == route { context.write(wrapOutboundOut(ByteBuffer(bytes: bytes)), promise: nil) }
+            return
+        }
+        guard var current = exchange, current.route == route, !current.responseDone else { return }
+        answer += bytes
+        do {
+            while !answer.isEmpty && !current.responseDone {
+                if var body = current.response {
+                    let taken = try body.consume(answer[...])
+                    pass(answer[..<taken])
+                    answer.removeFirst(taken)
+                    current.response = body
+                    current.responseDone = body.isComplete
+                    continue
+                }
+                guard let head = try HTTPHead.parse(answer[...]) else { break }
+                pass(answer[..<head.length])
+                answer.removeFirst(head.length)
+                let status = head.status ?? 0
+                if status == 101 {
+                    // Upgraded (WebSocket, h2c): from here on, bytes as they are.
+                    tunnel = route
+                    pass(answer[...])
+                    answer = []
+                    exchange = nil
+                    return advance()
+                }
+                if (100..<200).contains(status) { continue }  // an interim answer; the real one follows
+                let body = BodyReader(try head.responseBody(requestMethod: current.method))
+                current.response = body
+                current.responseDone = body.isComplete
+            }
+        } catch {
+            return fail("the answer: \(error)")
+        }
+        exchange = current
+        if current.responseDone {
+            answer = []
+            advance()
+        }
+    }
+
+    private func pass(_ bytes: ArraySlice<UInt8>) {
+        guard !bytes.isEmpty else { return }
+        context?.write(wrapOutboundOut(ByteBuffer(bytes: bytes)), promise: nil)
+    }
+
+    /// An upstream connection ended: an answer that runs until the close is complete, and the client's
+    /// connection ends with it; any other unfinished exchange is lost, and so is the connection.
+    private func ended(_ route: Route) {
+        if case .open(let end)? = upstreams[route] { end.close() }
+        upstreams[route] = nil
+        guard let context else { return }
+        if tunnel == route || (exchange?.route == route && exchange?.responseDone == false) {
+            context.flush()
+            context.close(promise: nil)
+        }
+    }
+
+    private func fail(_ reason: String) {
+        session.logger.warning("incoming connection from \(client) to port \(podPort) closed: \(reason)")
+        context?.close(promise: nil)
+    }
+}

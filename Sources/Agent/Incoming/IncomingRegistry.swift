@@ -1,0 +1,65 @@
+import Incoming
+import Logging
+import NIOCore
+import Synchronization
+
+/// The pod's connections waiting for a client to take them (`takeIncoming` arrives on a link connection of
+/// its own, so this is shared by the agent's sessions), and what incoming traffic needs agent-wide.
+final class IncomingRegistry: Sendable {
+    struct Waiting: Sendable {
+        /// Given its id and the link connection that took it, on that connection's loop.
+        let take: @Sendable (UInt64, any Channel) -> Void
+        /// Not taken in time, or its session ended.
+        let abandon: @Sendable () -> Void
+    }
+
+    /// How long a connection waits to be taken before it goes to the pod's application instead.
+    static let takeTimeout = TimeAmount.seconds(10)
+
+    let netfilter = Netfilter.locate()
+    private let waiting = Mutex<[UInt64: Waiting]>([:])
+    private let nextID = Atomic<UInt64>(0)
+    private let cleanedUp = Atomic<Bool>(false)
+
+    /// Registers a connection; nobody taking it within `takeTimeout` abandons it.
+    func add(_ entry: Waiting, on loop: any EventLoop) -> UInt64 {
+        let id = nextID.add(1, ordering: .relaxed).newValue
+        waiting.withLock { $0[id] = entry }
+        loop.scheduleTask(in: Self.takeTimeout) { [self] in remove(id)?.abandon() }
+        return id
+    }
+
+    func remove(_ id: UInt64) -> Waiting? {
+        waiting.withLock { $0.removeValue(forKey: id) }
+    }
+
+    /// Once per agent, before its first rules: tables left by killed agents go.
+    func removeStaleTables(logger: Logger) {
+        guard let netfilter, !cleanedUp.exchange(true, ordering: .relaxed) else { return }
+        for table in netfilter.removeStaleTables() {
+            logger.notice("removed the netfilter table \(table), left by an agent that is gone")
+        }
+    }
+}
+
+extension Endpoint {
+    /// A NIO address as an endpoint; IPv4-mapped IPv6 addresses become IPv4.
+    init?(_ address: SocketAddress?) {
+        switch address {
+        case .v4(let v4)?:
+            self.init(address: withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }, port: UInt16(v4.address.sin_port.bigEndian))
+        case .v6(let v6)?:
+            let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            let port = UInt16(v6.address.sin6_port.bigEndian)
+            let mapped = bytes.prefix(10).allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff
+            self.init(address: mapped ? Array(bytes[12...]) : bytes, port: port)
+        default:
+            return nil
+        }
+    }
+
+    /// As a NIO address, for connecting.
+    var nioAddress: SocketAddress? {
+        try? SocketAddress(packedIPAddress: ByteBuffer(bytes: address), port: Int(port))
+    }
+}

@@ -1,0 +1,249 @@
+import AgentProtocol
+import Incoming
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One session's incoming traffic: the ports it listens on in the pod, its netfilter table, the listeners
+/// that take stolen connections, and the copy of mirrored ones. Everything it set up goes when it ends.
+///
+/// `subscribe`, `unsubscribe` and `end` run nft and wait for binds: call them from the thread pool.
+final class IncomingSession: @unchecked Sendable {  // mutable state guarded by `lock`
+    struct Subscription {
+        let request: UInt32
+        let mode: IncomingSubscription.Mode
+        let filter: HTTPFilter?
+        var listener: (any Channel)?
+    }
+
+    let loop: any EventLoop
+    let registry: IncomingRegistry
+    let netfilter: Netfilter
+    let logger: Logger
+    /// Sends an `incoming` response to the client, from any thread.
+    let announce: @Sendable (_ request: UInt32, IncomingConnection) -> Void
+    private let lock = Mutex<Void>(())
+    private var plan: NetfilterPlan
+    private var subscriptions: [UInt16: Subscription] = [:]
+    private var capture: MirrorCapture?
+    private var waiting: Set<UInt64> = []
+    private var ended = false
+
+    init(
+        session: Int, loop: any EventLoop, registry: IncomingRegistry, netfilter: Netfilter, logger: Logger,
+        announce: @escaping @Sendable (UInt32, IncomingConnection) -> Void
+    ) {
+        self.loop = loop
+        self.registry = registry
+        self.netfilter = netfilter
+        self.logger = logger
+        self.announce = announce
+        plan = NetfilterPlan(agentPID: getpid(), session: session)
+    }
+
+    // MARK: Subscriptions
+
+    /// Takes `subscription.port` in the pod; `done`, or a failure that says why.
+    func subscribe(_ request: UInt32, _ subscription: IncomingSubscription) -> Response {
+        let port = subscription.port
+        let filter: HTTPFilter?
+        do {
+            filter = try HTTPFilter(headerPattern: subscription.headerPattern, pathPattern: subscription.pathPattern)
+        } catch {
+            return .failure(errno: EINVAL, message: error.description)
+        }
+        registry.removeStaleTables(logger: logger)
+        return lock.withLock { _ -> Response in
+            guard !ended else { return .failure(errno: ECONNRESET, message: "the session has ended") }
+            guard subscriptions[port] == nil else {
+                return .failure(errno: EADDRINUSE, message: "this session takes port \(port) already")
+            }
+            var next = plan
+            var listener: (any Channel)?
+            do {
+                switch subscription.mode {
+                case .steal:
+                    if let other = try netfilter.tableStealing(port, excluding: plan.table) {
+                        return .failure(
+                            errno: EADDRINUSE,
+                            message:
+                                "port \(port) of the pod is already stolen by another sysmirror session (netfilter table \(other)); end that session, or mirror the port instead (--incoming mirror)"
+                        )
+                    }
+                    let bound = try bindListener(podPort: port)
+                    listener = bound
+                    next.steals[port] = UInt16(bound.localAddress?.port ?? 0)
+                case .mirror:
+                    if capture == nil { capture = try MirrorCapture.open(session: self) }
+                    next.logGroup = capture!.group
+                    next.mirrors.insert(port)
+                }
+                try netfilter.apply(next)
+            } catch {
+                listener?.close(promise: nil)
+                return .failure(errno: EPERM, message: Self.explain(error))
+            }
+            plan = next
+            subscriptions[port] = Subscription(
+                request: request, mode: subscription.mode, filter: filter, listener: listener)
+            let how =
+                subscription.mode == .mirror
+                ? "mirrored" : filter == nil ? "stolen" : "stolen for matching HTTP requests"
+            logger.info("port \(port) of the pod is \(how) for this session (netfilter table \(plan.table))")
+            return .done
+        }
+    }
+
+    /// The listen request `request` was cancelled: the port goes back to the pod.
+    func unsubscribe(request: UInt32) {
+        lock.withLock { _ in
+            guard let (port, subscription) = subscriptions.first(where: { $0.value.request == request }) else { return }
+            subscriptions[port] = nil
+            plan.steals[port] = nil
+            plan.mirrors.remove(port)
+            subscription.listener?.close(promise: nil)
+            do { try netfilter.apply(plan) } catch { logger.warning("could not give port \(port) back: \(error)") }
+            logger.info("port \(port) of the pod is its own again")
+        }
+    }
+
+    /// The session is over: rules, listeners and the copy go, and connections still waiting to be taken go
+    /// to the pod's application.
+    func end() {
+        let (abandoned, stopped) = lock.withLock { _ -> ([UInt64], MirrorCapture?) in
+            guard !ended else { return ([], nil) }
+            ended = true
+            if !plan.isEmpty {
+                do {
+                    try netfilter.run(["-f", "-"], script: NetfilterPlan.deletion(of: plan.table))
+                    logger.info("removed the netfilter table \(plan.table): the pod serves its ports itself again")
+                } catch {
+                    logger.warning("could not remove the netfilter table \(plan.table): \(error)")
+                }
+            }
+            for subscription in subscriptions.values { subscription.listener?.close(promise: nil) }
+            subscriptions = [:]
+            defer { capture = nil }
+            return (Array(waiting), capture)
+        }
+        stopped?.stop()
+        for id in abandoned { registry.remove(id)?.abandon() }
+    }
+
+    static func explain(_ error: any Error) -> String {
+        let text = "\(error)"
+        if text.contains("Operation not permitted") || text.contains("EPERM") {
+            return "\(text). Incoming traffic needs CAP_NET_ADMIN in the pod (`trace --target` adds it when --incoming is not off)"
+        }
+        return text
+    }
+
+    func subscription(for port: UInt16) -> Subscription? { lock.withLock { _ in subscriptions[port] } }
+
+    // MARK: Connections
+
+    /// Registers a connection for the client to take, and announces it on `request`.
+    func offer(
+        _ request: UInt32, mode: IncomingSubscription.Mode, client: Endpoint, on loop: any EventLoop,
+        take: @escaping @Sendable (any Channel) -> Void, abandon: @escaping @Sendable () -> Void
+    ) {
+        let id = registry.add(
+            IncomingRegistry.Waiting(
+                take: { [self] id, channel in
+                    _ = lock.withLock { _ in waiting.remove(id) }
+                    take(channel)
+                }, abandon: abandon), on: loop)
+        let open = lock.withLock { _ in
+            if !ended { waiting.insert(id) }
+            return !ended
+        }
+        guard open else { return registry.remove(id)?.abandon() ?? () }
+        announce(request, IncomingConnection(id: id, mode: mode, client: client.socketAddress))
+    }
+
+    /// A listener for the stolen connections of `podPort`, on every address (IPv6 and IPv4 where the pod
+    /// has IPv6, else IPv4), on a port the kernel picks.
+    private func bindListener(podPort: UInt16) throws -> any Channel {
+        let bootstrap = ServerBootstrap(group: loop)
+            .serverChannelOption(.backlog, value: 1024)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                stolen(channel, podPort: podPort)
+                return channel.eventLoop.makeSucceededVoidFuture()
+            }
+        do {
+            return try bootstrap.bind(host: "::", port: 0).wait()
+        } catch {
+            return try bootstrap.bind(host: "0.0.0.0", port: 0).wait()
+        }
+    }
+
+    /// A connection redirected from `podPort`: to the client whole, or request by request with a filter.
+    private func stolen(_ channel: any Channel, podPort: UInt16) {
+        guard let client = Endpoint(channel.remoteAddress), let subscription = subscription(for: podPort) else {
+            return passThrough(channel, podPort: podPort, reason: "its port is no longer stolen")
+        }
+        if let filter = subscription.filter {
+            let splitter = HTTPSplitter(
+                session: self, request: subscription.request, podPort: podPort, client: client, filter: filter)
+            try? channel.pipeline.syncOperations.addHandler(splitter)
+            try? channel.syncOptions?.setOption(.autoRead, value: true)
+            return
+        }
+        offer(
+            subscription.request, mode: .steal, client: client, on: channel.eventLoop,
+            take: { [logger] link in
+                StreamEnd.glue(channel, link) { received, sent in
+                    logger.info(
+                        "incoming connection from \(client) to port \(podPort): stolen, \(received) bytes in, \(sent) out")
+                }
+            },
+            abandon: { [self] in
+                passThrough(channel, podPort: podPort, reason: "the developer's program did not take it in time")
+            })
+    }
+
+    /// Relays `channel` to the pod's application, as if it had never been redirected.
+    func passThrough(_ channel: any Channel, podPort: UInt16, reason: String) {
+        let client = Endpoint(channel.remoteAddress)
+        connectToPod(from: channel, podPort: podPort).whenComplete { [logger] result in
+            switch result {
+            case .success(let upstream):
+                StreamEnd.glue(channel, upstream) { received, sent in
+                    logger.info(
+                        "incoming connection from \(client.map { "\($0)" } ?? "?") to port \(podPort): passed through (\(reason)), \(received) bytes in, \(sent) out"
+                    )
+                }
+            case .failure(let error):
+                logger.warning("could not pass a connection to port \(podPort) through to the pod's application: \(error)")
+                channel.close(promise: nil)
+            }
+        }
+    }
+
+    /// A connection to the pod's application on `podPort`, at the address `channel` reached; marked, so
+    /// that no rule of sysmirror's redirects it again.
+    func connectToPod(from channel: any Channel, podPort: UInt16) -> EventLoopFuture<any Channel> {
+        guard var target = Endpoint(channel.localAddress), target.address.count == 4 || target.address.count == 16 else {
+            return channel.eventLoop.makeFailedFuture(IncomingError("no local address"))
+        }
+        target.port = podPort
+        guard let address = target.nioAddress else {
+            return channel.eventLoop.makeFailedFuture(IncomingError("bad address \(target)"))
+        }
+        return ClientBootstrap(group: channel.eventLoop)
+            .connectTimeout(.seconds(10))
+            .channelOption(.socketOption(.init(rawValue: SO_MARK)), value: SocketOptionValue(NetfilterPlan.passThroughMark))
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(.autoRead, value: false)
+            .connect(to: address)
+    }
+}

@@ -1,0 +1,86 @@
+import CSysmirror
+import Incoming
+import LinuxSystem
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// nft, run in the agent's network namespace (the pod's). Needs CAP_NET_ADMIN.
+struct Netfilter: Sendable {
+    let path: String
+
+    /// nft from Debian's nftables package; nil when the agent's image lacks it.
+    static func locate() -> Netfilter? {
+        ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].first { (path: String) in access(path, X_OK) == 0 }
+            .map(Netfilter.init)
+    }
+
+    /// Runs nft with `script` on its standard input; its output, or its error message.
+    @discardableResult
+    func run(_ arguments: [String], script: String? = nil) throws(IncomingError) -> String {
+        var input: FileDescriptor?
+        if let script {
+            var ends: [Int32] = [0, 0]
+            guard sysm_pipe(&ends) == 0 else { throw IncomingError("pipe: \(currentErrno())") }
+            // Scripts are a few hundred bytes: the pipe takes them whole before nft starts.
+            _ = script.utf8CString.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count - 1) }
+            close(ends[1])
+            input = FileDescriptor(rawValue: ends[0])
+        }
+        defer { try? input?.close() }
+        let completion: HelperProcess.Completion
+        do {
+            completion = try HelperProcess.run(
+                path: path, arguments: ["nft"] + arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], input: input,
+                timeout: .seconds(10))
+        } catch {
+            throw IncomingError("could not run \(path): \(error)")
+        }
+        guard completion.status == 0 else {
+            let message = String(decoding: completion.errors, as: UTF8.self).split(separator: "\n").first ?? ""
+            throw IncomingError("nft \(arguments.joined(separator: " ")) failed: \(message)")
+        }
+        return String(decoding: completion.output, as: UTF8.self)
+    }
+
+    func apply(_ plan: NetfilterPlan) throws(IncomingError) {
+        try run(["-f", "-"], script: plan.script)
+    }
+
+    /// Every session table in the namespace, with its chains.
+    func sessionTables() throws(IncomingError) -> [String: [String]] {
+        NetfilterPlan.sessionTables(inListing: try run(["list", "chains"]))
+    }
+
+    /// Removes the tables of agents that are gone (killed before they could remove their own); returns them.
+    func removeStaleTables() -> [String] {
+        guard let tables = try? sessionTables() else { return [] }
+        let stale = tables.keys.filter { table in
+            NetfilterPlan.owner(of: table).map { !Self.isAgentRunning($0) } ?? false
+        }
+        for table in stale { _ = try? run(["-f", "-"], script: NetfilterPlan.deletion(of: table)) }
+        return stale.sorted()
+    }
+
+    /// The table (of another session) that steals `port`, if any.
+    func tableStealing(_ port: UInt16, excluding table: String) throws(IncomingError) -> String? {
+        try sessionTables().first { name, chains in
+            name != table && chains.contains { NetfilterPlan.stolenPort(chain: $0) == port }
+        }?.key
+    }
+
+    static func isAgentRunning(_ pid: Int32) -> Bool {
+        if pid == getpid() { return true }
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        let name = (try? readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        return name.hasPrefix("sysmirror")
+    }
+}
+
+/// Why incoming traffic cannot be set up; the message goes to the client as the `listen` failure.
+struct IncomingError: Error, Sendable, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

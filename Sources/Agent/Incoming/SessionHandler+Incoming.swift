@@ -1,0 +1,55 @@
+import AgentProtocol
+import Incoming
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Incoming traffic on the link: `listen` subscribes a port of the pod for the session, and a link
+/// connection of its own opened with `takeIncoming` carries each connection that reached it.
+extension SessionHandler {
+    func listen(_ id: UInt32, _ subscription: IncomingSubscription, context: ChannelHandlerContext) {
+        if case .process(let pid) = configuration.target.spec, !Target.sharesNamespace("net", with: pid) {
+            return reply(
+                context, id,
+                .failure(
+                    errno: ENETUNREACH,
+                    message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
+                ))
+        }
+        guard let netfilter = registry.netfilter else {
+            return reply(
+                context, id,
+                .failure(
+                    errno: EOPNOTSUPP,
+                    message: "incoming traffic needs nft (Debian's nftables) beside the agent, and it is not installed"))
+        }
+        let channel = context.channel
+        let session =
+            incoming
+            ?? IncomingSession(
+                session: number, loop: context.eventLoop, registry: registry, netfilter: netfilter, logger: logger,
+                announce: { request, connection in
+                    channel.writeAndFlush(Message.response(id: request, .incoming(connection)), promise: nil)
+                })
+        incoming = session
+        pool.submit { _ in
+            channel.writeAndFlush(Message.response(id: id, session.subscribe(id, subscription)), promise: nil)
+        }
+    }
+
+    func takeIncoming(_ id: UInt32, _ connection: UInt64, context: ChannelHandlerContext) {
+        guard let waiting = registry.remove(connection) else {
+            return reply(
+                context, id,
+                .failure(
+                    errno: ENOENT,
+                    message: "connection \(connection) is not waiting any more (after \(IncomingRegistry.takeTimeout.nanoseconds / 1_000_000_000) s it goes to the pod's application)"
+                ))
+        }
+        reply(context, id, .done)
+        state = .stream
+        waiting.take(connection, context.channel)
+    }
+}
