@@ -69,17 +69,61 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         }
     }
 
+    /// The pod's incoming traffic to the program's listening ports (docs/incoming.md).
+    public struct Incoming: Decodable, Equatable, Sendable {
+        /// off, mirror or steal.
+        public var mode: String?
+        public var ports: [UInt16]?
+        public var ignorePorts: [UInt16]?
+        /// `LOCAL:REMOTE` entries.
+        public var portMapping: [String]?
+        public var httpFilter: HTTPFilter?
+        static let keys = ["mode", "ports", "ignore_ports", "port_mapping", "http_filter"]
+        enum CodingKeys: String, CodingKey {
+            case mode, ports
+            case ignorePorts = "ignore_ports"
+            case portMapping = "port_mapping"
+            case httpFilter = "http_filter"
+        }
+    }
+
+    /// Which stolen HTTP requests go to the program.
+    public struct HTTPFilter: Decodable, Equatable, Sendable {
+        public var header: String?
+        public var path: String?
+
+        public init(header: String?, path: String?) {
+            self.header = header
+            self.path = path
+        }
+
+        enum CodingKeys: String, CodingKey, CaseIterable { case header, path }
+
+        public init(from decoder: any Decoder) throws {
+            let loose = try decoder.container(keyedBy: Loose.AnyKey.self)
+            if let unknown = loose.allKeys.first(where: { CodingKeys(rawValue: $0.stringValue) == nil }) {
+                throw ConfigError(
+                    "unknown key \("incoming.http_filter.\(unknown.stringValue)".debugDescription) (known: header, path)")
+            }
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            header = try container.decodeIfPresent(String.self, forKey: .header)
+            path = try container.decodeIfPresent(String.self, forKey: .path)
+        }
+    }
+
     public var agent: Agent?
     public var fs: Files?
     public var env: Environment?
     public var outgoing: Outgoing?
     public var kubernetes: Kubernetes?
-    static let keys = ["agent", "fs", "env", "outgoing", "kubernetes"]
+    public var incoming: Incoming?
+    static let keys = ["agent", "fs", "env", "outgoing", "kubernetes", "incoming"]
 
     public init(
         agent: Agent? = nil, fs: Files? = nil, env: Environment? = nil, outgoing: Outgoing? = nil,
-        kubernetes: Kubernetes? = nil
+        kubernetes: Kubernetes? = nil, incoming: Incoming? = nil
     ) {
+        self.incoming = incoming
         self.agent = agent
         self.fs = fs
         self.env = env
@@ -96,6 +140,48 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
             )
         }
         return mode
+    }
+
+    /// The incoming rules the file and the flags give (flags win): `mode` from --incoming, `portMap` from
+    /// --port-map, the filter from --steal-header and --steal-path. A filter without a mode means steal.
+    public func incomingRules(
+        mode flagMode: IncomingRules.Mode?, portMap flagMap: [String], header flagHeader: String?,
+        path flagPath: String?
+    ) throws(ConfigError) -> IncomingRules {
+        let section = incoming
+        var mode = flagMode
+        if mode == nil, let name = section?.mode {
+            guard let parsed = IncomingRules.Mode(rawValue: name) else {
+                throw ConfigError(
+                    "incoming.mode: \(name.debugDescription) is not one of \(IncomingRules.Mode.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
+            }
+            mode = parsed
+        }
+        let header = flagHeader ?? section?.httpFilter?.header ?? ""
+        let path = flagPath ?? section?.httpFilter?.path ?? ""
+        let filtered = !header.isEmpty || !path.isEmpty
+        if filtered && mode != nil && mode != .steal {
+            throw ConfigError(
+                "--steal-header, --steal-path and incoming.http_filter choose which requests are stolen: they go with --incoming steal, not \(mode!.rawValue)"
+            )
+        }
+        var portMap: [UInt16: UInt16] = [:]
+        for (index, text) in (section?.portMapping ?? []).enumerated() {
+            guard let (local, remote) = IncomingRules.parseMapping(text) else {
+                throw ConfigError("incoming.port_mapping[\(index)]: \(text.debugDescription) is not LOCAL:REMOTE (two ports)")
+            }
+            portMap[local] = remote
+        }
+        for text in flagMap {
+            guard let (local, remote) = IncomingRules.parseMapping(text) else {
+                throw ConfigError("--port-map \(text.debugDescription): expected LOCAL:REMOTE, two ports (1-65535)")
+            }
+            portMap[local] = remote
+        }
+        return IncomingRules(
+            mode: mode ?? (filtered ? .steal : .mirror), portMap: portMap, ports: Set(section?.ports ?? []),
+            ignoredPorts: Set(section?.ignorePorts ?? []), headerPattern: header, pathPattern: path)
     }
 
     /// Reads `path`: JSON when it ends in `.json` or starts with `{`, YAML otherwise. Unknown keys are errors,
@@ -132,7 +218,7 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
                 Self.keys, at: "",
                 sections: [
                     "agent": Agent.keys, "fs": Files.keys, "env": Environment.keys, "outgoing": Outgoing.keys,
-                    "kubernetes": Kubernetes.keys,
+                    "kubernetes": Kubernetes.keys, "incoming": Incoming.keys,
                 ])
             return config
         } catch let error as ConfigError {

@@ -9,18 +9,23 @@ public struct AgentPlan: Equatable, Sendable {
         public var targetFiles: Bool
         /// Writes files in the pod (`--fs-mode write`).
         public var writesFiles: Bool
+        /// Mirrors or steals the pod's incoming traffic (`--incoming`, on by default).
+        public var takesIncoming: Bool
 
-        public init(targetFiles: Bool, writesFiles: Bool) {
+        public init(targetFiles: Bool, writesFiles: Bool, takesIncoming: Bool = false) {
             self.targetFiles = targetFiles
             self.writesFiles = writesFiles
+            self.takesIncoming = takesIncoming
         }
 
         /// Linux capabilities, after dropping all: SYS_PTRACE reaches /proc/1/root and environ of a target
         /// running as another user, DAC_READ_SEARCH reads its files whatever their mode; writing needs
-        /// DAC_OVERRIDE, and FOWNER and CHOWN keep a written file's mode and owner.
+        /// DAC_OVERRIDE, and FOWNER and CHOWN keep a written file's mode and owner; incoming traffic needs
+        /// NET_ADMIN for its netfilter rules and the copy of mirrored packets.
         public var capabilities: [String] {
             guard targetFiles else { return [] }
             return ["SYS_PTRACE", "DAC_READ_SEARCH"] + (writesFiles ? ["DAC_OVERRIDE", "FOWNER", "CHOWN"] : [])
+                + (takesIncoming ? ["NET_ADMIN"] : [])
         }
     }
 

@@ -22,11 +22,13 @@ public final class KubernetesSession {
         /// The agent exits this long after the session ends (or its CLI dies).
         public var idleTimeout: Int
         public var writesFiles: Bool
+        public var takesIncoming: Bool
 
         public init(
             target: KubernetesTarget, kubectl: Kubectl.Settings, image: String, readyTimeout: Int, idleTimeout: Int,
-            writesFiles: Bool
+            writesFiles: Bool, takesIncoming: Bool = false
         ) {
+            self.takesIncoming = takesIncoming
             self.target = target
             self.kubectl = kubectl
             self.image = image
@@ -96,7 +98,8 @@ public final class KubernetesSession {
                 }
                 plan = AgentPlan.random(
                     image: request.image, tokenDigest: digest, idleTimeout: request.idleTimeout,
-                    features: .init(targetFiles: true, writesFiles: request.writesFiles))
+                    features: .init(
+                        targetFiles: true, writesFiles: request.writesFiles, takesIncoming: request.takesIncoming))
                 step(
                     "pod \(pod.metadata.namespace ?? "?")/\(pod.metadata.name), container \(target); adding the agent as ephemeral container \(plan.containerName) (\(plan.image))"
                 )

@@ -23,6 +23,8 @@ public final class NotificationLoop: Sendable {
     let remote: RemoteFiles?
     /// Serves outgoing traffic routed remote; nil without an agent.
     let sockets: RemoteSockets?
+    /// Serves listen and accept for the pod's incoming traffic; nil without it.
+    let incoming: RemoteIncoming?
     private let foreignABIWarned = Atomic<Bool>(false)
     private let wallClock = Clock.WallFromMonotonic()
     /// Calls received and not yet logged.
@@ -30,10 +32,11 @@ public final class NotificationLoop: Sendable {
 
     init(
         listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger,
-        remote: RemoteFiles? = nil, sockets: RemoteSockets? = nil
+        remote: RemoteFiles? = nil, sockets: RemoteSockets? = nil, incoming: RemoteIncoming? = nil
     ) {
         self.remote = remote
         self.sockets = sockets
+        self.incoming = incoming
         self.listener = listener
         self.table = table
         self.policy = policy
@@ -95,6 +98,11 @@ public final class NotificationLoop: Sendable {
         } else {
             name = foreignName(notification)
         }
+        if let incoming, let decoded, decoded.spec.category == .network,
+            serveIncoming(notification, decoded, incoming, started: started)
+        {
+            return
+        }
         var file: FileCall?
         var path: [UInt8]?
         if let remote, let decoded, let call = FileCall(decoded) {
@@ -113,17 +121,10 @@ public final class NotificationLoop: Sendable {
         // and whose pid was reused. A plain answer needs no such check (see Decision.hasEffects).
         if decision.hasEffects && !listener.isPending(notification.id) { return }
         if decision.route == .remote, let remote {
-            // Answered from another thread; counted in flight until logged.
-            inFlight.add(1, ordering: .sequentiallyConsistent)
             let resolved = path.flatMap { $0 != file?.path ? "pod path " + String(decoding: $0, as: UTF8.self) : nil }
-            let done: RemoteFiles.Completion = { [self, decoded] outcome, note, answered in
-                log.record(
-                    TraceEvent(
-                        time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
-                        route: .remote, outcome: outcome, durationNanos: answered - started,
-                        note: [resolved, decision.note, note].compactMap { $0 }.joined(separator: "; ").nonEmpty))
-                inFlight.subtract(1, ordering: .sequentiallyConsistent)
-            }
+            let done = completion(
+                notification, name: name, decoded: decoded, started: started,
+                notes: [resolved, decision.note].compactMap { $0 })
             if let socket, let sockets, let decoded {
                 sockets.serve(notification, call: decoded, socket: socket, done: done)
             } else {
@@ -154,6 +155,36 @@ public final class NotificationLoop: Sendable {
                 time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
                 route: decision.route,
                 outcome: outcome, durationNanos: answered - started, note: decision.note))
+    }
+
+    /// Counts a call answered from another thread as in flight, and returns what logs it and ends the count.
+    private func completion(
+        _ notification: Notification, name: String, decoded: DecodedSyscall?, started: UInt64, notes: [String] = []
+    ) -> RemoteFiles.Completion {
+        inFlight.add(1, ordering: .sequentiallyConsistent)
+        return { [self] outcome, note, answered in
+            log.record(
+                TraceEvent(
+                    time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
+                    route: .remote, outcome: outcome, durationNanos: answered - started,
+                    note: (notes + [note].compactMap { $0 }).joined(separator: "; ").nonEmpty))
+            inFlight.subtract(1, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    /// listen and accept on the sockets whose ports take the pod's traffic; false for the others.
+    private func serveIncoming(
+        _ notification: Notification, _ call: DecodedSyscall, _ incoming: RemoteIncoming, started: UInt64
+    ) -> Bool {
+        let name = call.spec.name
+        guard name == "listen" || name == "accept" || name == "accept4" else { return false }
+        let done = completion(notification, name: name, decoded: call, started: started)
+        let taken =
+            name == "listen"
+            ? incoming.serveListen(notification, done: done)
+            : incoming.serveAccept(notification, call: call, done: done)
+        if !taken { inFlight.subtract(1, ordering: .sequentiallyConsistent) }  // not counted: `done` never runs
+        return taken
     }
 
     private func foreignName(_ notification: Notification) -> String {

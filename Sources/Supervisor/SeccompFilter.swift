@@ -22,11 +22,12 @@ public struct FilterPlan: Sendable {
 
     /// What `sysmirror trace` routes: the file, exec and network calls; sendto only with a destination, so
     /// that send() on a connected socket never costs a round trip; some calls only with an agent
-    /// (`SyscallTable.servedOnlyWithAnAgent`).
-    public static func trace(routeSendmsg: Bool, withAgent: Bool = false) -> FilterPlan {
+    /// (`SyscallTable.servedOnlyWithAnAgent`), accept only with incoming traffic.
+    public static func trace(routeSendmsg: Bool, withAgent: Bool = false, withIncoming: Bool = false) -> FilterPlan {
         var routed = SyscallTable.x86_64.specs.map(\.name).filter { $0 != "sendto" }
         if !routeSendmsg { routed.removeAll { $0 == "sendmsg" } }
         if !withAgent { routed.removeAll { SyscallTable.servedOnlyWithAnAgent.contains($0) } }
+        if !withIncoming { routed.removeAll { SyscallTable.servedOnlyWithIncoming.contains($0) } }
         return FilterPlan(routed: routed, routedWithNonZeroArgument: [NonZeroArgument(name: "sendto", index: 4)])
     }
 }

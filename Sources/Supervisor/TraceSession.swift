@@ -54,6 +54,8 @@ public final class TraceSession: Sendable {
         /// How the pod's environment is merged; nil keeps the local environment only (`--no-remote-env`).
         public var environment: EnvironmentMerge?
         public var outgoing: OutgoingRules
+        /// Which listening ports take the pod's incoming traffic, and how.
+        public var incoming = IncomingRules.off
         /// Whether uname and /etc/hostname are the pod's (not for a targetless agent, whose pod is its own).
         public var servesHostname = true
 
@@ -111,7 +113,10 @@ public final class TraceSession: Sendable {
 
         let filter: FilterProgram
         do {
-            filter = try SeccompFilter.compile(.trace(routeSendmsg: options.routeSendmsg, withAgent: link != nil))
+            filter = try SeccompFilter.compile(
+                .trace(
+                    routeSendmsg: options.routeSendmsg, withAgent: link != nil,
+                    withIncoming: link != nil && options.remote?.incoming.mode != .off))
         } catch {
             throw .filter(error.description)
         }
@@ -213,9 +218,15 @@ public final class TraceSession: Sendable {
         let policy =
             options.remote.map { RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing) }
             ?? RoutingPolicy()
+        let incoming = link.flatMap { link -> RemoteIncoming? in
+            guard let remote = options.remote, remote.incoming.mode != .off else { return nil }
+            return RemoteIncoming(
+                client: link.client, streams: StreamConnector(address: link.client.address, token: remote.token),
+                rules: remote.incoming, listener: program.listener, log: log, logger: logger)
+        }
         let loop = NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,
-            sockets: sockets)
+            sockets: sockets, incoming: incoming)
         try loop.start()
         self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }

@@ -87,6 +87,8 @@ public struct SyscallTable: Sendable {
         SyscallSpec(42, "connect", .network, [.fd, .socketAddress(lengthIndex: 2), .integer]),
         SyscallSpec(49, "bind", .network, [.fd, .socketAddress(lengthIndex: 2), .integer]),
         SyscallSpec(50, "listen", .network, [.fd, .integer]),
+        SyscallSpec(43, "accept", .network, [.fd, .pointer, .pointer]),
+        SyscallSpec(288, "accept4", .network, [.fd, .pointer, .pointer, .integer]),
         SyscallSpec(
             44, "sendto", .network,
             [.fd, .pointer, .integer, .messageFlags, .socketAddress(lengthIndex: 5), .integer]),
@@ -101,4 +103,7 @@ public struct SyscallTable: Sendable {
     /// Calls routed only when an agent serves the session: the hostname, and extended attributes (which
     /// `ls -l` asks for each file, and which must not fail locally for a file that exists only in the pod).
     public static let servedOnlyWithAnAgent = ["uname", "getxattr", "lgetxattr", "listxattr", "llistxattr"]
+
+    /// Calls routed only when the pod's incoming traffic reaches the program: accept reports the pod's client.
+    public static let servedOnlyWithIncoming = ["accept", "accept4"]
 }

@@ -2,6 +2,7 @@ import Agent
 import AgentLink
 import ArgumentParser
 import Configuration
+import Incoming
 import Kubernetes
 import LinuxSystem
 import Logging
@@ -16,6 +17,7 @@ import SystemPackage
 
 extension TraceFormat: ExpressibleByArgument {}
 extension FileSystemMode: ExpressibleByArgument {}
+extension IncomingRules.Mode: ExpressibleByArgument {}
 
 struct Trace: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -88,6 +90,33 @@ struct Trace: ParsableCommand {
         name: .customLong("no-outgoing"),
         help: "Keep all network traffic local; by default connections to anything but loopback leave from the pod.")
     var noOutgoing = false
+
+    @Option(
+        help: ArgumentHelp(
+            "The pod's connections to the ports the program listens on: mirror (default): the pod's application serves them and the program gets a copy of each one's requests; steal: the program gets them instead; off.",
+            valueName: "MODE"))
+    var incoming: IncomingRules.Mode?
+
+    @Option(
+        name: .customLong("port-map"),
+        help: ArgumentHelp(
+            "The program's port LOCAL takes the pod's port REMOTE (repeatable; default: the same port).",
+            valueName: "LOCAL:REMOTE"))
+    var portMap: [String] = []
+
+    @Option(
+        name: .customLong("steal-header"),
+        help: ArgumentHelp(
+            "Steal only HTTP requests with a header line (Name: value) matching this regular expression; the others go to the pod's application.",
+            valueName: "REGEX"))
+    var stealHeader: String?
+
+    @Option(
+        name: .customLong("steal-path"),
+        help: ArgumentHelp(
+            "Steal only HTTP requests whose path matches this regular expression (with --steal-header: both must match).",
+            valueName: "REGEX"))
+    var stealPath: String?
 
     @Option(
         name: .long,
@@ -199,7 +228,9 @@ struct Trace: ParsableCommand {
                         image: agentImage ?? kubernetes?.agentImage ?? Self.defaultImage,
                         readyTimeout: agentTimeout ?? kubernetes?.agentTimeout ?? Self.defaultAgentTimeout,
                         idleTimeout: Int(AgentServer.defaultIdleTimeout),
-                        writesFiles: (try? fsMode ?? settings.fileSystemMode()) == .write))
+                        writesFiles: (try? fsMode ?? settings.fileSystemMode()) == .write,
+                        takesIncoming: (try? incomingRules(settings, targetless: text == "targetless"))?.mode ?? .off
+                            != .off))
             } catch {
                 throw ValidationError("\(error)")
             }
@@ -225,10 +256,10 @@ struct Trace: ParsableCommand {
         switch source {
         case .none:
             if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil
-                || noOutgoing
+                || noOutgoing || incoming != nil || !portMap.isEmpty || stealHeader != nil || stealPath != nil
             {
                 throw ValidationError(
-                    "--fs-mode, --token-file, --no-outgoing and the --env options need an agent: add --target KIND/NAME or --agent ADDRESS (or kubernetes.target or agent.address in --config)."
+                    "--fs-mode, --token-file, --no-outgoing, the --env options and the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent: add --target KIND/NAME or --agent ADDRESS (or kubernetes.target or agent.address in --config)."
                 )
             }
             return nil
@@ -269,10 +300,23 @@ struct Trace: ParsableCommand {
                 address: address, token: token, files: files,
                 environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
             options.servesHostname = !targetless
+            options.incoming = try incomingRules(settings, targetless: targetless)
             return options
         } catch {
             throw ValidationError("\(error)")
         }
+    }
+
+    /// The incoming rules; off for a targetless agent, whose pod serves nothing.
+    func incomingRules(_ settings: SessionConfig, targetless: Bool) throws -> IncomingRules {
+        let rules = try settings.incomingRules(mode: incoming, portMap: portMap, header: stealHeader, path: stealPath)
+        _ = try HTTPFilter(headerPattern: rules.headerPattern, pathPattern: rules.pathPattern)
+        guard targetless else { return rules }
+        if incoming.map({ $0 != .off }) == true || stealHeader != nil || stealPath != nil || !portMap.isEmpty {
+            throw ValidationError(
+                "a targetless agent has no application whose traffic to take: incoming traffic needs --target pod/NAME, deployment/NAME or statefulset/NAME")
+        }
+        return .off
     }
 
     /// The log's destination: a file (created or truncated, 0644), standard error, or nothing.
