@@ -18,6 +18,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     let name: String
     let podNamespace: String
     let developerNamespace: String
+    /// With `incoming`: the pod's clients, joined to the pod by a veth pair.
+    let clientNamespace: String
     /// The container's root folder (also the pod's file system as tests see it from outside).
     let root: URL
     let socket: String
@@ -45,11 +47,14 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     ///     HTTP server, redis and a UDP echo.
     ///   - kubelet: the container gets a process namespace of its own, as under a kubelet, and no agent is
     ///     started: the cluster stand-in starts one when asked (KubernetesTests).
-    init(network: Bool = false, kubelet: Bool = false) throws {
+    ///   - incoming: a client namespace joined to the pod by a veth pair, and the pod's application: an HTTP
+    ///     server on :8080 answering "pod CLIENT-IP" (gofixture serve).
+    init(network: Bool = false, kubelet: Bool = false, incoming: Bool = false) throws {
         let fixtures = Fixtures.shared
         name = "\(getpid())-\(Self.counter.next())"
         podNamespace = "sysm-pod-\(name)"
         developerNamespace = "sysm-dev-\(name)"
+        clientNamespace = "sysm-cli-\(name)"
         root = fixtures.directory.appendingPathComponent("pod-\(name)")
         socket = fixtures.path("agent-\(name).sock")
         tokenFile = fixtures.path("token-\(name)")
@@ -61,6 +66,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             try Self.command(["ip", "-n", podNamespace, "link", "set", "lo", "up"])
             try Self.command(["ip", "-n", developerNamespace, "link", "set", "lo", "up"])
             if network { try startServices() }
+            if incoming { try startApplication() }
             try startContainer(ownProcessNamespace: kubelet)
             if !kubelet { try startAgent() }
         } catch {
@@ -149,6 +155,64 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             return ["0A00600A:0035", "1400600A:1F90", "1E00600A:18EB"].allSatisfy(tcp.contains)
                 && ["0A00600A:0035", "2800600A:0007"].allSatisfy(udp.contains)
         }
+    }
+
+    /// The pod's address on the veth pair, and its client's.
+    static let podAddress = "10.250.0.1", clientAddress = "10.250.0.2"
+
+    private func startApplication() throws {
+        try Self.command(["ip", "netns", "add", clientNamespace])
+        try Self.command(["ip", "-n", clientNamespace, "link", "set", "lo", "up"])
+        try Self.command([
+            "ip", "-n", podNamespace, "link", "add", "vpod", "type", "veth", "peer", "name", "vcli", "netns",
+            clientNamespace,
+        ])
+        for (namespace, device, address) in [
+            (podNamespace, "vpod", Self.podAddress), (clientNamespace, "vcli", Self.clientAddress),
+        ] {
+            try Self.command(["ip", "-n", namespace, "addr", "add", "\(address)/24", "dev", device])
+            try Self.command(["ip", "-n", namespace, "link", "set", device, "up"])
+        }
+        services.append(
+            try SpawnedService([
+                "ip", "netns", "exec", podNamespace, Fixtures.shared.path("gofixture"), "serve", "pod", "0.0.0.0:8080",
+            ]))
+        try Self.waitUntil("the pod's application") {
+            (try? client(["GET /ready"]))?.first?.hasPrefix("pod ") == true
+        }
+    }
+
+    /// HTTP/1.1 requests from the client namespace to the pod's :8080, in order on one keep-alive
+    /// connection: each is "METHOD PATH" and optionally a header line after a "|". Returns each answer's
+    /// body, trimmed, and the client's port.
+    func client(_ requests: [String], connection: String? = nil) throws -> [String] {
+        let script = """
+            import http.client, sys
+            c = http.client.HTTPConnection('\(Self.podAddress)', 8080, timeout=5)
+            for line in sys.argv[1:]:
+                request, _, header = line.partition('|')
+                method, path = request.split(' ')
+                headers = dict([header.split(': ')]) if header else {}
+                body = b'x' * 70000 if method == 'POST' else None
+                c.request(method, path, body=body, headers=headers)
+                answer = c.getresponse().read().decode().strip()
+                print(answer + ' ' + str(c.sock.getsockname()[1]), flush=True)
+            """
+        let result = try Run.process(
+            ["ip", "netns", "exec", clientNamespace, "python3", "-c", script] + requests,
+            directory: Fixtures.shared.directory)
+        guard result.status == 0 else { throw FixtureError(description: "the client failed: \(result.stderr)") }
+        return result.stdout.split(separator: "\n").map(String.init)
+    }
+
+    /// `sysmirror trace --agent` as nobody in the developer's namespace, left running: a server.
+    func startTrace(_ program: [String], options: [String], output: String, log: String) throws -> Process {
+        var command = [
+            Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", "unix:\(socket)", "--token-file", tokenFile,
+        ]
+        command += options + ["--"] + program
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
+        return try Self.start(["ip", "netns", "exec", developerNamespace] + command, log: output)
     }
 
     private func startContainer(ownProcessNamespace: Bool) throws {
@@ -240,7 +304,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        for namespace in [podNamespace, developerNamespace] {
+        for namespace in [podNamespace, developerNamespace, clientNamespace] {
             _ = try? Run.process(["ip", "netns", "delete", namespace], directory: Fixtures.shared.directory)
         }
         for path in [root.path, socket, tokenFile, agentLog] { try? FileManager.default.removeItem(atPath: path) }

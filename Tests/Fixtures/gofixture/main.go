@@ -8,6 +8,8 @@
 //	gofixture get URL            print the body of an HTTP GET
 //	gofixture gets N URL         N GETs at once, each on a new connection; print "ok N" when all succeed
 //	gofixture lookup NAME        print how many addresses NAME resolves to (pure Go resolver)
+//	gofixture serve NAME ADDRESS an HTTP server on ADDRESS answering "NAME CLIENT-IP"; prints each
+//	                             request's path and X-Dev header
 package main
 
 import (
@@ -99,6 +101,14 @@ func main() {
 		addresses, err := net.LookupHost(os.Args[2])
 		check(err)
 		fmt.Println(len(addresses))
+	case "serve":
+		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			client, _, _ := net.SplitHostPort(r.RemoteAddr)
+			io.Copy(io.Discard, r.Body)
+			fmt.Printf("%s %s\n", r.URL.Path, r.Header.Get("X-Dev"))
+			fmt.Fprintf(w, "%s %s\n", os.Args[2], client)
+		})
+		check(http.ListenAndServe(os.Args[3], nil))
 	case "exec":
 		output, err := exec.Command(os.Args[2], os.Args[3:]...).CombinedOutput()
 		os.Stdout.Write(output)

@@ -1,0 +1,160 @@
+import Foundation
+import Testing
+
+/// Incoming traffic on the pod stand-in: a client namespace joined to the pod by a veth pair reaches the
+/// pod's application (a Go HTTP server on :8080 answering "pod CLIENT-IP"); the developer's program is the
+/// same static Go server answering "local CLIENT-IP", traced as nobody in the developer's namespace. Its
+/// answer naming the client's address shows that accept reported the pod's client, not a relay.
+@Suite("Incoming traffic: mirror and steal", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class IncomingTrafficTests {
+    let pod: PodStandIn
+    let fixtures = Fixtures.shared
+    let client = PodStandIn.clientAddress
+
+    init() throws { pod = try PodStandIn(incoming: true) }
+
+    deinit {
+        for server in servers { end(server, with: SIGKILL) }
+        pod.tearDown()
+    }
+
+    private var servers: [LocalServer] = []
+
+    /// A traced local server, once the pod's port is its (or refused): its output file and trace log.
+    struct LocalServer {
+        let process: Process
+        let output: String
+        let log: String
+        var outputText: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        /// The requests the server printed (path and X-Dev), one a line.
+        var requests: String { outputText.split(separator: "\n").filter { $0.hasPrefix("/") }.map { $0 + "\n" }.joined() }
+        /// The server's own pid, from its listen in the log.
+        var programPID: Int32? {
+            logText.split(separator: "\n").first { $0.contains("listen(") }.flatMap {
+                Int32($0.dropFirst("[pid ".count).prefix { $0 != "]" })
+            }
+        }
+    }
+
+    func startLocal(_ options: [String], port: Int = 8080) throws -> LocalServer {
+        let name = UUID().uuidString
+        let server = LocalServer(
+            process: try pod.startTrace(
+                [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:\(port)"], options: options,
+                output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log")),
+            output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log"))
+        servers.append(server)
+        try PodStandIn.waitUntil("the local server's listen") {
+            server.logText.contains("listen(") || !server.process.isRunning
+        }
+        return server
+    }
+
+    /// Sends `signal` to sysmirror and waits for it; after 10 s, or when sysmirror is killed and its program
+    /// left behind, the program is killed too (Foundation waits for every process holding the output).
+    func end(_ server: LocalServer, with signal: Int32 = SIGTERM) {
+        guard servers.contains(where: { $0.process === server.process }) else { return }
+        servers.removeAll { $0.process === server.process }
+        kill(server.process.processIdentifier, signal)
+        // Killed, sysmirror leaves its program behind, and Foundation waits for it (it holds the output).
+        if signal == SIGKILL, let program = server.programPID { kill(program, SIGKILL) }
+        let deadline = Date().addingTimeInterval(10)
+        while server.process.isRunning && Date() < deadline { usleep(10_000) }
+        if server.process.isRunning, let program = server.programPID { kill(program, SIGKILL) }
+        if server.process.isRunning { kill(server.process.processIdentifier, SIGKILL) }
+        server.process.waitUntilExit()
+    }
+
+    /// The pod's netfilter tables, as `nft list tables` shows them.
+    var sessionTables: String {
+        get throws {
+            let listing = try Run.process(["ip", "netns", "exec", pod.podNamespace, "/usr/sbin/nft", "list", "tables"])
+            guard listing.status == 0 else { throw FixtureError(description: "nft list tables: \(listing.stderr)") }
+            return listing.stdout
+        }
+    }
+
+    @Test("steal: new connections reach the local program with the client's address; older ones and later ones the pod")
+    func steal() throws {
+        // A table left by an agent that was killed: the next session removes it.
+        let stale = "table inet sysmirror_999999_1 {\n chain steal_8080 {\n }\n}\n"
+        _ = try Run.process(["ip", "netns", "exec", pod.podNamespace, "/usr/sbin/nft", "-f", "-"], stdin: stale)
+        #expect(try sessionTables.contains("sysmirror_999999_1"))
+        let before = try pod.client(["GET /before"])  // opened before the session
+        #expect(before.first?.hasPrefix("pod \(client)") == true)
+
+        let server = try startLocal(["--incoming", "steal"])
+        #expect(server.logText.contains("port 8080 of the pod: stolen"), "\(server.logText)")
+        #expect(try !sessionTables.contains("sysmirror_999999_1"))
+        #expect(pod.agentLogText.contains("removed the netfilter table sysmirror_999999_1"))
+        let answers = try pod.client(["GET /one", "GET /two"])
+        #expect(answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == Array(repeating: "local \(client)", count: 2))
+        #expect(server.requests == "/one \n/two \n")
+        try PodStandIn.waitUntil("the connections' ends in the log") { server.logText.contains("bytes in") }
+        let log = server.logText
+        #expect(log.contains("accept4(") && log.contains("from \(client):") && log.contains("(stolen)"), "\(log)")
+        #expect(log.contains("incoming connection from \(client):") && log.contains("stolen, ") && log.contains("bytes in"))
+
+        end(server)
+        #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
+        #expect(try !sessionTables.contains("sysmirror_"))
+    }
+
+    @Test("mirror: clients get the pod's answers, and the local program a copy of each request")
+    func mirror() throws {
+        let server = try startLocal(["--incoming", "mirror", "--port-map", "18080:8080"], port: 18080)
+        #expect(server.logText.contains("port 8080 of the pod: mirrored"), "\(server.logText)")
+        let answers = try pod.client(["GET /first", "GET /second|X-Dev: me", "POST /third"])
+        #expect(answers.allSatisfy { $0.hasPrefix("pod \(client) ") }, "\(answers)")
+        try PodStandIn.waitUntil("the copies", timeout: 10) { server.outputText.contains("/third") }
+        #expect(server.requests == "/first \n/second me\n/third \n")
+        // The trace log is written behind the calls.
+        try PodStandIn.waitUntil("the accepts in the log") {
+            server.logText.contains("from \(self.client):") && server.logText.contains("(mirrored)")
+        }
+        end(server)
+        #expect(try !sessionTables.contains("sysmirror_"))
+    }
+
+    @Test("steal with a header filter: matching requests are local, others the pod's, on one keep-alive connection")
+    func stealFiltered() throws {
+        let server = try startLocal(["--incoming", "steal", "--steal-header", "^X-Dev: me$"])
+        let answers = try pod.client([
+            "GET /a|X-Dev: me", "GET /b", "POST /c|X-Dev: me", "GET /d|X-Dev: someone-else", "POST /e", "GET /f|X-Dev: me",
+        ])
+        let bodies = answers.map { $0.split(separator: " ")[0] }
+        #expect(bodies == ["local", "pod", "local", "pod", "pod", "local"], "\(answers)")
+        #expect(Set(answers.map { $0.split(separator: " ").last! }).count == 1, "not one connection: \(answers)")
+        #expect(server.requests == "/a me\n/c me\n/f me\n")
+        end(server)
+    }
+
+    @Test("Killing sysmirror mid-steal gives the port back to the pod's application at once")
+    func killedMidSteal() throws {
+        let server = try startLocal(["--incoming", "steal"])
+        #expect(try pod.client(["GET /x"]).first?.hasPrefix("local") == true)
+        let started = Date()
+        end(server, with: SIGKILL)
+        var answer = ""
+        while Date().timeIntervalSince(started) < 5 {
+            answer = (try? pod.client(["GET /y"]))?.first ?? ""
+            if answer.hasPrefix("pod") { break }
+            usleep(20_000)
+        }
+        #expect(answer.hasPrefix("pod \(client)"), "still \(answer) after 5 s; the agent: \(pod.agentLogText)")
+        try PodStandIn.waitUntil("the table's removal", timeout: 5) { (try? self.sessionTables.contains("sysmirror_")) == false }
+    }
+
+    @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")
+    func secondSteal() throws {
+        let first = try startLocal(["--incoming", "steal"])
+        let second = try startLocal(["--incoming", "steal", "--port-map", "18081:8080"], port: 18081)
+        try PodStandIn.waitUntil("the refusal") { second.outputText.contains("stays the pod's") }
+        #expect(second.outputText.contains("port 8080 of the pod is already stolen by another sysmirror session"))
+        #expect(try pod.client(["GET /z"]).first?.hasPrefix("local") == true)
+        end(second)
+        #expect(try pod.client(["GET /z"]).first?.hasPrefix("local") == true)  // the first keeps it
+        end(first)
+    }
+}
