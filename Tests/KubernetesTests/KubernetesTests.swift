@@ -137,6 +137,9 @@ struct AgentPlanTests {
             AgentPlan.Features(targetFiles: true, writesFiles: true).capabilities
                 == ["SYS_PTRACE", "DAC_READ_SEARCH", "DAC_OVERRIDE", "FOWNER", "CHOWN"])
         #expect(AgentPlan.Features(targetFiles: false, writesFiles: false).capabilities.isEmpty)
+        #expect(
+            AgentPlan.Features(targetFiles: true, writesFiles: false, takesIncoming: true).capabilities
+                == ["SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"])
     }
 
     @Test("kubectl debug: the target container's process namespace, loopback only, the token's digest")

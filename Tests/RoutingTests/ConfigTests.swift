@@ -69,6 +69,39 @@ struct ConfigTests {
         #expect(throws: ConfigError.self) { try SessionConfig.parse("outgoing:\n  remotes: []\n") }
     }
 
+    @Test func incomingRulesComeFromTheSectionAndFlagsWin() throws {
+        let config = try SessionConfig.parse(
+            """
+            incoming:
+              mode: steal
+              ports: [18080, 8080, 9090, 19090]
+              ignore_ports: [9090]
+              port_mapping: ["18080:8080"]
+              http_filter: {header: "^X-Dev: me$", path: "^/api/"}
+            """)
+        let rules = try config.incomingRules(mode: nil, portMap: ["19090:9090"], header: nil, path: nil)
+        #expect(rules.mode == .steal && rules.headerPattern == "^X-Dev: me$" && rules.pathPattern == "^/api/")
+        #expect(rules.portMap == [18080: 8080, 19090: 9090])
+        #expect(rules.podPort(forLocal: 18080) == 8080)
+        #expect(rules.podPort(forLocal: 8080) == 8080)
+        #expect(rules.podPort(forLocal: 9090) == nil)  // ignored
+        #expect(rules.podPort(forLocal: 7070) == nil)  // not among the ports
+        // A filter alone means steal; nothing means mirror; off takes nothing.
+        let empty = SessionConfig()
+        #expect(try empty.incomingRules(mode: nil, portMap: [], header: "X", path: nil).mode == .steal)
+        #expect(try empty.incomingRules(mode: nil, portMap: [], header: nil, path: nil).mode == .mirror)
+        #expect(try empty.incomingRules(mode: .off, portMap: [], header: nil, path: nil).podPort(forLocal: 80) == nil)
+        #expect(throws: ConfigError.self) { try empty.incomingRules(mode: .mirror, portMap: [], header: "X", path: nil) }
+        #expect(throws: ConfigError.self) { try empty.incomingRules(mode: nil, portMap: ["80"], header: nil, path: nil) }
+        #expect(throws: ConfigError.self) {
+            try SessionConfig.parse("incoming:\n  mode: grab\n").incomingRules(mode: nil, portMap: [], header: nil, path: nil)
+        }
+        #expect(throws: ConfigError.self) {
+            try SessionConfig.parse("incoming:\n  port_mapping: ['0:80']\n").incomingRules(
+                mode: nil, portMap: [], header: nil, path: nil)
+        }
+    }
+
     @Test func anEmptyFileIsAnEmptyConfig() throws {
         #expect(try SessionConfig.parse("\n") == SessionConfig())
     }
@@ -81,6 +114,8 @@ struct ConfigTests {
             ("fs:\n  local: /data\n", "fs.local: expected a list of strings"),
             ("{\"fs\": {\"mode\": 3}}", "fs.mode: expected a string"),
             ("fs: [\n", "not valid YAML"),
+            ("incoming:\n  http_filter: {heder: x}\n", "unknown key \"incoming.http_filter.heder\""),
+            ("incoming:\n  ports: [http]\n", "incoming.ports"),
         ])
     func mistakes(text: String, expected: String) {
         #expect {

@@ -83,6 +83,26 @@ struct ErrorsAndSignalsTests {
         #expect(outcome.stderr.contains("already under a seccomp user-notify filter"))
     }
 
+    @Test(
+        "Incoming traffic's options are checked before anything starts",
+        arguments: [
+            (["--incoming", "grab"], "grab"),
+            (["--steal-header", "("], "--steal-header \"(\" is not a regular expression"),
+            (["--incoming", "mirror", "--steal-path", "^/api"], "they go with --incoming steal, not mirror"),
+            (["--port-map", "80"], "--port-map \"80\": expected LOCAL:REMOTE"),
+        ])
+    func incomingUsage(options: [String], message: String) throws {
+        let token = try fixtures.readableFile("usage-token", "usage-token-0123456789")
+        let outcome = try Run.process(
+            [fixtures.sysmirror, "trace", "--agent", "unix:/nonexistent", "--token-file", token] + options + [
+                "--", "true",
+            ], unprivileged: true)
+        #expect(outcome.status == 64, "\(outcome.stderr)")
+        #expect(outcome.stderr.contains(message), "\(outcome.stderr)")
+        let alone = try Run.process([fixtures.sysmirror, "trace", "--incoming", "steal", "--", "true"], unprivileged: true)
+        #expect(alone.stderr.contains("the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent"))
+    }
+
     @Test("Unknown flags and a missing program are usage errors")
     func usageErrors() throws {
         let unknown = try Run.process(

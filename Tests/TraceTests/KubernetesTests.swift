@@ -39,14 +39,15 @@ final class KubernetesTests {
         #expect(outcome.stderr.contains("sysmirror: [  0."))
 
         // The ready pod (not the newer unready one), its application container (not the mesh sidecar), and
-        // only the capabilities reading files needs; the pod spec holds the token's digest, not the token.
+        // only the capabilities reading files and mirroring its ports (on by default) need; the pod spec
+        // holds the token's digest, not the token.
         let added = try #require(cluster.recorded.first { $0["ephemeral_container"] != nil })
         #expect(added["pod"] as? String == ClusterStandIn.readyPod)
         let container = try #require(added["ephemeral_container"] as? [String: Any])
         #expect(container["targetContainerName"] as? String == "app")
         let security = try #require(container["securityContext"] as? [String: Any])
         let capabilities = try #require(security["capabilities"] as? [String: [String]])
-        #expect(capabilities == ["drop": ["ALL"], "add": ["SYS_PTRACE", "DAC_READ_SEARCH"]])
+        #expect(capabilities == ["drop": ["ALL"], "add": ["SYS_PTRACE", "DAC_READ_SEARCH", "NET_ADMIN"]])
         let command = try #require(container["command"] as? [String])
         #expect(command.starts(with: ["/usr/local/bin/sysmirror", "agent", "--listen"]))
         #expect(command[3].hasPrefix("127.0.0.1:"))
