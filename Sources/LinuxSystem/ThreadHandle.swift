@@ -14,7 +14,14 @@ public struct ThreadHandle: @unchecked Sendable {
         init(_ body: @escaping () -> Void) { self.body = body }
     }
 
-    /// Starts `body` on a new thread named `name` (at most 15 bytes show in /proc).
+    /// The signals sysmirror's own threads never take: the terminal's and termination signals are the
+    /// main thread's or its signal thread's (`sigwaitinfo`) to handle, and a process-directed one delivered to
+    /// a helper thread would end sysmirror with its default action instead. SIGPIPE: a closed peer is an
+    /// EPIPE to handle.
+    public static let blockedSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE]
+
+    /// Starts `body` on a new thread named `name` (at most 15 bytes show in /proc), with `blockedSignals`
+    /// blocked.
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemCallError)
         -> ThreadHandle
     {
@@ -24,6 +31,10 @@ public struct ThreadHandle: @unchecked Sendable {
             &thread, nil,
             { context in
                 let box = Unmanaged<Box>.fromOpaque(context!).takeRetainedValue()
+                var blocked = sigset_t()
+                sigemptyset(&blocked)
+                for signal in ThreadHandle.blockedSignals { sigaddset(&blocked, signal) }
+                pthread_sigmask(SIG_BLOCK, &blocked, nil)
                 box.body()
                 return nil
             }, box)

@@ -233,12 +233,13 @@ public final class TraceSession: Sendable {
         _ = try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
     }
 
-    /// Blocks the forwarded signals in every thread sysmirror starts from here on (one thread takes them
-    /// with sigwaitinfo), and SIGPIPE, so a closed log pipe is an error to handle, not a death.
+    /// Blocks the forwarded signals in this thread too (threads sysmirror starts have them blocked from their
+    /// start, ThreadHandle.blockedSignals), so that one thread takes them with sigwaitinfo; and SIGPIPE, so a
+    /// closed log pipe is an error to handle, not a death.
     private func blockSignalsForSupervisor() {
         var set = sigset_t()
         sigemptyset(&set)
-        for signal in Self.forwarded + [SIGPIPE] { sigaddset(&set, signal) }
+        for signal in ThreadHandle.blockedSignals { sigaddset(&set, signal) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
