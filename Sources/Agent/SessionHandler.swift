@@ -34,6 +34,9 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
     let registry: IncomingRegistry
     /// The session's incoming traffic, from its first `listen`.
     var incoming: IncomingSession?
+    /// When the client was last heard from, and the check that ends a silent session with taken ports.
+    var lastHeard = NIODeadline.now()
+    var silenceCheck: RepeatedTask?
     let idle: IdleTimer
     var logger: Logger
     var state = State.handshake
@@ -74,6 +77,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
         for (_, upload) in uploads { try? upload.fd.close() }
         uploads = [:]
         cancelled.ids.withLock { $0 = [] }
+        silenceCheck?.cancel()
         if let incoming { pool.submit { _ in incoming.end() } }
         if state == .stream {
             idle.execute { $0.sessionEnded() }
@@ -96,6 +100,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if state == .stream { return context.fireChannelRead(data) }
+        lastHeard = .now()
         let message = unwrapInboundIn(data)
         switch (state, message) {
         case (.handshake, .hello(let version, let token)):
@@ -183,6 +188,8 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
             reply(context, id, target.readlink(path))
+        case .ping:
+            reply(context, id, .done)
         case .connect, .takeIncoming:
             reply(context, id, .failure(errno: EINVAL, message: "this request comes first on a connection of its own"))
         case .listen:

@@ -81,6 +81,9 @@ public enum Request: Sendable, Equatable {
     /// request: after its `done` the connection carries that connection's bytes (a mirrored one: the
     /// client's bytes only, and what is sent back is dropped).
     case takeIncoming(connection: UInt64)
+    /// A sign of life, answered `done`: a session that takes the pod's ports sends one every few seconds,
+    /// and the agent ends such a session when they stop (docs/incoming.md, "Giving the port back").
+    case ping
 }
 
 /// What a `listen` asks for.

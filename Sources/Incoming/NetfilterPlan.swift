@@ -1,4 +1,4 @@
-/// The netfilter rules of one agent session, as an nft script: a table of its own, `sysmirror_PID_N`
+/// The netfilter rules of one agent session, as nft scripts: a table of its own, `sysmirror_PID_N`
 /// (the agent's pid and the session's number), so that removing the table removes everything the session
 /// added, and a table whose agent is gone can be told and removed by the next agent.
 ///
@@ -8,6 +8,11 @@
 ///   mark (its own connections to the pod's application) are left alone, so pass-through never loops.
 /// - mirror: in `prerouting` before conntrack, a copy of every packet to the port goes to the agent's
 ///   NFLOG group; the packet itself goes on untouched.
+///
+/// Chains, once made, stay until the session ends, and changes flush and refill their rules: deleting the
+/// rule that redirected a connection makes the kernel drop that connection's translation, and connections
+/// stolen earlier (or handed on to the pod's application) would be reset. A port given back loses its jump,
+/// and its chain is renamed `retired_PORT_TARGET`, free for another session to steal the port.
 public struct NetfilterPlan: Equatable, Sendable {
     public static let tablePrefix = "sysmirror_"
     /// SO_MARK of the agent's own connections to the pod's application ("SYM" and 1).
@@ -15,42 +20,60 @@ public struct NetfilterPlan: Equatable, Sendable {
 
     public let table: String
     /// Pod port → the agent's port that takes its stolen connections.
-    public var steals: [UInt16: UInt16] = [:]
+    public var steals: [UInt16: UInt16] = [:] {
+        didSet { if !steals.isEmpty { hasStolen = true } }
+    }
     /// Ports copied to `logGroup`.
-    public var mirrors: Set<UInt16> = []
+    public var mirrors: Set<UInt16> = [] {
+        didSet { if !mirrors.isEmpty { hasMirrored = true } }
+    }
     public var logGroup: UInt16 = 0
+    /// Whether the base chains exist (from the session's first steal or mirror on).
+    public private(set) var hasStolen = false
+    public private(set) var hasMirrored = false
 
     public init(agentPID: Int32, session: Int) {
         table = "\(Self.tablePrefix)\(agentPID)_\(session)"
     }
 
-    public var isEmpty: Bool { steals.isEmpty && mirrors.isEmpty }
+    /// Nothing was ever set up.
+    public var isEmpty: Bool { !hasStolen && !hasMirrored }
 
-    /// Replaces the table's content in one transaction (the table is created first so the delete cannot
-    /// fail); an empty plan removes the table.
-    public var script: String {
-        var lines = ["table inet \(table)", "delete table inet \(table)"]
-        guard !isEmpty else { return lines.joined(separator: "\n") + "\n" }
-        lines.append("table inet \(table) {")
-        if !steals.isEmpty {
+    /// Brings the table from `previous` (what the kernel has) to this plan in one transaction.
+    public func script(after previous: NetfilterPlan) -> String {
+        let name = "inet \(table)"
+        var declared: [String] = []
+        if hasStolen {
+            declared.append("  chain steal { type nat hook prerouting priority dstnat - 10; policy accept; }")
+            for port in steals.keys.sorted() { declared.append("  chain steal_\(port) { }") }
+        }
+        if hasMirrored {
+            declared.append("  chain mirror { type filter hook prerouting priority raw; policy accept; }")
+        }
+        var lines = ["table \(name) {"] + declared + ["}"]
+        if hasStolen {
             lines += [
-                "  chain steal {", "    type nat hook prerouting priority dstnat - 10; policy accept;",
-                "    meta mark 0x\(String(Self.passThroughMark, radix: 16)) return",
+                "flush chain \(name) steal",
+                "add rule \(name) steal meta mark 0x\(String(Self.passThroughMark, radix: 16)) return",
             ]
-            for port in steals.keys.sorted() { lines.append("    tcp dport \(port) jump steal_\(port)") }
-            lines.append("  }")
+            for port in steals.keys.sorted() { lines.append("add rule \(name) steal tcp dport \(port) jump steal_\(port)") }
             for (port, target) in steals.sorted(by: { $0.key < $1.key }) {
-                lines += ["  chain steal_\(port) {", "    meta l4proto tcp redirect to :\(target)", "  }"]
+                lines += [
+                    "flush chain \(name) steal_\(port)",
+                    "add rule \(name) steal_\(port) meta l4proto tcp redirect to :\(target)",
+                ]
+            }
+            for (port, target) in previous.steals.sorted(by: { $0.key < $1.key }) where steals[port] == nil {
+                lines.append("rename chain \(name) steal_\(port) retired_\(port)_\(target)")
             }
         }
-        if !mirrors.isEmpty {
-            let ports = mirrors.sorted().map(String.init).joined(separator: ", ")
-            lines += [
-                "  chain mirror {", "    type filter hook prerouting priority raw; policy accept;",
-                "    tcp dport { \(ports) } log group \(logGroup) snaplen 65535", "  }",
-            ]
+        if hasMirrored {
+            lines.append("flush chain \(name) mirror")
+            if !mirrors.isEmpty {
+                let ports = mirrors.sorted().map(String.init).joined(separator: ", ")
+                lines.append("add rule \(name) mirror tcp dport { \(ports) } log group \(logGroup) snaplen 65535")
+            }
         }
-        lines.append("}")
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -97,16 +97,20 @@ final class RemoteIncoming: Sendable {
             headerPattern: entry.mode == .steal ? rules.headerPattern : "",
             pathPattern: entry.mode == .steal ? rules.pathPattern : "")
         let answered = Atomic<Bool>(false)
+        let request = Atomic<UInt32>(0)
         let how = entry.mode == .steal ? "stolen" : "mirrored"
-        client.send(.listen(subscription)) { [self] reply in
+        client.send(.listen(subscription), prepare: { request.store($0, ordering: .relaxed) }) { [self] reply in
             let first = !answered.exchange(true, ordering: .relaxed)
             switch reply {
             case .response(.done):
                 listening.withLock { $0[inode] = entry }
+                startPinging()
                 answer.succeed(0, note: "port \(entry.podPort) of the pod: \(how)")
                 return .waitingOnClient
             case .response(.incoming(let connection)):
-                let relay: @Sendable () -> Void = { [self] in deliver(connection, to: entry) }
+                let relay: @Sendable () -> Void = { [self] in
+                    deliver(connection, to: entry, inode: inode, request: request.load(ordering: .relaxed))
+                }
                 if (try? ThreadHandle.start(name: "sysmirror-in", relay)) == nil { relay() }
                 return .waitingOnClient
             case .response(.failure(_, let message)):
@@ -125,18 +129,28 @@ final class RemoteIncoming: Sendable {
         }
     }
 
+    private let pinging = Atomic<Bool>(false)
+    static let pingInterval: UInt32 = 5
+
+    /// Once a port is taken: a `ping` every 5 s, so that the agent can tell a live session from a link
+    /// that died without a close, and give the ports back after 15 s of silence.
+    private func startPinging() {
+        guard !pinging.exchange(true, ordering: .relaxed) else { return }
+        _ = try? ThreadHandle.start(name: "sysmirror-ping") { [client] in
+            while client.isActive {
+                sleep(Self.pingInterval)
+                client.send(.ping) { _ in .complete }
+            }
+        }
+    }
+
     // MARK: Connections
 
-    /// Takes the pod's connection and relays it to the program's listening socket (on its own thread).
-    private func deliver(_ connection: IncomingConnection, to entry: Listening) {
+    /// Connects to the program's listening socket, takes the pod's connection and relays the two (on a
+    /// thread of its own). A program that no longer listens gives the pod's port back, and the connection
+    /// with it: the agent hands connections nobody takes to the pod's application.
+    private func deliver(_ connection: IncomingConnection, to entry: Listening, inode: UInt64, request: UInt32) {
         let mode: IncomingRules.Mode = connection.mode == .steal ? .steal : .mirror
-        let pod: Int32
-        do {
-            pod = try streams.take(incoming: connection.id)
-        } catch {
-            return logger.warning("could not take an incoming connection from \(Self.describe(connection.client)): \(error)")
-        }
-        defer { close(pod) }
         let local = socket(entry.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard local >= 0 else { return }
         defer { close(local) }
@@ -147,11 +161,15 @@ final class RemoteIncoming: Sendable {
         clients.withLock { $0[port] = (connection.client, mode) }
         defer { _ = clients.withLock { $0.removeValue(forKey: port) } }
         guard RemoteSockets.connect(local, to: entry.address) == 0 else {
-            logger.warning(
-                "the program no longer listens on the port of pod port \(entry.podPort); the connection from \(Self.describe(connection.client)) is closed"
-            )
-            return
+            return giveBack(inode: inode, request: request, podPort: entry.podPort)
         }
+        let pod: Int32
+        do {
+            pod = try streams.take(incoming: connection.id)
+        } catch {
+            return logger.warning("could not take an incoming connection from \(Self.describe(connection.client)): \(error)")
+        }
+        defer { close(pod) }
         var one: Int32 = 1
         setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
         setsockopt(pod, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
@@ -165,6 +183,13 @@ final class RemoteIncoming: Sendable {
                 note:
                     "incoming connection from \(Self.describe(connection.client)) to port \(entry.podPort) of the pod ended: \(how), \(received) bytes in, \(answers)"
             ))
+    }
+
+    /// The program closed its listening socket: the pod's port is the pod's again.
+    private func giveBack(inode: UInt64, request: UInt32, podPort: UInt16) {
+        guard listening.withLock({ $0.removeValue(forKey: inode) }) != nil else { return }
+        client.cancel(request)
+        logger.notice("the program no longer listens: port \(podPort) of the pod is the pod's again")
     }
 
     /// Copies both ways until both directions have ended; the bytes each way.

@@ -2,37 +2,53 @@ import Testing
 
 @testable import Incoming
 
-@Test func writesOneTablePerSession() {
-    var plan = NetfilterPlan(agentPID: 4242, session: 3)
-    #expect(plan.table == "sysmirror_4242_3")
-    #expect(plan.script == "table inet sysmirror_4242_3\ndelete table inet sysmirror_4242_3\n")
+@Test func writesOneTablePerSessionAndKeepsItsBaseChains() {
+    let empty = NetfilterPlan(agentPID: 4242, session: 3)
+    #expect(empty.table == "sysmirror_4242_3" && empty.isEmpty)
+    var plan = empty
     plan.steals = [8080: 41000, 443: 41001]
     plan.mirrors = [9090, 9091]
     plan.logGroup = 12345
     #expect(
-        plan.script == """
-            table inet sysmirror_4242_3
-            delete table inet sysmirror_4242_3
+        plan.script(after: empty) == """
             table inet sysmirror_4242_3 {
-              chain steal {
-                type nat hook prerouting priority dstnat - 10; policy accept;
-                meta mark 0x53594d01 return
-                tcp dport 443 jump steal_443
-                tcp dport 8080 jump steal_8080
-              }
-              chain steal_443 {
-                meta l4proto tcp redirect to :41001
-              }
-              chain steal_8080 {
-                meta l4proto tcp redirect to :41000
-              }
-              chain mirror {
-                type filter hook prerouting priority raw; policy accept;
-                tcp dport { 9090, 9091 } log group 12345 snaplen 65535
-              }
+              chain steal { type nat hook prerouting priority dstnat - 10; policy accept; }
+              chain steal_443 { }
+              chain steal_8080 { }
+              chain mirror { type filter hook prerouting priority raw; policy accept; }
             }
+            flush chain inet sysmirror_4242_3 steal
+            add rule inet sysmirror_4242_3 steal meta mark 0x53594d01 return
+            add rule inet sysmirror_4242_3 steal tcp dport 443 jump steal_443
+            add rule inet sysmirror_4242_3 steal tcp dport 8080 jump steal_8080
+            flush chain inet sysmirror_4242_3 steal_443
+            add rule inet sysmirror_4242_3 steal_443 meta l4proto tcp redirect to :41001
+            flush chain inet sysmirror_4242_3 steal_8080
+            add rule inet sysmirror_4242_3 steal_8080 meta l4proto tcp redirect to :41000
+            flush chain inet sysmirror_4242_3 mirror
+            add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } log group 12345 snaplen 65535
 
             """)
+    // Giving ports back empties the base chains and retires the ports' own (their redirect rules stay for
+    // the connections they redirected, which would be reset without them).
+    var after = plan
+    after.steals = [:]
+    after.mirrors = []
+    #expect(!after.isEmpty)
+    #expect(
+        after.script(after: plan) == """
+            table inet sysmirror_4242_3 {
+              chain steal { type nat hook prerouting priority dstnat - 10; policy accept; }
+              chain mirror { type filter hook prerouting priority raw; policy accept; }
+            }
+            flush chain inet sysmirror_4242_3 steal
+            add rule inet sysmirror_4242_3 steal meta mark 0x53594d01 return
+            rename chain inet sysmirror_4242_3 steal_443 retired_443_41001
+            rename chain inet sysmirror_4242_3 steal_8080 retired_8080_41000
+            flush chain inet sysmirror_4242_3 mirror
+
+            """)
+    #expect(NetfilterPlan.deletion(of: plan.table) == "delete table inet sysmirror_4242_3\n")
 }
 
 @Test func readsSessionTablesFromAListing() {

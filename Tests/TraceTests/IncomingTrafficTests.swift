@@ -37,11 +37,11 @@ final class IncomingTrafficTests {
         }
     }
 
-    func startLocal(_ options: [String], port: Int = 8080) throws -> LocalServer {
+    func startLocal(_ options: [String], port: Int = 8080, program: [String]? = nil) throws -> LocalServer {
         let name = UUID().uuidString
         let server = LocalServer(
             process: try pod.startTrace(
-                [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:\(port)"], options: options,
+                program ?? [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:\(port)"], options: options,
                 output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log")),
             output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log"))
         servers.append(server)
@@ -97,6 +97,8 @@ final class IncomingTrafficTests {
         #expect(log.contains("incoming connection from \(client):") && log.contains("stolen, ") && log.contains("bytes in"))
 
         end(server)
+        // SIGTERM reached the program through sysmirror (none of sysmirror's threads takes it itself).
+        #expect(server.process.terminationReason == .exit && server.process.terminationStatus == 128 + SIGTERM)
         #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
         #expect(try !sessionTables.contains("sysmirror_"))
     }
@@ -144,6 +146,31 @@ final class IncomingTrafficTests {
         }
         #expect(answer.hasPrefix("pod \(client)"), "still \(answer) after 5 s; the agent: \(pod.agentLogText)")
         try PodStandIn.waitUntil("the table's removal", timeout: 5) { (try? self.sessionTables.contains("sysmirror_")) == false }
+    }
+
+    @Test("A program that stops listening gives the port back, and the connection that found it gone")
+    func stopsListening() throws {
+        // One blocking accept (served on a thread of its own), one answer, then the listener closes.
+        let script = """
+            import socket, time
+            s = socket.socket()
+            s.bind(('127.0.0.1', 8080))
+            s.listen(8)
+            c, _ = s.accept()
+            c.recv(65536)
+            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nlocal\\n')
+            c.close()
+            s.close()
+            time.sleep(60)
+            """
+        let server = try startLocal(["--incoming", "steal"], program: ["/usr/bin/python3", "-c", script])
+        #expect(try pod.client(["GET /1"]).first?.hasPrefix("local") == true)
+        // Passed on by the agent: the pod's application sees the pod's own address (docs/incoming.md, Limits).
+        #expect(try pod.client(["GET /2"]).first?.hasPrefix("pod \(PodStandIn.podAddress)") == true)
+        #expect(try pod.client(["GET /3"]).first?.hasPrefix("pod \(client)") == true)
+        let chains = try Run.process(["ip", "netns", "exec", pod.podNamespace, "/usr/sbin/nft", "list", "chains"])
+        #expect(!chains.stdout.contains("steal_8080"), "\(chains.stdout)")
+        end(server)
     }
 
     @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")

@@ -9,8 +9,8 @@ final class IncomingRegistry: Sendable {
     struct Waiting: Sendable {
         /// Given its id and the link connection that took it, on that connection's loop.
         let take: @Sendable (UInt64, any Channel) -> Void
-        /// Not taken in time, or its session ended.
-        let abandon: @Sendable () -> Void
+        /// Not taken in time, or its session ended or stopped listening; given its id.
+        let abandon: @Sendable (UInt64) -> Void
     }
 
     /// How long a connection waits to be taken before it goes to the pod's application instead.
@@ -25,7 +25,7 @@ final class IncomingRegistry: Sendable {
     func add(_ entry: Waiting, on loop: any EventLoop) -> UInt64 {
         let id = nextID.add(1, ordering: .relaxed).newValue
         waiting.withLock { $0[id] = entry }
-        loop.scheduleTask(in: Self.takeTimeout) { [self] in remove(id)?.abandon() }
+        loop.scheduleTask(in: Self.takeTimeout) { [self] in remove(id)?.abandon(id) }
         return id
     }
 

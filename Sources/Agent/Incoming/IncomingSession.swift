@@ -31,7 +31,8 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     private var plan: NetfilterPlan
     private var subscriptions: [UInt16: Subscription] = [:]
     private var capture: MirrorCapture?
-    private var waiting: Set<UInt64> = []
+    /// Connections offered and not taken yet, with the listen request they were announced on.
+    private var waiting: [UInt64: UInt32] = [:]
     private var ended = false
 
     init(
@@ -83,7 +84,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                     next.logGroup = capture!.group
                     next.mirrors.insert(port)
                 }
-                try netfilter.apply(next)
+                try netfilter.apply(next, after: plan)
             } catch {
                 listener?.close(promise: nil)
                 return .failure(errno: EPERM, message: Self.explain(error))
@@ -99,17 +100,30 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         }
     }
 
-    /// The listen request `request` was cancelled: the port goes back to the pod.
+    /// The listen request `request` was cancelled (the program stopped listening): the port goes back to
+    /// the pod, and so do its connections waiting to be taken.
     func unsubscribe(request: UInt32) {
-        lock.withLock { _ in
-            guard let (port, subscription) = subscriptions.first(where: { $0.value.request == request }) else { return }
+        let abandoned = lock.withLock { _ -> [UInt64] in
+            guard let (port, subscription) = subscriptions.first(where: { $0.value.request == request }) else {
+                return []
+            }
             subscriptions[port] = nil
-            plan.steals[port] = nil
-            plan.mirrors.remove(port)
+            var next = plan
+            next.steals[port] = nil
+            next.mirrors.remove(port)
+            do {
+                try netfilter.apply(next, after: plan)
+                plan = next
+            } catch {
+                logger.warning("could not give port \(port) back: \(error)")
+            }
             subscription.listener?.close(promise: nil)
-            do { try netfilter.apply(plan) } catch { logger.warning("could not give port \(port) back: \(error)") }
             logger.info("port \(port) of the pod is its own again")
+            let ids = waiting.filter { $0.value == request }.map(\.key)
+            for id in ids { waiting[id] = nil }
+            return ids
         }
+        for id in abandoned { registry.remove(id)?.abandon(id) }
     }
 
     /// The session is over: rules, listeners and the copy go, and connections still waiting to be taken go
@@ -129,10 +143,10 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             for subscription in subscriptions.values { subscription.listener?.close(promise: nil) }
             subscriptions = [:]
             defer { capture = nil }
-            return (Array(waiting), capture)
+            return (Array(waiting.keys), capture)
         }
         stopped?.stop()
-        for id in abandoned { registry.remove(id)?.abandon() }
+        for id in abandoned { registry.remove(id)?.abandon(id) }
     }
 
     static func explain(_ error: any Error) -> String {
@@ -155,14 +169,18 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         let id = registry.add(
             IncomingRegistry.Waiting(
                 take: { [self] id, channel in
-                    _ = lock.withLock { _ in waiting.remove(id) }
+                    _ = lock.withLock { _ in waiting.removeValue(forKey: id) }
                     take(channel)
-                }, abandon: abandon), on: loop)
+                },
+                abandon: { [self] id in
+                    _ = lock.withLock { _ in waiting.removeValue(forKey: id) }
+                    abandon()
+                }), on: loop)
         let open = lock.withLock { _ in
-            if !ended { waiting.insert(id) }
+            if !ended { waiting[id] = request }
             return !ended
         }
-        guard open else { return registry.remove(id)?.abandon() ?? () }
+        guard open else { return registry.remove(id)?.abandon(id) ?? () }
         announce(request, IncomingConnection(id: id, mode: mode, client: client.socketAddress))
     }
 

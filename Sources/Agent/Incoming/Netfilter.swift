@@ -45,8 +45,9 @@ struct Netfilter: Sendable {
         return String(decoding: completion.output, as: UTF8.self)
     }
 
-    func apply(_ plan: NetfilterPlan) throws(IncomingError) {
-        try run(["-f", "-"], script: plan.script)
+    /// Brings the session's table from `previous` to `plan`.
+    func apply(_ plan: NetfilterPlan, after previous: NetfilterPlan) throws(IncomingError) {
+        try run(["-f", "-"], script: plan.script(after: previous))
     }
 
     /// Every session table in the namespace, with its chains.

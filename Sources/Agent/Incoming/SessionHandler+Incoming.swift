@@ -33,9 +33,25 @@ extension SessionHandler {
                 announce: { request, connection in
                     channel.writeAndFlush(Message.response(id: request, .incoming(connection)), promise: nil)
                 })
+        if incoming == nil { watchForSilence(context: context) }
         incoming = session
         pool.submit { _ in
             channel.writeAndFlush(Message.response(id: id, session.subscribe(id, subscription)), promise: nil)
+        }
+    }
+
+    /// How long a session with taken ports may stay silent (its client pings every 5 s) before it ends.
+    static let silenceLimit = TimeAmount.seconds(15)
+
+    /// Ends the session when its client stops pinging: a link that died without a close (a network
+    /// partition, a frozen laptop) must not hold the pod's ports.
+    func watchForSilence(context: ChannelHandlerContext) {
+        let channel = context.channel
+        silenceCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) {
+            [self] _ in
+            guard NIODeadline.now() - lastHeard > Self.silenceLimit else { return }
+            logger.warning("nothing heard from the client for 15 s: ending its session, and the pod's ports are its own again")
+            channel.close(promise: nil)
         }
     }
 
