@@ -273,8 +273,9 @@ print("")
 
 if getuid() == 0 {
     try outgoingTraffic()
+    try incomingTraffic()
 } else {
-    print("Outgoing traffic: skipped (network namespaces need root)\n")
+    print("Outgoing and incoming traffic: skipped (network namespaces need root)\n")
 }
 
 // The log writer's cost per event, off the program's path.
@@ -328,40 +329,13 @@ for format in TraceFormat.allCases {
 }
 
 
-/// Outgoing traffic from a pod stand-in: a network namespace for the pod (its servers on 10.96.0.50, only
-/// there) and one for the developer (loopback only), sysmirror's agent in the pod's. Compared in one run:
-/// the same client run directly inside the pod's namespace, through sysmirror from the developer's, and (for
-/// throughput) through a relay of two socat hops, tcp → unix → tcp.
-func outgoingTraffic() throws {
-    let pod = "sysmirror-bench-pod-\(getpid())", developer = "sysmirror-bench-dev-\(getpid())"
-    let address = "10.96.0.50"
-    var started: [Process] = []
-    defer {
-        for process in started where process.isRunning {
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-        }
-        for namespace in [pod, developer] { run(["ip", "netns", "delete", namespace]) }
-    }
-    for namespace in [pod, developer] {
-        run(["ip", "netns", "add", namespace])
-        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
-        // Tens of thousands of short connections per run: TIME_WAIT must not use up the local ports.
-        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
-    }
-    run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
-    run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
-    let goCache = "\(work)/.gocache"
-    let build = Process()
-    build.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    build.arguments = ["go", "build", "-o", "\(work)/httpbench", "main.go"]
-    build.currentDirectoryURL = URL(fileURLWithPath: "\(options.programs)/httpbench")
-    build.environment = ProcessInfo.processInfo.environment.merging(["CGO_ENABLED": "0", "GOCACHE": goCache]) { $1 }
-    try build.run()
-    build.waitUntilExit()
+/// Long-running processes of one section, ended together (SIGKILL) at its end.
+final class Background {
+    private var started: [Process] = []
 
-    /// Starts a server; its output goes to `log` (in the work folder, kept when a case fails) or nowhere.
-    func background(_ command: [String], log: String? = nil) throws -> Process {
+    /// Starts a server; its standard error goes to `log` (in the work folder, kept when a case fails) or
+    /// nowhere.
+    func start(_ command: [String], log: String? = nil) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
@@ -375,32 +349,79 @@ func outgoingTraffic() throws {
         started.append(process)
         return process
     }
+
+    /// Ends one process with `signal` and waits for it.
+    func stop(_ process: Process, signal: Int32) {
+        if process.isRunning { kill(process.processIdentifier, signal) }
+        process.waitUntilExit()
+        started.removeAll { $0 === process }
+    }
+
+    func stopAll() {
+        for process in started { stop(process, signal: SIGKILL) }
+    }
+}
+
+/// The Go HTTP server and load generator (bench/programs/httpbench), built once into the work folder.
+func buildHTTPBench() throws {
+    guard !FileManager.default.fileExists(atPath: "\(work)/httpbench") else { return }
+    let build = Process()
+    build.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    build.arguments = ["go", "build", "-o", "\(work)/httpbench", "main.go"]
+    build.currentDirectoryURL = URL(fileURLWithPath: "\(options.programs)/httpbench")
+    build.environment = ProcessInfo.processInfo.environment.merging(
+        ["CGO_ENABLED": "0", "GOCACHE": "\(work)/.gocache"]) { $1 }
+    try build.run()
+    build.waitUntilExit()
+}
+
+/// Outgoing traffic from a pod stand-in: a network namespace for the pod (its servers on 10.96.0.50, only
+/// there) and one for the developer (loopback only), sysmirror's agent in the pod's. Compared in one run:
+/// the same client run directly inside the pod's namespace, through sysmirror from the developer's, and (for
+/// throughput) through a relay of two socat hops, tcp → unix → tcp.
+func outgoingTraffic() throws {
+    let pod = "sysmirror-bench-pod-\(getpid())", developer = "sysmirror-bench-dev-\(getpid())"
+    let address = "10.96.0.50"
+    let servers = Background()
+    defer {
+        servers.stopAll()
+        for namespace in [pod, developer] { run(["ip", "netns", "delete", namespace]) }
+    }
+    for namespace in [pod, developer] {
+        run(["ip", "netns", "add", namespace])
+        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+        // Tens of thousands of short connections per run: TIME_WAIT must not use up the local ports.
+        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+    }
+    run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
+    run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
+    try buildHTTPBench()
     let inPod = ["ip", "netns", "exec", pod], inDeveloper = ["ip", "netns", "exec", developer]
-    let target = try background(inPod + ["sleep", "100000"])
-    _ = try background(
+    let target = try servers.start(inPod + ["sleep", "100000"])
+    _ = try servers.start(
         inPod + [
             options.sysmirror, "agent", "--listen", "unix:\(work)/net.sock", "--pid", "\(target.processIdentifier)",
             "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
         ])
-    _ = try background(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
-    _ = try background(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
-    _ = try background(inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork", "TCP:\(address):5201"])
-    _ = try background(
+    _ = try servers.start(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
+    _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
+    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork", "TCP:\(address):5201"])
+    _ = try servers.start(
         inDeveloper + ["socat", "TCP-LISTEN:5202,bind=127.0.0.1,fork,reuseaddr", "UNIX-CONNECT:\(work)/relay.sock"])
-    _ = try background(inPod + ["socat", "UNIX-LISTEN:\(work)/relay-http.sock,fork", "TCP:\(address):9090,nodelay"])
-    _ = try background(
+    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/relay-http.sock,fork", "TCP:\(address):9090,nodelay"])
+    _ = try servers.start(
         inDeveloper + [
             "socat", "TCP-LISTEN:5203,bind=127.0.0.1,fork,reuseaddr,nodelay", "UNIX-CONNECT:\(work)/relay-http.sock",
         ])
     // An agent reached as through `kubectl port-forward` (two socat hops stand in for it): no socket can be
     // passed, so each connection is relayed by the agent (StreamRelay).
-    _ = try background(
+    _ = try servers.start(
         inPod + [
             options.sysmirror, "agent", "--listen", "127.0.0.1:7000", "--pid", "\(target.processIdentifier)",
             "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
         ], log: "forward-agent.log")
-    _ = try background(inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork", "TCP:127.0.0.1:7000,nodelay"])
-    _ = try background(
+    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork", "TCP:127.0.0.1:7000,nodelay"])
+    _ = try servers.start(
         inDeveloper + [
             "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,reuseaddr,nodelay", "UNIX-CONNECT:\(work)/forward.sock",
         ])
@@ -476,5 +497,110 @@ func outgoingTraffic() throws {
     print("via port-forward stand-in: the agent relays each connection (docs/kubernetes.md); the stand-in is the")
     print("two socat hops above, so its row against theirs is the relay's own cost, a real port-forward's aside")
     print("targets: throughput ≥ 0.40× direct; added connect latency p50 ≤ 200 µs; keep-alive requests ≥ 0.80× direct")
+    print("")
+}
+
+/// Incoming traffic on a pod stand-in: the pod's namespace (the agent, and the pod's application, a Go HTTP
+/// server on :9090), a client namespace joined to it by a veth pair, and the developer's namespace, where the
+/// same server runs under `sysmirror trace`. Compared in one run: requests the pod's application answers,
+/// requests stolen by the local server, and the pod application's rate while a local server gets a copy.
+func incomingTraffic() throws {
+    let pod = "sysmirror-bench-ipod-\(getpid())", client = "sysmirror-bench-icli-\(getpid())"
+    let developer = "sysmirror-bench-idev-\(getpid())"
+    let podAddress = "10.251.0.1"
+    let servers = Background()
+    defer {
+        servers.stopAll()
+        for namespace in [pod, client, developer] { run(["ip", "netns", "delete", namespace]) }
+    }
+    for namespace in [pod, client, developer] {
+        run(["ip", "netns", "add", namespace])
+        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+    }
+    run(["ip", "-n", pod, "link", "add", "vpod", "type", "veth", "peer", "name", "vcli", "netns", client])
+    for (namespace, device, address) in [(pod, "vpod", podAddress), (client, "vcli", "10.251.0.2")] {
+        run(["ip", "-n", namespace, "addr", "add", "\(address)/24", "dev", device])
+        run(["ip", "-n", namespace, "link", "set", device, "up"])
+    }
+    try buildHTTPBench()
+    let inPod = ["ip", "netns", "exec", pod], inClient = ["ip", "netns", "exec", client]
+    let target = try servers.start(inPod + ["sleep", "100000"])
+    _ = try servers.start(
+        inPod + [
+            options.sysmirror, "agent", "--listen", "unix:\(work)/in.sock", "--pid", "\(target.processIdentifier)",
+            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
+        ], log: "incoming-agent.log")
+    _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "0.0.0.0:9090"])
+    while !FileManager.default.fileExists(atPath: "\(work)/in.sock") { usleep(10_000) }
+    usleep(300_000)
+
+    /// The local server under trace, once the pod's port is its.
+    func traced(_ mode: String, _ filter: [String] = []) throws -> Process {
+        let process = try servers.start(
+            ["ip", "netns", "exec", developer, options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/in.sock",
+             "--token-file", "\(work)/token", "--incoming", mode] + filter
+                + ["--", "\(work)/httpbench", "serve", "127.0.0.1:9090"], log: "incoming-\(mode).log")
+        while !run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") { usleep(20_000) }
+        return process
+    }
+    let url = "http://\(podAddress):9090/"
+    let seconds = options.rounds >= 5 ? 2 : 1
+    let count = options.rounds >= 5 ? 2000 : 500
+    var p50: [String: [Double]] = [:], p99: [String: [Double]] = [:], rate: [String: [Double]] = [:]
+    func latency(_ name: String, _ filterHeader: Bool = false) {
+        for mode in ["keepalive", "close"] {
+            let output = run(inClient + ["\(work)/httpbench", "latency", url, String(count), mode]).output
+            p50["\(name) \(mode)", default: []].append(value("p50_us", in: output))
+            p99["\(name) \(mode)", default: []].append(value("p99_us", in: output))
+        }
+    }
+    func load(_ name: String) {
+        for mode in ["keepalive", "close"] {
+            let output = run(inClient + ["\(work)/httpbench", "load", url, String(seconds), "4", mode]).output
+            rate["\(name) \(mode)", default: []].append(value("requests_per_s", in: output))
+        }
+    }
+    let direct = "the pod's application", stolen = "stolen by the local server"
+    let mirrored = "mirrored to the local server"
+    for _ in 0..<options.rounds {
+        latency(direct)
+        load(direct)
+        let steal = try traced("steal")
+        latency(stolen)
+        servers.stop(steal, signal: SIGTERM)
+        let mirror = try traced("mirror")
+        load(mirrored)
+        servers.stop(mirror, signal: SIGTERM)
+    }
+    print("Incoming HTTP (median of \(options.rounds)): a Go client in a namespace joined to the pod by a veth pair;")
+    print("latency: \(count) requests one at a time; rate: 4 clients for \(seconds) s; keep-alive / a new connection each")
+    print(pad("case", 32) + pad("keep-alive p50 µs", 19) + pad("p99 µs", 9) + pad("new conn p50 µs", 17) + pad("p99 µs", 9)
+        + pad("req/s keep-alive", 18) + pad("×", 7) + pad("req/s new conn", 16) + "×")
+    for name in [direct, stolen, mirrored] {
+        var line = pad(name, 32)
+        if p50["\(name) keepalive"] != nil {
+            for mode in ["keepalive", "close"] {
+                line += pad(format(median(p50["\(name) \(mode)"]!)), mode == "keepalive" ? 19 : 17)
+                line += pad(format(median(p99["\(name) \(mode)"]!)), 9)
+            }
+        } else {
+            line += pad("", 54)
+        }
+        if rate["\(name) keepalive"] != nil {
+            for mode in ["keepalive", "close"] {
+                let value = median(rate["\(name) \(mode)"]!)
+                line += pad(format(value, 0), mode == "keepalive" ? 18 : 16)
+                line += pad(format(value / median(rate["\(direct) \(mode)"]!), 2), 7)
+            }
+        }
+        print(line)
+    }
+    for mode in ["keepalive", "close"] {
+        let added50 = median(p50["\(stolen) \(mode)"]!) - median(p50["\(direct) \(mode)"]!)
+        let added99 = median(p99["\(stolen) \(mode)"]!) - median(p99["\(direct) \(mode)"]!)
+        print("added by stealing (\(mode == "close" ? "new connection" : "keep-alive")): p50 \(format(added50)) µs, p99 \(format(added99)) µs")
+    }
+    print("target: the pod application's requests per second while mirrored within 10% of unmirrored (≥ 0.90×)")
     print("")
 }
