@@ -8,13 +8,13 @@ public enum NetlinkLog {
     static let payloadAttribute: UInt16 = 9
 
     /// The IP packets in one datagram read from the socket; anything malformed is skipped.
-    public static func packets(in datagram: [UInt8]) -> [ArraySlice<UInt8>] {
+    public static func packets(in datagram: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
         var packets: [ArraySlice<UInt8>] = []
-        var offset = 0
+        var offset = datagram.startIndex
         // struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32 (host order: little-endian here).
-        while datagram.count - offset >= 16 {
+        while datagram.endIndex - offset >= 16 {
             let length = Int(littleEndian32(datagram, offset))
-            guard length >= 16, offset + length <= datagram.count else { break }
+            guard length >= 16, offset + length <= datagram.endIndex else { break }
             let type = littleEndian16(datagram, offset + 4)
             // After the header: struct nfgenmsg (4 bytes), then attributes.
             if type == packetMessage, length >= 20,
@@ -44,7 +44,7 @@ public enum NetlinkLog {
         UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8
     }
 
-    static func littleEndian32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+    static func littleEndian32(_ bytes: ArraySlice<UInt8>, _ at: Int) -> UInt32 {
         (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[at + $1]) << (8 * $1) }
     }
 }

@@ -45,7 +45,11 @@ public struct TCPSegment: Equatable, Sendable {
     /// Parses an IPv4 or IPv6 packet carrying TCP; nil for anything else (other protocols, fragments,
     /// IPv6 extension headers, truncated headers). A payload cut short by the copy is kept as far as it goes.
     public static func parse(ipPacket packet: ArraySlice<UInt8>) -> TCPSegment? {
-        let bytes = Array(packet)
+        // Read in place (indices from 0, no copy but the payload's): this runs for every copied packet.
+        packet.withUnsafeBufferPointer(parse)
+    }
+
+    static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> TCPSegment? {
         guard let first = bytes.first else { return nil }
         let source: [UInt8], destination: [UInt8], tcpStart: Int, end: Int
         switch first >> 4 {

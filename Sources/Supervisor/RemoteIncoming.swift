@@ -173,7 +173,8 @@ final class RemoteIncoming: Sendable {
         var one: Int32 = 1
         setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
         setsockopt(pod, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
-        let (received, sent) = Self.relay(pod, local)
+        // A mirrored connection's answers go nowhere: dropped here rather than carried back to the agent.
+        let (received, sent) = Self.relay(pod, local, droppingReplies: mode == .mirror)
         let how = mode == .steal ? "stolen" : "mirrored"
         let answers = mode == .steal ? "\(sent) out" : "\(sent) out (dropped)"
         log.record(
@@ -192,8 +193,9 @@ final class RemoteIncoming: Sendable {
         logger.notice("the program no longer listens: port \(podPort) of the pod is the pod's again")
     }
 
-    /// Copies both ways until both directions have ended; the bytes each way.
-    static func relay(_ a: Int32, _ b: Int32) -> (fromA: Int, fromB: Int) {
+    /// Copies both ways until both directions have ended (what `b` sends only counted, when
+    /// `droppingReplies`); the bytes each way.
+    static func relay(_ a: Int32, _ b: Int32, droppingReplies: Bool = false) -> (fromA: Int, fromB: Int) {
         var open = [true, true]  // a→b, b→a
         var counts = [0, 0]
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
@@ -205,7 +207,7 @@ final class RemoteIncoming: Sendable {
             for direction in 0..<2 where open[direction] && fds[direction].revents != 0 {
                 let (source, target) = ends[direction]
                 let count = read(source, &buffer, buffer.count)
-                if count > 0, writeAll(target, buffer[..<count]) {
+                if count > 0, (direction == 1 && droppingReplies) || writeAll(target, buffer[..<count]) {
                     counts[direction] += count
                 } else if count < 0 && errno == EINTR {
                     continue

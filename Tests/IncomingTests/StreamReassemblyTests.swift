@@ -112,8 +112,9 @@ func ipv4Packet(
         + message(type: 2, [])  // an error message
         + message(type: 0x0400, attribute(1, [0, 0, 0, 0]))  // no payload
         + message(type: 0x0400, attribute(9, [0x45]))
-    let packets = NetlinkLog.packets(in: datagram)
+    let packets = NetlinkLog.packets(in: datagram[...])
     #expect(packets.map(Array.init) == [packet, [0x45]])
-    #expect(NetlinkLog.packets(in: Array(datagram.prefix(10))).isEmpty)
-    #expect(NetlinkLog.packets(in: [0xff, 0xff, 0, 0] + datagram).isEmpty)  // a length past the end
+    #expect(NetlinkLog.packets(in: datagram.prefix(10)).isEmpty)
+    #expect(NetlinkLog.packets(in: ([0xff, 0xff, 0, 0] + datagram)[...]).isEmpty)  // a length past the end
+    #expect(NetlinkLog.packets(in: (datagram + datagram)[datagram.count...]).map(Array.init) == [packet, [0x45]])
 }

@@ -68,19 +68,23 @@ final class MirrorCapture: Sendable {
                 if errno == ENOBUFS { copier.lost() }
                 continue
             }
-            for packet in NetlinkLog.packets(in: Array(buffer[..<count])) {
+            for packet in NetlinkLog.packets(in: buffer[..<count]) {
                 if let segment = TCPSegment.parse(ipPacket: packet) { copier.receive(segment, now: now) }
             }
+            copier.sendPending()
         }
         copier.endAll()
     }
 }
 
-/// Follows the mirrored connections (on the capture's thread) and feeds each one's copy.
+/// Follows the mirrored connections (on the capture's thread) and feeds each one's copy: the bytes a read
+/// of the socket brought (up to 64 packets) go out in one write per connection, since each write is a
+/// hand-off to the event loop's thread.
 private final class Copier: @unchecked Sendable {  // used by the capture's thread only
     let session: IncomingSession
     var flows = MirrorFlows()
     var copies: [MirrorFlows.Key: MirroredConnection] = [:]
+    var pending: [MirrorFlows.Key: [UInt8]] = [:]
 
     init(session: IncomingSession) { self.session = session }
 
@@ -100,6 +104,15 @@ private final class Copier: @unchecked Sendable {  // used by the capture's thre
         copies = [:]
     }
 
+    func sendPending() {
+        for (key, bytes) in pending { copies[key]?.send(bytes) }
+        pending = [:]
+    }
+
+    private func sendPending(_ key: MirrorFlows.Key) {
+        if let bytes = pending.removeValue(forKey: key) { copies[key]?.send(bytes) }
+    }
+
     func handle(_ events: [MirrorFlows.Event]) {
         for event in events {
             switch event {
@@ -113,10 +126,12 @@ private final class Copier: @unchecked Sendable {  // used by the capture's thre
                     subscription.request, mode: .mirror, client: key.client, on: session.loop,
                     take: { copy.attach($0) }, abandon: { copy.cut() })
             case .data(let key, let bytes):
-                copies[key]?.send(bytes)
+                if copies[key] != nil { pending[key, default: []] += bytes }
             case .closed(let key):
+                sendPending(key)
                 copies.removeValue(forKey: key)?.finish()
             case .lost(let key):
+                pending[key] = nil
                 copies.removeValue(forKey: key)?.cut()
             }
         }

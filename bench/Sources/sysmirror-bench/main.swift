@@ -13,6 +13,8 @@ struct Options {
     var rounds = 5
     var iterations = 100_000
     var busy = false
+    /// Only this section: outgoing or incoming (they need root).
+    var only: String?
 
     static func parse(_ arguments: [String]) -> Options {
         var options = Options()
@@ -24,10 +26,14 @@ struct Options {
             case "--programs": options.programs = rest.popFirst() ?? ""
             case "--quick": (options.rounds, options.iterations) = (3, 30_000)
             case "--busy": options.busy = true
+            case "--only": options.only = rest.popFirst()
             default:
-                print("usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy]")
+                print(
+                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming]"
+                )
                 print("  --quick  fewer rounds and iterations")
                 print("  --busy   keep the other CPU busy with a spinning process during the run")
+                print("  --only   run one section of network traffic alone")
                 exit(argument == "--help" ? 0 : 2)
             }
         }
@@ -114,6 +120,7 @@ run(["cc", "-O2", "-static", "-o", "\(work)/syscall-loop", "\(options.anchors)/s
 run(["cc", "-O2", "-static", "-o", "\(work)/sendmsg-loop", "\(options.programs)/sendmsg-loop.c"])
 run(["cc", "-O2", "-static", "-pthread", "-o", "\(work)/file-reads", "\(options.programs)/file-reads.c"])
 _ = FileManager.default.createFile(atPath: "\(work)/file", contents: Data("x".utf8))
+try "bench-token".write(toFile: "\(work)/token", atomically: false, encoding: .utf8)
 
 var spinner: Process?
 if options.busy {
@@ -146,6 +153,16 @@ print(
     "sysmirror-bench: \(options.rounds) rounds, \(options.iterations) iterations per loop, CPUs \(ProcessInfo.processInfo.activeProcessorCount), other CPU \(options.busy ? "busy (spinning process)" : "idle")"
 )
 print("")
+
+if let only = options.only {
+    switch only {
+    case "outgoing": try outgoingTraffic()
+    case "incoming": try incomingTraffic()
+    default: print("--only takes outgoing or incoming, not \(only)")
+    }
+    try? FileManager.default.removeItem(atPath: work)
+    exit(0)
+}
 
 // Per-call costs.
 var openat: [String: [Double]] = [:]
@@ -214,7 +231,6 @@ let pod = "\(work)/pod"
 try FileManager.default.createDirectory(atPath: "\(pod)/data", withIntermediateDirectories: true)
 _ = FileManager.default.createFile(atPath: "\(pod)/data/small", contents: Data(repeating: 0x61, count: 2048))
 _ = FileManager.default.createFile(atPath: "\(pod)/data/large", contents: Data(repeating: 0x62, count: 100 << 20))
-try "bench-token".write(toFile: "\(work)/token", atomically: false, encoding: .utf8)
 let agent = Process()
 agent.executableURL = URL(fileURLWithPath: options.sysmirror)
 agent.arguments = [
@@ -360,6 +376,12 @@ final class Background {
     func stopAll() {
         for process in started { stop(process, signal: SIGKILL) }
     }
+}
+
+/// The children of `pid`, from /proc.
+func childProcesses(of pid: Int32) -> [Int32] {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+    return text.split(separator: " ").compactMap { Int32($0) }
 }
 
 /// The Go HTTP server and load generator (bench/programs/httpbench), built once into the work folder.
@@ -535,12 +557,14 @@ func incomingTraffic() throws {
     while !FileManager.default.fileExists(atPath: "\(work)/in.sock") { usleep(10_000) }
     usleep(300_000)
 
-    /// The local server under trace, once the pod's port is its.
-    func traced(_ mode: String, _ filter: [String] = []) throws -> Process {
+    /// The local server under trace, once the pod's port is its; `idle`: sysmirror and the server at
+    /// SCHED_IDLE, so that they use only CPU time the pod's side leaves (as on a laptop of their own).
+    func traced(_ mode: String, idle: Bool = false) throws -> Process {
         let process = try servers.start(
-            ["ip", "netns", "exec", developer, options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/in.sock",
-             "--token-file", "\(work)/token", "--incoming", mode] + filter
-                + ["--", "\(work)/httpbench", "serve", "127.0.0.1:9090"], log: "incoming-\(mode).log")
+            (idle ? ["chrt", "--idle", "0"] : []) + [
+                "ip", "netns", "exec", developer, options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/in.sock",
+                "--token-file", "\(work)/token", "--incoming", mode, "--", "\(work)/httpbench", "serve", "127.0.0.1:9090",
+            ], log: "incoming-\(mode).log")
         while !run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") { usleep(20_000) }
         return process
     }
@@ -548,7 +572,7 @@ func incomingTraffic() throws {
     let seconds = options.rounds >= 5 ? 2 : 1
     let count = options.rounds >= 5 ? 2000 : 500
     var p50: [String: [Double]] = [:], p99: [String: [Double]] = [:], rate: [String: [Double]] = [:]
-    func latency(_ name: String, _ filterHeader: Bool = false) {
+    func latency(_ name: String) {
         for mode in ["keepalive", "close"] {
             let output = run(inClient + ["\(work)/httpbench", "latency", url, String(count), mode]).output
             p50["\(name) \(mode)", default: []].append(value("p50_us", in: output))
@@ -563,6 +587,8 @@ func incomingTraffic() throws {
     }
     let direct = "the pod's application", stolen = "stolen by the local server"
     let mirrored = "mirrored to the local server"
+    let mirroredIdle = "mirrored, developer side idle"
+    let mirroredPod = "mirrored, pod side alone"
     for _ in 0..<options.rounds {
         latency(direct)
         load(direct)
@@ -572,12 +598,22 @@ func incomingTraffic() throws {
         let mirror = try traced("mirror")
         load(mirrored)
         servers.stop(mirror, signal: SIGTERM)
+        let mirrorIdle = try traced("mirror", idle: true)
+        load(mirroredIdle)
+        servers.stop(mirrorIdle, signal: SIGTERM)
+        // The developer's side stopped (SIGSTOP) while the pod's copies: what mirroring costs the pod alone.
+        let mirrorPod = try traced("mirror")
+        let developerSide = [mirrorPod.processIdentifier] + childProcesses(of: mirrorPod.processIdentifier)
+        for pid in developerSide { kill(pid, SIGSTOP) }
+        load(mirroredPod)
+        for pid in developerSide { kill(pid, SIGCONT) }
+        servers.stop(mirrorPod, signal: SIGTERM)
     }
     print("Incoming HTTP (median of \(options.rounds)): a Go client in a namespace joined to the pod by a veth pair;")
     print("latency: \(count) requests one at a time; rate: 4 clients for \(seconds) s; keep-alive / a new connection each")
     print(pad("case", 32) + pad("keep-alive p50 µs", 19) + pad("p99 µs", 9) + pad("new conn p50 µs", 17) + pad("p99 µs", 9)
         + pad("req/s keep-alive", 18) + pad("×", 7) + pad("req/s new conn", 16) + "×")
-    for name in [direct, stolen, mirrored] {
+    for name in [direct, stolen, mirrored, mirroredIdle, mirroredPod] {
         var line = pad(name, 32)
         if p50["\(name) keepalive"] != nil {
             for mode in ["keepalive", "close"] {
@@ -602,5 +638,8 @@ func incomingTraffic() throws {
         print("added by stealing (\(mode == "close" ? "new connection" : "keep-alive")): p50 \(format(added50)) µs, p99 \(format(added99)) µs")
     }
     print("target: the pod application's requests per second while mirrored within 10% of unmirrored (≥ 0.90×)")
+    print("all of it shares this machine's CPUs: \"mirrored\" counts the local server's own work on every copied")
+    print("request against the pod's rate; \"developer side idle\" runs sysmirror and it at SCHED_IDLE; \"pod side")
+    print("alone\" stops them (SIGSTOP) while the pod's side copies: the agent's and the kernel's cost, as with a laptop")
     print("")
 }
