@@ -13,14 +13,7 @@ import NIOPosix
 /// half-close and backpressure.
 extension SessionHandler {
     func connectStream(_ id: UInt32, to address: [UInt8], context: ChannelHandlerContext) {
-        if case .process(let pid) = configuration.target.spec, !Target.sharesNamespace("net", with: pid) {
-            return reply(
-                context, id,
-                .failure(
-                    errno: ENETUNREACH,
-                    message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
-                ))
-        }
+        guard isInTargetNetwork(id, context: context) else { return }
         guard let destination = Self.socketAddress(address) else {
             return reply(context, id, .failure(errno: EAFNOSUPPORT, message: "not an IPv4 or IPv6 address"))
         }
@@ -48,6 +41,21 @@ extension SessionHandler {
                     logger.debug("stream to \(destination)")
                 }
             }
+    }
+
+    /// Whether the agent is in the target's network namespace, where the pod's traffic is; answers the
+    /// request ENETUNREACH when it is not.
+    func isInTargetNetwork(_ id: UInt32, context: ChannelHandlerContext) -> Bool {
+        guard case .process(let pid) = configuration.target.spec, !Target.sharesNamespace("net", with: pid) else {
+            return true
+        }
+        reply(
+            context, id,
+            .failure(
+                errno: ENETUNREACH,
+                message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
+            ))
+        return false
     }
 
     /// The errno a failed connect means, as the program's own connect would have returned it.

@@ -10,14 +10,7 @@ import NIOCore
 /// connection of its own opened with `takeIncoming` carries each connection that reached it.
 extension SessionHandler {
     func listen(_ id: UInt32, _ subscription: IncomingSubscription, context: ChannelHandlerContext) {
-        if case .process(let pid) = configuration.target.spec, !Target.sharesNamespace("net", with: pid) {
-            return reply(
-                context, id,
-                .failure(
-                    errno: ENETUNREACH,
-                    message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
-                ))
-        }
+        guard isInTargetNetwork(id, context: context) else { return }
         guard let netfilter = registry.netfilter else {
             return reply(
                 context, id,

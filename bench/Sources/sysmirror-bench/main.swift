@@ -378,6 +378,31 @@ final class Background {
     }
 }
 
+/// Network namespaces with loopback up; tens of thousands of short connections per run, so TIME_WAIT must
+/// not use up the local ports.
+func makeNamespaces(_ names: [String]) {
+    for namespace in names {
+        run(["ip", "netns", "add", namespace])
+        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
+        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
+    }
+}
+
+/// An agent in `namespace` serving a sleeping process there, on the unix socket `socket` (in the work
+/// folder), once it listens; returns the process it serves.
+@discardableResult
+func startAgent(in namespace: String, socket: String, servers: Background) throws -> Process {
+    let inNamespace = ["ip", "netns", "exec", namespace]
+    let target = try servers.start(inNamespace + ["sleep", "100000"])
+    _ = try servers.start(
+        inNamespace + [
+            options.sysmirror, "agent", "--listen", "unix:\(work)/\(socket)", "--pid", "\(target.processIdentifier)",
+            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
+        ], log: "\(socket).log")
+    while !FileManager.default.fileExists(atPath: "\(work)/\(socket)") { usleep(10_000) }
+    return target
+}
+
 /// The children of `pid`, from /proc.
 func childProcesses(of pid: Int32) -> [Int32] {
     let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
@@ -409,22 +434,12 @@ func outgoingTraffic() throws {
         servers.stopAll()
         for namespace in [pod, developer] { run(["ip", "netns", "delete", namespace]) }
     }
-    for namespace in [pod, developer] {
-        run(["ip", "netns", "add", namespace])
-        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
-        // Tens of thousands of short connections per run: TIME_WAIT must not use up the local ports.
-        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
-    }
+    makeNamespaces([pod, developer])
     run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
     run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
     try buildHTTPBench()
     let inPod = ["ip", "netns", "exec", pod], inDeveloper = ["ip", "netns", "exec", developer]
-    let target = try servers.start(inPod + ["sleep", "100000"])
-    _ = try servers.start(
-        inPod + [
-            options.sysmirror, "agent", "--listen", "unix:\(work)/net.sock", "--pid", "\(target.processIdentifier)",
-            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
-        ])
+    let target = try startAgent(in: pod, socket: "net.sock", servers: servers)
     _ = try servers.start(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
     _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
     _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork", "TCP:\(address):5201"])
@@ -535,11 +550,7 @@ func incomingTraffic() throws {
         servers.stopAll()
         for namespace in [pod, client, developer] { run(["ip", "netns", "delete", namespace]) }
     }
-    for namespace in [pod, client, developer] {
-        run(["ip", "netns", "add", namespace])
-        run(["ip", "-n", namespace, "link", "set", "lo", "up"])
-        run(["ip", "netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
-    }
+    makeNamespaces([pod, client, developer])
     run(["ip", "-n", pod, "link", "add", "vpod", "type", "veth", "peer", "name", "vcli", "netns", client])
     for (namespace, device, address) in [(pod, "vpod", podAddress), (client, "vcli", "10.251.0.2")] {
         run(["ip", "-n", namespace, "addr", "add", "\(address)/24", "dev", device])
@@ -547,25 +558,23 @@ func incomingTraffic() throws {
     }
     try buildHTTPBench()
     let inPod = ["ip", "netns", "exec", pod], inClient = ["ip", "netns", "exec", client]
-    let target = try servers.start(inPod + ["sleep", "100000"])
-    _ = try servers.start(
-        inPod + [
-            options.sysmirror, "agent", "--listen", "unix:\(work)/in.sock", "--pid", "\(target.processIdentifier)",
-            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
-        ], log: "incoming-agent.log")
+    try startAgent(in: pod, socket: "in.sock", servers: servers)
     _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "0.0.0.0:9090"])
-    while !FileManager.default.fileExists(atPath: "\(work)/in.sock") { usleep(10_000) }
     usleep(300_000)
 
     /// The local server under trace, once the pod's port is its; `idle`: sysmirror and the server at
     /// SCHED_IDLE, so that they use only CPU time the pod's side leaves (as on a laptop of their own).
     func traced(_ mode: String, idle: Bool = false) throws -> Process {
+        func hasTable() -> Bool { run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") }
+        // The last session's table goes as it ends; waited for (a while), so that its table is not taken
+        // for the new session's.
+        for _ in 0..<250 where hasTable() { usleep(20_000) }
         let process = try servers.start(
             (idle ? ["chrt", "--idle", "0"] : []) + [
                 "ip", "netns", "exec", developer, options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/in.sock",
                 "--token-file", "\(work)/token", "--incoming", mode, "--", "\(work)/httpbench", "serve", "127.0.0.1:9090",
             ], log: "incoming-\(mode).log")
-        while !run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") { usleep(20_000) }
+        while !hasTable() { usleep(20_000) }
         return process
     }
     let url = "http://\(podAddress):9090/"
