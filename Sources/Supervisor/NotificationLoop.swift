@@ -80,6 +80,7 @@ public final class NotificationLoop: Sendable {
     public func drain() {
         remote?.drain(seconds: 30)
         sockets?.connections?.drain(milliseconds: 300)
+        incoming?.drain(milliseconds: 300)
         let deadline = Clock.monotonic() + 1_000_000_000
         while inFlight.load(ordering: .sequentiallyConsistent) > 0 && Clock.monotonic() < deadline {
             usleep(100)

@@ -37,6 +37,8 @@ final class RemoteIncoming: Sendable {
     /// The pod's client of each relay, by the relay's loopback port.
     private let clients = Mutex<[UInt16: (client: [UInt8], mode: IncomingRules.Mode)]>([:])
     private let wallClock = Clock.WallFromMonotonic()
+    /// Connections being relayed, so that the end of the session waits for their log lines.
+    private let relaying = Atomic<Int>(0)
     /// ERESTARTSYS: the kernel restarts the call after a signal handler with SA_RESTART, else fails it with
     /// EINTR, as for a blocking accept it interrupts.
     static let restartSystemCall: Int32 = 512
@@ -170,6 +172,8 @@ final class RemoteIncoming: Sendable {
             return logger.warning("could not take an incoming connection from \(Self.describe(connection.client)): \(error)")
         }
         defer { close(pod) }
+        relaying.add(1, ordering: .relaxed)
+        defer { relaying.subtract(1, ordering: .relaxed) }
         var one: Int32 = 1
         setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
         setsockopt(pod, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
@@ -191,6 +195,13 @@ final class RemoteIncoming: Sendable {
         guard listening.withLock({ $0.removeValue(forKey: inode) }) != nil else { return }
         client.cancel(request)
         logger.notice("the program no longer listens: port \(podPort) of the pod is the pod's again")
+    }
+
+    /// Waits (up to `milliseconds`) for the connections still being relayed to end and be logged: the
+    /// program's exit closes its side of them.
+    func drain(milliseconds: Int) {
+        let deadline = Clock.monotonic() + UInt64(milliseconds) * 1_000_000
+        while relaying.load(ordering: .relaxed) > 0 && Clock.monotonic() < deadline { usleep(1000) }
     }
 
     /// Copies both ways until both directions have ended (what `b` sends only counted, when

@@ -17,9 +17,11 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     static let image = "ghcr.io/sysmirror/agent:0.1.0"
     static let slowImage = "ghcr.io/sysmirror/agent:slow"
 
-    /// - Parameter network: the pod's services too (PodStandIn's `network`).
-    init(network: Bool = false) throws {
-        pod = try PodStandIn(network: network, kubelet: true)
+    /// - Parameters:
+    ///   - network: the pod's services too (PodStandIn's `network`).
+    ///   - incoming: the pod's application and a client namespace (PodStandIn's `incoming`).
+    init(network: Bool = false, incoming: Bool = false) throws {
+        pod = try PodStandIn(network: network, kubelet: true, incoming: incoming)
         directory = Fixtures.shared.directory.appendingPathComponent("cluster-\(pod.name)")
         kubeconfig = directory.appendingPathComponent("kubeconfig").path
         calls = directory.appendingPathComponent("calls.jsonl").path

@@ -236,3 +236,51 @@ final class KubernetesOutgoingTests {
         #expect(try cluster.pod.direct(["/bin/sh", "-c", "\(fixtures.path("gofixture")) get \(web)"]).status != 0)
     }
 }
+
+@Suite("Kubernetes: incoming traffic through the port-forward", .enabled(if: PodStandIn.isAvailable, "needs root"))
+final class KubernetesIncomingTests {
+    let cluster: ClusterStandIn
+
+    init() throws { cluster = try ClusterStandIn(incoming: true) }
+    deinit { cluster.tearDown() }
+
+    @Test("steal with --target: each pod connection comes through a port-forward stream of its own")
+    func steal() throws {
+        // One connection, answered with the client's address as accept gave it, then the program ends.
+        let script = """
+            import socket
+            s = socket.socket()
+            s.bind(('127.0.0.1', 8080))
+            s.listen(8)
+            c, peer = s.accept()
+            c.recv(65536)
+            body = ('local ' + peer[0] + '\\n').encode()
+            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)
+            c.close()
+            """
+        let traced = Box<(Outcome, [String])>()
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { [cluster] in
+            traced.value = try? cluster.trace(
+                ["/usr/bin/python3", "-c", script], target: "deployment/web", options: ["--incoming", "steal"])
+            ended.signal()
+        }
+        var answer = ""
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline && !answer.hasPrefix("local") {
+            answer = (try? cluster.pod.client(["GET /x"]))?.first ?? ""
+            usleep(50_000)
+        }
+        #expect(answer.hasPrefix("local \(PodStandIn.clientAddress)"), "\(answer)")
+        #expect(ended.wait(timeout: .now() + 60) == .success)
+        let (outcome, log) = try #require(traced.value)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(log.contains { $0.contains("listen(") && $0.contains("port 8080 of the pod: stolen") })
+        #expect(log.contains { $0.contains("incoming connection from \(PodStandIn.clientAddress):") })
+        // The agent was given what taking a port needs.
+        let added = try #require(cluster.recorded.first { $0["ephemeral_container"] != nil })
+        let container = try #require(added["ephemeral_container"] as? [String: Any])
+        let security = try #require(container["securityContext"] as? [String: Any])
+        #expect((security["capabilities"] as? [String: [String]])?["add"]?.contains("NET_ADMIN") == true)
+    }
+}
