@@ -62,11 +62,9 @@ final class ConnectionEvents: Sendable {
             return tracked
         }
         for (cookie, connection) in connections {
-            let pidfd = sysm_pidfd_open(connection.process, 0)
-            guard pidfd >= 0 else { continue }
-            defer { close(pidfd) }
-            let fd = sysm_pidfd_getfd(pidfd, connection.number, 0)
-            guard fd >= 0 else { continue }
+            guard let fd = ProgramDescriptor.duplicate(pid: connection.process, number: connection.number) else {
+                continue
+            }
             defer { close(fd) }
             guard Self.cookie(of: fd) == cookie else { continue }
             var unspecified = sockaddr()

@@ -62,9 +62,9 @@ final class RemoteIncoming: Sendable {
     /// (the call then runs as usual).
     func serveListen(_ notification: Notification, done: @escaping RemoteFiles.Completion) -> Bool {
         let number = Int32(truncatingIfNeeded: notification.arguments[0])
-        guard let socket = Self.duplicate(pid: notification.pid, number: number) else { return false }
-        guard Self.option(socket, SO_TYPE) == Int32(SOCK_STREAM.rawValue),
-            [AF_INET, AF_INET6].contains(Self.option(socket, SO_DOMAIN)), listener.isPending(notification.id)
+        guard let socket = ProgramDescriptor.duplicate(pid: notification.pid, number: number) else { return false }
+        guard ProgramDescriptor.socketOption(socket, SO_TYPE) == Int32(SOCK_STREAM.rawValue),
+            [AF_INET, AF_INET6].contains(ProgramDescriptor.socketOption(socket, SO_DOMAIN)), listener.isPending(notification.id)
         else {
             close(socket)
             return false
@@ -254,7 +254,7 @@ final class RemoteIncoming: Sendable {
     {
         guard listening.withLock({ !$0.isEmpty }) else { return false }
         let number = Int32(truncatingIfNeeded: notification.arguments[0])
-        guard let socket = Self.duplicate(pid: notification.pid, number: number) else { return false }
+        guard let socket = ProgramDescriptor.duplicate(pid: notification.pid, number: number) else { return false }
         guard let entry = listening.withLock({ $0[Self.inode(socket)] }) else {
             close(socket)
             return false
@@ -321,21 +321,6 @@ final class RemoteIncoming: Sendable {
     }
 
     // MARK: Sockets
-
-    static func duplicate(pid: Int32, number: Int32) -> Int32? {
-        var pidfd = sysm_pidfd_open(pid, 0o200)  // PIDFD_THREAD (6.9)
-        if pidfd < 0 { pidfd = sysm_pidfd_open(pid, 0) }
-        guard pidfd >= 0 else { return nil }
-        defer { close(pidfd) }
-        let fd = sysm_pidfd_getfd(pidfd, number, 0)
-        return fd >= 0 ? fd : nil
-    }
-
-    static func option(_ fd: Int32, _ name: Int32) -> Int32 {
-        var value: Int32 = -1
-        var size = socklen_t(4)
-        return getsockopt(fd, SOL_SOCKET, name, &value, &size) == 0 ? value : -1
-    }
 
     static func inode(_ fd: Int32) -> UInt64 {
         var status = stat()

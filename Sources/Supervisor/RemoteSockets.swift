@@ -79,18 +79,8 @@ final class RemoteSockets: Sendable {
     /// The socket `number` of thread `pid`, or nil when it is not a socket sysmirror can take (the call then
     /// runs locally and gets the kernel's answer).
     func inspect(pid: Int32, number: Int32) -> ProgramSocket? {
-        // PIDFD_THREAD (6.9): the notification names a thread, whose descriptors are its process's.
-        var pidfd = sysm_pidfd_open(pid, 0o200)
-        if pidfd < 0 { pidfd = sysm_pidfd_open(pid, 0) }
-        guard pidfd >= 0 else { return nil }
-        defer { close(pidfd) }
-        let fd = sysm_pidfd_getfd(pidfd, number, 0)
-        guard fd >= 0 else { return nil }
-        func option(_ name: Int32) -> Int32 {
-            var value: Int32 = -1
-            var size = socklen_t(4)
-            return getsockopt(fd, SOL_SOCKET, name, &value, &size) == 0 ? value : -1
-        }
+        guard let fd = ProgramDescriptor.duplicate(pid: pid, number: number) else { return nil }
+        func option(_ name: Int32) -> Int32 { ProgramDescriptor.socketOption(fd, name) }
         let family = option(SO_DOMAIN)
         let type = option(SO_TYPE)
         guard family >= 0 else {  // not a socket
