@@ -1,7 +1,5 @@
-import CSysmirror
 import Foundation
 import LinuxSystem
-import SystemPackage
 
 /// The user's own kubectl, with the user's `--kubeconfig`, `--context` and `--namespace` (and KUBECONFIG,
 /// through the environment): every way of logging in to a cluster that kubectl knows keeps working.
@@ -63,10 +61,8 @@ public struct Kubectl: Sendable {
         let command = Self.describe(arguments)
         let completion: HelperProcess.Completion
         do {
-            let stdin = try input.map { bytes throws(HelperProcess.Failure) in try Self.memoryFile(bytes) }
-            defer { try? stdin?.close() }
             completion = try HelperProcess.run(
-                path: path, arguments: full, environment: environment, input: stdin, timeout: .seconds(60),
+                path: path, arguments: full, environment: environment, input: input, timeout: .seconds(60),
                 shouldStop: shouldStop)
         } catch {
             switch error {
@@ -133,20 +129,5 @@ public struct Kubectl: Sendable {
     /// A call as messages name it: `kubectl get deployment web`.
     static func describe(_ arguments: [String]) -> String {
         (["kubectl"] + arguments.prefix(3)).joined(separator: " ")
-    }
-
-    /// Input for kubectl's stdin (a manifest), in memory.
-    static func memoryFile(_ bytes: [UInt8]) throws(HelperProcess.Failure) -> FileDescriptor {
-        let fd = sysm_memfd("sysmirror-kubectl-input")
-        guard fd >= 0 else { throw .system(SystemCallError("memfd_create", currentErrno())) }
-        let descriptor = FileDescriptor(rawValue: fd)
-        do {
-            _ = try descriptor.writeAll(bytes)
-            _ = try descriptor.seek(offset: 0, from: .start)
-        } catch {
-            try? descriptor.close()
-            throw .system(SystemCallError("write(memfd)", error as? Errno ?? .ioError))
-        }
-        return descriptor
     }
 }

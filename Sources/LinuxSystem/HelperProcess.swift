@@ -85,13 +85,15 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         try? errors.close()
     }
 
-    /// Runs a helper to its end, collecting both outputs. `shouldStop` is asked every 100 ms; the helper is
-    /// killed when it says so or when `timeout` passes.
+    /// Runs a helper to its end, with `input` on its standard input, collecting both outputs. `shouldStop` is
+    /// asked every 100 ms; the helper is killed when it says so or when `timeout` passes.
     public static func run(
-        path: String, arguments: [String], environment: [String], input: FileDescriptor? = nil,
+        path: String, arguments: [String], environment: [String], input: [UInt8]? = nil,
         timeout: Duration? = nil, shouldStop: () -> Bool = { false }
     ) throws(Failure) -> Completion {
-        let helper = try HelperProcess(path: path, arguments: arguments, environment: environment, input: input)
+        let stdin = try input.map { bytes throws(Failure) in try memoryFile(bytes) }
+        defer { try? stdin?.close() }
+        let helper = try HelperProcess(path: path, arguments: arguments, environment: environment, input: stdin)
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var output: [UInt8] = []
         var errors: [UInt8] = []
@@ -106,6 +108,21 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
             throw shouldStop() ? .stopped : .timedOut
         }
         return Completion(status: helper.wait(), output: output, errors: errors)
+    }
+
+    /// `bytes` in a memfd, read from its start: a helper's standard input, however large.
+    static func memoryFile(_ bytes: [UInt8]) throws(Failure) -> FileDescriptor {
+        let fd = sysm_memfd("sysmirror-helper-input")
+        guard fd >= 0 else { throw .system(SystemCallError("memfd_create", currentErrno())) }
+        let descriptor = FileDescriptor(rawValue: fd)
+        do {
+            _ = try descriptor.writeAll(bytes)
+            _ = try descriptor.seek(offset: 0, from: .start)
+        } catch {
+            try? descriptor.close()
+            throw .system(SystemCallError("write(memfd)", error as? Errno ?? .ioError))
+        }
+        return descriptor
     }
 
     /// Reads standard output and error as they come until both end (true), or until `stop` says so (false;

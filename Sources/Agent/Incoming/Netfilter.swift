@@ -1,7 +1,5 @@
-import CSysmirror
 import Incoming
 import LinuxSystem
-import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
@@ -20,21 +18,11 @@ struct Netfilter: Sendable {
     /// Runs nft with `script` on its standard input; its output, or its error message.
     @discardableResult
     func run(_ arguments: [String], script: String? = nil) throws(IncomingError) -> String {
-        var input: FileDescriptor?
-        if let script {
-            var ends: [Int32] = [0, 0]
-            guard sysm_pipe(&ends) == 0 else { throw IncomingError("pipe: \(currentErrno())") }
-            // Scripts are a few hundred bytes: the pipe takes them whole before nft starts.
-            _ = script.utf8CString.withUnsafeBytes { write(ends[1], $0.baseAddress, $0.count - 1) }
-            close(ends[1])
-            input = FileDescriptor(rawValue: ends[0])
-        }
-        defer { try? input?.close() }
         let completion: HelperProcess.Completion
         do {
             completion = try HelperProcess.run(
-                path: path, arguments: ["nft"] + arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], input: input,
-                timeout: .seconds(10))
+                path: path, arguments: ["nft"] + arguments, environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                input: script.map { Array($0.utf8) }, timeout: .seconds(10))
         } catch {
             throw IncomingError("could not run \(path): \(error)")
         }
