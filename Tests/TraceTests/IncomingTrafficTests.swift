@@ -150,21 +150,8 @@ final class IncomingTrafficTests {
 
     @Test("A program that stops listening gives the port back, and the connection that found it gone")
     func stopsListening() throws {
-        // One blocking accept (served on a thread of its own), one answer, then the listener closes.
-        let script = """
-            import socket, time
-            s = socket.socket()
-            s.bind(('127.0.0.1', 8080))
-            s.listen(8)
-            c, _ = s.accept()
-            c.recv(65536)
-            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nlocal\\n')
-            c.close()
-            s.close()
-            time.sleep(60)
-            """
-        let server = try startLocal(["--incoming", "steal"], program: ["/usr/bin/python3", "-c", script])
-        #expect(try pod.client(["GET /1"]).first?.hasPrefix("local") == true)
+        let server = try startLocal(["--incoming", "steal"], program: PodStandIn.answeringOnce(thenSleeping: 60))
+        #expect(try pod.client(["GET /1"]).first?.hasPrefix("local \(client)") == true)
         // Passed on by the agent: the pod's application sees the pod's own address (docs/incoming.md, Limits).
         #expect(try pod.client(["GET /2"]).first?.hasPrefix("pod \(PodStandIn.podAddress)") == true)
         #expect(try pod.client(["GET /3"]).first?.hasPrefix("pod \(client)") == true)

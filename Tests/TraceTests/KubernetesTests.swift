@@ -246,23 +246,11 @@ final class KubernetesIncomingTests {
 
     @Test("steal with --target: each pod connection comes through a port-forward stream of its own")
     func steal() throws {
-        // One connection, answered with the client's address as accept gave it, then the program ends.
-        let script = """
-            import socket
-            s = socket.socket()
-            s.bind(('127.0.0.1', 8080))
-            s.listen(8)
-            c, peer = s.accept()
-            c.recv(65536)
-            body = ('local ' + peer[0] + '\\n').encode()
-            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)
-            c.close()
-            """
         let traced = Box<(Outcome, [String])>()
         let ended = DispatchSemaphore(value: 0)
         DispatchQueue.global().async { [cluster] in
             traced.value = try? cluster.trace(
-                ["/usr/bin/python3", "-c", script], target: "deployment/web", options: ["--incoming", "steal"])
+                PodStandIn.answeringOnce(), target: "deployment/web", options: ["--incoming", "steal"])
             ended.signal()
         }
         var answer = ""

@@ -205,6 +205,26 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         return result.stdout.split(separator: "\n").map(String.init)
     }
 
+    /// A program for the developer's side: Python on 127.0.0.1:8080, one blocking accept (served on a thread
+    /// of sysmirror's), one answer "local CLIENT-IP" (the address accept gave it), then the listening socket
+    /// closes and the program sleeps `seconds`.
+    static func answeringOnce(thenSleeping seconds: Int = 0) -> [String] {
+        let script = """
+            import socket, time
+            s = socket.socket()
+            s.bind(('127.0.0.1', 8080))
+            s.listen(8)
+            c, peer = s.accept()
+            c.recv(65536)
+            body = ('local ' + peer[0] + '\\n').encode()
+            c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)
+            c.close()
+            s.close()
+            time.sleep(\(seconds))
+            """
+        return ["/usr/bin/python3", "-c", script]
+    }
+
     /// `sysmirror trace --agent` as nobody in the developer's namespace, left running: a server.
     func startTrace(_ program: [String], options: [String], output: String, log: String) throws -> Process {
         var command = [
