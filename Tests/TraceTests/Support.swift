@@ -52,10 +52,14 @@ final class Fixtures: Sendable {
     func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
     /// Writes a file the unprivileged user can read; returns its path.
+    /// Writes `content` to `name`, readable by everyone. Parameterized cases run in parallel and may write the same
+    /// file: it is written aside and renamed into place, so a reader never sees it empty or half written.
     func readableFile(_ name: String, _ content: String) throws -> String {
         let file = path(name)
-        try content.write(toFile: file, atomically: false, encoding: .utf8)
-        chmod(file, 0o644)
+        let aside = file + ".\(UUID().uuidString)"
+        try content.write(toFile: aside, atomically: false, encoding: .utf8)
+        chmod(aside, 0o644)
+        guard rename(aside, file) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         return file
     }
 
