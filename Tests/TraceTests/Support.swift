@@ -140,11 +140,15 @@ enum Run {
                 group.leave()
             }
         }
-        let killer = DispatchWorkItem { process.terminate() }
+        // Weak, and the pipes closed here: a cancelled work item is only released at its deadline, and with it
+        // the process and its pipes. Hundreds of runs then held ~1,500 descriptors, and Foundation's Process.run
+        // over-reads the last entry of a full /proc/self/fd listing (swift-corelibs-foundation#5472): a crash.
+        let killer = DispatchWorkItem { [weak process] in process?.terminate() }
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
         process.waitUntilExit()
         killer.cancel()
         group.wait()
+        for handle in [output.fileHandleForReading, errors.fileHandleForReading] { try? handle.close() }
         let status =
             process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
         return Outcome(
