@@ -81,7 +81,7 @@ public enum Frame {
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
         case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A, ping = 0x1B
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
-        case incoming = 0x86
+        case incoming = 0x86, mirror = 0x87
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
     }
 
@@ -133,6 +133,21 @@ public enum Frame {
             let connection = try need(p.uint64(), "incoming")
             let mode = try need(p.uint8().flatMap(IncomingSubscription.Mode.init), "incoming (mode)")
             return .response(id: id, .incoming(IncomingConnection(id: connection, mode: mode, client: p.rest())))
+        case .mirror:
+            var events: [MirrorEvent] = []
+            while !p.isAtEnd {
+                let kind = try need(p.uint8(), "mirror")
+                let connection = try need(p.uint64(), "mirror")
+                let length = try need(p.uint32(), "mirror")
+                let payload = try need(p.bytes(Int(length)), "mirror")
+                switch kind {
+                case 1: events.append(.opened(connection: connection, client: payload))
+                case 2: events.append(.bytes(connection: connection, payload))
+                case 3: events.append(.ended(connection: connection, complete: payload.first == 1))
+                default: throw .malformed("mirror (an event of kind \(kind))")
+                }
+            }
+            return .response(id: id, .mirror(events))
         case .failure:
             return .response(id: id, .failure(errno: try need(p.int32(), "failure"), message: p.restText()))
         case .done: return .response(id: id, .done)
@@ -368,6 +383,20 @@ struct ByteWriter {
             integer(connection.id)
             buffer.append(connection.mode.rawValue)
             buffer.append(contentsOf: connection.client)
+        case .mirror(let events):
+            header(.mirror, id)
+            for event in events {
+                let (kind, connection, payload): (UInt8, UInt64, [UInt8]) =
+                    switch event {
+                    case .opened(let connection, let client): (1, connection, client)
+                    case .bytes(let connection, let bytes): (2, connection, bytes)
+                    case .ended(let connection, let complete): (3, connection, [complete ? 1 : 0])
+                    }
+                buffer.append(kind)
+                integer(connection)
+                integer(UInt32(payload.count))
+                buffer.append(contentsOf: payload)
+            }
         }
     }
 }

@@ -140,6 +140,20 @@ public enum Response: Sendable, Equatable {
     case text([UInt8])
     /// A connection reached a port the client listens on (after `listen`'s `done`).
     case incoming(IncomingConnection)
+    /// What happened to the mirrored connections of a `listen` request since the last `mirror`, in order:
+    /// copies travel on the listen stream, in batches, with no link connection of their own.
+    case mirror([MirrorEvent])
+}
+
+/// One step of a mirrored connection's copy.
+public enum MirrorEvent: Sendable, Equatable {
+    /// A connection reached the port; `client` is a sockaddr_in or sockaddr_in6.
+    case opened(connection: UInt64, client: [UInt8])
+    /// The client's next bytes.
+    case bytes(connection: UInt64, [UInt8])
+    /// The client ended the connection; not `complete`: the copy was cut short (packets the kernel dropped,
+    /// or a client of the agent too far behind).
+    case ended(connection: UInt64, complete: Bool)
 }
 
 /// A file's metadata as stat reports it in the pod.

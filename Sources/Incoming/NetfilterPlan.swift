@@ -71,6 +71,13 @@ public struct NetfilterPlan: Equatable, Sendable {
             lines.append("flush chain \(name) mirror")
             if !mirrors.isEmpty {
                 let ports = mirrors.sorted().map(String.init).joined(separator: ", ")
+                // Pure ACKs carry nothing to copy and are a third of a short connection's packets: skipped
+                // when the lengths show no payload (20- and 32-byte TCP headers: timestamps off and on).
+                for (family, doff, length) in [("ip", 5, 40), ("ip", 8, 52), ("ip6", 5, 20), ("ip6", 8, 32)] {
+                    lines.append(
+                        "add rule \(name) mirror tcp dport { \(ports) } tcp flags & (fin | syn | rst) == 0 tcp doff \(doff) \(family) length \(length) return"
+                    )
+                }
                 lines.append("add rule \(name) mirror tcp dport { \(ports) } log group \(logGroup) snaplen 65535")
             }
         }

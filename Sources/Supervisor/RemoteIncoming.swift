@@ -12,10 +12,11 @@ import SyscallDecoding
 #endif
 
 /// Incoming traffic: when the program listens on a TCP port, the agent takes the same (or the mapped) port
-/// in the pod, and each connection that reaches it there comes here over a link connection of its own. A
-/// relay connects it to the program's listening socket from a loopback port, and the program's accept
-/// reports the pod's client instead of that port (the address is written into the program's buffer).
-/// The program's bind stays local.
+/// in the pod. Each stolen connection comes here over a link connection of its own, and a relay connects it
+/// to the program's listening socket from a loopback port; each mirrored one's copy comes on the listen
+/// stream, and the mirror feed writes it to such a connection. The program's accept reports the pod's
+/// client instead of that port (the address is written into the program's buffer). The program's bind
+/// stays local.
 final class RemoteIncoming: Sendable {
     /// A listening socket of the program whose port the pod's traffic reaches.
     struct Listening: Sendable {
@@ -37,8 +38,10 @@ final class RemoteIncoming: Sendable {
     /// The pod's client of each relay, by the relay's loopback port.
     private let clients = Mutex<[UInt16: (client: [UInt8], mode: IncomingRules.Mode)]>([:])
     private let wallClock = Clock.WallFromMonotonic()
-    /// Connections being relayed, so that the end of the session waits for their log lines.
+    /// Connections being relayed or fed, so that the end of the session waits for their log lines.
     private let relaying = Atomic<Int>(0)
+    /// Started with the first mirrored port.
+    private let feed = Mutex<MirrorFeed?>(nil)
     /// ERESTARTSYS: the kernel restarts the call after a signal handler with SA_RESTART, else fails it with
     /// EINTR, as for a blocking accept it interrupts.
     static let restartSystemCall: Int32 = 512
@@ -109,6 +112,9 @@ final class RemoteIncoming: Sendable {
                 startPinging()
                 answer.succeed(0, note: "port \(entry.podPort) of the pod: \(how)")
                 return .waitingOnClient
+            case .response(.mirror(let events)):
+                mirror(events, to: entry, inode: inode, request: request.load(ordering: .relaxed))
+                return .waitingOnClient
             case .response(.incoming(let connection)):
                 let relay: @Sendable () -> Void = { [self] in
                     deliver(connection, to: entry, inode: inode, request: request.load(ordering: .relaxed))
@@ -152,16 +158,11 @@ final class RemoteIncoming: Sendable {
     /// thread of its own). A program that no longer listens gives the pod's port back, and the connection
     /// with it: the agent hands connections nobody takes to the pod's application.
     private func deliver(_ connection: IncomingConnection, to entry: Listening, inode: UInt64, request: UInt32) {
-        let mode: IncomingRules.Mode = connection.mode == .steal ? .steal : .mirror
-        let local = socket(entry.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard local >= 0 else { return }
-        defer { close(local) }
-        // Bound first, so the port is known (and the pod's client filed under it) before the program can
-        // accept the connection.
-        var loopback = Self.loopback(family: entry.family)
-        guard Self.bind(local, &loopback), let (_, _, port) = Self.localAddress(local) else { return }
-        clients.withLock { $0[port] = (connection.client, mode) }
-        defer { _ = clients.withLock { $0.removeValue(forKey: port) } }
+        guard let (local, port) = localEnd(for: connection.client, family: entry.family, mode: .steal) else { return }
+        defer {
+            close(local)
+            _ = clients.withLock { $0.removeValue(forKey: port) }
+        }
         guard RemoteSockets.connect(local, to: entry.address) == 0 else {
             return giveBack(inode: inode, request: request, podPort: entry.podPort)
         }
@@ -177,16 +178,81 @@ final class RemoteIncoming: Sendable {
         var one: Int32 = 1
         setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
         setsockopt(pod, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
-        // A mirrored connection's answers go nowhere: dropped here rather than carried back to the agent.
-        let (received, sent) = Self.relay(pod, local, droppingReplies: mode == .mirror)
-        let how = mode == .steal ? "stolen" : "mirrored"
-        let answers = mode == .steal ? "\(sent) out" : "\(sent) out (dropped)"
+        let (received, sent) = Self.relay(pod, local)
+        logEnd(of: connection.client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")
+    }
+
+    /// Hands the copies' events to the feed, with a local end started for each new connection.
+    private func mirror(_ events: [MirrorEvent], to entry: Listening, inode: UInt64, request: UInt32) {
+        let feed = feed.withLock { feed in
+            if feed == nil { feed = try? MirrorFeed() }
+            return feed
+        }
+        guard let feed else { return logger.warning("cannot start the mirror's thread: copies are dropped") }
+        feed.post(
+            events.compactMap { event in
+                switch event {
+                case .opened(let id, let client): copy(id, from: client, to: entry, inode: inode, request: request)
+                case .bytes(let id, let bytes): .bytes(id, bytes)
+                case .ended(let id, let complete): .ended(id, complete: complete)
+                }
+            })
+    }
+
+    /// The local end of mirrored connection `id`, connecting to the program; nil when the program no longer
+    /// listens (the pod's port is given back) or no socket could be made.
+    private func copy(_ id: UInt64, from client: [UInt8], to entry: Listening, inode: UInt64, request: UInt32)
+        -> MirrorFeed.Event?
+    {
+        guard let (local, port) = localEnd(for: client, family: entry.family, mode: .mirror) else { return nil }
+        _ = fcntl(local, F_SETFL, fcntl(local, F_GETFL) | O_NONBLOCK)
+        let connected = RemoteSockets.connect(local, to: entry.address)
+        guard connected == 0 || connected == EINPROGRESS else {
+            close(local)
+            _ = clients.withLock { $0.removeValue(forKey: port) }
+            giveBack(inode: inode, request: request, podPort: entry.podPort)
+            return nil
+        }
+        relaying.add(1, ordering: .relaxed)
+        return .opened(id, fd: local, connecting: connected == EINPROGRESS) { [self] outcome in
+            _ = clients.withLock { $0.removeValue(forKey: port) }
+            switch outcome {
+            case .refused:
+                giveBack(inode: inode, request: request, podPort: entry.podPort)
+            case .ended(let received, let answered, let whole):
+                logEnd(
+                    of: client, podPort: entry.podPort,
+                    "mirrored\(whole ? "" : " (cut short)"), \(received) bytes in, \(answered) out (dropped)")
+            }
+            relaying.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// A socket bound to a loopback port, with the pod's client filed under that port, so that the program's
+    /// accept reports it (bound before connecting: the program may accept at once).
+    private func localEnd(for client: [UInt8], family: Int32, mode: IncomingRules.Mode)
+        -> (fd: Int32, port: UInt16)?
+    {
+        let local = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard local >= 0 else { return nil }
+        var loopback = Self.loopback(family: family)
+        guard Self.bind(local, &loopback), let (_, _, port) = Self.localAddress(local) else {
+            close(local)
+            return nil
+        }
+        var one: Int32 = 1
+        setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+        clients.withLock { $0[port] = (client, mode) }
+        return (local, port)
+    }
+
+    private func logEnd(of client: [UInt8], podPort: UInt16, _ how: String) {
         log.record(
             TraceEvent(
                 time: wallClock.wall(at: Clock.monotonic()), pid: getpid(), syscall: "close", arguments: nil,
                 route: .remote, outcome: .continued, durationNanos: 0,
                 note:
-                    "incoming connection from \(Self.describe(connection.client)) to port \(entry.podPort) of the pod ended: \(how), \(received) bytes in, \(answers)"
+                    "incoming connection from \(Self.describe(client)) to port \(podPort) of the pod ended: \(how)"
             ))
     }
 
@@ -204,9 +270,8 @@ final class RemoteIncoming: Sendable {
         while relaying.load(ordering: .relaxed) > 0 && Clock.monotonic() < deadline { usleep(1000) }
     }
 
-    /// Copies both ways until both directions have ended (what `b` sends only counted, when
-    /// `droppingReplies`); the bytes each way.
-    static func relay(_ a: Int32, _ b: Int32, droppingReplies: Bool = false) -> (fromA: Int, fromB: Int) {
+    /// Copies both ways until both directions have ended; the bytes each way.
+    static func relay(_ a: Int32, _ b: Int32) -> (fromA: Int, fromB: Int) {
         var open = [true, true]  // a→b, b→a
         var counts = [0, 0]
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
@@ -218,7 +283,7 @@ final class RemoteIncoming: Sendable {
             for direction in 0..<2 where open[direction] && fds[direction].revents != 0 {
                 let (source, target) = ends[direction]
                 let count = read(source, &buffer, buffer.count)
-                if count > 0, (direction == 1 && droppingReplies) || writeAll(target, buffer[..<count]) {
+                if count > 0, writeAll(target, buffer[..<count]) {
                     counts[direction] += count
                 } else if count < 0 && errno == EINTR {
                     continue

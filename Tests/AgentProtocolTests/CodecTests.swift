@@ -30,6 +30,14 @@ let everyMessage: [Message] = [
     .request(id: 1, .takeIncoming(connection: .max)),
     .request(id: 22, .ping),
     .response(id: 20, .incoming(IncomingConnection(id: 7, mode: .steal, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),
+    .response(
+        id: 20,
+        .mirror([
+            .opened(connection: 7, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]),
+            .bytes(connection: 7, Array("GET / HTTP/1.1\r\n".utf8)), .bytes(connection: .max, []),
+            .ended(connection: 7, complete: true), .ended(connection: 8, complete: false),
+        ])),
+    .response(id: 20, .mirror([])),
     .response(id: 8, .failure(errno: 2, message: "")),
     .response(id: 9, .done),
     .response(id: 10, .opened(sampleMetadata)),
@@ -85,6 +93,7 @@ let everyMessage: [Message] = [
     let cut: [Message] = [
         .hello(version: 1, token: []), .request(id: 1, .open(path: [], flags: 0, mode: 0)),
         .response(id: 1, .metadata(sampleMetadata)), .response(id: 1, .failure(errno: 1, message: "")),
+        .response(id: 1, .mirror([.bytes(connection: 1, [1, 2, 3])])),
     ]
     for message in cut {
         var bytes = Frame.encode(message)
@@ -93,6 +102,12 @@ let everyMessage: [Message] = [
         bytes.replaceSubrange(0..<4, with: withUnsafeBytes(of: length.bigEndian, Array.init))
         #expect(throws: ProtocolViolation.self) { try Frame.parse(bytes) }
     }
+}
+
+@Test func aMirrorEventOfAnUnknownKindIsMalformed() {
+    var bytes = Frame.encode(.response(id: 3, .mirror([.ended(connection: 9, complete: true)])))
+    bytes[Frame.headerLength + 4] = 7  // the event's kind, after the length and the header
+    #expect(throws: ProtocolViolation.malformed("mirror (an event of kind 7)")) { try Frame.parse(bytes) }
 }
 
 @Test func helloFromAnotherProtocolIsMalformed() {

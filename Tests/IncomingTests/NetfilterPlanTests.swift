@@ -26,6 +26,10 @@ import Testing
             flush chain inet sysmirror_4242_3 steal_8080
             add rule inet sysmirror_4242_3 steal_8080 meta l4proto tcp redirect to :41000
             flush chain inet sysmirror_4242_3 mirror
+            add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } tcp flags & (fin | syn | rst) == 0 tcp doff 5 ip length 40 return
+            add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } tcp flags & (fin | syn | rst) == 0 tcp doff 8 ip length 52 return
+            add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } tcp flags & (fin | syn | rst) == 0 tcp doff 5 ip6 length 20 return
+            add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } tcp flags & (fin | syn | rst) == 0 tcp doff 8 ip6 length 32 return
             add rule inet sysmirror_4242_3 mirror tcp dport { 9090, 9091 } log group 12345 snaplen 65535
 
             """)

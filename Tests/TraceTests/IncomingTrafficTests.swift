@@ -160,6 +160,22 @@ final class IncomingTrafficTests {
         end(server)
     }
 
+    @Test("mirror: a program that stops listening gives the port back, and the copies stop")
+    func mirrorStopsListening() throws {
+        let server = try startLocal(["--incoming", "mirror"], program: PodStandIn.answeringOnce(thenSleeping: 60))
+        func mirrorRules() throws -> String {
+            try Run.process(["ip", "netns", "exec", pod.podNamespace, "/usr/sbin/nft", "list", "ruleset"]).stdout
+        }
+        #expect(try mirrorRules().contains("log group"))
+        for path in ["/1", "/2"] {
+            #expect(try pod.client(["GET \(path)"]).first?.hasPrefix("pod \(client)") == true)
+        }
+        // The copy of /1 was the program's one connection; the copy of /2 found no listener.
+        try PodStandIn.waitUntil("the copy's rule to go", timeout: 10) { (try? mirrorRules().contains("log group")) == false }
+        #expect(server.outputText.contains("the program no longer listens: port 8080 of the pod is the pod's again"))
+        end(server)
+    }
+
     @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")
     func secondSteal() throws {
         let first = try startLocal(["--incoming", "steal"])

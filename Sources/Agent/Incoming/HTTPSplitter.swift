@@ -165,7 +165,7 @@ final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confi
             }
         case .program:
             session.offer(
-                request, mode: .steal, client: client, on: loop,
+                request, client: client, on: loop,
                 take: { [self] link in loop.execute { self.connected(.program, link) } },
                 abandon: { [self] in loop.execute { self.programDidNotTake() } })
         }

@@ -25,8 +25,9 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     let registry: IncomingRegistry
     let netfilter: Netfilter
     let logger: Logger
-    /// Sends an `incoming` response to the client, from any thread.
-    let announce: @Sendable (_ request: UInt32, IncomingConnection) -> Void
+    /// The session's link connection, where connections are announced and copies sent.
+    let link: any Channel
+    private let unsent = Atomic<Int>(0)
     private let lock = Mutex<Void>(())
     private var plan: NetfilterPlan
     private var subscriptions: [UInt16: Subscription] = [:]
@@ -35,15 +36,12 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     private var waiting: [UInt64: UInt32] = [:]
     private var ended = false
 
-    init(
-        session: Int, loop: any EventLoop, registry: IncomingRegistry, netfilter: Netfilter, logger: Logger,
-        announce: @escaping @Sendable (UInt32, IncomingConnection) -> Void
-    ) {
-        self.loop = loop
+    init(session: Int, link: any Channel, registry: IncomingRegistry, netfilter: Netfilter, logger: Logger) {
+        self.link = link
+        loop = link.eventLoop
         self.registry = registry
         self.netfilter = netfilter
         self.logger = logger
-        self.announce = announce
         plan = NetfilterPlan(agentPID: getpid(), session: session)
     }
 
@@ -161,9 +159,9 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
 
     // MARK: Connections
 
-    /// Registers a connection for the client to take, and announces it on `request`.
+    /// Registers a stolen connection for the client to take, and announces it on `request`.
     func offer(
-        _ request: UInt32, mode: IncomingSubscription.Mode, client: Endpoint, on loop: any EventLoop,
+        _ request: UInt32, client: Endpoint, on loop: any EventLoop,
         take: @escaping @Sendable (any Channel) -> Void, abandon: @escaping @Sendable () -> Void
     ) {
         let id = registry.add(
@@ -181,8 +179,24 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             return !ended
         }
         guard open else { return registry.remove(id)?.abandon(id) ?? () }
-        announce(request, IncomingConnection(id: id, mode: mode, client: client.socketAddress))
+        send([.response(id: request, .incoming(IncomingConnection(id: id, mode: .steal, client: client.socketAddress)))], size: 32)
     }
+
+    /// Sends `messages` on the link from any thread, in one hop to its loop and one flush; `size` (about
+    /// their bytes) counts in `unsentBytes` until they are written.
+    func send(_ messages: [Message], size: Int) {
+        guard let last = messages.last else { return }
+        unsent.add(size, ordering: .relaxed)
+        let written = link.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { [self] _ in unsent.subtract(size, ordering: .relaxed) }
+        link.eventLoop.execute { [link] in
+            for message in messages.dropLast() { link.write(message, promise: nil) }
+            link.writeAndFlush(last, promise: written)
+        }
+    }
+
+    /// What `send` was given and the link has not written yet: how far behind the client is.
+    var unsentBytes: Int { unsent.load(ordering: .relaxed) }
 
     /// A listener for the stolen connections of `podPort`, on every address (IPv6 and IPv4 where the pod
     /// has IPv6, else IPv4), on a port the kernel picks.
@@ -216,7 +230,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             return
         }
         offer(
-            subscription.request, mode: .steal, client: client, on: channel.eventLoop,
+            subscription.request, client: client, on: channel.eventLoop,
             take: { [logger] link in
                 StreamEnd.glue(channel, link) { received, sent in
                     logger.info(

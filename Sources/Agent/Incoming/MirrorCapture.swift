@@ -13,8 +13,7 @@ import SystemPackage
 
 /// The copy of a session's mirrored ports: the kernel hands every packet to those ports to the session's
 /// NFLOG group (the packet itself goes on to the pod's application untouched); a thread of its own puts
-/// each connection's client bytes back in order and sends them to the client over a link connection of its
-/// own.
+/// each connection's client bytes back in order and sends them to the client on the listen stream.
 final class MirrorCapture: Sendable {
     let group: UInt16
     let socket: Int32
@@ -71,20 +70,39 @@ final class MirrorCapture: Sendable {
             for packet in NetlinkLog.packets(in: buffer[..<count]) {
                 if let segment = TCPSegment.parse(ipPacket: packet) { copier.receive(segment, now: now) }
             }
-            copier.sendPending()
+            copier.flush()
         }
         copier.endAll()
     }
 }
 
-/// Follows the mirrored connections (on the capture's thread) and feeds each one's copy: the bytes a read
-/// of the socket brought (up to 64 packets) go out in one write per connection, since each write is a
-/// hand-off to the event loop's thread.
+/// Follows the mirrored connections (on the capture's thread) and sends their copies on the listen stream
+/// they were subscribed on, in `mirror` batches: what one read of the socket brought (up to 256 packets)
+/// goes to the link in one hand-off to its loop and, mostly, one frame.
 private final class Copier: @unchecked Sendable {  // used by the capture's thread only
+    struct Copy {
+        let id: UInt64
+        let request: UInt32
+        let port: UInt16
+        var bytes = 0
+    }
+
+    /// Copies not yet written to the link beyond this cut every open copy, and new connections are not
+    /// copied until half of it is written: a client that cannot keep up loses copies, never the agent its
+    /// memory.
+    static let backlogLimit = 16 << 20
+    /// A `mirror` frame holds about this much at most (well inside a frame's limit).
+    static let batchLimit = 256 << 10
     let session: IncomingSession
     var flows = MirrorFlows()
-    var copies: [MirrorFlows.Key: MirroredConnection] = [:]
+    var copies: [MirrorFlows.Key: Copy] = [:]
+    /// Client bytes of this batch, by connection: one event each.
     var pending: [MirrorFlows.Key: [UInt8]] = [:]
+    /// This batch's events, by listen request, and their size.
+    var batch: [UInt32: [MirrorEvent]] = [:]
+    var batchSize = 0
+    var lastID: UInt64 = 0
+    var behind = false
 
     init(session: IncomingSession) { self.session = session }
 
@@ -100,112 +118,84 @@ private final class Copier: @unchecked Sendable {  // used by the capture's thre
     func expire(before: UInt64) { handle(flows.expire(before: before)) }
 
     func endAll() {
-        for copy in copies.values { copy.cut() }
-        copies = [:]
-    }
-
-    func sendPending() {
-        for (key, bytes) in pending { copies[key]?.send(bytes) }
-        pending = [:]
-    }
-
-    private func sendPending(_ key: MirrorFlows.Key) {
-        if let bytes = pending.removeValue(forKey: key) { copies[key]?.send(bytes) }
+        for key in copies.keys { end(key, complete: false) }
+        flush()
     }
 
     func handle(_ events: [MirrorFlows.Event]) {
         for event in events {
             switch event {
             case .opened(let key):
-                guard let subscription = session.subscription(for: key.server.port),
+                guard !behind, let subscription = session.subscription(for: key.server.port),
                     subscription.mode == .mirror
                 else { continue }
-                let copy = MirroredConnection(client: key.client, port: key.server.port, logger: session.logger)
-                copies[key] = copy
-                session.offer(
-                    subscription.request, mode: .mirror, client: key.client, on: session.loop,
-                    take: { copy.attach($0) }, abandon: { copy.cut() })
+                lastID += 1
+                copies[key] = Copy(id: lastID, request: subscription.request, port: key.server.port)
+                append(.opened(connection: lastID, client: key.client.socketAddress), to: subscription.request)
             case .data(let key, let bytes):
-                if copies[key] != nil { pending[key, default: []] += bytes }
+                guard copies[key] != nil else { continue }
+                copies[key]!.bytes += bytes.count
+                pending[key, default: []] += bytes
             case .closed(let key):
-                sendPending(key)
-                copies.removeValue(forKey: key)?.finish()
+                end(key, complete: true)
             case .lost(let key):
-                pending[key] = nil
-                copies.removeValue(forKey: key)?.cut()
+                end(key, complete: false)
             }
         }
     }
-}
 
-/// The copy of one mirrored connection: its client bytes, held until the client takes the connection,
-/// then written to the link connection that took it. What comes back is dropped.
-final class MirroredConnection: Sendable {
-    struct State {
-        var held: [UInt8] = []
-        var end: StreamEnd?
-        var finished = false
-        var cut = false
-        var bytes = 0
-    }
-
-    /// More than this held before the client takes the connection cuts the copy.
-    static let holdLimit = 4 << 20
-    let client: Endpoint
-    let port: UInt16
-    let logger: Logger
-    private let state = Mutex(State())
-
-    init(client: Endpoint, port: UInt16, logger: Logger) {
-        self.client = client
-        self.port = port
-        self.logger = logger
-    }
-
-    func send(_ bytes: [UInt8]) {
-        let end = state.withLock { state -> StreamEnd? in
-            state.bytes += bytes.count
-            guard state.end == nil else { return state.end }
-            state.held += bytes
-            if state.held.count > Self.holdLimit { state.cut = true }
-            return nil
+    /// Sends the batch, or, when the client is too far behind, cuts every copy first.
+    func flush() {
+        let backlog = session.unsentBytes
+        if !behind && backlog > Self.backlogLimit {
+            behind = true
+            session.logger.warning(
+                "the developer's side is \(backlog >> 20) MiB behind the pod's mirrored traffic: \(copies.count) copies cut, and new connections are not copied until it catches up"
+            )
+            pending = [:]
+            for key in copies.keys { end(key, complete: false) }
+        } else if behind && backlog < Self.backlogLimit / 2 {
+            behind = false
+            session.logger.notice("the developer's side caught up: new connections are copied again")
         }
-        end?.write(ByteBuffer(bytes: bytes), flush: true)
+        for (key, bytes) in pending { if let copy = copies[key] { appendBytes(bytes, of: copy) } }
+        pending = [:]
+        send()
     }
 
-    /// The client ended its side: so does the copy.
-    func finish() {
-        let end = state.withLock { state in
-            state.finished = true
-            return state.end
+    private func end(_ key: MirrorFlows.Key, complete: Bool) {
+        guard let copy = copies.removeValue(forKey: key) else { return }
+        if let bytes = pending.removeValue(forKey: key) { appendBytes(bytes, of: copy) }
+        append(.ended(connection: copy.id, complete: complete), to: copy.request)
+        session.logger.info(
+            "incoming connection from \(key.client) to port \(copy.port): mirrored, \(copy.bytes) bytes copied\(complete ? "" : " (cut short)")"
+        )
+    }
+
+    /// Bytes in events of a batch's size at most.
+    private func appendBytes(_ bytes: [UInt8], of copy: Copy) {
+        for start in stride(from: 0, to: bytes.count, by: Self.batchLimit) {
+            let piece = Array(bytes[start..<min(bytes.count, start + Self.batchLimit)])
+            append(.bytes(connection: copy.id, piece), to: copy.request)
         }
-        end?.closeOutput()
-        logEnd("mirrored")
     }
 
-    /// The copy cannot go on (lost packets, the session ended).
-    func cut() {
-        let end = state.withLock { state in
-            state.cut = true
-            return state.end
-        }
-        end?.close()
+    private func append(_ event: MirrorEvent, to request: UInt32) {
+        let size =
+            switch event {
+            case .opened(_, let client): 13 + client.count
+            case .bytes(_, let bytes): 13 + bytes.count
+            case .ended: 14
+            }
+        if batchSize + size > Self.batchLimit { send() }
+        batch[request, default: []].append(event)
+        batchSize += size
     }
 
-    func attach(_ link: any Channel) {
-        let end = StreamEnd.install(on: link) { _ in }  // the developer's answers are dropped
-        let (held, finished, cut) = state.withLock { state in
-            state.end = end
-            defer { state.held = [] }
-            return (state.held, state.finished, state.cut)
-        }
-        if cut { return end.close() }
-        if !held.isEmpty { end.write(ByteBuffer(bytes: held), flush: true) }
-        if finished { end.closeOutput() }
-    }
-
-    private func logEnd(_ how: String) {
-        let bytes = state.withLock { $0.bytes }
-        logger.info("incoming connection from \(client) to port \(port): \(how), \(bytes) bytes copied")
+    private func send() {
+        guard !batch.isEmpty else { return }
+        session.send(batch.map { .response(id: $0.key, .mirror($0.value)) }, size: batchSize)
+        batch = [:]
+        batchSize = 0
     }
 }

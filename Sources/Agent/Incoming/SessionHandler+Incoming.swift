@@ -6,8 +6,9 @@ import NIOCore
     import Glibc
 #endif
 
-/// Incoming traffic on the link: `listen` subscribes a port of the pod for the session, and a link
-/// connection of its own opened with `takeIncoming` carries each connection that reached it.
+/// Incoming traffic on the link: `listen` subscribes a port of the pod for the session. A stolen
+/// connection comes over a link connection of its own, opened with `takeIncoming`; mirrored ones' copies
+/// come on the listen stream itself.
 extension SessionHandler {
     func listen(_ id: UInt32, _ subscription: IncomingSubscription, context: ChannelHandlerContext) {
         guard isInTargetNetwork(id, context: context) else { return }
@@ -21,11 +22,7 @@ extension SessionHandler {
         let channel = context.channel
         let session =
             incoming
-            ?? IncomingSession(
-                session: number, loop: context.eventLoop, registry: registry, netfilter: netfilter, logger: logger,
-                announce: { request, connection in
-                    channel.writeAndFlush(Message.response(id: request, .incoming(connection)), promise: nil)
-                })
+            ?? IncomingSession(session: number, link: channel, registry: registry, netfilter: netfilter, logger: logger)
         if incoming == nil { watchForSilence(context: context) }
         incoming = session
         pool.submit { _ in
