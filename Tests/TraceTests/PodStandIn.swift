@@ -387,7 +387,8 @@ final class SpawnedService: @unchecked Sendable {  // pid set once
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         for fd: Int32 in [0, 1, 2] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0) }
-        let command = [Fixtures.shared.path("unblocked")] + arguments
+        // Nothing but 0-2 is inherited (Tests/Fixtures/unblocked.c says why).
+        let command = [Fixtures.shared.path("unblocked"), "--close-fds"] + arguments
         let argv = command.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
