@@ -176,6 +176,38 @@ final class IncomingTrafficTests {
         end(server)
     }
 
+    @Test("mirror: a copy the program does not read is cut short, and later copies still arrive")
+    func mirrorUnread() throws {
+        let program = """
+            import socket, time
+            s = socket.socket()
+            s.bind(('127.0.0.1', 8080))
+            s.listen(8)
+            unread, _ = s.accept()
+            second, _ = s.accept()
+            head = b''
+            while b'\\r\\n' not in head:
+                head += second.recv(65536)
+            print(head.split(b'\\r\\n')[0].decode(), flush=True)
+            time.sleep(60)
+            """
+        let server = try startLocal(["--incoming", "mirror"], program: ["/usr/bin/python3", "-c", program])
+        // More than the loopback connection's buffers and the 8 MiB sysmirror holds for a copy.
+        let upload = """
+            import http.client
+            c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=20)
+            c.request('POST', '/big', body=b'x' * (24 << 20))
+            print(c.getresponse().read().decode().strip())
+            """
+        let uploaded = try Run.process(
+            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", upload], directory: fixtures.directory)
+        #expect(uploaded.stdout.hasPrefix("pod \(client)"), "\(uploaded.stderr)")
+        #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
+        try PodStandIn.waitUntil("the later copy", timeout: 10) { server.outputText.contains("GET /after HTTP/1.1") }
+        try PodStandIn.waitUntil("the cut copy in the log", timeout: 10) { server.logText.contains("mirrored (cut short)") }
+        end(server)
+    }
+
     @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")
     func secondSteal() throws {
         let first = try startLocal(["--incoming", "steal"])

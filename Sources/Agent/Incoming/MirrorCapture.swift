@@ -67,6 +67,7 @@ final class MirrorCapture: Sendable {
                 if errno == ENOBUFS { copier.lost() }
                 continue
             }
+            copier.checkBacklog()
             for packet in NetlinkLog.packets(in: buffer[..<count]) {
                 if let segment = TCPSegment.parse(ipPacket: packet) { copier.receive(segment, now: now) }
             }
@@ -144,20 +145,25 @@ private final class Copier: @unchecked Sendable {  // used by the capture's thre
         }
     }
 
-    /// Sends the batch, or, when the client is too far behind, cuts every copy first.
-    func flush() {
+    /// Before each read's packets: a client too far behind has every copy cut, and new connections are not
+    /// copied until it has caught up.
+    func checkBacklog() {
         let backlog = session.unsentBytes
         if !behind && backlog > Self.backlogLimit {
             behind = true
             session.logger.warning(
                 "the developer's side is \(backlog >> 20) MiB behind the pod's mirrored traffic: \(copies.count) copies cut, and new connections are not copied until it catches up"
             )
-            pending = [:]
             for key in copies.keys { end(key, complete: false) }
+            send()
         } else if behind && backlog < Self.backlogLimit / 2 {
             behind = false
             session.logger.notice("the developer's side caught up: new connections are copied again")
         }
+    }
+
+    /// Sends what the read brought.
+    func flush() {
         for (key, bytes) in pending { if let copy = copies[key] { appendBytes(bytes, of: copy) } }
         pending = [:]
         send()
