@@ -31,7 +31,7 @@ final class IncomingTrafficTests {
         var requests: String { outputText.split(separator: "\n").filter { $0.hasPrefix("/") }.map { $0 + "\n" }.joined() }
         /// The server's own pid, from its listen in the log.
         var programPID: Int32? {
-            logText.split(separator: "\n").first { $0.contains("listen(") }.flatMap {
+            logText.split(separator: "\n").first { $0.contains("] listen(") }.flatMap {
                 Int32($0.dropFirst("[pid ".count).prefix { $0 != "]" })
             }
         }
@@ -45,8 +45,9 @@ final class IncomingTrafficTests {
                 output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log")),
             output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log"))
         servers.append(server)
+        // The call's own line: a Python program's execve line shows its script, listen( included.
         try PodStandIn.waitUntil("the local server's listen") {
-            server.logText.contains("listen(") || !server.process.isRunning
+            server.logText.contains("] listen(") || !server.process.isRunning
         }
         return server
     }
