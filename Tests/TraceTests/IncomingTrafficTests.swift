@@ -209,6 +209,30 @@ final class IncomingTrafficTests {
         end(server)
     }
 
+    @Test("mirror: a developer's side far behind has its copies cut, and gets new ones once it catches up")
+    func mirrorBehind() throws {
+        let server = try startLocal(["--incoming", "mirror"])
+        // sysmirror stopped: the agent's copies pile up unread, past its 16 MiB limit.
+        kill(server.process.processIdentifier, SIGSTOP)
+        let upload = """
+            import http.client
+            c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=20)
+            c.request('POST', '/big', body=b'x' * (24 << 20))
+            print(c.getresponse().read().decode().strip())
+            """
+        let uploaded = try Run.process(
+            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", upload], directory: fixtures.directory)
+        kill(server.process.processIdentifier, SIGCONT)
+        #expect(uploaded.stdout.hasPrefix("pod \(client)"), "\(uploaded.stderr)")
+        #expect(pod.agentLogText.contains("behind the pod's mirrored traffic"), "\(pod.agentLogText)")
+        try PodStandIn.waitUntil("the agent to see sysmirror catch up") {
+            _ = try? pod.client(["GET /after"])
+            return server.requests.contains("/after")
+        }
+        #expect(pod.agentLogText.contains("caught up: new connections are copied again"))
+        end(server)
+    }
+
     @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")
     func secondSteal() throws {
         let first = try startLocal(["--incoming", "steal"])
