@@ -30,6 +30,8 @@ final class MirrorFeed: Sendable {
         /// The client ended copy `id`: the program reads to its end, then sees the end of input. An
         /// incomplete copy is reset instead, so the program never takes a cut request for a whole one.
         case ended(UInt64, complete: Bool)
+        /// The link is gone, and with it the rest of every copy: all are reset.
+        case linkLost
     }
 
     /// One local connection: the copy's bytes still to write, and how far each side is.
@@ -131,6 +133,9 @@ final class MirrorFeed: Sendable {
             } else if let copy = copies.removeValue(forKey: id) {
                 finish(copy, reset: true)
             }
+        case .linkLost:
+            for copy in copies.values { finish(copy, reset: true) }
+            copies = [:]
         }
     }
 

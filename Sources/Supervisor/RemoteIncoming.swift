@@ -129,6 +129,7 @@ final class RemoteIncoming: Sendable {
                 return .complete
             case .linkFailure(let reason):
                 if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(reason)") }
+                feed.withLock { $0 }?.post([.linkLost])
                 return .complete
             case .response, .chunk, .end:
                 if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: unexpected answer") }

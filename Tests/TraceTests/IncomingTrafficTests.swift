@@ -233,6 +233,26 @@ final class IncomingTrafficTests {
         end(server)
     }
 
+    @Test("mirror: when the agent dies, the open copies end at once, cut short")
+    func mirrorAgentGone() throws {
+        let server = try startLocal(["--incoming", "mirror"])
+        let holding = """
+            import socket, time
+            s = socket.create_connection(('\(PodStandIn.podAddress)', 8080))
+            s.sendall(b'GET /held HTTP/1.1\\r\\nHost: pod\\r\\n')
+            time.sleep(30)
+            """
+        let client = try PodStandIn.start(["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", holding], log: nil)
+        defer {
+            client.terminate()
+            client.waitUntilExit()
+        }
+        try PodStandIn.waitUntil("the copy's accept") { server.logText.contains("(mirrored)") }
+        pod.killAgent()
+        try PodStandIn.waitUntil("the copy's end", timeout: 5) { server.logText.contains("mirrored (cut short)") }
+        end(server)
+    }
+
     @Test("A second session stealing a stolen port is refused with a clear message; its program still runs")
     func secondSteal() throws {
         let first = try startLocal(["--incoming", "steal"])
