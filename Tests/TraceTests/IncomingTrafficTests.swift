@@ -67,6 +67,18 @@ final class IncomingTrafficTests {
         server.process.waitUntilExit()
     }
 
+    /// A POST of `megabytes` MiB to the pod from its client, on a connection of its own.
+    func uploadToPod(megabytes: Int) throws -> Outcome {
+        let script = """
+            import http.client
+            c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=20)
+            c.request('POST', '/big', body=b'x' * (\(megabytes) << 20))
+            print(c.getresponse().read().decode().strip())
+            """
+        return try Run.process(
+            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", script], directory: fixtures.directory)
+    }
+
     /// The pod's netfilter tables, as `nft list tables` shows them.
     var sessionTables: String {
         get throws {
@@ -194,14 +206,7 @@ final class IncomingTrafficTests {
             """
         let server = try startLocal(["--incoming", "mirror"], program: ["/usr/bin/python3", "-c", program])
         // More than the loopback connection's buffers and the 8 MiB sysmirror holds for a copy.
-        let upload = """
-            import http.client
-            c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=20)
-            c.request('POST', '/big', body=b'x' * (24 << 20))
-            print(c.getresponse().read().decode().strip())
-            """
-        let uploaded = try Run.process(
-            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", upload], directory: fixtures.directory)
+        let uploaded = try uploadToPod(megabytes: 24)
         #expect(uploaded.stdout.hasPrefix("pod \(client)"), "\(uploaded.stderr)")
         #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
         try PodStandIn.waitUntil("the later copy", timeout: 10) { server.outputText.contains("GET /after HTTP/1.1") }
@@ -214,14 +219,7 @@ final class IncomingTrafficTests {
         let server = try startLocal(["--incoming", "mirror"])
         // sysmirror stopped: the agent's copies pile up unread, past its 16 MiB limit.
         kill(server.process.processIdentifier, SIGSTOP)
-        let upload = """
-            import http.client
-            c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=20)
-            c.request('POST', '/big', body=b'x' * (24 << 20))
-            print(c.getresponse().read().decode().strip())
-            """
-        let uploaded = try Run.process(
-            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", upload], directory: fixtures.directory)
+        let uploaded = try uploadToPod(megabytes: 24)
         kill(server.process.processIdentifier, SIGCONT)
         #expect(uploaded.stdout.hasPrefix("pod \(client)"), "\(uploaded.stderr)")
         #expect(pod.agentLogText.contains("behind the pod's mirrored traffic"), "\(pod.agentLogText)")
