@@ -1,5 +1,6 @@
 import AgentProtocol
 import LinuxSystem
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -8,11 +9,18 @@ import SystemPackage
 
 /// Link connections that carry one TCP connection's bytes each (docs/protocol.md): outgoing TCP through an
 /// agent that cannot pass sockets (reached through a port-forward), opened with `connect`, where the
-/// program gets this socket in place of its own; and the pod's incoming connections, opened with
+/// program gets this socket in place of its own; and the pod's stolen connections, opened with
 /// `takeIncoming`.
-public struct StreamConnector: Sendable {
+///
+/// Two connections are kept past their handshake, waiting for their first request, so that a stream costs
+/// one round trip to the agent rather than a connect, a handshake and (through a port-forward) a new
+/// port-forward stream; a thread of its own refills them after each use.
+public final class StreamConnector: Sendable {
     public let address: AgentAddress
     let token: [UInt8]
+    private let ready = Mutex<[Int32]>([])
+    private let filling = Atomic<Bool>(false)
+    static let readyCount = 2
 
     public init(address: AgentAddress, token: [UInt8]) {
         self.address = address
@@ -25,37 +33,95 @@ public struct StreamConnector: Sendable {
         try open(.connect(address: destination), timeoutSeconds: timeoutSeconds)
     }
 
-    /// The link connection that carries the pod's incoming connection `connection`; throws the errno the
+    /// The link connection that carries the pod's stolen connection `connection`; throws the errno the
     /// agent answered (ENOENT: it went to the pod's application), or ECONNREFUSED.
     public func take(incoming connection: UInt64, timeoutSeconds: Int = 10) throws(Errno) -> Int32 {
         try open(.takeIncoming(connection: connection), timeoutSeconds: timeoutSeconds)
     }
 
-    /// A link connection whose first request is `request`, and which carries a stream after its `done`.
+    /// A link connection whose first request is `request`, and which carries a stream after its `done`: a
+    /// ready one when there is one that still works, else a new one.
     func open(_ request: Request, timeoutSeconds: Int) throws(Errno) -> Int32 {
         let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
+        defer { refill() }
+        let frame = Frame.encode(.request(id: 1, request))
+        while let fd = nextReady() {
+            // nil: the agent had closed it; the next one, or a new one.
+            if let stream = try ask(fd, frame, deadline: deadline) { return stream }
+        }
         let fd: Int32
         do {
             fd = try LinkSocket.connect(to: address, deadline: deadline)
         } catch {
             throw .connectionRefused
         }
+        // Both at once: one round trip through the port-forward instead of two.
+        guard welcomed(fd, after: hello + frame, deadline: deadline),
+            let stream = try ask(fd, frame, deadline: deadline, writeFirst: false)
+        else {
+            throw .connectionRefused
+        }
+        return stream
+    }
+
+    /// Sends `request` (unless already sent) and reads its answer: the connection after `done`, nil (and it
+    /// closed) when the connection failed before any answer; throws the errno the agent refused it with.
+    private func ask(_ fd: Int32, _ request: [UInt8], deadline: UInt64, writeFirst: Bool = true) throws(Errno)
+        -> Int32?
+    {
+        let answer: Message
         do {
-            // Both at once: one round trip through the port-forward instead of two.
-            try LinkSocket.writeAll(
-                fd,
-                Frame.encode(.hello(version: protocolVersion, token: token))
-                    + Frame.encode(.request(id: 1, request)), deadline: deadline)
-            guard case .welcome = try Self.readFrame(fd, deadline: deadline) else { throw Errno.connectionRefused }
-            switch try Self.readFrame(fd, deadline: deadline) {
-            case .response(_, .done): return fd
-            case .response(_, .failure(let errno, _)): throw Errno(rawValue: errno)
-            default: throw Errno.connectionRefused
-            }
+            if writeFirst { try LinkSocket.writeAll(fd, request, deadline: deadline) }
+            answer = try Self.readFrame(fd, deadline: deadline)
         } catch {
             close(fd)
-            throw error as? Errno ?? .connectionRefused
+            return nil
         }
+        guard case .response(_, .done) = answer else {
+            close(fd)
+            if case .response(_, .failure(let errno, _)) = answer { throw Errno(rawValue: errno) }
+            return nil
+        }
+        return fd
+    }
+
+    /// Writes `hello` (and what follows it in `bytes`) and reads the agent's welcome; false, with the
+    /// connection closed, when the agent refused or went away.
+    private func welcomed(_ fd: Int32, after bytes: [UInt8], deadline: UInt64) -> Bool {
+        do {
+            try LinkSocket.writeAll(fd, bytes, deadline: deadline)
+            if case .welcome = try Self.readFrame(fd, deadline: deadline) { return true }
+        } catch {}
+        close(fd)
+        return false
+    }
+
+    private var hello: [UInt8] { Frame.encode(.hello(version: protocolVersion, token: token)) }
+
+    /// A ready connection that has not been closed meanwhile (an idle one has nothing to read).
+    private func nextReady() -> Int32? {
+        while let fd = ready.withLock({ $0.popLast() }) {
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&entry, 1, 0) == 0 { return fd }
+            close(fd)
+        }
+        return nil
+    }
+
+    /// Brings the ready connections back to `readyCount`, on a thread of its own.
+    private func refill() {
+        guard !filling.exchange(true, ordering: .acquiring) else { return }
+        let started = try? ThreadHandle.start(name: "sysmirror-ready") { [self] in
+            defer { filling.store(false, ordering: .releasing) }
+            while ready.withLock({ $0.count }) < Self.readyCount {
+                let deadline = Clock.monotonic() + 10_000_000_000
+                guard let fd = try? LinkSocket.connect(to: address, deadline: deadline),
+                    welcomed(fd, after: hello, deadline: deadline)
+                else { return }
+                ready.withLock { $0.append(fd) }
+            }
+        }
+        if started == nil { filling.store(false, ordering: .releasing) }
     }
 
     /// Exactly one frame, and not a byte more: what follows the answer is the connection's.
