@@ -442,25 +442,33 @@ func outgoingTraffic() throws {
     let target = try startAgent(in: pod, socket: "net.sock", servers: servers)
     _ = try servers.start(inPod + ["iperf3", "-s", "-B", address, "-p", "5201"])
     _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "\(address):9090"])
-    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork", "TCP:\(address):5201"])
     _ = try servers.start(
-        inDeveloper + ["socat", "TCP-LISTEN:5202,bind=127.0.0.1,fork,reuseaddr", "UNIX-CONNECT:\(work)/relay.sock"])
-    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/relay-http.sock,fork", "TCP:\(address):9090,nodelay"])
+        inPod + ["socat", "UNIX-LISTEN:\(work)/relay.sock,fork,backlog=1024", "TCP:\(address):5201"])
     _ = try servers.start(
         inDeveloper + [
-            "socat", "TCP-LISTEN:5203,bind=127.0.0.1,fork,reuseaddr,nodelay", "UNIX-CONNECT:\(work)/relay-http.sock",
+            "socat", "TCP-LISTEN:5202,bind=127.0.0.1,fork,backlog=1024,reuseaddr", "UNIX-CONNECT:\(work)/relay.sock",
+        ])
+    _ = try servers.start(
+        inPod + ["socat", "UNIX-LISTEN:\(work)/relay-http.sock,fork,backlog=1024", "TCP:\(address):9090,nodelay"])
+    _ = try servers.start(
+        inDeveloper + [
+            "socat", "TCP-LISTEN:5203,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
+            "UNIX-CONNECT:\(work)/relay-http.sock",
         ])
     // An agent reached as through `kubectl port-forward` (two socat hops stand in for it): no socket can be
-    // passed, so each connection is relayed by the agent (StreamRelay).
+    // passed, so each connection is relayed by the agent (StreamRelay). Every socat listens with a backlog of
+    // 1024: its default, 5, overflowed under 2,000 back-to-back connects, and SYN retransmits stalled a run.
     _ = try servers.start(
         inPod + [
             options.sysmirror, "agent", "--listen", "127.0.0.1:7000", "--pid", "\(target.processIdentifier)",
             "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
         ], log: "forward-agent.log")
-    _ = try servers.start(inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork", "TCP:127.0.0.1:7000,nodelay"])
+    _ = try servers.start(
+        inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork,backlog=1024", "TCP:127.0.0.1:7000,nodelay"])
     _ = try servers.start(
         inDeveloper + [
-            "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,reuseaddr,nodelay", "UNIX-CONNECT:\(work)/forward.sock",
+            "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
+            "UNIX-CONNECT:\(work)/forward.sock",
         ])
     while !FileManager.default.fileExists(atPath: "\(work)/net.sock.sockets") { usleep(10_000) }
     usleep(300_000)  // the servers' listen
