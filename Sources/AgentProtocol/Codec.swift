@@ -131,8 +131,7 @@ public enum Frame {
         case .ping: return .request(id: id, .ping)
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
-            let mode = try need(p.uint8().flatMap(IncomingSubscription.Mode.init), "incoming (mode)")
-            return .response(id: id, .incoming(IncomingConnection(id: connection, mode: mode, client: p.rest())))
+            return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
         case .mirror:
             var events: [MirrorEvent] = []
             while !p.isAtEnd {
@@ -381,7 +380,6 @@ struct ByteWriter {
         case .incoming(let connection):
             header(.incoming, id)
             integer(connection.id)
-            buffer.append(connection.mode.rawValue)
             buffer.append(contentsOf: connection.client)
         case .mirror(let events):
             header(.mirror, id)

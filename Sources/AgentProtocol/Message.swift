@@ -74,12 +74,11 @@ public enum Request: Sendable, Equatable {
     /// request: after its `done` the connection carries the TCP connection's bytes and nothing else.
     case connect(address: [UInt8])
     /// Incoming traffic: the pod's connections to `port` reach the client as well (mirror) or instead (steal).
-    /// Answered by `done` once the port is subscribed, then by one `incoming` response per connection,
-    /// until the client cancels the request or the session ends.
+    /// Answered by `done` once the port is subscribed, then by one `incoming` response per stolen
+    /// connection, or `mirror` batches of copies, until the client cancels the request or the session ends.
     case listen(IncomingSubscription)
-    /// Takes the pod's connection `connection` (announced by `incoming`). Only as a connection's first
-    /// request: after its `done` the connection carries that connection's bytes (a mirrored one: the
-    /// client's bytes only, and what is sent back is dropped).
+    /// Takes the pod's stolen connection `connection` (announced by `incoming`). Only as a connection's
+    /// first request: after its `done` the connection carries that connection's bytes both ways.
     case takeIncoming(connection: UInt64)
     /// A sign of life, answered `done`: a session that takes the pod's ports sends one every few seconds,
     /// and the agent ends such a session when they stop (docs/incoming.md, "Giving the port back").
@@ -116,13 +115,11 @@ public struct IncomingSubscription: Sendable, Equatable {
 public struct IncomingConnection: Sendable, Equatable {
     /// The agent's number for it, for `takeIncoming`.
     public var id: UInt64
-    public var mode: IncomingSubscription.Mode
     /// The pod's client: a sockaddr_in or sockaddr_in6.
     public var client: [UInt8]
 
-    public init(id: UInt64, mode: IncomingSubscription.Mode, client: [UInt8]) {
+    public init(id: UInt64, client: [UInt8]) {
         self.id = id
-        self.mode = mode
         self.client = client
     }
 }

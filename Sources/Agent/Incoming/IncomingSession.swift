@@ -179,7 +179,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             return !ended
         }
         guard open else { return registry.remove(id)?.abandon(id) ?? () }
-        send([.response(id: request, .incoming(IncomingConnection(id: id, mode: .steal, client: client.socketAddress)))], size: 32)
+        send([.response(id: request, .incoming(IncomingConnection(id: id, client: client.socketAddress)))], size: 32)
     }
 
     /// Sends `messages` on the link from any thread, in one hop to its loop and one flush; `size` (about
