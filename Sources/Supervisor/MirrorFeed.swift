@@ -56,6 +56,7 @@ final class MirrorFeed: Sendable {
 
     /// Starts the feed's thread.
     init() throws {
+        guard wakeUp >= 0 else { throw SystemCallError("eventfd", currentErrno()) }
         _ = try ThreadHandle.start(name: "sysmirror-mirror") { [self] in run() }
     }
 

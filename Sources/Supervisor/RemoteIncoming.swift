@@ -176,8 +176,7 @@ final class RemoteIncoming: Sendable {
         defer { close(pod) }
         relaying.add(1, ordering: .relaxed)
         defer { relaying.subtract(1, ordering: .relaxed) }
-        var one: Int32 = 1
-        setsockopt(local, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
+        var one: Int32 = 1  // `local` has it from localEnd
         setsockopt(pod, Int32(IPPROTO_TCP), TCP_NODELAY, &one, 4)
         let (received, sent) = Self.relay(pod, local)
         logEnd(of: connection.client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")

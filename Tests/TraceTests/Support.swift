@@ -51,9 +51,9 @@ final class Fixtures: Sendable {
 
     func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    /// Writes a file the unprivileged user can read; returns its path.
-    /// Writes `content` to `name`, readable by everyone. Parameterized cases run in parallel and may write the same
-    /// file: it is written aside and renamed into place, so a reader never sees it empty or half written.
+    /// Writes `content` to `name`, readable by the unprivileged user; returns its path. Parameterized cases run
+    /// in parallel and may write the same file: it is written aside and renamed into place, so a reader never
+    /// sees it empty or half written.
     func readableFile(_ name: String, _ content: String) throws -> String {
         let file = path(name)
         let aside = file + ".\(UUID().uuidString)"
