@@ -37,7 +37,7 @@ let package = Package(
         .target(
             name: "LinuxSystem",
             dependencies: [
-                "CSysmirror",
+                "CSysmirror", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "AgentLink",
             dependencies: [
-                "AgentProtocol", "CSysmirror", "LinuxSystem",
+                "AgentProtocol", "CSysmirror", "LinuxSystem", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ] + nio

@@ -64,7 +64,7 @@ public final class AgentClient: Sendable {
     /// A request that hears nothing from the agent for this long fails, so a stuck agent cannot hang the
     /// program; chunks count as signs of life.
     public static let requestTimeout: UInt64 = 10
-    /// Uploads wait while this much is queued for the socket, so a fast writer moves at the link's pace.
+    /// Uploads wait while this much is queued for the socket (`canTakeMore`).
     static let queueLimit = 4 << 20
 
     public let address: AgentAddress
@@ -117,8 +117,8 @@ public final class AgentClient: Sendable {
             address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, logger: logger)
         do {
             let handshakeRest = buffer
-            let thread = try ThreadHandle.start(name: "sysmirror-link") { client.readReplies(handshakeRest) }
-            client.reader.withLock { $0 = thread }
+            var thread: ThreadHandle? = try ThreadHandle.start(name: "sysmirror-link") { client.readReplies(handshakeRest) }
+            client.reader.withLock { $0 = thread.take() }
         } catch {
             Glibc.close(socket)
             Glibc.close(wakeUp)
@@ -149,13 +149,13 @@ public final class AgentClient: Sendable {
         return id
     }
 
-    /// Sends a chunk of an upload, or its end (`bytes` nil). Waits while much is queued already; throws once
-    /// the link has failed.
+    /// Whether the socket's queue has room for more uploads: a pump waits while it has not, so that a fast
+    /// writer moves at the link's pace.
+    public var canTakeMore: Bool { outbound.withLock { $0.queued.count } <= Self.queueLimit }
+
+    /// Sends a chunk of an upload, or its end (`bytes` nil), without waiting (see `canTakeMore`); throws
+    /// once the link has failed.
     public func upload(_ id: UInt32, _ bytes: [UInt8]?) throws(AgentCallError) {
-        while outbound.withLock({ $0.queued.count }) > Self.queueLimit {
-            if let failure = requests.withLock({ $0.failure }) { throw AgentCallError(failure) }
-            usleep(500)
-        }
         if let failure = requests.withLock({ $0.failure }) { throw AgentCallError(failure) }
         enqueue(Frame.encode(bytes.map { .chunk(id: id, $0) } ?? .end(id: id)))
     }
@@ -214,7 +214,7 @@ public final class AgentClient: Sendable {
     public func close() {
         outbound.withLock { $0.closing = true }
         signalReader()
-        reader.withLock { $0 }?.join()
+        reader.withLock { $0.take() }?.join()
     }
 
     // MARK: The reader thread

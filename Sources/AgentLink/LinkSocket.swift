@@ -1,6 +1,7 @@
 import AgentProtocol
 import CSysmirror
 import LinuxSystem
+import SyscallDecoding
 
 #if canImport(Glibc)
     import Glibc
@@ -13,20 +14,35 @@ enum LinkSocket {
         var timedOut = false
     }
 
-    /// Connects before `deadline` (monotonic ns). For TCP, every address of the host is tried in turn, and
-    /// the socket gets TCP_NODELAY: requests are small and must not wait for each other.
+    /// Connects before `deadline` (monotonic ns): every address of the host in turn. For TCP the socket gets
+    /// TCP_NODELAY (requests are small and must not wait for each other) and keep-alives.
     static func connect(to address: AgentAddress, deadline: UInt64) throws(Failure) -> Int32 {
+        var last = Failure(reason: "no address for \(address)")
+        for candidate in try resolve(address) {
+            do {
+                let fd = try startConnect(to: candidate)
+                do {
+                    try wait(fd.raw, for: Int16(POLLOUT), deadline: deadline)
+                    let error = try Sockets.pendingError(fd.raw)
+                    guard error == 0 else { throw Failure(reason: String(cString: strerror(error))) }
+                } catch let error as SystemCallError {
+                    throw Failure(reason: "\(error)")
+                }
+                return fd.release()
+            } catch let error as Failure {
+                last = error
+            } catch {
+                last = Failure(reason: "\(error)")
+            }
+        }
+        throw last
+    }
+
+    /// The socket addresses an agent address names (a TCP host's, through the resolver).
+    static func resolve(_ address: AgentAddress) throws(Failure) -> [SocketAddress] {
         switch address {
         case .unix(let path):
-            var storage = sockaddr_un()
-            storage.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &storage.sun_path) { raw in
-                for (index, byte) in path.utf8.enumerated() where index < raw.count - 1 { raw[index] = byte }
-            }
-            return try withUnsafeBytes(of: &storage) { raw throws(Failure) in
-                try attempt(
-                    family: AF_UNIX, address: raw.baseAddress!, length: socklen_t(raw.count), deadline: deadline)
-            }
+            return [.unix(path: Array(path.utf8), abstract: false)]
         case .tcp(let host, let port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -35,51 +51,42 @@ enum LinkSocket {
             let status = getaddrinfo(host, String(port), &hints, &list)
             guard status == 0 else { throw Failure(reason: String(cString: gai_strerror(status))) }
             defer { freeaddrinfo(list) }
-            var last = Failure(reason: "no address for \(host)")
+            var addresses: [SocketAddress] = []
             var entry = list
             while let info = entry?.pointee {
-                do {
-                    let fd = try attempt(
-                        family: info.ai_family, address: info.ai_addr, length: info.ai_addrlen, deadline: deadline)
-                    var one: Int32 = 1
-                    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-                    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, socklen_t(MemoryLayout<Int32>.size))
-                    return fd
-                } catch {
-                    last = error
-                }
+                let bytes = UnsafeRawBufferPointer(start: info.ai_addr, count: Int(info.ai_addrlen))
+                if let address = SocketAddress(Array(bytes)) { addresses.append(address) }
                 entry = info.ai_next
             }
-            throw last
+            return addresses
         }
     }
 
-    static func attempt(
-        family: Int32, address: UnsafeRawPointer, length: socklen_t, deadline: UInt64
-    ) throws(Failure) -> Int32 {
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
-        let fd = socket(family, type, 0)
-        guard fd >= 0 else { throw Failure(reason: String(cString: strerror(errno))) }
-        if Glibc.connect(fd, address.assumingMemoryBound(to: sockaddr.self), length) == 0 { return fd }
-        guard errno == EINPROGRESS || errno == EAGAIN else {
-            let reason = String(cString: strerror(errno))
-            close(fd)
-            throw Failure(reason: reason)
-        }
-        do {
-            try wait(fd, for: Int16(POLLOUT), deadline: deadline)
+    /// A non-blocking socket whose connect to the agent is under way (or done), for the event loop.
+    static func startConnect(to address: AgentAddress) throws(Failure) -> OwnedDescriptor {
+        guard let first = try resolve(address).first else { throw Failure(reason: "no address for \(address)") }
+        return try startConnect(to: first)
+    }
+
+    static func startConnect(to address: SocketAddress) throws(Failure) -> OwnedDescriptor {
+        do throws(SystemCallError) {
+            let fd = try Sockets.make(
+                family: address.family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
+            if case .unix = address {} else {
+                try Sockets.setNoDelay(fd.raw)
+                try Sockets.setOption(fd.raw, SO_KEEPALIVE, 1)
+            }
+            do throws(SystemCallError) {
+                try Sockets.connect(fd.raw, to: address)
+            } catch where error.errno == .nowInProgress || error.errno == .resourceTemporarilyUnavailable {
+                // Under way: writable when it is done.
+            } catch {
+                throw error
+            }
+            return fd
         } catch {
-            close(fd)
-            throw error
+            throw Failure(reason: String(cString: strerror(error.errno.rawValue)))
         }
-        var error: Int32 = 0
-        var size = socklen_t(MemoryLayout<Int32>.size)
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
-        guard error == 0 else {
-            close(fd)
-            throw Failure(reason: String(cString: strerror(error)))
-        }
-        return fd
     }
 
     /// Waits until `fd` is ready for `events`, or throws at the deadline.
@@ -208,21 +215,25 @@ public struct FrameBuffer: Sendable {
         return .failed(errno)
     }
 
-    /// Like `fill`, with recvmsg: also returns a descriptor that came with the bytes (-1 when none did).
-    public mutating func fillReceivingDescriptor(from fd: Int32) -> (Fill, Int32) {
+    /// Like `fill`, with recvmsg: a descriptor that came with the bytes goes to `descriptor`.
+    public mutating func fillReceivingDescriptor(from fd: Int32, descriptor: inout OwnedDescriptor?) -> Fill {
         compactIfNeeded()
         let room = storage.count - end
-        var received: Int32 = -1
-        let count = storage.withUnsafeMutableBytes { raw in
-            sysm_receive_with_fd(fd, raw.baseAddress! + end, room, &received)
+        let end = self.end
+        let received = storage.withUnsafeMutableBytes { raw in
+            Result { () throws(SystemCallError) in
+                try Sockets.receive(
+                    fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[end..<(end + room)]), descriptor: &descriptor)
+            }
         }
-        if count > 0 {
-            end += count
-            return (.filled, received)
+        switch received {
+        case .success(let count):
+            self.end += count
+            return count > 0 ? .filled : .closed
+        case .failure(let error):
+            return error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted
+                ? .wouldBlock : .failed(error.errno.rawValue)
         }
-        if count == 0 { return (.closed, received) }
-        if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return (.wouldBlock, received) }
-        return (.failed(errno), received)
     }
 
     private mutating func compactIfNeeded() {

@@ -1,7 +1,6 @@
 import AgentProtocol
 import CSysmirror
 import LinuxSystem
-import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -9,71 +8,109 @@ import SystemPackage
 #endif
 
 /// The client end of an agent's socket channel (a unix-socket agent only): sockets made in the target's
-/// network namespace, received with SCM_RIGHTS. One request at a time; a request takes one round trip.
-public final class SocketChannel: Sendable {
-    let fd: Int32
-    private let state = Mutex<(buffer: FrameBuffer, nextID: UInt32)>((FrameBuffer(), 1))
+/// network namespace, received with SCM_RIGHTS. A registration on the serving event loop: requests go out
+/// as they are asked for and their answers come back in order, each `done` with its descriptor (a recvmsg
+/// never reads past the bytes a descriptor came with, so descriptors and answers pair up in order).
+public final class SocketChannel: @unchecked Sendable {  // everything but `fd` and `loop` is touched only on `loop`
+    public typealias Completion = (Result<SharedDescriptor, Errno>) -> Void
 
-    init(fd: Int32) { self.fd = fd }
+    let fd: SharedDescriptor
+    let loop: EventLoop
+    private var buffer = FrameBuffer()
+    private var waiting: [(id: UInt32, completion: Completion)] = []
+    private var received: [SharedDescriptor] = []
+    private var nextID: UInt32 = 1
+    private var registration: EventLoop.Registration?
+    /// Set once the agent is gone: every later request fails with ECONNREFUSED.
+    private var closed = false
 
-    deinit { close(fd) }
+    private init(fd: consuming OwnedDescriptor, loop: EventLoop) {
+        self.fd = SharedDescriptor(fd)
+        self.loop = loop
+    }
 
-    /// Opens the channel beside the agent's socket at `agentPath` and authenticates.
-    public static func connect(agentPath: String, token: [UInt8], timeoutSeconds: Int = 5) throws(AgentConnectError)
-        -> SocketChannel
+    /// Opens the channel beside the agent's socket at `agentPath` and authenticates (blocking: at the
+    /// session's start); from then on it lives on `loop`.
+    public static func connect(agentPath: String, token: [UInt8], loop: EventLoop, timeoutSeconds: Int = 5)
+        throws(AgentConnectError) -> SocketChannel
     {
         // Nothing comes after the welcome unasked: the rest of the handshake's buffer is empty.
         let (fd, _, _) = try LinkSocket.openSession(
             to: .unix(path: agentPath + ".sockets"), token: token, timeoutSeconds: timeoutSeconds)
-        // Requests wait for their answer from here on.
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        return SocketChannel(fd: fd)
-    }
-
-    /// A socket made in the pod by `socket(family, type, protocol)`; throws the errno the agent met, or
-    /// ECONNREFUSED once the agent is gone.
-    public func makeSocket(family: Int32, type: Int32, protocol socketProtocol: Int32) throws(Errno) -> Int32 {
-        try receiveDescriptor(for: .socket(family: family, type: type, protocol: socketProtocol))
-    }
-
-    /// A netlink socket of the pod that reports each TCP connection's end (`Request.connectionEvents`).
-    public func connectionEvents() throws(Errno) -> Int32 {
-        try receiveDescriptor(for: .connectionEvents)
-    }
-
-    func receiveDescriptor(for request: Request) throws(Errno) -> Int32 {
-        try state.withLock { state throws(Errno) -> Int32 in
-            let id = state.nextID
-            state.nextID &+= 1
-            let request = Frame.encode(.request(id: id, request))
-            guard LinkSocket.sendAll(fd, request) else { throw Errno(rawValue: ECONNREFUSED) }
-            var received: Int32 = -1
-            while true {
-                do {
-                    if let message = try state.buffer.next() {
-                        switch message {
-                        case .response(id, .done) where received >= 0: return received
-                        case .response(id, .failure(let errno, _)): throw Errno(rawValue: errno)
-                        default: break
-                        }
-                    }
-                } catch let errno as Errno {
-                    throw errno
-                } catch {
-                    throw Errno(rawValue: EPROTO)
-                }
-                let (fill, descriptor) = state.buffer.fillReceivingDescriptor(from: fd)
-                if descriptor >= 0 {
-                    if received >= 0 { Glibc.close(received) }
-                    received = descriptor
-                }
-                switch fill {
-                case .filled, .wouldBlock: continue
-                case .closed, .failed:
-                    if received >= 0 { Glibc.close(received) }
-                    throw Errno(rawValue: ECONNREFUSED)
-                }
+        let channel = SocketChannel(fd: OwnedDescriptor(taking: fd), loop: loop)
+        loop.execute {
+            do {
+                channel.registration = try loop.register(channel.fd.raw, for: .readable) { _ in channel.readAnswers() }
+            } catch {
+                channel.fail()
             }
         }
+        return channel
+    }
+
+    /// On the loop: a socket made in the pod by `socket(family, type, protocol)`; fails with the errno the
+    /// agent met, or ECONNREFUSED once the agent is gone.
+    public func makeSocket(family: Int32, type: Int32, protocol socketProtocol: Int32, _ completion: @escaping Completion) {
+        ask(.socket(family: family, type: type, protocol: socketProtocol), completion)
+    }
+
+    /// On the loop: a netlink socket of the pod that reports each TCP connection's end
+    /// (`Request.connectionEvents`).
+    public func connectionEvents(_ completion: @escaping Completion) {
+        ask(.connectionEvents, completion)
+    }
+
+    private func ask(_ request: Request, _ completion: @escaping Completion) {
+        guard !closed else { return completion(.failure(.connectionRefused)) }
+        let id = nextID
+        nextID &+= 1
+        let frame = Frame.encode(.request(id: id, request))
+        // A request is a few dozen bytes on a unix socket the agent keeps reading: it is taken whole or the
+        // agent is gone.
+        guard LinkSocket.sendSome(fd.raw, frame) == frame.count else {
+            completion(.failure(.connectionRefused))
+            return fail()
+        }
+        waiting.append((id, completion))
+    }
+
+    private func readAnswers() {
+        while true {
+            var descriptor: OwnedDescriptor?
+            let fill = buffer.fillReceivingDescriptor(from: fd.raw, descriptor: &descriptor)
+            if let descriptor { received.append(SharedDescriptor(descriptor)) }
+            do {
+                while let message = try buffer.next() { answer(message) }
+            } catch {
+                return fail()
+            }
+            switch fill {
+            case .filled: continue
+            case .wouldBlock: return
+            case .closed, .failed: return fail()
+            }
+        }
+    }
+
+    private func answer(_ message: Message) {
+        guard case .response(let id, let response) = message, let index = waiting.firstIndex(where: { $0.id == id })
+        else { return }
+        let completion = waiting.remove(at: index).completion
+        switch response {
+        case .done where !received.isEmpty: completion(.success(received.removeFirst()))
+        case .failure(let errno, _): completion(.failure(Errno(rawValue: errno)))
+        default: completion(.failure(.protocolError))
+        }
+    }
+
+    /// The agent is gone: what waits fails, and so does everything later.
+    private func fail() {
+        closed = true
+        if let registration { loop.deregister(registration) }
+        registration = nil
+        received = []
+        let failed = waiting
+        waiting = []
+        for request in failed { request.completion(.failure(.connectionRefused)) }
     }
 }

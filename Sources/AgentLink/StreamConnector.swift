@@ -1,6 +1,6 @@
 import AgentProtocol
 import LinuxSystem
-import Synchronization
+import SyscallDecoding
 import SystemPackage
 
 #if canImport(Glibc)
@@ -12,143 +12,215 @@ import SystemPackage
 /// program gets this socket in place of its own; and the pod's stolen connections, opened with
 /// `takeIncoming`.
 ///
-/// Two connections are kept past their handshake, waiting for their first request, so that a stream costs
-/// one round trip to the agent rather than a connect, a handshake and (through a port-forward) a new
-/// port-forward stream; a thread of its own refills them after each use.
-public final class StreamConnector: Sendable {
+/// Everything happens on the serving event loop, without blocking: a connection's connect, handshake and
+/// first request are registrations there, not a thread each. Two connections are kept past their
+/// handshake, waiting for their first request, so that a stream costs one round trip to the agent rather
+/// than a connect, a handshake and (through a port-forward) a new port-forward stream.
+public final class StreamConnector: @unchecked Sendable {  // `ready` and `filling` are touched only on `loop`
     public let address: AgentAddress
     let token: [UInt8]
-    private let ready = Mutex<[Int32]>([])
-    private let filling = Atomic<Bool>(false)
+    let loop: EventLoop
+    private var ready: [SharedDescriptor] = []
+    private var filling = 0
     static let readyCount = 2
 
-    public init(address: AgentAddress, token: [UInt8]) {
+    public typealias Completion = (Result<SharedDescriptor, Errno>) -> Void
+
+    public init(address: AgentAddress, token: [UInt8], loop: EventLoop) {
         self.address = address
         self.token = token
+        self.loop = loop
     }
 
-    /// A connection from the pod to `destination` (a sockaddr_in or sockaddr_in6); throws the errno the
-    /// pod's connect got, or ECONNREFUSED when the agent cannot be reached.
-    public func open(_ destination: [UInt8], timeoutSeconds: Int = 35) throws(Errno) -> Int32 {
-        try open(.connect(address: destination), timeoutSeconds: timeoutSeconds)
+    /// On the loop: a connection from the pod to `destination`; fails with the errno the pod's connect got,
+    /// or ECONNREFUSED when the agent cannot be reached.
+    public func open(_ destination: SocketAddress, timeoutSeconds: UInt64 = 35, _ completion: @escaping Completion) {
+        open(.connect(address: destination.bytes), timeoutSeconds: timeoutSeconds, completion)
     }
 
-    /// The link connection that carries the pod's stolen connection `connection`; throws the errno the
-    /// agent answered (ENOENT: it went to the pod's application), or ECONNREFUSED.
-    public func take(incoming connection: UInt64, timeoutSeconds: Int = 10) throws(Errno) -> Int32 {
-        try open(.takeIncoming(connection: connection), timeoutSeconds: timeoutSeconds)
+    /// On the loop: the link connection that carries the pod's stolen connection `connection`; fails with
+    /// the errno the agent answered (ENOENT: it went to the pod's application), or ECONNREFUSED.
+    public func take(incoming connection: UInt64, timeoutSeconds: UInt64 = 10, _ completion: @escaping Completion) {
+        open(.takeIncoming(connection: connection), timeoutSeconds: timeoutSeconds, completion)
     }
 
     /// A link connection whose first request is `request`, and which carries a stream after its `done`: a
-    /// ready one when there is one that still works, else a new one.
-    func open(_ request: Request, timeoutSeconds: Int) throws(Errno) -> Int32 {
-        let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
-        defer { refill() }
+    /// ready one when one still works, else a new one (hello and request sent together: one round trip).
+    func open(_ request: Request, timeoutSeconds: UInt64, _ completion: @escaping Completion) {
         let frame = Frame.encode(.request(id: 1, request))
-        while let fd = nextReady() {
-            // nil: the agent had closed it; the next one, or a new one.
-            if let stream = try ask(fd, frame, deadline: deadline) { return stream }
+        let deadline = Clock.monotonic() + timeoutSeconds * 1_000_000_000
+        defer { refill() }
+        if let fd = nextReady() {
+            Exchange.start(on: loop, fd, sending: frame, welcomeFirst: false, deadline: deadline) { [self] outcome in
+                switch outcome {
+                case .answered(let fd, .done): completion(.success(fd))
+                case .answered(_, .failure(let errno, _)): completion(.failure(Errno(rawValue: errno)))
+                case .answered, .failed, .welcomed:
+                    // The agent had closed it (an idle timeout): a new one, within the same deadline.
+                    openNew(frame, deadline: deadline, completion)
+                }
+            }
+        } else {
+            openNew(frame, deadline: deadline, completion)
         }
-        let fd: Int32
-        do {
-            fd = try LinkSocket.connect(to: address, deadline: deadline)
-        } catch {
-            throw .connectionRefused
-        }
-        // Both at once: one round trip through the port-forward instead of two.
-        guard welcomed(fd, after: hello + frame, deadline: deadline),
-            let stream = try ask(fd, frame, deadline: deadline, writeFirst: false)
-        else {
-            throw .connectionRefused
-        }
-        return stream
     }
 
-    /// Sends `request` (unless already sent) and reads its answer: the connection after `done`, nil (and it
-    /// closed) when the connection failed before any answer; throws the errno the agent refused it with.
-    private func ask(_ fd: Int32, _ request: [UInt8], deadline: UInt64, writeFirst: Bool = true) throws(Errno)
-        -> Int32?
-    {
-        let answer: Message
-        do {
-            if writeFirst { try LinkSocket.writeAll(fd, request, deadline: deadline) }
-            answer = try Self.readFrame(fd, deadline: deadline)
-        } catch {
-            close(fd)
-            return nil
+    private func openNew(_ frame: [UInt8], deadline: UInt64, _ completion: @escaping Completion) {
+        guard let fd = try? SharedDescriptor(LinkSocket.startConnect(to: address)) else {
+            return completion(.failure(.connectionRefused))
         }
-        guard case .response(_, .done) = answer else {
-            close(fd)
-            if case .response(_, .failure(let errno, _)) = answer { throw Errno(rawValue: errno) }
-            return nil
+        Exchange.start(on: loop, fd, sending: hello + frame, welcomeFirst: true, deadline: deadline) { outcome in
+            switch outcome {
+            case .answered(let fd, .done): completion(.success(fd))
+            case .answered(_, .failure(let errno, _)): completion(.failure(Errno(rawValue: errno)))
+            case .answered, .failed, .welcomed: completion(.failure(.connectionRefused))
+            }
         }
-        return fd
-    }
-
-    /// Writes `hello` (and what follows it in `bytes`) and reads the agent's welcome; false, with the
-    /// connection closed, when the agent refused or went away.
-    private func welcomed(_ fd: Int32, after bytes: [UInt8], deadline: UInt64) -> Bool {
-        do {
-            try LinkSocket.writeAll(fd, bytes, deadline: deadline)
-            if case .welcome = try Self.readFrame(fd, deadline: deadline) { return true }
-        } catch {}
-        close(fd)
-        return false
     }
 
     private var hello: [UInt8] { Frame.encode(.hello(version: protocolVersion, token: token)) }
 
-    /// A ready connection that has not been closed meanwhile (an idle one has nothing to read).
-    private func nextReady() -> Int32? {
-        while let fd = ready.withLock({ $0.popLast() }) {
-            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, 0) == 0 { return fd }
-            close(fd)
+    /// A ready connection the agent has not closed meanwhile (an idle one has nothing to read).
+    private func nextReady() -> SharedDescriptor? {
+        while let fd = ready.popLast() {
+            if Sockets.isIdleAndOpen(fd.raw) { return fd }
         }
         return nil
     }
 
-    /// Brings the ready connections back to `readyCount`, on a thread of its own.
+    /// Brings the ready connections back to `readyCount`, each a handshake on the loop.
     private func refill() {
-        guard !filling.exchange(true, ordering: .acquiring) else { return }
-        let started = try? ThreadHandle.start(name: "sysmirror-ready") { [self] in
-            defer { filling.store(false, ordering: .releasing) }
-            while ready.withLock({ $0.count }) < Self.readyCount {
-                let deadline = Clock.monotonic() + 10_000_000_000
-                guard let fd = try? LinkSocket.connect(to: address, deadline: deadline),
-                    welcomed(fd, after: hello, deadline: deadline)
-                else { return }
-                ready.withLock { $0.append(fd) }
+        while ready.count + filling < Self.readyCount {
+            guard let fd = try? SharedDescriptor(LinkSocket.startConnect(to: address)) else { return }
+            filling += 1
+            let deadline = Clock.monotonic() + 10_000_000_000
+            Exchange.start(on: loop, fd, sending: hello, welcomeFirst: true, expectsAnswer: false, deadline: deadline) {
+                [self] outcome in
+                filling -= 1
+                if case .welcomed(let fd) = outcome { ready.append(fd) }
             }
         }
-        if started == nil { filling.store(false, ordering: .releasing) }
+    }
+}
+
+/// One exchange on a link connection, on the loop: connect (if under way), send what is to be sent, then
+/// read the welcome (for a new connection) and exactly one answer frame, and not a byte more: what follows
+/// the answer is the stream's.
+final class Exchange {
+    enum Outcome {
+        case welcomed(SharedDescriptor)
+        case answered(SharedDescriptor, Response)
+        case failed
     }
 
-    /// Exactly one frame, and not a byte more: what follows the answer is the connection's.
-    static func readFrame(_ fd: Int32, deadline: UInt64) throws -> Message {
-        let header = try readExactly(4, from: fd, deadline: deadline)
-        let length = header.reduce(0) { $0 << 8 | Int($1) }
-        guard length <= Frame.maximumLength else { throw Errno.badMessage }
-        let frame = header + (try readExactly(length, from: fd, deadline: deadline))
-        guard case .message(let message, _) = try Frame.parse(frame) else { throw Errno.badMessage }
-        return message
+    private let loop: EventLoop
+    private let fd: SharedDescriptor
+    private var output: [UInt8]
+    private var awaitingWelcome: Bool
+    private let expectsAnswer: Bool
+    private var frame = FrameReader()
+    private var registration: EventLoop.Registration?
+    private var timer: EventLoop.Timer?
+    private var finished: ((Outcome) -> Void)?
+
+    private init(
+        loop: EventLoop, fd: SharedDescriptor, output: [UInt8], welcomeFirst: Bool, expectsAnswer: Bool,
+        finished: @escaping (Outcome) -> Void
+    ) {
+        self.loop = loop
+        self.fd = fd
+        self.output = output
+        self.awaitingWelcome = welcomeFirst
+        self.expectsAnswer = expectsAnswer
+        self.finished = finished
     }
 
-    static func readExactly(_ count: Int, from fd: Int32, deadline: UInt64) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        while filled < count {
-            let got = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + filled, count - filled, Int32(MSG_DONTWAIT)) }
-            if got > 0 {
-                filled += got
-            } else if got == 0 {
-                throw Errno.connectionReset
-            } else if errno == EAGAIN || errno == EINTR {
-                try LinkSocket.wait(fd, for: Int16(POLLIN), deadline: deadline)
-            } else {
-                throw Errno(rawValue: errno)
+    static func start(
+        on loop: EventLoop, _ fd: SharedDescriptor, sending output: [UInt8], welcomeFirst: Bool,
+        expectsAnswer: Bool = true, deadline: UInt64, _ finished: @escaping (Outcome) -> Void
+    ) {
+        let exchange = Exchange(
+            loop: loop, fd: fd, output: output, welcomeFirst: welcomeFirst, expectsAnswer: expectsAnswer,
+            finished: finished)
+        do {
+            // Writable first: a connect under way ends there, and the request goes out.
+            exchange.registration = try loop.register(fd.raw, for: .writable) { exchange.ready($0) }
+        } catch {
+            return finished(.failed)
+        }
+        let now = Clock.monotonic()
+        exchange.timer = loop.schedule(in: deadline > now ? deadline - now : 0) { exchange.end(.failed) }
+    }
+
+    private func ready(_ events: EventLoop.Events) {
+        if !output.isEmpty {
+            if let error = try? Sockets.pendingError(fd.raw), error != 0 { return end(.failed) }
+            do throws(SystemCallError) {
+                output.removeFirst(try Sockets.send(fd.raw, output[...]))
+            } catch {
+                return error.errno == .resourceTemporarilyUnavailable ? () : end(.failed)
+            }
+            if output.isEmpty, let registration { loop.change(registration, to: .readable) }
+            return
+        }
+        while true {
+            switch frame.read(from: fd.raw) {
+            case .waiting: return
+            case .failed: return end(.failed)
+            case .message(.welcome) where awaitingWelcome:
+                awaitingWelcome = false
+                if !expectsAnswer { return end(.welcomed(fd)) }
+            case .message(.response(_, let response)) where !awaitingWelcome:
+                return end(.answered(fd, response))
+            case .message:
+                return end(.failed)
             }
         }
-        return bytes
+    }
+
+    private func end(_ outcome: Outcome) {
+        guard let finished else { return }
+        self.finished = nil
+        if let registration { loop.deregister(registration) }
+        if let timer { loop.cancel(timer) }
+        finished(outcome)
+    }
+}
+
+/// Reads one frame at a time from a non-blocking socket, never past its end.
+struct FrameReader {
+    private var header: [UInt8] = []
+    private var body: [UInt8] = []
+    private var bodyLength: Int?
+
+    enum Step {
+        case waiting
+        case failed
+        case message(Message)
+    }
+
+    mutating func read(from fd: Int32) -> Step {
+        while true {
+            let wanted = bodyLength.map { $0 - body.count } ?? 4 - header.count
+            if wanted > 0 {
+                let piece: [UInt8]
+                do throws(SystemCallError) {
+                    piece = try Sockets.receive(fd, upTo: wanted, flags: Int32(MSG_DONTWAIT))
+                } catch {
+                    return error.errno == .resourceTemporarilyUnavailable ? .waiting : .failed
+                }
+                guard !piece.isEmpty else { return .failed }
+                if bodyLength == nil { header += piece } else { body += piece }
+                if bodyLength == nil && header.count == 4 {
+                    let length = header.reduce(0) { $0 << 8 | Int($1) }
+                    guard length <= Frame.maximumLength else { return .failed }
+                    bodyLength = length
+                }
+                continue
+            }
+            defer { (header, body, bodyLength) = ([], [], nil) }
+            guard case .message(let message, _)? = try? Frame.parse(header + body) else { return .failed }
+            return .message(message)
+        }
     }
 }

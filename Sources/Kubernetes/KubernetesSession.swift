@@ -167,7 +167,7 @@ public final class KubernetesSession {
         ending.set()
         portForward.terminate()
         portForward.wait()
-        watcher?.join()
+        watcher.take()?.join()
         if let ownPod { Self.deletePod(ownPod, kubectl: kubectl) }
     }
 

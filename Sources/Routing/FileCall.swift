@@ -51,51 +51,51 @@ public struct FileCall: Sendable, Equatable {
         func int32(_ index: Int) -> Int32 { Int32(truncatingIfNeeded: integer(index)) }
         let directory: Int32
         let operation: FileOperation
-        switch call.spec.name {
-        case "open":
+        switch call.spec.call {
+        case .open:
             (directory, operation) = (
                 Self.currentDirectory, .open(flags: int32(1), mode: UInt32(truncatingIfNeeded: integer(2)))
             )
-        case "openat":
+        case .openat:
             (directory, operation) = (int32(0), .open(flags: int32(2), mode: UInt32(truncatingIfNeeded: integer(3))))
-        case "openat2":
+        case .openat2:
             guard case .bytes(let how) = call.values[2] else { return nil }
             let flags = Int32(truncatingIfNeeded: how.loadLittleEndian(UInt64.self, at: 0))
             let mode = UInt32(truncatingIfNeeded: how.loadLittleEndian(UInt64.self, at: 8))
             (directory, operation) = (int32(0), .open(flags: flags, mode: mode))
-        case "creat":
+        case .creat:
             let flags = Self.create | 1 | Self.truncate
             (directory, operation) = (
                 Self.currentDirectory, .open(flags: flags, mode: UInt32(truncatingIfNeeded: integer(1)))
             )
-        case "stat", "lstat":
-            let follow = call.spec.name == "stat"
+        case .stat, .lstat:
+            let follow = call.spec.call == .stat
             (directory, operation) = (
                 Self.currentDirectory, .stat(followSymlinks: follow, buffer: integer(1), layout: .stat)
             )
-        case "newfstatat":
+        case .newfstatat:
             let flags = integer(3)
             if flags & Self.emptyPath != 0 && path.isEmpty { return nil }
             let follow = flags & Self.symlinkNoFollow == 0
             (directory, operation) = (int32(0), .stat(followSymlinks: follow, buffer: integer(2), layout: .stat))
-        case "statx":
+        case .statx:
             let flags = integer(2)
             if flags & Self.emptyPath != 0 && path.isEmpty { return nil }
             let follow = flags & Self.symlinkNoFollow == 0
             (directory, operation) = (int32(0), .stat(followSymlinks: follow, buffer: integer(4), layout: .statx))
-        case "access":
+        case .access:
             (directory, operation) = (Self.currentDirectory, .access(mode: int32(1)))
-        case "faccessat", "faccessat2":
+        case .faccessat, .faccessat2:
             (directory, operation) = (int32(0), .access(mode: int32(2)))
-        case "readlink":
+        case .readlink:
             (directory, operation) = (
                 Self.currentDirectory, .readlink(buffer: integer(1), size: Int(truncatingIfNeeded: integer(2)))
             )
-        case "getxattr", "lgetxattr", "listxattr", "llistxattr":
-            let follow = !call.spec.name.hasPrefix("l")
-            let list = call.spec.name.hasSuffix("listxattr")
+        case .getxattr, .lgetxattr, .listxattr, .llistxattr:
+            let follow = call.spec.call == .getxattr || call.spec.call == .listxattr
+            let list = call.spec.call == .listxattr || call.spec.call == .llistxattr
             (directory, operation) = (Self.currentDirectory, .extendedAttributes(followSymlinks: follow, list: list))
-        case "readlinkat":
+        case .readlinkat:
             (directory, operation) = (
                 int32(0), .readlink(buffer: integer(2), size: Int(truncatingIfNeeded: integer(3)))
             )

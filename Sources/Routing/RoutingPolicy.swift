@@ -55,7 +55,7 @@ public struct RoutingPolicy: Sendable {
         guard abi == .x86_64 else {
             return Decision(route: .denied, errno: Self.enosys, note: "the \(abi.rawValue) ABI is not served")
         }
-        if servesHostname && call?.spec.name == "uname" { return .remote }
+        if servesHostname && call?.spec.service == .hostname { return .remote }
         if let call, let socket { return decide(network: call, socket: socket) }
         guard let files, let file, let path else { return .local }
         if servesHostname && path == Self.hostnameFile { return .remote }
@@ -80,7 +80,7 @@ public struct RoutingPolicy: Sendable {
         case (.inet, SocketFacts.inet), (.inet6, SocketFacts.inet6): break
         default: return .local
         }
-        if transport == .tcp && (call.spec.name != "connect" || socket.connected) { return .local }
+        if transport == .tcp && (call.spec.call != .connect || socket.connected) { return .local }
         if socket.inPod { return Decision(route: .remote, errno: nil, note: "a socket of the pod") }
         return outgoing.route(destination, transport: transport) == .remote ? .remote : .local
     }

@@ -23,29 +23,35 @@ final class ConnectionEvents: Sendable {
         let number: Int32
     }
 
-    let socket: Int32
+    let socket: SharedDescriptor
     let log: TraceLog
     private let tracked = Mutex<[UInt64: Connection]>([:])
+    /// The tracked connections, for the end of the session to wait for their ends.
+    private let open: ActivityCount
     private let wallClock = Clock.WallFromMonotonic()
 
-    init(socket: Int32, log: TraceLog) throws(SystemCallError) {
+    /// Reads `socket`'s events on `loop` from now on.
+    init(socket: SharedDescriptor, log: TraceLog, loop: EventLoop) throws(SystemCallError) {
         self.socket = socket
         self.log = log
-        _ = try ThreadHandle.start(name: "sysmirror-conns") { [self] in run() }
+        open = try ActivityCount()
+        try socket.descriptor.setNonBlocking(true)
+        loop.execute { [self] in
+            // Registered for the session's life: the loop lets it go when it closes.
+            _ = try? loop.register(socket.raw, for: .readable) { [self] _ in readEvents() }
+        }
     }
 
     /// SO_COOKIE: a socket's identity in sock_diag.
     static func cookie(of fd: Int32) -> UInt64? {
-        var cookie: UInt64 = 0
-        var size = socklen_t(8)
-        return getsockopt(fd, SOL_SOCKET, 57, &cookie, &size) == 0 ? cookie : nil
+        (try? Sockets.optionBytes(fd, level: SOL_SOCKET, 57, size: 8)).map { $0.loadLittleEndian(UInt64.self, at: 0) }
     }
 
     func track(_ fd: Int32, destination: String, pid: Int32, number: Int32) {
         guard let cookie = Self.cookie(of: fd) else { return }
         let connection = Connection(
             destination: destination, pid: pid, process: Self.threadGroup(of: pid) ?? pid, number: number)
-        tracked.withLock { $0[cookie] = connection }
+        if tracked.withLock({ $0.updateValue(connection, forKey: cookie) }) == nil { open.begin() }
     }
 
     /// The process a thread belongs to (`Tgid:` in /proc/TID/status).
@@ -61,15 +67,13 @@ final class ConnectionEvents: Sendable {
             defer { tracked = [:] }
             return tracked
         }
+        for _ in connections { open.end() }
         for (cookie, connection) in connections {
-            guard let fd = ProgramDescriptor.duplicate(pid: connection.process, number: connection.number) else {
-                continue
-            }
-            defer { close(fd) }
-            guard Self.cookie(of: fd) == cookie else { continue }
-            var unspecified = sockaddr()
-            unspecified.sa_family = sa_family_t(AF_UNSPEC)
-            _ = Glibc.connect(fd, &unspecified, socklen_t(MemoryLayout<sockaddr>.size))
+            guard let fd = ProgramDescriptor.duplicate(pid: connection.process, number: connection.number),
+                Self.cookie(of: fd.raw) == cookie
+            else { continue }
+            // A socket the program closed or reset meanwhile has nothing left to reset.
+            try? Sockets.disconnect(fd.raw)
             log.record(
                 TraceEvent(
                     time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close",
@@ -80,17 +84,22 @@ final class ConnectionEvents: Sendable {
 
     /// Waits (a little) for the ends of connections the program closed as it exited.
     func drain(milliseconds: Int) {
-        let deadline = Clock.monotonic() + UInt64(milliseconds) * 1_000_000
-        while tracked.withLock({ !$0.isEmpty }) && Clock.monotonic() < deadline { usleep(1000) }
+        open.waitUntilIdle(nanoseconds: UInt64(milliseconds) * 1_000_000)
     }
 
-    private func run() {
-        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    /// On the loop: every event queued. ENOBUFS (the kernel dropped some) only means those ends go unlogged.
+    private func readEvents() {
         while true {
-            let count = recv(socket, &buffer, buffer.count, 0)
-            if count < 0 && (errno == EINTR || errno == ENOBUFS) { continue }
-            guard count > 0 else { return }
-            for event in Self.parse(Array(buffer[..<count])) { record(event) }
+            let buffer: [UInt8]
+            do throws(SystemCallError) {
+                buffer = try Sockets.receive(socket.raw, upTo: 64 << 10)
+                guard !buffer.isEmpty else { return }
+            } catch where error.errno == .noBufferSpace {
+                continue
+            } catch {
+                return
+            }
+            for event in Self.parse(buffer) { record(event) }
         }
     }
 
@@ -134,6 +143,7 @@ final class ConnectionEvents: Sendable {
 
     private func record(_ event: Ended) {
         guard let connection = tracked.withLock({ $0.removeValue(forKey: event.cookie) }) else { return }
+        open.end()
         log.record(
             TraceEvent(
                 time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close", arguments: nil,

@@ -28,12 +28,13 @@ public final class NotificationLoop: Sendable {
     private let foreignABIWarned = Atomic<Bool>(false)
     private let wallClock = Clock.WallFromMonotonic()
     /// Calls received and not yet logged.
-    private let inFlight = Atomic<Int>(0)
+    private let inFlight: ActivityCount
 
     init(
         listener: NotificationListener, table: SyscallTable, policy: RoutingPolicy, log: TraceLog, logger: Logger,
         remote: RemoteFiles? = nil, sockets: RemoteSockets? = nil, incoming: RemoteIncoming? = nil
-    ) {
+    ) throws(SystemCallError) {
+        inFlight = try ActivityCount()
         self.remote = remote
         self.sockets = sockets
         self.incoming = incoming
@@ -44,19 +45,19 @@ public final class NotificationLoop: Sendable {
         self.logger = logger
     }
 
-    /// Starts the receiving thread. It ends by itself once no filtered process is left (6.6+ kernels), and
-    /// otherwise with the process.
+    /// Starts the receiving thread, detached: it ends by itself once no filtered process is left (6.6+
+    /// kernels), and otherwise with the process.
     public func start() throws {
-        _ = try ThreadHandle.start(name: "sysmirror-recv") { [self] in run() }
+        try ThreadHandle.detached(name: "sysmirror-recv") { [self] in run() }
     }
 
     private func run() {
         while true {
             do {
                 let notification = try listener.receive()
-                inFlight.add(1, ordering: .sequentiallyConsistent)
+                inFlight.begin()
                 handle(notification)
-                inFlight.subtract(1, ordering: .sequentiallyConsistent)
+                inFlight.end()
             } catch let error where error.errno == .interrupted {
                 continue
             } catch let error where error.errno == .noSuchFileOrDirectory {
@@ -81,10 +82,7 @@ public final class NotificationLoop: Sendable {
         remote?.drain(seconds: 30)
         sockets?.connections?.drain(milliseconds: 300)
         incoming?.drain(milliseconds: 300)
-        let deadline = Clock.monotonic() + 1_000_000_000
-        while inFlight.load(ordering: .sequentiallyConsistent) > 0 && Clock.monotonic() < deadline {
-            usleep(100)
-        }
+        inFlight.waitUntilIdle(nanoseconds: 1_000_000_000)
     }
 
     func handle(_ notification: Notification) {
@@ -99,23 +97,25 @@ public final class NotificationLoop: Sendable {
         } else {
             name = foreignName(notification)
         }
-        if let incoming, let decoded, decoded.spec.category == .network,
-            serveIncoming(notification, decoded, incoming, started: started)
-        {
-            return
-        }
+        // What serves the call: the one dispatch point, on the table's data.
         var file: FileCall?
         var path: [UInt8]?
-        if let remote, let decoded, let call = FileCall(decoded) {
-            file = call
-            path = remote.absolutePath(of: call, pid: notification.pid)
-        }
         var socket: ProgramSocket?
-        if let sockets, let decoded, decoded.spec.category == .network, decoded.spec.name != "bind",
-            decoded.socketAddress?.isInternet == true
-        {
-            socket = sockets.inspect(
-                pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0]))
+        switch decoded?.spec.service {
+        case .listen?, .accept?:
+            if let incoming, let decoded, serveIncoming(notification, decoded, incoming, started: started) { return }
+        case .file?:
+            if let remote, let decoded, let call = FileCall(decoded) {
+                file = call
+                path = remote.absolutePath(of: call, pid: notification.pid)
+            }
+        case .outgoing?:
+            if let sockets, decoded?.socketAddress?.isInternet == true {
+                socket = sockets.inspect(
+                    pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0]))
+            }
+        case .exec?, .bind?, .hostname?, nil:
+            break
         }
         let decision = policy.decide(decoded, abi: abi, file: file, path: path, socket: socket?.facts)
         // Before acting on what was read, make sure it belonged to this call and not to a process that died
@@ -162,14 +162,14 @@ public final class NotificationLoop: Sendable {
     private func completion(
         _ notification: Notification, name: String, decoded: DecodedSyscall?, started: UInt64, notes: [String] = []
     ) -> RemoteFiles.Completion {
-        inFlight.add(1, ordering: .sequentiallyConsistent)
+        inFlight.begin()
         return { [self] outcome, note, answered in
             log.record(
                 TraceEvent(
                     time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
                     route: .remote, outcome: outcome, durationNanos: answered - started,
                     note: (notes + [note].compactMap { $0 }).joined(separator: "; ").nonEmpty))
-            inFlight.subtract(1, ordering: .sequentiallyConsistent)
+            inFlight.end()
         }
     }
 
@@ -177,14 +177,12 @@ public final class NotificationLoop: Sendable {
     private func serveIncoming(
         _ notification: Notification, _ call: DecodedSyscall, _ incoming: RemoteIncoming, started: UInt64
     ) -> Bool {
-        let name = call.spec.name
-        guard name == "listen" || name == "accept" || name == "accept4" else { return false }
-        let done = completion(notification, name: name, decoded: call, started: started)
+        let done = completion(notification, name: call.spec.name, decoded: call, started: started)
         let taken =
-            name == "listen"
+            call.spec.service == .listen
             ? incoming.serveListen(notification, done: done)
             : incoming.serveAccept(notification, call: call, done: done)
-        if !taken { inFlight.subtract(1, ordering: .sequentiallyConsistent) }  // not counted: `done` never runs
+        if !taken { inFlight.end() }  // not counted: `done` never runs
         return taken
     }
 

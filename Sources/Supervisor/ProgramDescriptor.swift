@@ -1,4 +1,5 @@
 import CSysmirror
+import LinuxSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -7,21 +8,13 @@ import CSysmirror
 /// The program's descriptors, as sysmirror reaches them.
 enum ProgramDescriptor {
     /// A descriptor of sysmirror's own on the open file `number` of thread (or process) `pid`
-    /// (pidfd_getfd); nil when the process or the descriptor is gone. The caller closes it.
-    static func duplicate(pid: Int32, number: Int32) -> Int32? {
+    /// (pidfd_getfd); nil when the process or the descriptor is gone.
+    static func duplicate(pid: Int32, number: Int32) -> OwnedDescriptor? {
         // PIDFD_THREAD (6.9): a notification names a thread, whose descriptors are its process's.
-        var pidfd = sysm_pidfd_open(pid, 0o200)
-        if pidfd < 0 { pidfd = sysm_pidfd_open(pid, 0) }
-        guard pidfd >= 0 else { return nil }
-        defer { close(pidfd) }
-        let fd = sysm_pidfd_getfd(pidfd, number, 0)
-        return fd >= 0 ? fd : nil
-    }
-
-    /// An integer SOL_SOCKET option of `fd`; -1 when it is not a socket.
-    static func socketOption(_ fd: Int32, _ name: Int32) -> Int32 {
-        var value: Int32 = -1
-        var size = socklen_t(4)
-        return getsockopt(fd, SOL_SOCKET, name, &value, &size) == 0 ? value : -1
+        guard let pidfd = (try? systemCall("pidfd_open") { sysm_pidfd_open(pid, 0o200) })
+            ?? (try? systemCall("pidfd_open") { sysm_pidfd_open(pid, 0) })
+        else { return nil }
+        let process = OwnedDescriptor(taking: pidfd)
+        return (try? systemCall("pidfd_getfd") { sysm_pidfd_getfd(process.raw, number, 0) }).map(OwnedDescriptor.init(taking:))
     }
 }

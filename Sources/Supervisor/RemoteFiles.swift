@@ -39,11 +39,17 @@ final class RemoteFiles: Sendable {
     private let writes = Mutex<[[UInt8]: [any PendingWrite]]>([:])
     /// Started with the first file opened to write in place.
     private let closeWatcher = Mutex<CloseWatcher?>(nil)
+    /// Where uploads are pumped and closes watched.
+    let loop: EventLoop
+    /// Writes to the pod under way, for the end of the session to wait for.
+    let uploads: ActivityCount
 
     init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
-        resolverOverTCP: Bool = false, logger: Logger
-    ) {
+        resolverOverTCP: Bool = false, loop: EventLoop, logger: Logger
+    ) throws(SystemCallError) {
+        self.loop = loop
+        uploads = try ActivityCount()
         self.resolverOverTCP = resolverOverTCP
         self.client = client
         self.listener = listener
@@ -85,9 +91,9 @@ final class RemoteFiles: Sendable {
     func serve(
         _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion
     ) {
-        let answer = Answer(notification: notification, listener: listener, done: done)
+        let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         guard let file, let path else {
-            if call?.spec.name == "uname" {
+            if call?.spec.service == .hostname {
                 serveUname(answer, buffer: notification.arguments[0])
             } else {
                 answer.fail(ENOSYS, note: "not served remotely")
@@ -97,7 +103,7 @@ final class RemoteFiles: Sendable {
         afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }
     }
 
-    func serve(_ operation: FileOperation, path: [UInt8], isWriting: Bool, _ answer: Answer) {
+    func serve(_ operation: FileOperation, path: [UInt8], isWriting: Bool, _ answer: PendingCall) {
         switch operation {
         case .open(let flags, _) where path == RoutingPolicy.hostnameFile:
             install(Array(hostname) + [UInt8(ascii: "\n")], flags: flags, name: path, answer)
@@ -142,7 +148,7 @@ final class RemoteFiles: Sendable {
     }
 
     /// uname with the pod's hostname as nodename; the rest is this machine's.
-    func serveUname(_ answer: Answer, buffer: UInt64) {
+    func serveUname(_ answer: PendingCall, buffer: UInt64) {
         var names = utsname()
         uname(&names)
         let local = withUnsafeBytes(of: &names) { Array($0) }
@@ -151,28 +157,20 @@ final class RemoteFiles: Sendable {
 
     /// A read, or a read-write open whose copy is written back at close (`OpenIntent`): the agent streams the
     /// content either way. The request's id reaches its owner before any reply can (`prepare`).
-    func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
+    func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
         let download = Download(path: path, flags: flags, answer: answer, files: self)
         client.send(.open(path: path, flags: flags, mode: mode), prepare: { download.id = $0 }) { download.receive($0) }
     }
 
     /// Gives the program its writable copy, and arranges for it to go back to the pod when the program
     /// closes it. sysmirror keeps a read-only descriptor of its own on the copy until then.
-    func installForWriteBack(_ content: ContentFile, path: [UInt8], flags: Int32, _ answer: Answer) {
-        let keeper: Int32
-        let programCopy: Int32
+    func installForWriteBack(_ content: ContentFile, path: [UInt8], flags: Int32, _ answer: PendingCall) {
+        let keeper: SharedDescriptor
+        let programCopy: OwnedDescriptor
         do throws(SystemCallError) {
             try content.flush()
-            let source = "/proc/self/fd/\(content.fd)"
-            keeper = try systemCall("open(content)") { open(source, O_RDONLY | O_CLOEXEC) }
-            do throws(SystemCallError) {
-                programCopy = try systemCall("open(content)") {
-                    open(source, flags & (O_ACCMODE | O_APPEND) | O_CLOEXEC)
-                }
-            } catch {
-                close(keeper)
-                throw error
-            }
+            keeper = SharedDescriptor(try content.reopen(O_RDONLY))
+            programCopy = try content.reopen(flags & (O_ACCMODE | O_APPEND))
         } catch {
             content.close()
             return answer.fail(error.errno.rawValue, note: "could not hold the file's content: \(error)")
@@ -180,14 +178,13 @@ final class RemoteFiles: Sendable {
         // The copy's own writable descriptor goes before the watch starts, or its close would count.
         content.close()
         let writeBack = WriteBack(path: path, keeper: keeper, files: self)
-        writes.withLock { $0[path, default: []].append(writeBack) }
+        track(writeBack)
         do {
             try closeWatcher.withLock { watcher throws(SystemCallError) in
-                if watcher == nil { watcher = try CloseWatcher() }
+                if watcher == nil { watcher = try CloseWatcher(loop: loop) }
                 try watcher!.watch(writeBack)
             }
         } catch {
-            close(programCopy)
             writeEnded(writeBack)
             return answer.fail(error.errno.rawValue, note: "could not watch the copy for its close: \(error)")
         }
@@ -195,7 +192,7 @@ final class RemoteFiles: Sendable {
     }
 
     /// Gives the program a file holding `content`, opened with its access mode.
-    func install(_ content: [UInt8], flags: Int32, name: [UInt8], _ answer: Answer) {
+    func install(_ content: [UInt8], flags: Int32, name: [UInt8], _ answer: PendingCall) {
         do {
             let file = try ContentFile(name: name, size: UInt64(content.count), scratch: scratch)
             do {
@@ -213,18 +210,27 @@ final class RemoteFiles: Sendable {
     }
 
     /// `--fs-mode write`: the program writes into a pipe; its bytes stream to the file opened in the pod.
-    func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: Answer) {
+    func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
         let upload = Upload(path: path, flags: flags, answer: answer, files: self)
-        writes.withLock { $0[path, default: []].append(upload) }
+        track(upload)
         client.send(.open(path: path, flags: flags, mode: mode), prepare: { upload.id = $0 }) { upload.receive($0) }
     }
 
+    private func track(_ write: any PendingWrite) {
+        uploads.begin()
+        writes.withLock { $0[write.path, default: []].append(write) }
+    }
+
+    /// The write is over (done, failed, or never started); once only for each.
     func writeEnded(_ write: any PendingWrite) {
-        writes.withLock { writes in
-            writes[write.path]?.removeAll { $0 === write }
-            if writes[write.path]?.isEmpty == true { writes[write.path] = nil }
+        let removed = writes.withLock { writes -> Bool in
+            guard let index = writes[write.path]?.firstIndex(where: { $0 === write }) else { return false }
+            writes[write.path]!.remove(at: index)
+            if writes[write.path]!.isEmpty { writes[write.path] = nil }
+            return true
         }
         write.finish()
+        if removed { uploads.end() }
     }
 
     /// Close-to-open consistency, as NFS gives: a call on a path whose upload the program has closed (every
@@ -243,31 +249,8 @@ final class RemoteFiles: Sendable {
 
     /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
     func drain(seconds: Int) {
-        let deadline = Clock.monotonic() + UInt64(seconds) * 1_000_000_000
-        func count() -> Int { writes.withLock { $0.values.reduce(0) { $0 + $1.count } } }
-        while count() > 0 && Clock.monotonic() < deadline { usleep(1000) }
-        if count() > 0 {
-            logger.warning("\(count()) file(s) written for the pod did not finish in \(seconds) s")
-        }
-    }
-
-    /// Reads `source` to its end (a pipe: until every writer has closed it), sending each piece as a chunk
-    /// of upload `id`, then the end; closes `source`. Each piece is queued before the next is read, and the
-    /// client slows the reader when much is queued, so a fast writer moves at the link's pace.
-    static func pump(_ source: Int32, id: UInt32, client: AgentClient) {
-        defer { close(source) }
-        var buffer = [UInt8](repeating: 0, count: Frame.chunkSize)
-        while true {
-            let count = read(source, &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
-            do {
-                try client.upload(id, Array(buffer[..<count]))
-            } catch {
-                return  // the link is gone; the request's handler reports it
-            }
-        }
-        try? client.upload(id, nil)
+        guard !uploads.waitUntilIdle(nanoseconds: UInt64(seconds) * 1_000_000_000) else { return }
+        logger.warning("\(uploads.current) file(s) written for the pod did not finish in \(seconds) s")
     }
 
     /// The first link failure is worth a line on the terminal; the log has every call it failed.
@@ -284,38 +267,56 @@ final class Countdown: Sendable {
     func tick() -> Bool { value.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 }
 }
 
-/// The answer to one notification, given once, from whichever thread has the result.
-struct Answer: Sendable {
+/// A call waiting for its answer, answered exactly once from whichever thread has the result: a second
+/// answer is refused and logged (it would be a bug, and the kernel would answer it ENOENT at best, or
+/// answer a recycled id).
+final class PendingCall: Sendable {
     let notification: Notification
     let listener: NotificationListener
     let done: RemoteFiles.Completion
+    private let answered = Atomic<Bool>(false)
+    private let logger: Logger
+
+    init(notification: Notification, listener: NotificationListener, logger: Logger, done: @escaping RemoteFiles.Completion) {
+        self.notification = notification
+        self.listener = listener
+        self.logger = logger
+        self.done = done
+    }
+
+    /// Takes the one answer; false (and logged) when it was given already.
+    private func claim(_ how: String) -> Bool {
+        guard answered.exchange(true, ordering: .acquiringAndReleasing) else { return true }
+        logger.error(
+            "internal error: a second answer (\(how)) to call \(notification.id) of pid \(notification.pid) was refused")
+        return false
+    }
 
     func succeed(_ value: Int64, note: String? = nil) {
-        let answered = Clock.monotonic()
-        do {
-            try listener.succeed(notification.id, value: value)
-            done(.returned(value), note, answered)
-        } catch {
-            done(.interrupted, note, answered)
-        }
+        guard claim("success") else { return }
+        respond(.returned(value), note: note) { () throws(SystemCallError) in try listener.succeed(notification.id, value: value) }
     }
 
     func fail(_ errno: Int32, note: String? = nil) {
-        let answered = Clock.monotonic()
-        do {
-            try listener.fail(notification.id, errno: errno)
-            done(.failed(errno: errno), note, answered)
-        } catch {
-            done(.interrupted, note, answered)
-        }
+        guard claim("failure") else { return }
+        respondFailure(errno, note: note)
+    }
+
+    private func respondFailure(_ errno: Int32, note: String?) {
+        respond(.failed(errno: errno), note: note) { () throws(SystemCallError) in try listener.fail(notification.id, errno: errno) }
     }
 
     /// Lets the kernel run the call (on what sysmirror put in place).
     func proceed(note: String? = nil) {
+        guard claim("continue") else { return }
+        respond(.continued, note: note) { () throws(SystemCallError) in try listener.continueCall(notification.id) }
+    }
+
+    private func respond(_ outcome: Outcome, note: String?, _ send: () throws(SystemCallError) -> Void) {
         let answered = Clock.monotonic()
         do {
-            try listener.continueCall(notification.id)
-            done(.continued, note, answered)
+            try send()
+            done(outcome, note, answered)
         } catch {
             done(.interrupted, note, answered)
         }
@@ -323,6 +324,7 @@ struct Answer: Sendable {
 
     /// The call went away before it could be answered.
     func gone(_ note: String? = nil) {
+        guard claim("gone") else { return }
         done(.interrupted, note, Clock.monotonic())
     }
 
@@ -343,22 +345,27 @@ struct Answer: Sendable {
         } catch {
             return fail(error.errno.rawValue, note: "could not hold the file's content: \(error)")
         }
-        let reopened = open("/proc/self/fd/\(content.fd)", O_RDONLY | O_CLOEXEC)
-        guard reopened >= 0 else { return fail(EIO, note: "could not reopen the content file: \(currentErrno())") }
+        let reopened: OwnedDescriptor
+        do throws(SystemCallError) {
+            reopened = try content.reopen(O_RDONLY)
+        } catch {
+            return fail(EIO, note: "could not reopen the content file: \(error)")
+        }
         install(fd: reopened, flags: flags, note: note)
     }
 
-    /// Installs `fd` into the program (closing it here) and answers with the new number.
-    func install(fd: Int32, flags: Int32, note: String? = nil) {
-        defer { close(fd) }
+    /// Installs `fd` into the program (which gets its own copy; this one closes here) and answers with the
+    /// new number.
+    func install(fd: consuming OwnedDescriptor, flags: Int32, note: String? = nil) {
+        guard claim("a descriptor") else { return }
         let answered = Clock.monotonic()
         do {
-            let number = try listener.answer(notification.id, installing: fd, closeOnExec: flags & O_CLOEXEC != 0)
+            let number = try listener.answer(notification.id, installing: fd.raw, closeOnExec: flags & O_CLOEXEC != 0)
             done(.returned(Int64(number)), note, answered)
         } catch let error where error.errno == .noSuchFileOrDirectory {
             done(.interrupted, note, answered)
         } catch {
-            fail(error.errno.rawValue, note: "\(error)")
+            respondFailure(error.errno.rawValue, note: "\(error)")
         }
     }
 
@@ -367,15 +374,15 @@ struct Answer: Sendable {
     /// its effect (POLLHUP, IN_CLOSE_WRITE) is there before the program's next call. This gives up
     /// SECCOMP_ADDFD_FLAG_SEND: if the call is interrupted in between, the program keeps a descriptor it
     /// does not know of, closed when it exits.
-    func installWritable(fd: Int32, flags: Int32, note: String) {
+    func installWritable(fd: consuming OwnedDescriptor, flags: Int32, note: String) {
         let number: Int32
         do throws(SystemCallError) {
-            number = try listener.install(notification.id, fd, closeOnExec: flags & O_CLOEXEC != 0)
+            number = try listener.install(notification.id, fd.raw, closeOnExec: flags & O_CLOEXEC != 0)
         } catch {
-            close(fd)
+            fd.close()
             return error.errno == .noSuchFileOrDirectory ? gone(note) : fail(error.errno.rawValue, note: "\(error)")
         }
-        close(fd)
+        fd.close()
         succeed(Int64(number), note: note)
     }
 
@@ -411,7 +418,8 @@ struct Answer: Sendable {
 /// cache uses large folios, and reads run as fast as a local file's, where a memfd's 4 KiB shmem pages
 /// read at a third of that speed or less (docs/benchmarks.md).
 final class ContentFile: @unchecked Sendable {  // owned by one thread at a time (the link's)
-    let fd: Int32
+    /// Nil once closed.
+    private var descriptor: OwnedDescriptor?
     /// Files from this size up go to the scratch folder.
     static let largeFile: UInt64 = 1 << 20
     /// Large files are written in pieces of this size rather than the 256 KiB chunks they arrive in: the
@@ -424,17 +432,17 @@ final class ContentFile: @unchecked Sendable {  // owned by one thread at a time
     ///   - size: the size the agent announced; the content may differ if the file changes meanwhile.
     ///   - scratch: a folder for large files.
     init(name: [UInt8], size: UInt64, scratch: String) throws(SystemCallError) {
-        if size >= Self.largeFile {
-            let fd = open(scratch, GNU.temporaryFile | O_RDWR | O_CLOEXEC, 0o600)
-            if fd >= 0 {
-                self.fd = fd
-                pending.reserveCapacity(Self.writeSize)
-                return
-            }
+        if size >= Self.largeFile, let file = try? systemCall("open(O_TMPFILE)", { open(scratch, GNU.temporaryFile | O_RDWR | O_CLOEXEC, 0o600) }) {
+            descriptor = OwnedDescriptor(taking: file)
+            pending.reserveCapacity(Self.writeSize)
+            return
         }
         let base = name.split(separator: UInt8(ascii: "/")).last.map { String(decoding: $0, as: UTF8.self) } ?? "file"
-        fd = try systemCall("memfd_create") { sysm_memfd("sysmirror:" + String(base.prefix(200))) }
+        descriptor = OwnedDescriptor(
+            taking: try systemCall("memfd_create") { sysm_memfd("sysmirror:" + String(base.prefix(200))) })
     }
+
+    private var raw: Int32 { descriptor?.raw ?? -1 }
 
     func append(_ bytes: [UInt8]) throws(SystemCallError) {
         guard pending.capacity >= Self.writeSize else { return try write(bytes) }
@@ -452,14 +460,19 @@ final class ContentFile: @unchecked Sendable {  // owned by one thread at a time
     private func write(_ bytes: [UInt8]) throws(SystemCallError) {
         var done = 0
         while done < bytes.count {
-            let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("write(content)", currentErrno())
+            done += try systemCall("write(content)") {
+                bytes.withUnsafeBytes { Glibc.write(raw, $0.baseAddress! + done, $0.count - done) }
             }
-            done += written
         }
     }
 
-    func close() { Glibc.close(fd) }
+    /// A new open of the content (through /proc/self/fd) with `flags`' access mode: its own offset, and only
+    /// the access the program asked for.
+    func reopen(_ flags: Int32) throws(SystemCallError) -> OwnedDescriptor {
+        let path = "/proc/self/fd/\(raw)"
+        return OwnedDescriptor(taking: try systemCall("open(content)") { open(path, flags | O_CLOEXEC) })
+    }
+
+    /// Lets go of sysmirror's own descriptor (the program's opens keep the content).
+    func close() { descriptor = nil }
 }

@@ -1,6 +1,5 @@
 import AgentLink
 import CSysmirror
-import Dispatch
 import LinuxSystem
 import Logging
 import Routing
@@ -15,14 +14,17 @@ import SystemPackage
 /// A program's socket as sysmirror sees it for one network call: a descriptor of its own on the same open
 /// socket (pidfd_getfd), and what the rules need to know. The descriptor closes with this object.
 final class ProgramSocket: Sendable {
-    let fd: Int32
+    let fd: OwnedDescriptor
     let number: Int32
     let facts: SocketFacts
     let type: Int32
     let socketProtocol: Int32
     let nonBlocking: Bool
 
-    init(fd: Int32, number: Int32, facts: SocketFacts, type: Int32, socketProtocol: Int32, nonBlocking: Bool) {
+    init(
+        fd: consuming OwnedDescriptor, number: Int32, facts: SocketFacts, type: Int32, socketProtocol: Int32,
+        nonBlocking: Bool
+    ) {
         self.fd = fd
         self.number = number
         self.facts = facts
@@ -30,8 +32,6 @@ final class ProgramSocket: Sendable {
         self.socketProtocol = socketProtocol
         self.nonBlocking = nonBlocking
     }
-
-    deinit { close(fd) }
 }
 
 /// Outgoing traffic: a remote connect or send puts, in place of the program's socket, a socket made in the
@@ -54,56 +54,48 @@ final class RemoteSockets: Sendable {
     /// This machine's network namespace, to tell the pod's sockets from the program's own.
     let localNamespace: UInt64
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
+    /// Round trips to the agent and handshakes still going on wait here, never on a thread.
+    let loop: EventLoop
 
     init(
-        channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, logger: Logger,
-        connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
-    ) {
+        channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, loop: EventLoop,
+        logger: Logger, connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
+    ) throws(SystemCallError) {
         self.streams = streams
         self.linkIsUp = linkIsUp
         self.connections = connections
-        pool = channel.map(SocketPool.init)
+        self.loop = loop
+        pool = channel.map { SocketPool(channel: $0, loop: loop) }
         self.listener = listener
         self.logger = logger
-        let probe = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        localNamespace = Self.namespace(of: probe)
-        close(probe)
+        let probe = try Sockets.make(family: AF_INET, type: Int32(SOCK_DGRAM.rawValue))
+        localNamespace = Self.namespace(of: probe.raw)
     }
 
     static func namespace(of fd: Int32) -> UInt64 {
-        var cookie: UInt64 = 0
-        var size = socklen_t(8)
-        return getsockopt(fd, SOL_SOCKET, netnsCookie, &cookie, &size) == 0 ? cookie : 0
+        (try? Sockets.optionBytes(fd, level: SOL_SOCKET, netnsCookie, size: 8)).map { $0.loadLittleEndian(UInt64.self, at: 0) } ?? 0
     }
 
     /// The socket `number` of thread `pid`, or nil when it is not a socket sysmirror can take (the call then
     /// runs locally and gets the kernel's answer).
     func inspect(pid: Int32, number: Int32) -> ProgramSocket? {
-        guard let fd = ProgramDescriptor.duplicate(pid: pid, number: number) else { return nil }
-        func option(_ name: Int32) -> Int32 { ProgramDescriptor.socketOption(fd, name) }
-        let family = option(SO_DOMAIN)
-        let type = option(SO_TYPE)
-        guard family >= 0 else {  // not a socket
-            close(fd)
-            return nil
-        }
+        guard let fd = ProgramDescriptor.duplicate(pid: pid, number: number),
+            let family = try? Sockets.option(fd.raw, SO_DOMAIN),  // fails with ENOTSOCK for anything else
+            let type = try? Sockets.option(fd.raw, SO_TYPE)
+        else { return nil }
         let transport: Transport? =
             switch type {
             case Int32(SOCK_STREAM.rawValue): .tcp
             case Int32(SOCK_DGRAM.rawValue): .udp
             default: nil
             }
-        var peer = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let connected = withUnsafeMutablePointer(to: &peer) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) == 0 }
-        }
         let facts = SocketFacts(
-            family: family, transport: transport, connected: connected,
-            inPod: Self.namespace(of: fd) != localNamespace)
+            family: family, transport: transport, connected: (try? Sockets.peerAddress(fd.raw)) != nil,
+            inPod: Self.namespace(of: fd.raw) != localNamespace)
+        let socketProtocol = (try? Sockets.option(fd.raw, SO_PROTOCOL)) ?? 0
+        let nonBlocking = ((try? fd.statusFlags()) ?? 0) & O_NONBLOCK != 0
         return ProgramSocket(
-            fd: fd, number: number, facts: facts, type: type, socketProtocol: option(SO_PROTOCOL),
-            nonBlocking: fcntl(fd, F_GETFL) & O_NONBLOCK != 0)
+            fd: fd, number: number, facts: facts, type: type, socketProtocol: socketProtocol, nonBlocking: nonBlocking)
     }
 
     /// Serves a connect, sendto or sendmsg routed remote; `done` is called once, after the answer.
@@ -115,81 +107,79 @@ final class RemoteSockets: Sendable {
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
         done: @escaping RemoteFiles.Completion
     ) {
-        let answer = Answer(notification: notification, listener: listener, done: done)
+        let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         if socket.facts.inPod { return answer.proceed() }
         guard linkIsUp() else {
             pool?.drain()
             return answer.fail(ECONNREFUSED, note: "the link to the agent is gone")
         }
         guard let pool else {
-            guard let streams, call.spec.name == "connect", socket.facts.transport == .tcp,
-                case .bytes(let address) = call.values[1]
+            guard let streams, call.spec.call == .connect, socket.facts.transport == .tcp,
+                let destination = call.socketAddress
             else {
                 return answer.fail(
                     ENETUNREACH,
                     note: "through a port-forward only TCP connections leave from the pod; UDP needs the agent on this machine"
                 )
             }
-            return DispatchQueue.global().async { [self] in
-                serveStream(notification, socket: socket, destination: address, streams: streams, answer: answer)
+            loop.execute { [self] in
+                streams.open(destination) { [self] result in
+                    switch result {
+                    case .success(let stream): serveStream(socket: socket, stream: stream, through: streams, answer)
+                    case .failure(let errno): answer.fail(errno.rawValue)
+                    }
+                }
             }
+            return
         }
         let kind = SocketPool.Kind(family: socket.facts.family, type: socket.type, protocol: socket.socketProtocol)
         if let made = pool.take(kind) {
-            return serve(notification, call: call, socket: socket, made: made, answer: answer)
+            return serve(call: call, socket: socket, made: made, answer: answer)
         }
-        DispatchQueue.global().async { [self] in
-            do throws(Errno) {
-                let made = try pool.make(kind)
-                serve(notification, call: call, socket: socket, made: made, answer: answer)
-            } catch {
-                answer.fail(error.rawValue, note: "the agent could not make the socket: \(error)")
+        loop.execute { [self] in
+            pool.make(kind) { [self] result in
+                switch result {
+                case .success(let made): serve(call: call, socket: socket, made: made, answer: answer)
+                case .failure(let errno):
+                    answer.fail(errno.rawValue, note: "the agent could not make the socket: \(errno)")
+                }
             }
         }
     }
 
-    /// Puts `made` (a socket of the pod, which this closes) in place of the program's socket and lets the
-    /// call go on with it.
-    private func serve(
-        _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, made: Int32, answer: Answer
-    ) {
-        SocketOptions.copy(from: socket.fd, to: made, family: socket.facts.family, type: socket.type)
+    /// Puts `made` (a socket of the pod) in place of the program's socket and lets the call go on with it.
+    private func serve(call: DecodedSyscall, socket: ProgramSocket, made: SharedDescriptor, answer: PendingCall) {
+        SocketOptions.copy(from: socket.fd.raw, to: made.raw, family: socket.facts.family, type: socket.type)
         // sysmirror connects it without waiting; the program's own mode is set before it gets the answer.
-        _ = fcntl(made, F_SETFL, fcntl(made, F_GETFL) | O_NONBLOCK)
-        guard putInPlace(made, of: socket, notification, answer, what: "the pod's socket") else {
-            close(made)
-            return
-        }
-        guard call.spec.name == "connect", case .bytes(let address) = call.values[1] else {
-            if !socket.nonBlocking { Self.setBlocking(made) }
-            close(made)
+        try? made.descriptor.setNonBlocking(true)  // cannot fail on a socket sysmirror holds
+        guard putInPlace(made.raw, of: socket, answer, what: "the pod's socket") else { return }
+        guard call.spec.call == .connect, let destination = call.socketAddress else {
+            if !socket.nonBlocking { try? made.descriptor.setNonBlocking(false) }
             return answer.proceed(note: "from the pod")  // sendto, sendmsg: the kernel sends on the new socket
         }
-        let error = Self.connect(made, to: address)
+        var error: Int32 = 0
+        do throws(SystemCallError) {
+            try Sockets.connect(made.raw, to: destination)
+        } catch let failure {
+            error = failure.errno.rawValue
+        }
         // Tracked for the log and for resets after the answer where it can be: the program need not wait.
-        let track = { [connections] in
-            if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp,
-                let destination = call.socketAddress
-            {
-                connections?.track(
-                    made, destination: destination.description, pid: notification.pid, number: socket.number)
-            }
+        if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp {
+            connections?.track(
+                made.raw, destination: destination.description, pid: answer.notification.pid, number: socket.number)
         }
         if socket.nonBlocking || error != EINPROGRESS {
-            if !socket.nonBlocking { Self.setBlocking(made) }
-            if error == 0 { answer.succeed(0) } else { answer.fail(error) }
-            track()
-            close(made)
-            return
+            if !socket.nonBlocking { try? made.descriptor.setNonBlocking(false) }
+            return error == 0 ? answer.succeed(0) : answer.fail(error)
         }
-        track()
-        // A blocking connect: its result is the handshake's, whenever it ends.
-        if Self.waitUntilConnected(made, milliseconds: 0) {
-            return Self.finishBlockingConnect(made, to: address, answer)
-        }
-        DispatchQueue.global().async {
-            _ = Self.waitUntilConnected(made, milliseconds: -1)
-            Self.finishBlockingConnect(made, to: address, answer)
+        // A blocking connect: its result is the handshake's, whenever it ends; the loop waits for it.
+        loop.execute { [self] in
+            var registration: EventLoop.Registration?
+            registration = try? loop.register(made.raw, for: .writable) { [self] _ in
+                if let registration { loop.deregister(registration) }
+                Self.finishBlockingConnect(made, to: destination, answer)
+            }
+            if registration == nil { Self.finishBlockingConnect(made, to: destination, answer) }
         }
     }
 
@@ -197,29 +187,19 @@ final class RemoteSockets: Sendable {
     /// replaced by the stream's and the connect succeeds (at once, also for a non-blocking socket: Go and
     /// others take an immediate success). Its peer, as getpeername tells, is the port-forward's local end.
     private func serveStream(
-        _ notification: Notification, socket: ProgramSocket, destination: [UInt8], streams: StreamConnector,
-        answer: Answer
+        socket: ProgramSocket, stream: SharedDescriptor, through streams: StreamConnector, _ answer: PendingCall
     ) {
-        let stream: Int32
-        do {
-            stream = try streams.open(destination)
-        } catch {
-            return answer.fail(error.rawValue)
-        }
-        defer { close(stream) }
-        SocketOptions.copy(from: socket.fd, to: stream, family: AF_INET, type: socket.type)
+        SocketOptions.copy(from: socket.fd.raw, to: stream.raw, family: AF_INET, type: socket.type)
         // The link's socket is non-blocking; the program's mode is what the program gets.
-        let mode = fcntl(stream, F_GETFL) & ~O_NONBLOCK
-        _ = fcntl(stream, F_SETFL, socket.nonBlocking ? mode | O_NONBLOCK : mode)
-        guard putInPlace(stream, of: socket, notification, answer, what: "the stream") else { return }
+        try? stream.descriptor.setNonBlocking(socket.nonBlocking)  // cannot fail on a socket sysmirror holds
+        guard putInPlace(stream.raw, of: socket, answer, what: "the stream") else { return }
         answer.succeed(0, note: "through \(streams.address)")
     }
 
     /// Puts `replacement` at the program's socket's number, keeping its close-on-exec flag. False when the
     /// call went away or the swap failed: the call has its answer then, and `replacement` is the caller's.
-    private func putInPlace(
-        _ replacement: Int32, of socket: ProgramSocket, _ notification: Notification, _ answer: Answer, what: String
-    ) -> Bool {
+    private func putInPlace(_ replacement: Int32, of socket: ProgramSocket, _ answer: PendingCall, what: String) -> Bool {
+        let notification = answer.notification
         guard listener.isPending(notification.id) else {
             answer.gone()
             return false
@@ -235,37 +215,13 @@ final class RemoteSockets: Sendable {
         }
     }
 
-    /// connect(2); 0 or the errno.
-    static func connect(_ fd: Int32, to address: [UInt8]) -> Int32 {
-        let result = address.withUnsafeBytes {
-            Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
-        }
-        return result == 0 ? 0 : errno
-    }
-
-    static func waitUntilConnected(_ fd: Int32, milliseconds: Int32) -> Bool {
-        var entry = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-        while true {
-            let ready = poll(&entry, 1, milliseconds)
-            if ready < 0 && errno == EINTR { continue }
-            return ready > 0
-        }
-    }
-
     /// Once the handshake is over: its result, and (by connecting again, which then returns 0) the socket
     /// marked connected, as a blocking connect leaves it, so that a later connect gets EISCONN.
-    static func finishBlockingConnect(_ fd: Int32, to address: [UInt8], _ answer: Answer) {
-        var error: Int32 = 0
-        var size = socklen_t(4)
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size)
-        if error == 0 { _ = connect(fd, to: address) }
-        setBlocking(fd)
-        close(fd)
+    static func finishBlockingConnect(_ fd: SharedDescriptor, to address: SocketAddress, _ answer: PendingCall) {
+        let error = (try? Sockets.pendingError(fd.raw)) ?? EIO
+        if error == 0 { try? Sockets.connect(fd.raw, to: address) }  // succeeds: the handshake is over
+        try? fd.descriptor.setNonBlocking(false)  // cannot fail on a socket sysmirror holds
         if error == 0 { answer.succeed(0) } else { answer.fail(error) }
-    }
-
-    static func setBlocking(_ fd: Int32) {
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
     }
 
     /// Whether the program's descriptor has FD_CLOEXEC: /proc shows it among the flags (O_CLOEXEC).
@@ -327,8 +283,8 @@ enum SocketOptions {
 }
 
 /// Sockets made in the pod ahead of use, a few of each kind, so that a connect needs no round trip to the
-/// agent: the pool refills on a worker after each take.
-final class SocketPool: Sendable {
+/// agent: the pool refills on the serving loop after each take.
+final class SocketPool: @unchecked Sendable {  // `filling` is touched only on `loop`; `ready` is locked
     struct Kind: Hashable, Sendable {
         let family: Int32
         let type: Int32
@@ -345,43 +301,46 @@ final class SocketPool: Sendable {
     ]
 
     let channel: SocketChannel
-    private let ready = Mutex<[Kind: [Int32]]>([:])
+    let loop: EventLoop
+    private let ready = Mutex<[Kind: [SharedDescriptor]]>([:])
+    /// Requests under way, by kind.
+    private var filling: [Kind: Int] = [:]
 
-    init(channel: SocketChannel) {
+    init(channel: SocketChannel, loop: EventLoop) {
         self.channel = channel
+        self.loop = loop
         for kind in Self.common { refill(kind) }
     }
 
-    deinit {
-        ready.withLock { ready in for fd in ready.values.joined() { close(fd) } }
-    }
-
     /// A ready socket of `kind`, if there is one.
-    func take(_ kind: Kind) -> Int32? {
+    func take(_ kind: Kind) -> SharedDescriptor? {
         let taken = ready.withLock { $0[kind]?.popLast() }
         refill(kind)
         return taken
     }
 
-    /// Closes every ready socket.
+    /// Lets go of every ready socket.
     func drain() {
-        let sockets = ready.withLock { ready in
-            defer { ready = [:] }
-            return ready.values.joined()
-        }
-        for fd in sockets { close(fd) }
+        ready.withLock { $0 = [:] }
     }
 
-    /// A new socket of `kind`, made now (a round trip to the agent).
-    func make(_ kind: Kind) throws(Errno) -> Int32 {
-        try channel.makeSocket(family: kind.family, type: kind.type, protocol: kind.protocol)
+    /// On the loop: a new socket of `kind`, made now (a round trip to the agent).
+    func make(_ kind: Kind, _ completion: @escaping SocketChannel.Completion) {
+        channel.makeSocket(family: kind.family, type: kind.type, protocol: kind.protocol, completion)
     }
 
     private func refill(_ kind: Kind) {
-        DispatchQueue.global().async { [self] in
-            while ready.withLock({ ($0[kind]?.count ?? 0) < Self.depth }) {
-                guard let made = try? make(kind) else { return }
-                ready.withLock { $0[kind, default: []].append(made) }
+        loop.execute { [self] in
+            var failed = false  // a channel that is gone answers at once: no retrying then
+            while !failed && ready.withLock({ $0[kind]?.count ?? 0 }) + filling[kind, default: 0] < Self.depth {
+                filling[kind, default: 0] += 1
+                make(kind) { [self] result in
+                    filling[kind, default: 0] -= 1
+                    switch result {
+                    case .success(let made): ready.withLock { $0[kind, default: []].append(made) }
+                    case .failure: failed = true
+                    }
+                }
             }
         }
     }

@@ -13,11 +13,11 @@ import SystemPackage
 class RemoteOpen: @unchecked Sendable {  // `id` is set by `prepare`, before any reply can arrive
     let path: [UInt8]
     let flags: Int32
-    let answer: Answer
+    let answer: PendingCall
     let files: RemoteFiles
     var id: UInt32 = 0
 
-    init(path: [UInt8], flags: Int32, answer: Answer, files: RemoteFiles) {
+    init(path: [UInt8], flags: Int32, answer: PendingCall, files: RemoteFiles) {
         self.path = path
         self.flags = flags
         self.answer = answer
@@ -86,7 +86,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             do {
                 let decoded = try DirectoryEntryCodec.decode(entries)
                 switch files.directories.open(path, entries: decoded) {
-                case .success(let fd): answer.install(fd: fd, flags: flags)
+                case .success(let fd): answer.install(fd: OwnedDescriptor(taking: fd), flags: flags)
                 case .failure(let errno):
                     answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
                 }
@@ -113,16 +113,16 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
 /// pipe; a thread of its own streams what arrives to the file opened in the pod, and ends the stream when
 /// every writer has closed the pipe.
 final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
-    /// The pipe's read end, watched for POLLHUP (closed when the upload ends).
-    private let reader = Mutex<Int32>(-1)
+    /// The pipe's read end, watched for POLLHUP (let go when the upload ends).
+    private let reader = Mutex<SharedDescriptor?>(nil)
     private let finished = FinishSignal()
 
     var name: String { String(decoding: path, as: UTF8.self) }
 
     var writersClosed: Bool {
         reader.withLock { reader in
-            guard reader >= 0 else { return false }
-            var entry = pollfd(fd: reader, events: 0, revents: 0)
+            guard let reader else { return false }
+            var entry = pollfd(fd: reader.raw, events: 0, revents: 0)
             return poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLHUP) != 0
         }
     }
@@ -130,39 +130,31 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
     func whenFinished(_ body: @escaping @Sendable () -> Void) { finished.whenFinished(body) }
 
     func finish() {
-        reader.withLock { reader in
-            if reader >= 0 { close(reader) }
-            reader = -1
-        }
+        reader.withLock { $0 = nil }
         finished.fire()
     }
 
     func receive(_ reply: Reply) -> ReplyDisposition {
         switch reply {
         case .response(.opened):
-            var ends: (Int32, Int32) = (-1, -1)
-            let created = withUnsafeMutableBytes(of: &ends) {
-                sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self))
-            }
-            guard created == 0 else {
-                return abandon(errno: currentErrno().rawValue, "could not make the pipe for the upload")
-            }
-            if flags & O_NONBLOCK != 0 { _ = fcntl(ends.1, F_SETFL, O_NONBLOCK) }
-            // The pump reads its own duplicate, so that `finish` may close the watched end at any time.
-            let pumped = fcntl(ends.0, F_DUPFD_CLOEXEC, 0)
-            reader.withLock { $0 = ends.0 }
-            let (id, client) = (id, files.client)
-            do {
-                guard pumped >= 0 else { throw SystemCallError("fcntl(F_DUPFD_CLOEXEC)", currentErrno()) }
-                _ = try ThreadHandle.start(name: "sysmirror-upload") {
-                    RemoteFiles.pump(pumped, id: id, client: client)
+            do throws(SystemCallError) {
+                var ends: (Int32, Int32) = (-1, -1)
+                _ = try systemCall("pipe2") {
+                    withUnsafeMutableBytes(of: &ends) { sysm_pipe($0.baseAddress!.assumingMemoryBound(to: Int32.self)) }
                 }
+                let read = SharedDescriptor(OwnedDescriptor(taking: ends.0))
+                let writer = OwnedDescriptor(taking: ends.1)
+                // The read end is sysmirror's alone (a pipe's ends are separate open files): the loop reads it.
+                try read.descriptor.setNonBlocking(true)
+                if flags & O_NONBLOCK != 0 { try writer.setNonBlocking(true) }
+                // The pump reads its own duplicate, so that `finish` may let go of the watched end at any time.
+                let pumped = SharedDescriptor(try read.descriptor.duplicate())
+                reader.withLock { $0 = read }
+                UploadPump.start(on: files.loop, pumped, isPipe: true, id: id, client: files.client)
+                answer.installWritable(fd: writer, flags: flags, note: "written in the pod through a pipe")
             } catch {
-                close(ends.1)
-                if pumped >= 0 { close(pumped) }
-                return abandon(errno: EIO, "could not start the upload: \(error)")
+                return abandon(errno: error.errno.rawValue, "could not make the pipe for the upload: \(error)")
             }
-            answer.installWritable(fd: ends.1, flags: flags, note: "written in the pod through a pipe")
             return .waitingOnClient
         case .response(.done):
             files.writeEnded(self)
@@ -188,7 +180,7 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
         }
     }
 
-    private var isInstalled: Bool { reader.withLock { $0 >= 0 } }
+    private var isInstalled: Bool { reader.withLock { $0 != nil } }
 
     private func abandon(errno: Int32, _ note: String) -> ReplyDisposition {
         answer.fail(errno, note: note)

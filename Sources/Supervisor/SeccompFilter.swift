@@ -20,15 +20,20 @@ public struct FilterPlan: Sendable {
     /// Calls routed only when an argument is not zero (sendto with a destination address).
     public var routedWithNonZeroArgument: [NonZeroArgument]
 
-    /// What `sysmirror trace` routes: the file, exec and network calls; sendto only with a destination, so
-    /// that send() on a connected socket never costs a round trip; some calls only with an agent
-    /// (`SyscallTable.servedOnlyWithAnAgent`), accept only with incoming traffic.
+    /// What `sysmirror trace` routes: the table's calls, as each spec's `routing` allows (sendto only with a
+    /// destination, some calls only with an agent or with incoming traffic); sendmsg unless told not to.
     public static func trace(routeSendmsg: Bool, withAgent: Bool = false, withIncoming: Bool = false) -> FilterPlan {
-        var routed = SyscallTable.x86_64.specs.map(\.name).filter { $0 != "sendto" }
-        if !routeSendmsg { routed.removeAll { $0 == "sendmsg" } }
-        if !withAgent { routed.removeAll { SyscallTable.servedOnlyWithAnAgent.contains($0) } }
-        if !withIncoming { routed.removeAll { SyscallTable.servedOnlyWithIncoming.contains($0) } }
-        return FilterPlan(routed: routed, routedWithNonZeroArgument: [NonZeroArgument(name: "sendto", index: 4)])
+        var available: SyscallRouting = []
+        if withAgent { available.insert(.withAgent) }
+        if withIncoming { available.insert(.withIncoming) }
+        let specs = SyscallTable.x86_64.specs.filter {
+            available.isSuperset(of: $0.routing.subtracting(.withDestination)) && (routeSendmsg || $0.call != .sendmsg)
+        }
+        return FilterPlan(
+            routed: specs.filter { $0.destinationArgument == nil }.map(\.name),
+            routedWithNonZeroArgument: specs.compactMap { spec in
+                spec.destinationArgument.map { NonZeroArgument(name: spec.name, index: $0) }
+            })
     }
 }
 

@@ -19,7 +19,12 @@ public final class TraceLog: Sendable {
     /// Events as bytes (TraceRecord): nothing the receiving thread allocates is freed by the writer.
     private let pending = Mutex<[UInt8]>(TraceLog.emptyBuffer())
     /// The writer thread, and the eventfd that wakes it early when the log closes; none without a sink.
-    private let writer = Mutex<(thread: ThreadHandle, wakeUp: FileDescriptor)?>(nil)
+    private let writer = Mutex<Writer?>(nil)
+
+    private struct Writer: ~Copyable {
+        let thread: ThreadHandle
+        let wakeUp: FileDescriptor
+    }
     private let logger: Logger
     /// The CPU the receiving thread last recorded on; the writer keeps off it (see runWriter).
     private let recorderCPU = Atomic<Int>(-1)
@@ -44,8 +49,10 @@ public final class TraceLog: Sendable {
         self.logger = logger
         guard let sink else { return }
         let wakeUp = FileDescriptor(rawValue: try systemCall("eventfd") { sysm_eventfd() })
-        let thread = try ThreadHandle.start(name: "sysmirror-log") { [self] in runWriter(to: sink, wakeUp: wakeUp) }
-        writer.withLock { $0 = (thread, wakeUp) }
+        var started: Writer? = Writer(
+            thread: try ThreadHandle.start(name: "sysmirror-log") { [self] in runWriter(to: sink, wakeUp: wakeUp) },
+            wakeUp: wakeUp)
+        writer.withLock { $0 = started.take() }
     }
 
     /// Hot path: one lock and a copy of the event's bytes.
@@ -57,14 +64,11 @@ public final class TraceLog: Sendable {
 
     /// Writes what is pending and stops the writer.
     public func close() {
-        guard
-            let (thread, wakeUp) = writer.withLock({ current in
-                defer { current = nil }; return current
-            })
-        else { return }
+        guard let writer = writer.withLock({ $0.take() }) else { return }
+        let wakeUp = writer.wakeUp
         var one: UInt64 = 1
-        _ = write(wakeUp.rawValue, &one, 8)
-        thread.join()
+        _ = write(wakeUp.rawValue, &one, 8)  // an eventfd write fails only on overflow
+        writer.thread.join()
         try? wakeUp.close()
         if closesSink { try? sink?.close() }
     }

@@ -78,6 +78,10 @@ public final class TraceSession: Sendable {
         let directories: RemoteDirectories
         /// The agent's socket channel, when it is on this machine (a unix socket) and outgoing traffic is on.
         let sockets: SocketChannel?
+        /// The pod's reports of TCP connections' ends, when the socket channel could give them.
+        let connections: SharedDescriptor?
+        /// The serving half's one event loop: relays, copies, waits, pumps, refills and pings.
+        let loop: EventLoop
     }
 
     /// Signals sysmirror forwards to the program when they are sent to sysmirror itself.
@@ -102,6 +106,7 @@ public final class TraceSession: Sendable {
         defer {
             link?.directories.removeAll()
             link?.client.close()
+            link?.loop.close()
         }
         let environmentPath = options.environment.last { $0.hasPrefix("PATH=") }.map { String($0.dropFirst(5)) }
         guard case .found(let path) = ExecutableLookup.resolve(name, searchPath: environmentPath) else {
@@ -166,12 +171,18 @@ public final class TraceSession: Sendable {
             if let merge = remote.environment, case .environment(let entries)? = podEnvironment {
                 environment = merge.merge(local: environment, pod: entries.map { String(decoding: $0, as: UTF8.self) })
             }
+            let loop = try EventLoop(name: "sysmirror-serve")
             var sockets: SocketChannel?
+            var connections: SharedDescriptor?
             if remote.outgoing.enabled, case .unix(let path) = remote.address {
-                sockets = try SocketChannel.connect(agentPath: path, token: remote.token)
+                let channel = try SocketChannel.connect(agentPath: path, token: remote.token, loop: loop)
+                sockets = channel
+                connections = Self.connectionEvents(from: channel, on: loop)
             }
             logger.notice("connected to the \(client.agentDescription) at \(remote.address)")
-            return Link(client: client, hostname: name, directories: try RemoteDirectories(), sockets: sockets)
+            return Link(
+                client: client, hostname: name, directories: try RemoteDirectories(), sockets: sockets,
+                connections: connections, loop: loop)
         } catch let error as AgentConnectError {
             client.close()
             throw .agent(error.description)
@@ -179,6 +190,21 @@ public final class TraceSession: Sendable {
             client.close()
             throw .agent("the agent at \(remote.address) failed at the start of the session: \(error).")
         }
+    }
+
+    /// The pod's netlink socket for connections' ends, asked for once at the start (nil when the agent
+    /// cannot give it: connections then go unlogged).
+    private static func connectionEvents(from channel: SocketChannel, on loop: EventLoop) -> SharedDescriptor? {
+        let answer = Mutex<SharedDescriptor?>(nil)
+        let done = Latch()
+        loop.execute {
+            channel.connectionEvents { result in
+                answer.withLock { $0 = try? result.get() }
+                done.signal()
+            }
+        }
+        done.wait()
+        return answer.withLock { $0 }
     }
 
     /// While the child waits before exec: check the kernel, then start serving.
@@ -195,22 +221,22 @@ public final class TraceSession: Sendable {
                 "this kernel lacks SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6): each intercepted call costs a cross-CPU wake-up"
             )
         }
-        let remote = link.map {
-            RemoteFiles(
-                client: $0.client, listener: program.listener, directories: $0.directories, hostname: $0.hostname,
-                resolverOverTCP: $0.sockets == nil && options.remote?.outgoing.enabled == true, logger: logger)
+        let remote = try link.map { link throws in
+            try RemoteFiles(
+                client: link.client, listener: program.listener, directories: link.directories,
+                hostname: link.hostname,
+                resolverOverTCP: link.sockets == nil && options.remote?.outgoing.enabled == true, loop: link.loop,
+                logger: logger)
         }
-        let sockets = link.flatMap { link in
-            options.remote?.outgoing.enabled == true
-                ? RemoteSockets(
-                    channel: link.sockets,
-                    streams: link.sockets == nil
-                        ? StreamConnector(address: link.client.address, token: options.remote!.token) : nil,
-                    listener: program.listener, logger: logger,
-                    connections: link.sockets.flatMap { try? $0.connectionEvents() }.flatMap {
-                        try? ConnectionEvents(socket: $0, log: log)
-                    },
-                    linkIsUp: { [client = link.client] in client.isActive }) : nil
+        let sockets = try link.flatMap { link throws -> RemoteSockets? in
+            guard let remoteOptions = options.remote, remoteOptions.outgoing.enabled else { return nil }
+            return try RemoteSockets(
+                channel: link.sockets,
+                streams: link.sockets == nil
+                    ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
+                listener: program.listener, loop: link.loop, logger: logger,
+                connections: link.connections.flatMap { try? ConnectionEvents(socket: $0, log: log, loop: link.loop) },
+                linkIsUp: { [client = link.client] in client.isActive })
         }
         if let link, let connections = sockets?.connections {
             link.client.whenLinkFails { reason in connections.resetAll(reason: reason) }
@@ -218,19 +244,20 @@ public final class TraceSession: Sendable {
         let policy =
             options.remote.map { RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing) }
             ?? RoutingPolicy()
-        let incoming = link.flatMap { link -> RemoteIncoming? in
+        let incoming = try link.flatMap { link throws -> RemoteIncoming? in
             guard let remote = options.remote, remote.incoming.mode != .off else { return nil }
-            return RemoteIncoming(
-                client: link.client, streams: StreamConnector(address: link.client.address, token: remote.token),
-                rules: remote.incoming, listener: program.listener, log: log, logger: logger)
+            return try RemoteIncoming(
+                client: link.client,
+                streams: StreamConnector(address: link.client.address, token: remote.token, loop: link.loop),
+                rules: remote.incoming, listener: program.listener, log: log, loop: link.loop, logger: logger)
         }
-        let loop = NotificationLoop(
+        let loop = try NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,
             sockets: sockets, incoming: incoming)
         try loop.start()
         self.loop.withLock { $0 = loop }
         self.program.withLock { $0 = (program.pid, false) }
-        _ = try ThreadHandle.start(name: "sysmirror-sig") { [self] in forwardSignals() }
+        try ThreadHandle.detached(name: "sysmirror-sig") { [self] in forwardSignals() }
     }
 
     /// Blocks the forwarded signals in this thread too (threads sysmirror starts have them blocked from their

@@ -48,12 +48,12 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
     let path: [UInt8]
     /// sysmirror's own read-only descriptor on the copy: keeps it alive after the program closed its own,
     /// and is where the upload reads from.
-    let keeper: Int32
+    let keeper: SharedDescriptor
     let files: RemoteFiles
     private let closed = Atomic<Bool>(false)
     private let finished = FinishSignal()
 
-    init(path: [UInt8], keeper: Int32, files: RemoteFiles) {
+    init(path: [UInt8], keeper: SharedDescriptor, files: RemoteFiles) {
         self.path = path
         self.keeper = keeper
         self.files = files
@@ -62,10 +62,7 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
     var writersClosed: Bool { closed.load(ordering: .acquiring) }
     func whenFinished(_ body: @escaping @Sendable () -> Void) { finished.whenFinished(body) }
 
-    func finish() {
-        close(keeper)
-        finished.fire()
-    }
+    func finish() { finished.fire() }
 
     var name: String { String(decoding: path, as: UTF8.self) }
 
@@ -81,15 +78,15 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
             [self] reply in
             switch reply {
             case .response(.opened):
-                let source = fcntl(keeper, F_DUPFD_CLOEXEC, 0)
-                let (requestID, client) = (id.withLock { $0 }, files.client)
-                do {
-                    _ = try ThreadHandle.start(name: "sysmirror-wback") {
-                        RemoteFiles.pump(source, id: requestID, client: client)
-                    }
+                // From the start of the copy, with an offset of its own.
+                let requestID = id.withLock { $0 }
+                do throws(SystemCallError) {
+                    let source = SharedDescriptor(try OwnedDescriptor(taking: systemCall("open(copy)") {
+                        open("/proc/self/fd/\(keeper.raw)", O_RDONLY | O_CLOEXEC)
+                    }))
+                    UploadPump.start(on: files.loop, source, isPipe: false, id: requestID, client: files.client)
                     return .waitingOnClient
                 } catch {
-                    close(source)
                     files.client.cancel(requestID)
                     files.logger.error("writing back \(name) to the pod failed: \(error)")
                 }
@@ -109,54 +106,48 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
 }
 
 /// Tells when the program closes its copy of a file opened for writing in place: inotify's IN_CLOSE_WRITE
-/// fires when the last descriptor of a writable open file is released, whichever process held it.
+/// fires when the last descriptor of a writable open file is released, whichever process held it. The
+/// inotify descriptor is a registration on the serving event loop.
 ///
 /// The event is queued before the program's close returns, so `drain` on the receiving thread sees it even
-/// when the program opens the file again at once, before the watcher's own thread woke up.
+/// when the program opens the file again at once, before the loop woke up.
 final class CloseWatcher: Sendable {
-    let inotify: Int32
+    let inotify: SharedDescriptor
     private let watched = Mutex<[Int32: WriteBack]>([:])
 
-    init() throws(SystemCallError) {
-        inotify = try systemCall("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) }
-        _ = try ThreadHandle.start(name: "sysmirror-close") { [self] in run() }
+    init(loop: EventLoop) throws(SystemCallError) {
+        inotify = SharedDescriptor(
+            OwnedDescriptor(taking: try systemCall("inotify_init1") { inotify_init1(Int32(IN_CLOEXEC | IN_NONBLOCK)) }))
+        loop.execute { [self] in
+            // Registered for the session's life: the loop lets it go when it closes.
+            _ = try? loop.register(inotify.raw, for: .readable) { [self] _ in drain() }
+        }
     }
 
     /// Watches the copy that `writeBack.keeper` names.
     func watch(_ writeBack: WriteBack) throws(SystemCallError) {
         let watch = try systemCall("inotify_add_watch") {
-            inotify_add_watch(inotify, "/proc/self/fd/\(writeBack.keeper)", UInt32(IN_CLOSE_WRITE))
+            inotify_add_watch(inotify.raw, "/proc/self/fd/\(writeBack.keeper.raw)", UInt32(IN_CLOSE_WRITE))
         }
         watched.withLock { $0[watch] = writeBack }
-    }
-
-    private func run() {
-        while true {
-            var entry = pollfd(fd: inotify, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, -1) < 0 && errno != EINTR { return }
-            drain()
-        }
     }
 
     /// Handles every queued close: each copy closed by the program starts its write-back.
     func drain() {
         let closed = watched.withLock { watched -> [WriteBack] in
             var closed: [WriteBack] = []
-            var buffer = [UInt8](repeating: 0, count: 16 << 10)
-            while true {
-                let count = read(inotify, &buffer, buffer.count)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { break }
+            while let buffer = try? Sockets.read(inotify.raw, upTo: 16 << 10), !buffer.isEmpty {
                 var offset = 0
                 // struct inotify_event: wd, mask, cookie, len, name[len].
-                while offset + 16 <= count {
+                while offset + 16 <= buffer.count {
                     let watch = buffer.loadLittleEndian(Int32.self, at: offset)
                     let mask = buffer.loadLittleEndian(UInt32.self, at: offset + 4)
                     offset += 16 + Int(buffer.loadLittleEndian(UInt32.self, at: offset + 12))
                     guard mask & UInt32(IN_CLOSE_WRITE) != 0, let writeBack = watched.removeValue(forKey: watch) else {
                         continue
                     }
-                    inotify_rm_watch(inotify, watch)
+                    // The watch goes with the event's file; a removal that fails found it gone already.
+                    _ = inotify_rm_watch(inotify.raw, watch)
                     writeBack.markClosed()
                     closed.append(writeBack)
                 }

@@ -20,10 +20,10 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
         let port = UInt16(bytes.count >= 4 ? bytes[2] : 0) << 8 | UInt16(bytes.count >= 4 ? bytes[3] : 0)
         switch family {
         case Self.familyInet:
-            guard bytes.count >= 8 else { return nil }
+            guard bytes.count >= 16 else { return nil }  // sizeof(struct sockaddr_in), as the kernel requires
             self = .inet(address: Array(bytes[4..<8]), port: port)
         case Self.familyInet6:
-            guard bytes.count >= 24 else { return nil }
+            guard bytes.count >= 24 else { return nil }  // SIN6_LEN_RFC2133, as the kernel requires
             let scope = bytes.count >= 28 ? bytes.loadLittleEndian(UInt32.self, at: 24) : 0
             self = .inet6(address: Array(bytes[8..<24]), port: port, scope: scope)
         case Self.familyUnix:
@@ -36,6 +36,80 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
         default:
             self = .other(family: family)
         }
+    }
+
+    /// The `struct sockaddr` bytes the kernel takes (sockaddr_in, sockaddr_in6, sockaddr_un).
+    public var bytes: [UInt8] {
+        switch self {
+        case .inet(let address, let port):
+            return [2, 0, UInt8(port >> 8), UInt8(port & 0xff)] + address + [UInt8](repeating: 0, count: 8)
+        case .inet6(let address, let port, let scope):
+            return [10, 0, UInt8(port >> 8), UInt8(port & 0xff), 0, 0, 0, 0] + address
+                + withUnsafeBytes(of: scope.littleEndian) { Array($0) }
+        case .unix(let path, let abstract):
+            return [1, 0] + (abstract ? [0] + path : path + [0])
+        case .other(let family):
+            return [UInt8(family & 0xff), UInt8(family >> 8)]
+        }
+    }
+
+    /// The family's number (AF_INET, AF_INET6, AF_UNIX, ...).
+    public var family: Int32 {
+        switch self {
+        case .inet: Int32(Self.familyInet)
+        case .inet6: Int32(Self.familyInet6)
+        case .unix: Int32(Self.familyUnix)
+        case .other(let family): Int32(family)
+        }
+    }
+
+    /// The port of an IPv4 or IPv6 address; nil for the others.
+    public var port: UInt16? {
+        switch self {
+        case .inet(_, let port), .inet6(_, let port, _): port
+        case .unix, .other: nil
+        }
+    }
+
+    /// The loopback address of `family` (127.0.0.1 or ::1) with `port`.
+    public static func loopback(family: Int32, port: UInt16 = 0) -> SocketAddress {
+        family == Int32(familyInet6)
+            ? .inet6(address: [UInt8](repeating: 0, count: 15) + [1], port: port, scope: 0)
+            : .inet(address: [127, 0, 0, 1], port: port)
+    }
+
+    /// Whether this is a loopback address: 127.0.0.0/8, ::1, or ::ffff:127.x.x.x.
+    public var isLoopback: Bool {
+        switch self {
+        case .inet(let address, _):
+            return address.first == 127
+        case .inet6(let address, _, _):
+            if address.prefix(15).allSatisfy({ $0 == 0 }) && address.last == 1 { return true }
+            return address.prefix(10).allSatisfy({ $0 == 0 }) && address[10] == 0xff && address[11] == 0xff
+                && address[12] == 127
+        case .unix, .other:
+            return false
+        }
+    }
+
+    /// Where a connection to a socket listening here goes: a wildcard address (0.0.0.0, ::) becomes loopback.
+    public var connectable: SocketAddress {
+        switch self {
+        case .inet(let address, let port) where address.allSatisfy({ $0 == 0 }):
+            .loopback(family: family, port: port)
+        case .inet6(let address, let port, _) where address.allSatisfy({ $0 == 0 }):
+            .loopback(family: family, port: port)
+        default:
+            self
+        }
+    }
+
+    /// This address as a socket of `family` reports it: IPv4 in an IPv6 socket as ::ffff:a.b.c.d; nil for
+    /// IPv6 in an IPv4 socket, which cannot say it.
+    public func seen(byFamily family: Int32) -> SocketAddress? {
+        if family == self.family { return self }
+        guard family == Int32(Self.familyInet6), case .inet(let address, let port) = self else { return nil }
+        return .inet6(address: [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + address, port: port, scope: 0)
     }
 
     /// `10.96.0.10:80`, `[fd00::1]:80`, `unix:/run/x.sock`, `unix:@name`.

@@ -90,18 +90,18 @@ struct FileRulesTests {
 
     @Test func fileCallsAreReadFromTheirArguments() throws {
         let stat = DecodedSyscall(
-            spec: SyscallTable.x86_64["newfstatat"]!,
+            spec: SyscallTable.x86_64[.newfstatat]!,
             values: [.integer(3), .string(Array("x".utf8)), .integer(0x7000), .integer(0x100)])
         let call = try #require(FileCall(stat))
         #expect(call.operation == .stat(followSymlinks: false, buffer: 0x7000, layout: .stat))
         #expect(call.directory == 3)
         #expect(call.isRelative)
         let fstat = DecodedSyscall(
-            spec: SyscallTable.x86_64["newfstatat"]!,
+            spec: SyscallTable.x86_64[.newfstatat]!,
             values: [.integer(3), .string([]), .integer(0x7000), .integer(0x1000)])
         #expect(FileCall(fstat) == nil)
         let creat = DecodedSyscall(
-            spec: SyscallTable.x86_64["creat"]!, values: [.string(Array("/o".utf8)), .integer(0o644)])
+            spec: SyscallTable.x86_64[.creat]!, values: [.string(Array("/o".utf8)), .integer(0o644)])
         #expect(try #require(FileCall(creat)).isWriting)
     }
 }

@@ -8,7 +8,7 @@ struct RoutingPolicyTests {
 
     @Test("Calls through the native ABI run locally, with no check needed before answering")
     func native() throws {
-        let spec = try #require(SyscallTable.x86_64["openat"])
+        let spec = try #require(SyscallTable.x86_64[.openat])
         let call = DecodedSyscall(
             spec: spec, values: [.integer(0), .string(Array("/etc/hosts".utf8)), .integer(0), .integer(0)])
         let decision = policy.decide(call, abi: .x86_64)
@@ -33,7 +33,7 @@ struct RemoteRoutingTests {
 
     func openat(_ path: String, flags: Int32 = 0) -> (DecodedSyscall, FileCall) {
         let call = DecodedSyscall(
-            spec: SyscallTable.x86_64["openat"]!,
+            spec: SyscallTable.x86_64[.openat]!,
             values: [
                 .integer(UInt64(bitPattern: -100)), .string(Array(path.utf8)), .integer(UInt64(flags)), .integer(0),
             ])
@@ -66,7 +66,7 @@ struct RemoteRoutingTests {
         #expect(policy.decide(call, abi: .x86_64, file: file, path: file.path) == .remote)
         let (other, otherFile) = openat("/proc/sys/kernel/ostype")
         #expect(policy.decide(other, abi: .x86_64, file: otherFile, path: otherFile.path) == .local)
-        let uname = DecodedSyscall(spec: SyscallSpec(63, "uname", .file, [.pointer]), values: [.integer(0x1000)])
+        let uname = DecodedSyscall(spec: SyscallTable.x86_64[.uname]!, values: [.integer(0x1000)])
         #expect(policy.decide(uname, abi: .x86_64) == .remote)
     }
 }
@@ -78,7 +78,7 @@ struct OutgoingPolicyTests {
     static let loopback: [UInt8] = [2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
     let tcp = SocketFacts(family: 2, transport: .tcp, connected: false, inPod: false)
 
-    func call(_ name: String, _ address: [UInt8]) -> DecodedSyscall {
+    func call(_ name: Syscall, _ address: [UInt8]) -> DecodedSyscall {
         let spec = SyscallTable.x86_64[name]!
         var values: [ArgumentValue] = spec.arguments.map { _ in .integer(0) }
         let index = spec.arguments.firstIndex { if case .socketAddress = $0 { true } else { false } }!
@@ -87,29 +87,29 @@ struct OutgoingPolicyTests {
     }
 
     @Test func connectsLeaveFromThePodExceptToLoopback() {
-        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: tcp) == .remote)
-        #expect(policy.decide(call("connect", Self.loopback), abi: .x86_64, socket: tcp) == .local)
-        #expect(RoutingPolicy().decide(call("connect", Self.web), abi: .x86_64, socket: tcp) == .local)
+        #expect(policy.decide(call(.connect, Self.web), abi: .x86_64, socket: tcp) == .remote)
+        #expect(policy.decide(call(.connect, Self.loopback), abi: .x86_64, socket: tcp) == .local)
+        #expect(RoutingPolicy().decide(call(.connect, Self.web), abi: .x86_64, socket: tcp) == .local)
     }
 
     @Test func whatTheKernelWouldRefuseRunsLocally() {
         var connected = tcp
         connected.connected = true
-        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: connected) == .local)
+        #expect(policy.decide(call(.connect, Self.web), abi: .x86_64, socket: connected) == .local)
         let ipv6 = SocketFacts(family: 10, transport: .tcp, connected: false, inPod: false)
-        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: ipv6) == .local)
-        #expect(policy.decide(call("sendto", Self.web), abi: .x86_64, socket: tcp) == .local)
+        #expect(policy.decide(call(.connect, Self.web), abi: .x86_64, socket: ipv6) == .local)
+        #expect(policy.decide(call(.sendto, Self.web), abi: .x86_64, socket: tcp) == .local)
         let raw = SocketFacts(family: 2, transport: nil, connected: false, inPod: false)
-        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: raw) == .local)
+        #expect(policy.decide(call(.connect, Self.web), abi: .x86_64, socket: raw) == .local)
     }
 
     @Test func datagramsAndPodSocketsAreServed() {
         let udp = SocketFacts(family: 2, transport: .udp, connected: true, inPod: false)
-        #expect(policy.decide(call("sendto", Self.web), abi: .x86_64, socket: udp) == .remote)
-        #expect(policy.decide(call("connect", Self.web), abi: .x86_64, socket: udp) == .remote)
+        #expect(policy.decide(call(.sendto, Self.web), abi: .x86_64, socket: udp) == .remote)
+        #expect(policy.decide(call(.connect, Self.web), abi: .x86_64, socket: udp) == .remote)
         var moved = udp
         moved.inPod = true
-        let decision = policy.decide(call("sendto", Self.loopback), abi: .x86_64, socket: moved)
+        let decision = policy.decide(call(.sendto, Self.loopback), abi: .x86_64, socket: moved)
         #expect(decision.route == .remote && decision.note == "a socket of the pod")
     }
 }

@@ -13,7 +13,7 @@ struct DecoderTests {
         var memory = MemoryImage()
         memory.write("/etc/hosts", at: 0x1000)
         let call = decoder.decode(
-            try #require(table["openat"]), arguments: arguments(UInt64(bitPattern: -100), 0x1000, 0o2000000, 0),
+            try #require(table[.openat]), arguments: arguments(UInt64(bitPattern: -100), 0x1000, 0o2000000, 0),
             memory: memory)
         #expect(call.path == Array("/etc/hosts".utf8))
         #expect(
@@ -27,7 +27,7 @@ struct DecoderTests {
         let path = "/var/run/secrets/kubernetes.io/serviceaccount/token"
         let address = 2 * MemoryImage.pageSize - UInt64(path.utf8.count + 1)
         memory.write(path, at: address)
-        let call = decoder.decode(try #require(table["open"]), arguments: arguments(address, 0, 0), memory: memory)
+        let call = decoder.decode(try #require(table[.open]), arguments: arguments(address, 0, 0), memory: memory)
         #expect(call.path == Array(path.utf8))
     }
 
@@ -37,7 +37,7 @@ struct DecoderTests {
         let path = "/" + String(repeating: "d/", count: 400) + "file"
         memory.write(path, at: MemoryImage.pageSize - 100)
         let call = decoder.decode(
-            try #require(table["open"]), arguments: arguments(MemoryImage.pageSize - 100, 0, 0), memory: memory)
+            try #require(table[.open]), arguments: arguments(MemoryImage.pageSize - 100, 0, 0), memory: memory)
         #expect(call.path == Array(path.utf8))
     }
 
@@ -46,7 +46,7 @@ struct DecoderTests {
         var memory = MemoryImage()
         memory.write([UInt8](repeating: UInt8(ascii: "x"), count: 16), at: MemoryImage.pageSize - 16)
         memory.write([UInt8](repeating: UInt8(ascii: "y"), count: 5000), at: 0x10000)
-        let open = try #require(table["open"])
+        let open = try #require(table[.open])
         let unterminated = decoder.decode(open, arguments: arguments(MemoryImage.pageSize - 16, 0, 0), memory: memory)
         #expect(unterminated.values[0] == .fault(.unterminated, address: MemoryImage.pageSize - 16))
         let tooLong = decoder.decode(open, arguments: arguments(0x10000, 0, 0), memory: memory)
@@ -61,7 +61,7 @@ struct DecoderTests {
     func connect() throws {
         var memory = MemoryImage()
         memory.write([2, 0, 0, 80, 10, 96, 0, 10] + [UInt8](repeating: 0, count: 8), at: 0x2000)
-        let call = decoder.decode(try #require(table["connect"]), arguments: arguments(3, 0x2000, 16), memory: memory)
+        let call = decoder.decode(try #require(table[.connect]), arguments: arguments(3, 0x2000, 16), memory: memory)
         #expect(call.socketAddress == .inet(address: [10, 96, 0, 10], port: 80))
         #expect(TraceFormat.text.line(event(call)).contains("connect(3, 10.96.0.10:80, 16)"))
     }
@@ -70,7 +70,7 @@ struct DecoderTests {
     func sendCalls() throws {
         var memory = MemoryImage()
         let sendto = decoder.decode(
-            try #require(table["sendto"]), arguments: arguments(4, 0x3000, 1, 0x4000, 0, 0), memory: memory)
+            try #require(table[.sendto]), arguments: arguments(4, 0x3000, 1, 0x4000, 0, 0), memory: memory)
         #expect(sendto.socketAddress == nil)
         #expect(TraceFormat.text.line(event(sendto)).contains("sendto(4, 0x3000, 1, MSG_NOSIGNAL, NULL, 0)"))
 
@@ -83,7 +83,7 @@ struct DecoderTests {
         memory.write(name, at: 0x5000)
         memory.write(
             .littleEndian(UInt64(0x5000)) + .littleEndian(UInt32(28)) + [UInt8](repeating: 0, count: 44), at: 0x6000)
-        let sendmsg = decoder.decode(try #require(table["sendmsg"]), arguments: arguments(5, 0x6000, 0), memory: memory)
+        let sendmsg = decoder.decode(try #require(table[.sendmsg]), arguments: arguments(5, 0x6000, 0), memory: memory)
         #expect(sendmsg.socketAddress?.description == "[fd00::1]:8080")
         #expect(TraceFormat.text.line(event(sendmsg)).contains("sendmsg(5, {msg_name=[fd00::1]:8080}, 0)"))
     }
@@ -95,7 +95,7 @@ struct DecoderTests {
         memory.write("-l", at: 0x7100)
         memory.write(
             .littleEndian(UInt64(0x7000)) + .littleEndian(UInt64(0x7100)) + .littleEndian(UInt64(0)), at: 0x8000)
-        let spec = try #require(table["execve"])
+        let spec = try #require(table[.execve])
         let call = decoder.decode(spec, arguments: arguments(0x7000, 0x8000, 0x9000), memory: memory)
         #expect(call.values[1] == .strings([Array("/bin/ls".utf8), Array("-l".utf8)], truncated: false))
         #expect(TraceFormat.text.line(event(call)).contains(#"execve("/bin/ls", ["/bin/ls", "-l"], 0x9000)"#))
@@ -118,7 +118,7 @@ struct DecoderTests {
         memory.write(
             .littleEndian(UInt64(0o100)) + .littleEndian(UInt64(0o600)) + .littleEndian(UInt64(0x10)), at: 0x2000)
         let call = decoder.decode(
-            try #require(table["openat2"]), arguments: arguments(9, 0x1000, 0x2000, 24), memory: memory)
+            try #require(table[.openat2]), arguments: arguments(9, 0x1000, 0x2000, 24), memory: memory)
         #expect(
             TraceFormat.text.line(event(call)).contains(
                 #"openat2(9, "etc/passwd", {flags=O_RDONLY|O_CREAT, mode=0600, resolve=RESOLVE_IN_ROOT}, 24)"#))
@@ -129,7 +129,7 @@ struct DecoderTests {
         for spec in SyscallTable.x86_64.specs {
             #expect(spec.arguments.count <= 6)
             #expect(SyscallTable.x86_64[spec.number] == spec)
-            #expect(SyscallTable.x86_64[spec.name] == spec)
+            #expect(SyscallTable.x86_64[spec.call] == spec)
         }
         #expect(SyscallTable.x86_64[-1] == nil)
         #expect(SyscallTable.x86_64[100_000] == nil)

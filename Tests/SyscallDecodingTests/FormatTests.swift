@@ -56,7 +56,7 @@ struct FormatTests {
 
     @Test("Text lines: results, errors, interruptions and notes")
     func textOutcomes() throws {
-        let spec = try #require(SyscallTable.x86_64["listen"])
+        let spec = try #require(SyscallTable.x86_64[.listen])
         let call = DecodedSyscall(spec: spec, values: [.integer(3), .integer(128)])
         func line(_ outcome: Outcome, route: Route = .remote, note: String? = nil) -> String {
             TraceFormat.text.line(
@@ -76,7 +76,7 @@ struct FormatTests {
 
     @Test("JSON lines parse, escape control characters and keep paths that are not UTF-8 visible")
     func json() throws {
-        let spec = try #require(SyscallTable.x86_64["open"])
+        let spec = try #require(SyscallTable.x86_64[.open])
         let path: [UInt8] = Array("/tmp/a\"b\n".utf8) + [0xff]
         let call = DecodedSyscall(spec: spec, values: [.string(path), .integer(0), .integer(0)])
         let event = TraceEvent(

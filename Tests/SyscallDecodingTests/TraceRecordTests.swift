@@ -6,9 +6,9 @@ struct TraceRecordTests {
     static let table = SyscallTable.x86_64
 
     static func events() -> [TraceEvent] {
-        let openat = table["openat"]!
-        let execve = table["execve"]!
-        let connect = table["connect"]!
+        let openat = table[.openat]!
+        let execve = table[.execve]!
+        let connect = table[.connect]!
         return [
             TraceEvent(
                 time: 1, pid: 42, syscall: "openat",

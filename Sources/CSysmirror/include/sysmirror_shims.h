@@ -10,6 +10,8 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+// The serving half's event loop (LinuxSystem.EventLoop): Swift's Glibc module leaves epoll out.
+#include <sys/epoll.h>
 
 // Newer than Debian 12's kernel headers (6.1); the values are the kernel's ABI.
 #ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS

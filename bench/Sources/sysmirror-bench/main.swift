@@ -295,7 +295,7 @@ if getuid() == 0 {
 }
 
 // The log writer's cost per event, off the program's path.
-let spec = SyscallTable.x86_64["openat"]!
+let spec = SyscallTable.x86_64[.openat]!
 let call = DecodedSyscall(
     spec: spec,
     values: [

@@ -1,0 +1,56 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A descriptor with one owner, closed exactly once: when the owner drops it, or gives it up with
+/// `release` (to the kernel's ADDFD, which takes a copy) or `close`. It cannot be copied, so two owners
+/// cannot close the same number, and a number closed and reused cannot be closed again by mistake.
+public struct OwnedDescriptor: ~Copyable, Sendable {
+    /// The descriptor's number, for calls that take one; valid while this owner lives.
+    public let raw: Int32
+
+    /// Takes ownership of `raw`, which nobody else closes.
+    public init(taking raw: Int32) { self.raw = raw }
+
+    /// Closes it now. A failed close still releases the number (Linux), so there is nothing to retry.
+    public consuming func close() {
+        let raw = self.raw
+        discard self
+        _ = Glibc.close(raw)
+    }
+
+    /// Gives the number up without closing it: the caller is its owner now.
+    public consuming func release() -> Int32 {
+        let raw = self.raw
+        discard self
+        return raw
+    }
+
+    /// A second descriptor on the same open file, with an owner of its own (close-on-exec).
+    public func duplicate() throws(SystemCallError) -> OwnedDescriptor {
+        OwnedDescriptor(taking: try systemCall("fcntl(F_DUPFD_CLOEXEC)") { fcntl(raw, F_DUPFD_CLOEXEC, 0) })
+    }
+
+    /// The file status flags (O_NONBLOCK, O_APPEND, access mode).
+    public func statusFlags() throws(SystemCallError) -> Int32 {
+        try systemCall("fcntl(F_GETFL)") { fcntl(raw, F_GETFL) }
+    }
+
+    /// Sets or clears O_NONBLOCK on the open file (shared with every descriptor on it).
+    public func setNonBlocking(_ on: Bool) throws(SystemCallError) {
+        let flags = try statusFlags()
+        let wanted = on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK
+        if wanted != flags { _ = try systemCall("fcntl(F_SETFL)") { fcntl(raw, F_SETFL, wanted) } }
+    }
+
+    deinit { _ = Glibc.close(raw) }
+}
+
+/// An owned descriptor that several holders share (a pool, an event loop's registration and its owner):
+/// closed once, when the last holder lets go.
+public final class SharedDescriptor: Sendable {
+    public let descriptor: OwnedDescriptor
+    public var raw: Int32 { descriptor.raw }
+
+    public init(_ descriptor: consuming OwnedDescriptor) { self.descriptor = descriptor }
+}

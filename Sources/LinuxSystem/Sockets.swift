@@ -1,0 +1,209 @@
+import CSysmirror
+import SyscallDecoding
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// sysmirror's own socket calls, each through `systemCall`: a failure throws `SystemCallError` with the
+/// call's name and errno. Addresses are `SocketAddress`; a new descriptor comes with its owner.
+public enum Sockets {
+    /// socket(2), close-on-exec.
+    public static func make(family: Int32, type: Int32, protocol socketProtocol: Int32 = 0) throws(SystemCallError)
+        -> OwnedDescriptor
+    {
+        OwnedDescriptor(
+            taking: try systemCall("socket") {
+                socket(family, type | Int32(SOCK_CLOEXEC.rawValue), socketProtocol)
+            })
+    }
+
+    /// connect(2). A non-blocking socket throws EINPROGRESS while its handshake goes on.
+    public static func connect(_ fd: Int32, to address: SocketAddress) throws(SystemCallError) {
+        let bytes = address.bytes
+        _ = try systemCall("connect") {
+            bytes.withUnsafeBytes {
+                Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+            }
+        }
+    }
+
+    /// Cuts the association of a connected socket (connect with AF_UNSPEC): a TCP connection is reset, both ways.
+    public static func disconnect(_ fd: Int32) throws(SystemCallError) {
+        try connect(fd, to: .other(family: UInt16(AF_UNSPEC)))
+    }
+
+    public static func bind(_ fd: Int32, to address: SocketAddress) throws(SystemCallError) {
+        let bytes = address.bytes
+        _ = try systemCall("bind") {
+            bytes.withUnsafeBytes {
+                Glibc.bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+            }
+        }
+    }
+
+    public static func listen(_ fd: Int32, backlog: Int32) throws(SystemCallError) {
+        _ = try systemCall("listen") { Glibc.listen(fd, backlog) }
+    }
+
+    /// accept4(2) with `flags` (SOCK_CLOEXEC is always added): the connection; `peer` is its peer's address.
+    public static func accept(_ fd: Int32, flags: Int32 = 0, peer: inout SocketAddress?) throws(SystemCallError)
+        -> OwnedDescriptor
+    {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let connection = try systemCall("accept4") {
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sysm_accept4(fd, $0, &length, flags | Int32(SOCK_CLOEXEC.rawValue))
+                }
+            }
+        }
+        peer = address(of: storage, length: length)
+        return OwnedDescriptor(taking: connection)
+    }
+
+    /// getsockname(2).
+    public static func localAddress(_ fd: Int32) throws(SystemCallError) -> SocketAddress {
+        try socketName("getsockname", fd, getsockname)
+    }
+
+    /// getpeername(2): throws ENOTCONN for a socket that is not connected.
+    public static func peerAddress(_ fd: Int32) throws(SystemCallError) -> SocketAddress {
+        try socketName("getpeername", fd, getpeername)
+    }
+
+    private static func socketName(
+        _ name: String, _ fd: Int32, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+    ) throws(SystemCallError) -> SocketAddress {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        _ = try systemCall(name) {
+            withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) }
+            }
+        }
+        guard let address = address(of: storage, length: length) else { throw SystemCallError(name, .invalidArgument) }
+        return address
+    }
+
+    private static func address(of storage: sockaddr_storage, length: socklen_t) -> SocketAddress? {
+        var storage = storage
+        return SocketAddress(withUnsafeBytes(of: &storage) { Array($0.prefix(Int(length))) })
+    }
+
+    /// An integer option (getsockopt).
+    public static func option(_ fd: Int32, level: Int32 = SOL_SOCKET, _ name: Int32) throws(SystemCallError) -> Int32 {
+        var value: Int32 = 0
+        var size = socklen_t(4)
+        _ = try systemCall("getsockopt") { getsockopt(fd, level, name, &value, &size) }
+        return value
+    }
+
+    /// An option of any size, as bytes (struct linger, struct timeval, a cookie).
+    public static func optionBytes(_ fd: Int32, level: Int32, _ name: Int32, size: Int) throws(SystemCallError)
+        -> [UInt8]
+    {
+        var value = [UInt8](repeating: 0, count: size)
+        var length = socklen_t(size)
+        _ = try systemCall("getsockopt") { getsockopt(fd, level, name, &value, &length) }
+        return Array(value.prefix(Int(length)))
+    }
+
+    public static func setOption(_ fd: Int32, level: Int32 = SOL_SOCKET, _ name: Int32, _ value: Int32)
+        throws(SystemCallError)
+    {
+        var value = value
+        _ = try systemCall("setsockopt") { setsockopt(fd, level, name, &value, 4) }
+    }
+
+    public static func setOption(_ fd: Int32, level: Int32, _ name: Int32, bytes: [UInt8]) throws(SystemCallError) {
+        _ = try systemCall("setsockopt") { setsockopt(fd, level, name, bytes, socklen_t(bytes.count)) }
+    }
+
+    /// TCP_NODELAY: small writes (requests, relayed pieces) go out at once.
+    public static func setNoDelay(_ fd: Int32) throws(SystemCallError) {
+        try setOption(fd, level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+    }
+
+    /// SO_LINGER with a zero time: the next close resets the connection instead of ending it.
+    public static func resetOnClose(_ fd: Int32) throws(SystemCallError) {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        _ = try systemCall("setsockopt(SO_LINGER)") {
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        }
+    }
+
+    /// shutdown(SHUT_WR): the peer reads the end of the stream; reading goes on.
+    public static func shutdownOutput(_ fd: Int32) throws(SystemCallError) {
+        _ = try systemCall("shutdown") { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+    }
+
+    /// The socket's pending error (SO_ERROR), which reading clears; 0 when none.
+    public static func pendingError(_ fd: Int32) throws(SystemCallError) -> Int32 {
+        try option(fd, SO_ERROR)
+    }
+
+    /// send(2) without SIGPIPE; the count sent. A full non-blocking socket throws EAGAIN.
+    public static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>, flags: Int32 = 0) throws(SystemCallError) -> Int {
+        try systemCall("send") {
+            bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | flags) }
+        }
+    }
+
+    /// recv(2) of up to `count` bytes: what came, empty at the end of the stream. An empty non-blocking
+    /// socket (or MSG_DONTWAIT) throws EAGAIN.
+    public static func receive(_ fd: Int32, upTo count: Int, flags: Int32 = 0) throws(SystemCallError) -> [UInt8] {
+        try filling(count) { buffer throws(SystemCallError) in
+            try systemCall("recv") { recv(fd, buffer.baseAddress, count, flags) }
+        }
+    }
+
+    /// read(2) of up to `count` bytes from any descriptor (a pipe, a file, inotify): what came, empty at the end.
+    public static func read(_ fd: Int32, upTo count: Int) throws(SystemCallError) -> [UInt8] {
+        try filling(count) { buffer throws(SystemCallError) in
+            try systemCall("read") { Glibc.read(fd, buffer.baseAddress, count) }
+        }
+    }
+
+    /// A new array of up to `count` bytes that `body` fills in place (no zeroing first: reads are on the
+    /// serving loop's path).
+    private static func filling(
+        _ count: Int, _ body: (UnsafeMutableBufferPointer<UInt8>) throws(SystemCallError) -> Int
+    ) throws(SystemCallError) -> [UInt8] {
+        var failure: SystemCallError?
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            do throws(SystemCallError) {
+                initialized = try body(buffer)
+            } catch {
+                failure = error
+                initialized = 0
+            }
+        }
+        if let failure { throw failure }
+        return bytes
+    }
+
+    /// sendmsg(2) with `descriptor` as SCM_RIGHTS (none when nil); the count sent.
+    public static func send(_ fd: Int32, _ bytes: [UInt8], passing descriptor: Int32?) throws(SystemCallError) -> Int {
+        try systemCall("sendmsg") { sysm_send_with_fd(fd, bytes, bytes.count, descriptor ?? -1) }
+    }
+
+    /// recvmsg(2) into `buffer`: the count read (0 at the end); a descriptor that came with the bytes goes
+    /// to `descriptor`.
+    public static func receive(
+        _ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, descriptor: inout OwnedDescriptor?
+    ) throws(SystemCallError) -> Int {
+        var received: Int32 = -1
+        defer { if received >= 0 { descriptor = OwnedDescriptor(taking: received) } }
+        return try systemCall("recvmsg") { sysm_receive_with_fd(fd, buffer.baseAddress, buffer.count, &received) }
+    }
+
+    /// Whether a connected stream socket is still open at the other end, without reading: nothing to read
+    /// yet (an idle connection) says it is.
+    public static func isIdleAndOpen(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let peeked = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
+    }
+}

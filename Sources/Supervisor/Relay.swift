@@ -1,0 +1,132 @@
+import LinuxSystem
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Two connected stream sockets glued together on the serving event loop: what one end reads, the other
+/// writes, with back-pressure (an end is not read while the other has not taken its last piece), half-close
+/// (an end's EOF becomes a shutdown of the other's output), and resets passed on (an end that fails resets
+/// the other). Non-blocking sockets only; no thread.
+final class Relay {
+    private let loop: EventLoop
+    private let ends: [SharedDescriptor]
+    private var registrations: [EventLoop.Registration?] = [nil, nil]
+    /// Bytes read from end i, not yet written to the other.
+    private var pending: [[UInt8]] = [[], []]
+    /// Whether end i may still bring bytes.
+    private var reading = [true, true]
+    /// Whether end i's output was shut down (the other end's EOF passed on).
+    private var shutDown = [false, false]
+    /// Bytes read from each end.
+    private var counts = [0, 0]
+    private var finished: ((_ fromFirst: Int, _ fromSecond: Int) -> Void)?
+    static let pieceSize = 64 << 10
+
+    private init(loop: EventLoop, ends: [SharedDescriptor], finished: @escaping (Int, Int) -> Void) {
+        self.loop = loop
+        self.ends = ends
+        self.finished = finished
+    }
+
+    /// On the loop: relays `first` and `second` (both non-blocking) until both directions end or one fails;
+    /// `finished` hears the bytes each end brought, after both are let go (closed, if nothing else holds them).
+    static func start(
+        on loop: EventLoop, _ first: SharedDescriptor, _ second: SharedDescriptor,
+        finished: @escaping (_ fromFirst: Int, _ fromSecond: Int) -> Void
+    ) {
+        let relay = Relay(loop: loop, ends: [first, second], finished: finished)
+        for end in 0..<2 {
+            do {
+                relay.registrations[end] = try loop.register(relay.ends[end].raw, for: .readable) {
+                    relay.ready(end, $0)
+                }
+            } catch {
+                return relay.finish(reset: true)
+            }
+        }
+    }
+
+    private func ready(_ end: Int, _ events: EventLoop.Events) {
+        let other = 1 - end
+        if events.contains(.error) { return finish(reset: true) }
+        if events.contains(.writable) && !flush(into: end) { return finish(reset: true) }
+        if reading[end] && pending[end].isEmpty && !events.isDisjoint(with: [.readable, .hangUp]) {
+            switch read(end) {
+            case .failed: return finish(reset: true)
+            case .waiting: break
+            case .ended:
+                reading[end] = false
+            case .read:
+                if !flush(into: other) { return finish(reset: true) }
+            }
+        }
+        for side in 0..<2 where !reading[side] && pending[side].isEmpty && !shutDown[1 - side] {
+            shutDown[1 - side] = true
+            try? Sockets.shutdownOutput(ends[1 - side].raw)  // a peer already gone: the reads say so
+        }
+        if !reading[0] && !reading[1] && pending[0].isEmpty && pending[1].isEmpty { return finish(reset: false) }
+        for side in 0..<2 { update(side) }
+    }
+
+    private enum Read { case read, waiting, ended, failed }
+
+    private func read(_ end: Int) -> Read {
+        do throws(SystemCallError) {
+            pending[end] = try Sockets.receive(ends[end].raw, upTo: Self.pieceSize)
+            guard !pending[end].isEmpty else { return .ended }
+            counts[end] += pending[end].count
+            return .read
+        } catch {
+            return error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted ? .waiting : .failed
+        }
+    }
+
+    /// Writes what the other end brought into `end`; false when `end` failed.
+    private func flush(into end: Int) -> Bool {
+        let source = 1 - end
+        while !pending[source].isEmpty {
+            do throws(SystemCallError) {
+                pending[source].removeFirst(try Sockets.send(ends[end].raw, pending[source][...]))
+            } catch {
+                return error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted
+            }
+        }
+        return true
+    }
+
+    /// Reads an end while it may bring bytes and the other has taken the last ones; writes to it while the
+    /// other end's bytes wait.
+    private func update(_ end: Int) {
+        var wanted: EventLoop.Events = []
+        if reading[end] && pending[end].isEmpty { wanted.insert(.readable) }
+        if !pending[1 - end].isEmpty { wanted.insert(.writable) }
+        if let registration = registrations[end] {
+            if wanted.isEmpty {
+                // Nothing to do with it until the other end moves; epoll would still report its hang-up.
+                loop.deregister(registration)
+                registrations[end] = nil
+            } else {
+                loop.change(registration, to: wanted)
+            }
+        } else if !wanted.isEmpty {
+            do {
+                registrations[end] = try loop.register(ends[end].raw, for: wanted) { [self] in ready(end, $0) }
+            } catch {
+                finish(reset: true)
+            }
+        }
+    }
+
+    private func finish(reset: Bool) {
+        guard let finished else { return }
+        self.finished = nil
+        for end in 0..<2 {
+            if let registration = registrations[end] { loop.deregister(registration) }
+            registrations[end] = nil
+            // A failed end's peer learns it as a reset, as it would from the far end directly.
+            if reset { try? Sockets.resetOnClose(ends[end].raw) }
+        }
+        finished(counts[0], counts[1])
+    }
+}
