@@ -100,12 +100,17 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SyscallDecodingTests", dependencies: ["SyscallDecoding"]),
+        .testTarget(name: "LinuxSystemTests", dependencies: ["LinuxSystem"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
         .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
         .testTarget(name: "IncomingTests", dependencies: ["Incoming"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes"]),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CSeccomp", "LinuxSystem"]),
+        .testTarget(
+            name: "SupervisorTests",
+            dependencies: [
+                "Supervisor", "CSeccomp", "CSysmirror", "LinuxSystem", .product(name: "Logging", package: "swift-log"),
+            ]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(
             name: "TraceTests",

@@ -23,6 +23,19 @@ struct SupervisorTests {
         #expect(withSendmsg.instructions.count > 20)
         #expect(without.instructions.count < withSendmsg.instructions.count)
         #expect(FilterPlan.trace(routeSendmsg: true).routedWithNonZeroArgument.map(\.name) == ["sendto"])
+        #expect(FilterPlan.trace(routeSendmsg: true).routedWithNonZeroArgument.map(\.index) == [4])
+    }
+
+    @Test("What is routed follows the table: uname and xattrs only with an agent, accept only with incoming traffic")
+    func filterPlanFollowsTheTable() {
+        let alone = Set(FilterPlan.trace(routeSendmsg: true).routed)
+        let agent = Set(FilterPlan.trace(routeSendmsg: true, withAgent: true).routed)
+        let incoming = Set(FilterPlan.trace(routeSendmsg: true, withAgent: true, withIncoming: true).routed)
+        #expect(alone.isDisjoint(with: ["uname", "getxattr", "accept", "accept4", "sendto"]))
+        #expect(alone.isSuperset(of: ["openat", "connect", "listen", "sendmsg", "execve"]))
+        #expect(agent.subtracting(alone) == ["uname", "getxattr", "lgetxattr", "listxattr", "llistxattr"])
+        #expect(incoming.subtracting(agent) == ["accept", "accept4"])
+        #expect(!Set(FilterPlan.trace(routeSendmsg: false).routed).contains("sendmsg"))
     }
 
     @Test("Reading this process's memory: strings at a page's end, and strings running into an unmapped page")

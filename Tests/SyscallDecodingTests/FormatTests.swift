@@ -108,3 +108,35 @@ struct FormatTests {
         #expect(text(4_107_542_399).contains("2100-02-28T23:59:59.000000Z"))
     }
 }
+
+@Suite("Socket addresses as the kernel takes them")
+struct SocketAddressTests {
+    @Test("Encoded and decoded again, an address is the same; short ones are not addresses")
+    func roundTrip() {
+        let addresses: [SocketAddress] = [
+            .inet(address: [10, 96, 0, 20], port: 8080),
+            .inet6(address: [0xfd, 0] + [UInt8](repeating: 0, count: 13) + [1], port: 443, scope: 3),
+            .unix(path: Array("/run/agent.sock".utf8), abstract: false),
+            .unix(path: Array("name".utf8), abstract: true),
+        ]
+        for address in addresses { #expect(SocketAddress(address.bytes) == address, "\(address)") }
+        #expect(SocketAddress.inet(address: [1, 2, 3, 4], port: 1).bytes.count == 16)
+        #expect(SocketAddress(Array(SocketAddress.inet(address: [1, 2, 3, 4], port: 1).bytes.prefix(8))) == nil)
+    }
+
+    @Test("Loopback, wildcard and mapped addresses")
+    func kinds() {
+        #expect(SocketAddress.loopback(family: AF_INET, port: 9).description == "127.0.0.1:9")
+        #expect(SocketAddress.loopback(family: AF_INET6, port: 9).description == "[::1]:9")
+        #expect(SocketAddress.inet(address: [0, 0, 0, 0], port: 80).connectable.description == "127.0.0.1:80")
+        #expect(SocketAddress.inet6(address: [UInt8](repeating: 0, count: 16), port: 80, scope: 0).connectable.description == "[::1]:80")
+        #expect(SocketAddress.inet(address: [10, 0, 0, 1], port: 80).connectable.description == "10.0.0.1:80")
+        #expect(SocketAddress.inet(address: [127, 0, 0, 9], port: 1).isLoopback)
+        #expect(!SocketAddress.inet(address: [10, 0, 0, 1], port: 1).isLoopback)
+        let mapped = SocketAddress.inet(address: [10, 250, 0, 2], port: 5000).seen(byFamily: AF_INET6)
+        #expect(mapped?.description == "[::ffff:10.250.0.2]:5000")
+        #expect(mapped?.isLoopback == false)
+        #expect(SocketAddress.inet(address: [127, 0, 0, 1], port: 1).seen(byFamily: AF_INET6)?.isLoopback == true)
+        #expect(SocketAddress.loopback(family: AF_INET6).seen(byFamily: AF_INET) == nil)
+    }
+}
