@@ -1,7 +1,7 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-/// SwiftNIO, for the agent's server and the framing both ends share.
+/// SwiftNIO, for the agent's server and its framing.
 let nio: [Target.Dependency] = [
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOPosix", package: "swift-nio"),
@@ -55,14 +55,16 @@ let package = Package(
             name: "Configuration",
             dependencies: ["Routing", .product(name: "Yams", package: "Yams")]
         ),
-        // Both ends of the link: addresses, tokens, NIO framing for the agent, the supervisor's client.
+        // Both ends of the link: addresses and tokens; the supervisor's client, its stream connections and
+        // socket channel (plain sockets on the serving event loop, no NIO).
         .target(
             name: "AgentLink",
             dependencies: [
                 "AgentProtocol", "CSysmirror", "LinuxSystem", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ] + nio
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // `trace --target`: the agent in a Kubernetes pod through the user's kubectl. Pure decisions
         // (targets, pod selection, what is asked of the cluster, failures) beside the kubectl plumbing.

@@ -1,5 +1,3 @@
-import NIOCore
-
 /// Where an agent listens: `unix:/path`, `HOST:PORT`, `[IPv6]:PORT`, or a bare `PORT` (127.0.0.1).
 public enum AgentAddress: Sendable, Equatable, CustomStringConvertible {
     case unix(path: String)

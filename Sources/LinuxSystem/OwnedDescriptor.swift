@@ -46,6 +46,13 @@ public struct OwnedDescriptor: ~Copyable, Sendable {
     deinit { _ = Glibc.close(raw) }
 }
 
+/// What `fd` is ready for among `events` (POLLIN, POLLOUT; POLLHUP and POLLERR always), waiting up to
+/// `milliseconds` (0: not at all); 0 when nothing is, or when poll itself failed (a closed descriptor).
+public func readiness(of fd: Int32, for events: Int16, milliseconds: Int32 = 0) -> Int16 {
+    var entry = pollfd(fd: fd, events: events, revents: 0)
+    return (try? systemCall("poll") { poll(&entry, 1, milliseconds) }) == 1 ? entry.revents : 0
+}
+
 /// An owned descriptor that several holders share (a pool, an event loop's registration and its owner):
 /// closed once, when the last holder lets go.
 public final class SharedDescriptor: Sendable {

@@ -1,4 +1,5 @@
 import CSysmirror
+import LinuxSystem
 import SyscallDecoding
 
 #if canImport(Glibc)
@@ -60,14 +61,17 @@ struct ProcessMemory: ProgramMemory {
 
     /// pread on /proc/PID/mem, page by page, stopping at the first page that fails. Returns bytes or -errno.
     static func procRead(pid: Int32, address: UInt64, into buffer: UnsafeMutableBufferPointer<UInt8>) -> Int {
-        let fd = open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return -Int(errno) }
-        defer { close(fd) }
+        let fd: OwnedDescriptor
+        do throws(SystemCallError) {
+            fd = OwnedDescriptor(taking: try systemCall("open(/proc/PID/mem)") { open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC) })
+        } catch {
+            return -Int(error.errno.rawValue)
+        }
         var done = 0
         while done < buffer.count {
             let at = address + UInt64(done)
             let length = min(buffer.count - done, Int((at / pageSize + 1) * pageSize - at))
-            let result = pread(fd, buffer.baseAddress! + done, length, off_t(Int64(bitPattern: at)))
+            let result = pread(fd.raw, buffer.baseAddress! + done, length, off_t(Int64(bitPattern: at)))
             if result <= 0 { return done > 0 ? done : (result < 0 ? -Int(errno) : -Int(EFAULT)) }
             done += result
         }
@@ -87,10 +91,13 @@ extension ProcessMemory {
             return sysm_process_vm_writev(pid, &local, 1, &remote, 1)
         }
         if written < 0 && (errno == EPERM || errno == ENOSYS) {
-            let fd = open("/proc/\(pid)/mem", O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { return errno }
-            defer { close(fd) }
-            written = pwrite(fd, bytes, bytes.count, off_t(Int64(bitPattern: address)))
+            let fd: OwnedDescriptor
+            do throws(SystemCallError) {
+                fd = OwnedDescriptor(taking: try systemCall("open(/proc/PID/mem)") { open("/proc/\(pid)/mem", O_WRONLY | O_CLOEXEC) })
+            } catch {
+                return error.errno.rawValue
+            }
+            written = pwrite(fd.raw, bytes, bytes.count, off_t(Int64(bitPattern: address)))
         }
         return written == bytes.count ? 0 : EFAULT
     }

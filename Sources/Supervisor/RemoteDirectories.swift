@@ -31,22 +31,32 @@ final class RemoteDirectories: Sendable {
 
     /// Makes the placeholder of `remotePath` with `entries`; returns an O_DIRECTORY fd on it (close-on-exec),
     /// or the errno.
-    func open(_ remotePath: [UInt8], entries: [DirectoryEntry]) -> Result<Int32, Errno> {
+    func open(_ remotePath: [UInt8], entries: [DirectoryEntry]) -> Result<OwnedDescriptor, Errno> {
         let number = state.withLock { state in
             defer { state.next += 1 }
             state.remotePaths[state.next] = remotePath
             return state.next
         }
         let directory = String(decoding: root, as: UTF8.self) + "/\(number)"
-        guard mkdir(directory, 0o700) == 0 else { return .failure(currentErrno()) }
-        let fd = Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { return .failure(currentErrno()) }
+        let fd: OwnedDescriptor
+        do throws(SystemCallError) {
+            _ = try systemCall("mkdir") { mkdir(directory, 0o700) }
+            fd = OwnedDescriptor(taking: try systemCall("open") { Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        } catch {
+            return .failure(error.errno)
+        }
+        // A placeholder the local file system refuses (a name too long for it) is left out: the listing
+        // misses that entry, and the rest works.
+        let folder = fd.raw
         for entry in entries where !entry.name.contains(UInt8(ascii: "/")) && !entry.name.contains(0) {
             let name = String(decoding: entry.name, as: UTF8.self)
             switch entry.type {
-            case DirectoryEntry.directory: mkdirat(fd, name, 0o700)
-            case DirectoryEntry.symbolicLink: symlinkat(".", fd, name)
-            default: close(openat(fd, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600))
+            case DirectoryEntry.directory: _ = mkdirat(folder, name, 0o700)
+            case DirectoryEntry.symbolicLink: _ = symlinkat(".", folder, name)
+            default:
+                if let file = try? systemCall("openat", { openat(folder, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }) {
+                    OwnedDescriptor(taking: file).close()
+                }
             }
         }
         return .success(fd)

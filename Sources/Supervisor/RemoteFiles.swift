@@ -78,8 +78,9 @@ final class RemoteFiles: Sendable {
         let link =
             call.directory == FileCall.currentDirectory ? "/proc/\(pid)/cwd" : "/proc/\(pid)/fd/\(call.directory)"
         var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
-        let count = readlink(link, &buffer, buffer.count)
-        guard count > 0, buffer[0] == UInt8(ascii: "/") else { return nil }
+        guard let count = try? systemCall("readlink", { readlink(link, &buffer, buffer.count) }), count > 0,
+            buffer[0] == UInt8(ascii: "/")
+        else { return nil }
         // A placeholder base is translated first, so that `..` from it climbs in the pod, not in /tmp.
         let base = Array(buffer[..<count])
         return PathNormalizer.absolute(call.path, base: directories.remotePath(for: base) ?? base)
@@ -150,7 +151,7 @@ final class RemoteFiles: Sendable {
     /// uname with the pod's hostname as nodename; the rest is this machine's.
     func serveUname(_ answer: PendingCall, buffer: UInt64) {
         var names = utsname()
-        uname(&names)
+        _ = uname(&names)  // fails only for a bad buffer, and this one is ours
         let local = withUnsafeBytes(of: &names) { Array($0) }
         answer.write(KernelStructures.utsname(local, nodename: hostname), at: buffer, result: 0)
     }

@@ -367,19 +367,17 @@ final class RemoteIncoming: Sendable {
 
     // MARK: Sockets
 
+    /// The socket's inode, which names it whatever descriptor reaches it; 0 for a descriptor gone meanwhile.
     static func inode(_ fd: Int32) -> UInt64 {
         var status = stat()
-        return fstat(fd, &status) == 0 ? UInt64(status.st_ino) : 0
+        return (try? systemCall("fstat") { fstat(fd, &status) }) != nil ? UInt64(status.st_ino) : 0
     }
 
     static func describe(_ address: SocketAddress?) -> String {
         address.map { "\($0)" } ?? "an unknown address"
     }
 
-    static func isReadable(_ fd: Int32) -> Bool {
-        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        return poll(&entry, 1, 0) > 0
-    }
+    static func isReadable(_ fd: Int32) -> Bool { readiness(of: fd, for: Int16(POLLIN)) != 0 }
 
     /// Whether the thread has a signal pending that it does not block (/proc's SigPnd, ShdPnd, SigBlk).
     static func hasSignalPending(thread: Int32) -> Bool {

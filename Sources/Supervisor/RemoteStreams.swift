@@ -86,7 +86,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             do {
                 let decoded = try DirectoryEntryCodec.decode(entries)
                 switch files.directories.open(path, entries: decoded) {
-                case .success(let fd): answer.install(fd: OwnedDescriptor(taking: fd), flags: flags)
+                case .success(let fd): answer.install(fd: fd, flags: flags)
                 case .failure(let errno):
                     answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
                 }
@@ -122,8 +122,7 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
     var writersClosed: Bool {
         reader.withLock { reader in
             guard let reader else { return false }
-            var entry = pollfd(fd: reader.raw, events: 0, revents: 0)
-            return poll(&entry, 1, 0) == 1 && entry.revents & Int16(POLLHUP) != 0
+            return readiness(of: reader.raw, for: 0) & Int16(POLLHUP) != 0
         }
     }
 
