@@ -84,11 +84,32 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ] + nio
         ),
-        // Plumbing: the filter, spawning, the notification loop, reading the program's memory.
+        // The kernel's side of an intercepted call: the listener and its answers, the notification, the
+        // caller's memory, descriptors and process tree. Both the loop and the remote services use it.
+        .target(
+            name: "UserNotification",
+            dependencies: [
+                "CSysmirror", "LinuxSystem", "SyscallDecoding",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Serving the calls routed to the pod: remote files, outgoing sockets, incoming traffic, on the
+        // serving event loop. Called by the notification loop; it calls nothing above it.
+        .target(
+            name: "RemoteServices",
+            dependencies: [
+                "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing", "AgentProtocol", "AgentLink",
+                "UserNotification",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Plumbing: the filter, spawning, the notification loop, the trace log, the session.
         .target(
             name: "Supervisor",
             dependencies: [
                 "CSeccomp", "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing", "AgentProtocol", "AgentLink",
+                "UserNotification", "RemoteServices",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -111,7 +132,8 @@ let package = Package(
         .testTarget(
             name: "SupervisorTests",
             dependencies: [
-                "Supervisor", "CSeccomp", "CSysmirror", "LinuxSystem", .product(name: "Logging", package: "swift-log"),
+                "Supervisor", "RemoteServices", "UserNotification", "CSeccomp", "CSysmirror", "LinuxSystem",
+                .product(name: "Logging", package: "swift-log"),
             ]),
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(

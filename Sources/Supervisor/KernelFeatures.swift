@@ -1,5 +1,6 @@
 import CSysmirror
 import LinuxSystem
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

@@ -4,6 +4,8 @@ import Logging
 import Routing
 import Synchronization
 import SyscallDecoding
+import RemoteServices
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

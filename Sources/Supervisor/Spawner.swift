@@ -1,6 +1,7 @@
 import CSysmirror
 import LinuxSystem
 import SystemPackage
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

@@ -7,6 +7,8 @@ import Routing
 import Synchronization
 import SyscallDecoding
 import SystemPackage
+import RemoteServices
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -235,7 +237,7 @@ public final class TraceSession: Sendable {
                 streams: link.sockets == nil
                     ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
                 listener: program.listener, loop: link.loop, logger: logger,
-                connections: link.connections.flatMap { try? ConnectionEvents(socket: $0, log: log, loop: link.loop) },
+                connections: link.connections.flatMap { try? ConnectionEvents(socket: $0, log: log.record, loop: link.loop) },
                 linkIsUp: { [client = link.client] in client.isActive })
         }
         if let link, let connections = sockets?.connections {
@@ -249,7 +251,7 @@ public final class TraceSession: Sendable {
             return try RemoteIncoming(
                 client: link.client,
                 streams: StreamConnector(address: link.client.address, token: remote.token, loop: link.loop),
-                rules: remote.incoming, listener: program.listener, log: log, loop: link.loop, logger: logger)
+                rules: remote.incoming, listener: program.listener, log: log.record, loop: link.loop, logger: logger)
         }
         let loop = try NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,

@@ -7,7 +7,9 @@ import SyscallDecoding
 import SystemPackage
 import Testing
 
+@testable import RemoteServices
 @testable import Supervisor
+@testable import UserNotification
 
 /// The relay that glues a stolen connection to the program, on real loopback TCP connections.
 @Suite("Relays on the serving loop")
@@ -95,7 +97,7 @@ struct PendingCallTests {
         let listener = NotificationListener(descriptor: try .open("/dev/null", .readOnly))
         let outcomes = Mutex<[Outcome]>([])
         let call = PendingCall(
-            notification: Notification(seccomp_notif()), listener: listener, logger: .init(label: "test"),
+            notification: UserNotification.Notification(seccomp_notif()), listener: listener, logger: .init(label: "test"),
             done: { outcome, _, _ in outcomes.withLock { $0.append(outcome) } })
         call.fail(EIO)
         call.succeed(0)

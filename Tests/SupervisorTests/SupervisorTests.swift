@@ -5,7 +5,9 @@ import SyscallDecoding
 import SystemPackage
 import Testing
 
+@testable import RemoteServices
 @testable import Supervisor
+@testable import UserNotification
 
 @Suite("Supervisor parts, against the real kernel and libseccomp")
 struct SupervisorTests {

@@ -5,10 +5,10 @@ import LinuxSystem
 #endif
 
 /// The processes below sysmirror, read from /proc/PID/task/TID/children.
-enum ProcessTree {
+package enum ProcessTree {
     /// Every descendant of `root`, parents before children.
     /// Every descendant of `root`, except the subtrees of `excluded` children.
-    static func descendants(of root: Int32, excluding excluded: Set<Int32> = []) -> [Int32] {
+    package static func descendants(of root: Int32, excluding excluded: Set<Int32> = []) -> [Int32] {
         var found: [Int32] = []
         var queue = children(of: root).filter { !excluded.contains($0) }
         while let pid = queue.first {
@@ -19,7 +19,7 @@ enum ProcessTree {
         return found
     }
 
-    static func children(of pid: Int32) -> [Int32] {
+    package static func children(of pid: Int32) -> [Int32] {
         guard let tasks = opendir("/proc/\(pid)/task") else { return [] }
         defer { closedir(tasks) }
         var result: [Int32] = []
@@ -32,7 +32,7 @@ enum ProcessTree {
     }
 
     /// The value of `key` in a /proc file of `key:<tab>value` lines (status, fdinfo).
-    static func field(_ key: String, in path: String) -> String? {
+    package static func field(_ key: String, in path: String) -> String? {
         read(path).split(separator: "\n").first { $0.hasPrefix(key + ":") }.map {
             String($0.dropFirst(key.count + 1).drop { $0 == " " || $0 == "\t" })
         }
@@ -40,7 +40,7 @@ enum ProcessTree {
 
     /// A small /proc file's text, trimmed; empty when it cannot be read. One open and a read or two: this
     /// runs on the connect path.
-    static func read(_ path: String) -> String {
+    package static func read(_ path: String) -> String {
         let bytes = (try? readFile(path)) ?? []
         return String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: " \n")
     }

@@ -1,6 +1,7 @@
 import AgentLink
 import AgentProtocol
 import LinuxSystem
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

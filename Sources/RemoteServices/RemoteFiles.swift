@@ -6,6 +6,7 @@ import Logging
 import Routing
 import Synchronization
 import SyscallDecoding
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -17,10 +18,14 @@ import SyscallDecoding
 /// Results reach the program as kernel objects, so that what follows runs natively: an open gets a file
 /// holding the content (`ContentFile`) or a placeholder directory (`RemoteDirectories`), a stat gets its
 /// structure written into the program's buffer.
-final class RemoteFiles: Sendable {
+/// Writes one event to the trace log (`TraceLog.record`): the services log what happens after a call's
+/// answer (a relayed connection's end) through it.
+package typealias RecordEvent = @Sendable (TraceEvent) -> Void
+
+package final class RemoteFiles: Sendable {
     /// How a served call ended, for the log, and when it was answered (taken before the answer: the program
     /// may run on this CPU as soon as it has it).
-    typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
+    package typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
 
     let client: AgentClient
     let listener: NotificationListener
@@ -44,7 +49,7 @@ final class RemoteFiles: Sendable {
     /// Writes to the pod under way, for the end of the session to wait for.
     let uploads: ActivityCount
 
-    init(
+    package init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
         resolverOverTCP: Bool = false, loop: EventLoop, logger: Logger
     ) throws(SystemCallError) {
@@ -72,7 +77,7 @@ final class RemoteFiles: Sendable {
     /// The call's path made absolute: against the caller's cwd or directory fd, read from /proc for this
     /// call, and translated back to the pod's path when it runs through a placeholder directory. Nil when
     /// the base is not a directory path (a socket fd, a deleted cwd): the call then runs locally.
-    func absolutePath(of call: FileCall, pid: Int32) -> [UInt8]? {
+    package func absolutePath(of call: FileCall, pid: Int32) -> [UInt8]? {
         if !call.isRelative { return directories.remotePath(for: call.path) ?? call.path }
         guard !call.path.isEmpty else { return nil }
         let link =
@@ -89,7 +94,7 @@ final class RemoteFiles: Sendable {
     // MARK: Serving
 
     /// Serves one call routed remote; `done` is called exactly once, after the program has its answer.
-    func serve(
+    package func serve(
         _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion
     ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
@@ -249,7 +254,7 @@ final class RemoteFiles: Sendable {
     }
 
     /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
-    func drain(seconds: Int) {
+    package func drain(seconds: Int) {
         guard !uploads.waitUntilIdle(nanoseconds: UInt64(seconds) * 1_000_000_000) else { return }
         logger.warning("\(uploads.current) file(s) written for the pod did not finish in \(seconds) s")
     }

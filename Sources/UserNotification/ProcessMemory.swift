@@ -8,11 +8,13 @@ import SyscallDecoding
 
 /// A traced thread's memory, read with process_vm_readv, or through /proc/PID/mem where that is refused.
 /// Opened per request: a /proc/PID/mem handle belongs to the address space it was opened on.
-struct ProcessMemory: ProgramMemory {
-    let pid: Int32
-    static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+package struct ProcessMemory: ProgramMemory {
+    package let pid: Int32
 
-    func readable(at address: UInt64, count: Int) throws(MemoryFault) -> [UInt8] {
+    package init(pid: Int32) { self.pid = pid }
+    package static let pageSize = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+
+    package func readable(at address: UInt64, count: Int) throws(MemoryFault) -> [UInt8] {
         guard count > 0 else { return [] }
         guard address != 0 else { throw .unreadable(errno: EFAULT) }
         var failure: Int32 = 0
@@ -82,7 +84,7 @@ struct ProcessMemory: ProgramMemory {
 extension ProcessMemory {
     /// Writes `bytes` into the program at `address` (a stat buffer, a readlink buffer). Returns 0, or the
     /// errno the program's own call would have met (EFAULT for a bad buffer).
-    func write(_ bytes: [UInt8], at address: UInt64) -> Int32 {
+    package func write(_ bytes: [UInt8], at address: UInt64) -> Int32 {
         guard !bytes.isEmpty else { return 0 }
         guard address != 0 else { return EFAULT }
         var written = bytes.withUnsafeBytes { raw -> Int in

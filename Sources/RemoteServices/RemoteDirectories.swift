@@ -2,6 +2,7 @@ import AgentProtocol
 import LinuxSystem
 import Synchronization
 import SystemPackage
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -11,17 +12,17 @@ import SystemPackage
 /// remote entry (of the entry's type), so that getdents64 runs natively: `ls`, readdir and Go's os.ReadDir
 /// see the pod's names. A path through a placeholder (`fstatat(dirfd, "name")`, `openat(dirfd, ...)`) is
 /// translated back to the pod's path, so its metadata and content still come from the pod.
-final class RemoteDirectories: Sendable {
+package final class RemoteDirectories: Sendable {
     /// A private folder for this session's placeholders (and large files' unnamed contents), removed when
     /// the session ends.
-    let root: [UInt8]
+    package let root: [UInt8]
     private let state = Mutex<(next: Int, remotePaths: [Int: [UInt8]])>((1, [:]))
 
     static let prefix = "sysmirror-session-"
 
     /// Makes the folder in `$TMPDIR`, or /tmp, named after this process; first removes the folders of
     /// sessions whose sysmirror was killed before it could clean up.
-    init() throws(SystemCallError) {
+    package init() throws(SystemCallError) {
         let base = getenv("TMPDIR").map { String(cString: $0) }.flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
         Self.removeAbandoned(in: base)
         var template = Array("\(base)/\(Self.prefix)\(getpid())-XXXXXX".utf8CString)
@@ -77,7 +78,7 @@ final class RemoteDirectories: Sendable {
     }
 
     /// Removes every placeholder. They are two levels deep: placeholders hold only empty entries.
-    func removeAll() {
+    package func removeAll() {
         let path = String(decoding: root, as: UTF8.self)
         Self.removeTree(path, depth: 2)
     }

@@ -1,4 +1,5 @@
 import LinuxSystem
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

@@ -6,6 +6,7 @@ import Routing
 import Synchronization
 import SyscallDecoding
 import SystemPackage
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -13,10 +14,10 @@ import SystemPackage
 
 /// A program's socket as sysmirror sees it for one network call: a descriptor of its own on the same open
 /// socket (pidfd_getfd), and what the rules need to know. The descriptor closes with this object.
-final class ProgramSocket: Sendable {
+package final class ProgramSocket: Sendable {
     let fd: OwnedDescriptor
     let number: Int32
-    let facts: SocketFacts
+    package let facts: SocketFacts
     let type: Int32
     let socketProtocol: Int32
     let nonBlocking: Bool
@@ -39,7 +40,7 @@ final class ProgramSocket: Sendable {
 /// then the kernel does the rest. The connection leaves from the pod, and the program's traffic runs
 /// natively on it: no relay, no copy, and getpeername, SO_ERROR, half-close, resets and DNS answers'
 /// source addresses are the kernel's own.
-final class RemoteSockets: Sendable {
+package final class RemoteSockets: Sendable {
     /// Sockets of the pod, ready; nil when the agent cannot pass them (it is not on this machine).
     let pool: SocketPool?
     /// Without a pool: TCP connections made by the agent, each a link connection of its own.
@@ -50,14 +51,14 @@ final class RemoteSockets: Sendable {
     /// died, but a session without its agent must not reach the pod.
     let linkIsUp: @Sendable () -> Bool
     /// Logs the end of each TCP connection with its bytes; nil when the agent cannot report them.
-    let connections: ConnectionEvents?
+    package let connections: ConnectionEvents?
     /// This machine's network namespace, to tell the pod's sockets from the program's own.
     let localNamespace: UInt64
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
     /// Round trips to the agent and handshakes still going on wait here, never on a thread.
     let loop: EventLoop
 
-    init(
+    package init(
         channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, loop: EventLoop,
         logger: Logger, connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
     ) throws(SystemCallError) {
@@ -78,7 +79,7 @@ final class RemoteSockets: Sendable {
 
     /// The socket `number` of thread `pid`, or nil when it is not a socket sysmirror can take (the call then
     /// runs locally and gets the kernel's answer).
-    func inspect(pid: Int32, number: Int32) -> ProgramSocket? {
+    package func inspect(pid: Int32, number: Int32) -> ProgramSocket? {
         guard let fd = ProgramDescriptor.duplicate(pid: pid, number: number),
             let family = try? Sockets.option(fd.raw, SO_DOMAIN),  // fails with ENOTSOCK for anything else
             let type = try? Sockets.option(fd.raw, SO_TYPE)
@@ -103,7 +104,7 @@ final class RemoteSockets: Sendable {
     /// On the receiving thread when a socket is ready in the pool and the connect completes at once (a
     /// non-blocking socket always does: EINPROGRESS); a round trip to the agent or a connect still in
     /// progress on a blocking socket waits on a worker instead.
-    func serve(
+    package func serve(
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
         done: @escaping RemoteFiles.Completion
     ) {

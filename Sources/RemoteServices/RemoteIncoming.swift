@@ -6,6 +6,7 @@ import Logging
 import Routing
 import Synchronization
 import SyscallDecoding
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -17,7 +18,7 @@ import SyscallDecoding
 /// stream, and the mirror feed writes it to such a connection. The program's accept reports the pod's
 /// client instead of that port (the address is written into the program's buffer). The program's bind
 /// stays local.
-final class RemoteIncoming: Sendable {
+package final class RemoteIncoming: Sendable {
     /// A listening socket of the program whose port the pod's traffic reaches.
     struct Listening: Sendable {
         let podPort: UInt16
@@ -31,7 +32,8 @@ final class RemoteIncoming: Sendable {
     let streams: StreamConnector
     let rules: IncomingRules
     let listener: NotificationListener
-    let log: TraceLog
+    /// Where the connections' ends are logged (the trace log's `record`).
+    let log: RecordEvent
     let logger: Logger
     /// By the listening socket's inode.
     private let listening = Mutex<[UInt64: Listening]>([:])
@@ -50,9 +52,9 @@ final class RemoteIncoming: Sendable {
     /// EINTR, as for a blocking accept it interrupts.
     static let restartSystemCall: Int32 = 512
 
-    init(
+    package init(
         client: AgentClient, streams: StreamConnector, rules: IncomingRules, listener: NotificationListener,
-        log: TraceLog, loop: EventLoop, logger: Logger
+        log: @escaping RecordEvent, loop: EventLoop, logger: Logger
     ) throws(SystemCallError) {
         self.loop = loop
         feed = MirrorFeed(loop: loop)
@@ -70,7 +72,7 @@ final class RemoteIncoming: Sendable {
     /// Serves listen on an IPv4 or IPv6 TCP socket: the listen itself, here, then the subscription in the pod,
     /// so that when the program's listen returns, the pod's port is its too. False for any other socket
     /// (the call then runs as usual).
-    func serveListen(_ notification: Notification, done: @escaping RemoteFiles.Completion) -> Bool {
+    package func serveListen(_ notification: Notification, done: @escaping RemoteFiles.Completion) -> Bool {
         let number = Int32(truncatingIfNeeded: notification.arguments[0])
         guard let socket = ProgramDescriptor.duplicate(pid: notification.pid, number: number) else { return false }
         guard (try? Sockets.option(socket.raw, SO_TYPE)) == Int32(SOCK_STREAM.rawValue),
@@ -278,7 +280,7 @@ final class RemoteIncoming: Sendable {
     }
 
     private func logEnd(of client: SocketAddress?, podPort: UInt16, _ how: String) {
-        log.record(
+        log(
             TraceEvent(
                 time: wallClock.wall(at: Clock.monotonic()), pid: getpid(), syscall: "close", arguments: nil,
                 route: .remote, outcome: .continued, durationNanos: 0,
@@ -296,7 +298,7 @@ final class RemoteIncoming: Sendable {
 
     /// Waits (up to `milliseconds`) for the connections still being relayed to end and be logged: the
     /// program's exit closes its side of them.
-    func drain(milliseconds: Int) {
+    package func drain(milliseconds: Int) {
         relaying.waitUntilIdle(nanoseconds: UInt64(milliseconds) * 1_000_000)
     }
 
@@ -305,7 +307,7 @@ final class RemoteIncoming: Sendable {
     /// Serves accept and accept4 on a listening socket whose port the pod's traffic reaches: sysmirror
     /// accepts, and the program gets the connection and the pod client's address. False for any other
     /// socket.
-    func serveAccept(_ notification: Notification, call: DecodedSyscall?, done: @escaping RemoteFiles.Completion)
+    package func serveAccept(_ notification: Notification, call: DecodedSyscall?, done: @escaping RemoteFiles.Completion)
         -> Bool
     {
         guard listening.withLock({ !$0.isEmpty }) else { return false }

@@ -4,6 +4,7 @@ import CSysmirror
 import LinuxSystem
 import Synchronization
 import SystemPackage
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

@@ -1,4 +1,5 @@
 import AgentProtocol
+import UserNotification
 
 /// The x86_64 layouts of the structures sysmirror fills in a program's memory for calls served remotely.
 /// Pure: tested against Glibc's own layouts in SupervisorTests.

@@ -3,6 +3,7 @@ import LinuxSystem
 import Routing
 import Synchronization
 import SyscallDecoding
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
@@ -14,7 +15,7 @@ import SyscallDecoding
 /// from the kernel: a NETLINK_SOCK_DIAG socket of the pod's namespace (made and subscribed by the agent)
 /// reports each TCP socket's destruction with its cookie and tcp_info; the ones whose cookie sysmirror put
 /// in place are logged.
-final class ConnectionEvents: Sendable {
+package final class ConnectionEvents: Sendable {
     struct Connection: Sendable {
         let destination: String
         let pid: Int32
@@ -24,14 +25,15 @@ final class ConnectionEvents: Sendable {
     }
 
     let socket: SharedDescriptor
-    let log: TraceLog
+    /// Where the connections' ends are logged (the trace log's `record`).
+    let log: RecordEvent
     private let tracked = Mutex<[UInt64: Connection]>([:])
     /// The tracked connections, for the end of the session to wait for their ends.
     private let open: ActivityCount
     private let wallClock = Clock.WallFromMonotonic()
 
     /// Reads `socket`'s events on `loop` from now on.
-    init(socket: SharedDescriptor, log: TraceLog, loop: EventLoop) throws(SystemCallError) {
+    package init(socket: SharedDescriptor, log: @escaping RecordEvent, loop: EventLoop) throws(SystemCallError) {
         self.socket = socket
         self.log = log
         open = try ActivityCount()
@@ -62,7 +64,7 @@ final class ConnectionEvents: Sendable {
     /// The link to the agent is gone: every open connection of the program is reset, both ways, as a relay
     /// through the agent would be (connect with AF_UNSPEC on the program's socket, found again by its
     /// descriptor number and checked by its cookie, since the number may have been reused since).
-    func resetAll(reason: String) {
+    package func resetAll(reason: String) {
         let connections = tracked.withLock { tracked in
             defer { tracked = [:] }
             return tracked
@@ -74,7 +76,7 @@ final class ConnectionEvents: Sendable {
             else { continue }
             // A socket the program closed or reset meanwhile has nothing left to reset.
             try? Sockets.disconnect(fd.raw)
-            log.record(
+            log(
                 TraceEvent(
                     time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close",
                     arguments: nil, route: .remote, outcome: .continued, durationNanos: 0,
@@ -83,7 +85,7 @@ final class ConnectionEvents: Sendable {
     }
 
     /// Waits (a little) for the ends of connections the program closed as it exited.
-    func drain(milliseconds: Int) {
+    package func drain(milliseconds: Int) {
         open.waitUntilIdle(nanoseconds: UInt64(milliseconds) * 1_000_000)
     }
 
@@ -144,7 +146,7 @@ final class ConnectionEvents: Sendable {
     private func record(_ event: Ended) {
         guard let connection = tracked.withLock({ $0.removeValue(forKey: event.cookie) }) else { return }
         open.end()
-        log.record(
+        log(
             TraceEvent(
                 time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close", arguments: nil,
                 route: .remote, outcome: .continued, durationNanos: 0,

@@ -4,6 +4,7 @@ import LinuxSystem
 import Synchronization
 import SyscallDecoding
 import SystemPackage
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc

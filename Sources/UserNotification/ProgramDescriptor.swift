@@ -6,10 +6,10 @@ import LinuxSystem
 #endif
 
 /// The program's descriptors, as sysmirror reaches them.
-enum ProgramDescriptor {
+package enum ProgramDescriptor {
     /// A descriptor of sysmirror's own on the open file `number` of thread (or process) `pid`
     /// (pidfd_getfd); nil when the process or the descriptor is gone.
-    static func duplicate(pid: Int32, number: Int32) -> OwnedDescriptor? {
+    package static func duplicate(pid: Int32, number: Int32) -> OwnedDescriptor? {
         // PIDFD_THREAD (6.9): a notification names a thread, whose descriptors are its process's.
         guard let pidfd = (try? systemCall("pidfd_open") { sysm_pidfd_open(pid, 0o200) })
             ?? (try? systemCall("pidfd_open") { sysm_pidfd_open(pid, 0) })

@@ -13,7 +13,7 @@ public struct Notification: Sendable {
     public let architecture: UInt32
     public let arguments: RawArguments
 
-    init(_ raw: seccomp_notif) {
+    package init(_ raw: seccomp_notif) {
         id = raw.id
         pid = Int32(bitPattern: raw.pid)
         number = raw.data.nr

@@ -1,6 +1,7 @@
 import CSysmirror
 import LinuxSystem
 import Synchronization
+import UserNotification
 
 #if canImport(Glibc)
     import Glibc
