@@ -23,53 +23,26 @@ import UserNotification
 package typealias RecordEvent = @Sendable (TraceEvent) -> Void
 
 package final class RemoteFiles: Sendable {
-    /// How a served call ended, for the log, and when it was answered (taken before the answer: the program
-    /// may run on this CPU as soon as it has it).
-    package typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
-
-    let client: AgentClient
     let listener: NotificationListener
-    let directories: RemoteDirectories
     /// The pod's hostname, fetched once at start.
     let hostname: [UInt8]
-    /// Outgoing traffic that can only be TCP (the agent is reached through a port-forward): the pod's
-    /// resolv.conf is served with `options use-vc`, so that glibc's and Go's resolvers ask over TCP.
-    let resolverOverTCP: Bool
-    static let resolverConfiguration = Array("/etc/resolv.conf".utf8)
-    /// Where large files' contents go (see `ContentFile`).
-    var scratch: String { String(decoding: directories.root, as: UTF8.self) }
     let logger: Logger
-    private let linkFailureWarned = Atomic<Bool>(false)
-    /// Writes to the pod (`--fs-mode write`) by pod path, until the agent confirms their end.
-    private let writes = Mutex<[[UInt8]: [any PendingWrite]]>([:])
-    /// Started with the first file opened to write in place.
-    private let closeWatcher = Mutex<CloseWatcher?>(nil)
-    /// Where uploads are pumped and closes watched.
-    let loop: EventLoop
-    /// Writes to the pod under way, for the end of the session to wait for.
-    let uploads: ActivityCount
+    /// What the opens it starts need: they call into it, never back into RemoteFiles.
+    let context: OpenContext
+    var client: AgentClient { context.client }
+    var directories: RemoteDirectories { context.directories }
 
     package init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
         resolverOverTCP: Bool = false, loop: EventLoop, logger: Logger
     ) throws(SystemCallError) {
-        self.loop = loop
-        uploads = try ActivityCount()
-        self.resolverOverTCP = resolverOverTCP
-        self.client = client
+        context = OpenContext(
+            client: client, directories: directories,
+            writes: try PendingWrites(client: client, loop: loop, logger: logger), resolverOverTCP: resolverOverTCP,
+            linkWarning: LinkWarning(logger: logger))
         self.listener = listener
-        self.directories = directories
         self.hostname = hostname
         self.logger = logger
-    }
-
-    /// Where only TCP leaves the pod, its resolv.conf gains `options use-vc` (a later `options` line adds to
-    /// the earlier ones); returns the log's note when it did.
-    func adjustResolverConfiguration(_ content: ContentFile, _ path: [UInt8]) -> String? {
-        guard resolverOverTCP, path == Self.resolverConfiguration,
-            (try? content.append(Array("\noptions use-vc\n".utf8))) != nil
-        else { return nil }
-        return "with options use-vc: DNS over TCP"
     }
 
     // MARK: Paths
@@ -95,7 +68,7 @@ package final class RemoteFiles: Sendable {
 
     /// Serves one call routed remote; `done` is called exactly once, after the program has its answer.
     package func serve(
-        _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping Completion
+        _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping PendingCall.Completion
     ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         guard let file, let path else {
@@ -106,7 +79,7 @@ package final class RemoteFiles: Sendable {
             }
             return
         }
-        afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }
+        context.writes.afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }
     }
 
     func serve(_ operation: FileOperation, path: [UInt8], isWriting: Bool, _ answer: PendingCall) {
@@ -164,43 +137,14 @@ package final class RemoteFiles: Sendable {
     /// A read, or a read-write open whose copy is written back at close (`OpenIntent`): the agent streams the
     /// content either way. The request's id reaches its owner before any reply can (`prepare`).
     func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
-        let download = Download(path: path, flags: flags, answer: answer, files: self)
+        let download = Download(path: path, flags: flags, answer: answer, context: context)
         client.send(.open(path: path, flags: flags, mode: mode), prepare: { download.id = $0 }) { download.receive($0) }
-    }
-
-    /// Gives the program its writable copy, and arranges for it to go back to the pod when the program
-    /// closes it. sysmirror keeps a read-only descriptor of its own on the copy until then.
-    func installForWriteBack(_ content: ContentFile, path: [UInt8], flags: Int32, _ answer: PendingCall) {
-        let keeper: SharedDescriptor
-        let programCopy: OwnedDescriptor
-        do throws(SystemCallError) {
-            try content.flush()
-            keeper = SharedDescriptor(try content.reopen(O_RDONLY))
-            programCopy = try content.reopen(flags & (O_ACCMODE | O_APPEND))
-        } catch {
-            content.close()
-            return answer.fail(error.errno.rawValue, note: "could not hold the file's content: \(error)")
-        }
-        // The copy's own writable descriptor goes before the watch starts, or its close would count.
-        content.close()
-        let writeBack = WriteBack(path: path, keeper: keeper, files: self)
-        track(writeBack)
-        do {
-            try closeWatcher.withLock { watcher throws(SystemCallError) in
-                if watcher == nil { watcher = try CloseWatcher(loop: loop) }
-                try watcher!.watch(writeBack)
-            }
-        } catch {
-            writeEnded(writeBack)
-            return answer.fail(error.errno.rawValue, note: "could not watch the copy for its close: \(error)")
-        }
-        answer.installWritable(fd: programCopy, flags: flags, note: "written back to the pod when closed")
     }
 
     /// Gives the program a file holding `content`, opened with its access mode.
     func install(_ content: [UInt8], flags: Int32, name: [UInt8], _ answer: PendingCall) {
         do {
-            let file = try ContentFile(name: name, size: UInt64(content.count), scratch: scratch)
+            let file = try ContentFile(name: name, size: UInt64(content.count), scratch: context.scratch)
             do {
                 try file.append(content)
             } catch {
@@ -217,53 +161,13 @@ package final class RemoteFiles: Sendable {
 
     /// `--fs-mode write`: the program writes into a pipe; its bytes stream to the file opened in the pod.
     func openForWriting(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
-        let upload = Upload(path: path, flags: flags, answer: answer, files: self)
-        track(upload)
+        let upload = Upload(path: path, flags: flags, answer: answer, context: context)
+        context.writes.track(upload)
         client.send(.open(path: path, flags: flags, mode: mode), prepare: { upload.id = $0 }) { upload.receive($0) }
     }
 
-    private func track(_ write: any PendingWrite) {
-        uploads.begin()
-        writes.withLock { $0[write.path, default: []].append(write) }
-    }
-
-    /// The write is over (done, failed, or never started); once only for each.
-    func writeEnded(_ write: any PendingWrite) {
-        let removed = writes.withLock { writes -> Bool in
-            guard let index = writes[write.path]?.firstIndex(where: { $0 === write }) else { return false }
-            writes[write.path]!.remove(at: index)
-            if writes[write.path]!.isEmpty { writes[write.path] = nil }
-            return true
-        }
-        write.finish()
-        if removed { uploads.end() }
-    }
-
-    /// Close-to-open consistency, as NFS gives: a call on a path whose upload the program has closed (every
-    /// writer gone) waits until the pod has the bytes, so the program reads back what it wrote. An upload
-    /// still open does not hold anything up: the program may read while it writes.
-    func afterClosedUploads(to path: [UInt8], _ body: @escaping @Sendable () -> Void) {
-        guard writes.withLock({ $0[path] != nil }) else { return body() }
-        closeWatcher.withLock { $0 }?.drain()
-        let closed = writes.withLock { $0[path]?.filter(\.writersClosed) ?? [] }
-        guard !closed.isEmpty else { return body() }
-        let remaining = Countdown(closed.count)
-        for upload in closed {
-            upload.whenFinished { if remaining.tick() { body() } }
-        }
-    }
-
     /// Waits (up to `seconds`) for uploads to reach the pod once the program is gone.
-    package func drain(seconds: Int) {
-        guard !uploads.waitUntilIdle(nanoseconds: UInt64(seconds) * 1_000_000_000) else { return }
-        logger.warning("\(uploads.current) file(s) written for the pod did not finish in \(seconds) s")
-    }
-
-    /// The first link failure is worth a line on the terminal; the log has every call it failed.
-    func warnAboutLink(_ reason: String) {
-        guard !linkFailureWarned.exchange(true, ordering: .relaxed) else { return }
-        logger.error("\(reason); remote file calls now fail with EIO")
-    }
+    package func drain(seconds: Int) { context.writes.drain(seconds: seconds) }
 }
 
 /// Counts down from a number, shared by threads; true for the tick that reaches zero.
@@ -276,14 +180,18 @@ final class Countdown: Sendable {
 /// A call waiting for its answer, answered exactly once from whichever thread has the result: a second
 /// answer is refused and logged (it would be a bug, and the kernel would answer it ENOENT at best, or
 /// answer a recycled id).
-final class PendingCall: Sendable {
+package final class PendingCall: Sendable {
+    /// How a served call ended, for the log, and when it was answered (taken before the answer: the program
+    /// may run on this CPU as soon as it has it).
+    package typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
+
     let notification: Notification
     let listener: NotificationListener
-    let done: RemoteFiles.Completion
+    let done: PendingCall.Completion
     private let answered = Atomic<Bool>(false)
     private let logger: Logger
 
-    init(notification: Notification, listener: NotificationListener, logger: Logger, done: @escaping RemoteFiles.Completion) {
+    init(notification: Notification, listener: NotificationListener, logger: Logger, done: @escaping PendingCall.Completion) {
         self.notification = notification
         self.listener = listener
         self.logger = logger
@@ -411,8 +319,8 @@ final class PendingCall: Sendable {
         fail(EIO, note: "unexpected answer from the agent: \(response)")
     }
 
-    func linkFailed(_ reason: String, files: RemoteFiles? = nil) {
-        files?.warnAboutLink(reason)
+    func linkFailed(_ reason: String, warning: LinkWarning? = nil) {
+        warning?.warn(reason)
         fail(EIO, note: reason)
     }
 }

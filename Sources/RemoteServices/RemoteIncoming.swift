@@ -72,7 +72,7 @@ package final class RemoteIncoming: Sendable {
     /// Serves listen on an IPv4 or IPv6 TCP socket: the listen itself, here, then the subscription in the pod,
     /// so that when the program's listen returns, the pod's port is its too. False for any other socket
     /// (the call then runs as usual).
-    package func serveListen(_ notification: Notification, done: @escaping RemoteFiles.Completion) -> Bool {
+    package func serveListen(_ notification: Notification, done: @escaping PendingCall.Completion) -> Bool {
         let number = Int32(truncatingIfNeeded: notification.arguments[0])
         guard let socket = ProgramDescriptor.duplicate(pid: notification.pid, number: number) else { return false }
         guard (try? Sockets.option(socket.raw, SO_TYPE)) == Int32(SOCK_STREAM.rawValue),
@@ -307,7 +307,7 @@ package final class RemoteIncoming: Sendable {
     /// Serves accept and accept4 on a listening socket whose port the pod's traffic reaches: sysmirror
     /// accepts, and the program gets the connection and the pod client's address. False for any other
     /// socket.
-    package func serveAccept(_ notification: Notification, call: DecodedSyscall?, done: @escaping RemoteFiles.Completion)
+    package func serveAccept(_ notification: Notification, call: DecodedSyscall?, done: @escaping PendingCall.Completion)
         -> Bool
     {
         guard listening.withLock({ !$0.isEmpty }) else { return false }

@@ -106,7 +106,7 @@ package final class RemoteSockets: Sendable {
     /// progress on a blocking socket waits on a worker instead.
     package func serve(
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
-        done: @escaping RemoteFiles.Completion
+        done: @escaping PendingCall.Completion
     ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         if socket.facts.inPod { return answer.proceed() }

@@ -15,14 +15,14 @@ class RemoteOpen: @unchecked Sendable {  // `id` is set by `prepare`, before any
     let path: [UInt8]
     let flags: Int32
     let answer: PendingCall
-    let files: RemoteFiles
+    let context: OpenContext
     var id: UInt32 = 0
 
-    init(path: [UInt8], flags: Int32, answer: PendingCall, files: RemoteFiles) {
+    init(path: [UInt8], flags: Int32, answer: PendingCall, context: OpenContext) {
         self.path = path
         self.flags = flags
         self.answer = answer
-        self.files = files
+        self.context = context
     }
 }
 
@@ -44,7 +44,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
                 entries = []
             } else {
                 do {
-                    content = try ContentFile(name: path, size: metadata.size, scratch: files.scratch)
+                    content = try ContentFile(name: path, size: metadata.size, scratch: context.scratch)
                 } catch {
                     failure = error
                 }
@@ -53,7 +53,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
         case .chunk(let bytes):
             chunks += 1
             if chunks % Self.liveCheckInterval == 0 && !answer.listener.isPending(answer.notification.id) {
-                files.client.cancel(id)
+                context.client.cancel(id)
                 content?.close()
                 answer.gone("the call went away during the transfer")
                 return .complete
@@ -77,7 +77,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             return .complete
         case .linkFailure(let reason):
             content?.close()
-            answer.linkFailed(reason, files: files)
+            answer.linkFailed(reason, warning: context.linkWarning)
             return .complete
         }
     }
@@ -86,7 +86,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
         if let entries {
             do {
                 let decoded = try DirectoryEntryCodec.decode(entries)
-                switch files.directories.open(path, entries: decoded) {
+                switch context.directories.open(path, entries: decoded) {
                 case .success(let fd): answer.install(fd: fd, flags: flags)
                 case .failure(let errno):
                     answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
@@ -100,9 +100,9 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
                 // ENOSPC/ENOMEM holding the content: the program sees what it would for a full disk.
                 answer.fail(failure.errno.rawValue, note: "could not hold the file's content: \(failure)")
             } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
-                files.installForWriteBack(content, path: path, flags: flags, answer)
+                context.writes.startWriteBack(content, path: path, flags: flags, answer)
             } else {
-                answer.install(content: content, flags: flags, note: files.adjustResolverConfiguration(content, path))
+                answer.install(content: content, flags: flags, note: context.adjustResolverConfiguration(content, path))
             }
         } else {
             answer.fail(failure?.errno.rawValue ?? EIO, note: failure.map { "\($0)" } ?? "the agent sent no content")
@@ -150,30 +150,30 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
                 // The pump reads its own duplicate, so that `finish` may let go of the watched end at any time.
                 let pumped = SharedDescriptor(try read.descriptor.duplicate())
                 reader.withLock { $0 = read }
-                UploadPump.start(on: files.loop, pumped, isPipe: true, id: id, client: files.client)
+                UploadPump.start(on: context.writes.loop, pumped, isPipe: true, id: id, client: context.client)
                 answer.installWritable(fd: writer, flags: flags, note: "written in the pod through a pipe")
             } catch {
                 return abandon(errno: error.errno.rawValue, "could not make the pipe for the upload: \(error)")
             }
             return .waitingOnClient
         case .response(.done):
-            files.writeEnded(self)
+            context.writes.ended(self)
             return .complete
         case .response(.failure(let errno, let message)):
             if isInstalled {
-                files.logger.error("writing \(name) in the pod failed: \(Errno(rawValue: errno)) \(message)")
+                context.writes.logger.error("writing \(name) in the pod failed: \(Errno(rawValue: errno)) \(message)")
             } else {
                 answer.fail(errno, note: message.isEmpty ? nil : message)
             }
-            files.writeEnded(self)
+            context.writes.ended(self)
             return .complete
         case .linkFailure(let reason):
             if isInstalled {
-                files.logger.error("writing \(name) in the pod failed: \(reason)")
+                context.writes.logger.error("writing \(name) in the pod failed: \(reason)")
             } else {
-                answer.linkFailed(reason, files: files)
+                answer.linkFailed(reason, warning: context.linkWarning)
             }
-            files.writeEnded(self)
+            context.writes.ended(self)
             return .complete
         case .response, .chunk, .end:
             return .waitingOnClient
@@ -184,8 +184,8 @@ final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
 
     private func abandon(errno: Int32, _ note: String) -> ReplyDisposition {
         answer.fail(errno, note: note)
-        files.client.cancel(id)
-        files.writeEnded(self)
+        context.client.cancel(id)
+        context.writes.ended(self)
         return .complete
     }
 }

@@ -11,7 +11,7 @@ import UserNotification
 #endif
 
 /// A write to the pod still under way: later calls on its path wait for it once the program has closed
-/// its end (close-to-open consistency, `RemoteFiles.afterClosedUploads`).
+/// its end (close-to-open consistency, `PendingWrites.afterClosedUploads`).
 protocol PendingWrite: AnyObject, Sendable {
     var path: [UInt8] { get }
     /// Whether the program is done writing: what remains is on its way to the pod.
@@ -50,14 +50,14 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
     /// sysmirror's own read-only descriptor on the copy: keeps it alive after the program closed its own,
     /// and is where the upload reads from.
     let keeper: SharedDescriptor
-    let files: RemoteFiles
+    let writes: PendingWrites
     private let closed = Atomic<Bool>(false)
     private let finished = FinishSignal()
 
-    init(path: [UInt8], keeper: SharedDescriptor, files: RemoteFiles) {
+    init(path: [UInt8], keeper: SharedDescriptor, writes: PendingWrites) {
         self.path = path
         self.keeper = keeper
-        self.files = files
+        self.writes = writes
     }
 
     var writersClosed: Bool { closed.load(ordering: .acquiring) }
@@ -75,7 +75,7 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
     func programClosed() {
         let flags = O_WRONLY | O_TRUNC
         let id = Mutex<UInt32>(0)
-        files.client.send(.open(path: path, flags: flags, mode: 0), prepare: { new in id.withLock { $0 = new } }) {
+        writes.client.send(.open(path: path, flags: flags, mode: 0), prepare: { new in id.withLock { $0 = new } }) {
             [self] reply in
             switch reply {
             case .response(.opened):
@@ -85,22 +85,22 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
                     let source = SharedDescriptor(try OwnedDescriptor(taking: systemCall("open(copy)") {
                         open("/proc/self/fd/\(keeper.raw)", O_RDONLY | O_CLOEXEC)
                     }))
-                    UploadPump.start(on: files.loop, source, isPipe: false, id: requestID, client: files.client)
+                    UploadPump.start(on: writes.loop, source, isPipe: false, id: requestID, client: writes.client)
                     return .waitingOnClient
                 } catch {
-                    files.client.cancel(requestID)
-                    files.logger.error("writing back \(name) to the pod failed: \(error)")
+                    writes.client.cancel(requestID)
+                    writes.logger.error("writing back \(name) to the pod failed: \(error)")
                 }
             case .response(.done):
                 break
             case .response(.failure(let errno, let message)):
-                files.logger.error("writing back \(name) to the pod failed: \(Errno(rawValue: errno)) \(message)")
+                writes.logger.error("writing back \(name) to the pod failed: \(Errno(rawValue: errno)) \(message)")
             case .linkFailure(let reason):
-                files.logger.error("writing back \(name) to the pod failed: \(reason)")
+                writes.logger.error("writing back \(name) to the pod failed: \(reason)")
             case .response, .chunk, .end:
                 return .waitingOnClient
             }
-            files.writeEnded(self)
+            writes.ended(self)
             return .complete
         }
     }

@@ -163,7 +163,7 @@ public final class NotificationLoop: Sendable {
     /// Counts a call answered from another thread as in flight, and returns what logs it and ends the count.
     private func completion(
         _ notification: Notification, name: String, decoded: DecodedSyscall?, started: UInt64, notes: [String] = []
-    ) -> RemoteFiles.Completion {
+    ) -> PendingCall.Completion {
         inFlight.begin()
         return { [self] outcome, note, answered in
             log.record(
