@@ -113,7 +113,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
 /// A remote open for writing (`--fs-mode write`, `OpenIntent.stream`): the program gets the write end of a
 /// pipe; a thread of its own streams what arrives to the file opened in the pod, and ends the stream when
 /// every writer has closed the pipe.
-final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {
+final class Upload: RemoteOpen, PendingWrite, @unchecked Sendable {  // `id` is set by `prepare`; the rest is locked
     /// The pipe's read end, watched for POLLHUP (let go when the upload ends).
     private let reader = Mutex<SharedDescriptor?>(nil)
     private let finished = FinishSignal()

@@ -8,7 +8,7 @@ import UserNotification
 #endif
 
 /// The signal state sysmirror started with, which the program inherits as a shell would give it.
-public struct InheritedSignals: @unchecked Sendable {
+public struct InheritedSignals: @unchecked Sendable {  // sigset_t is plain bits, copied by value
     var ignored = sigset_t()
     var mask = sigset_t()
 
