@@ -102,8 +102,8 @@ package final class RemoteSockets: Sendable {
     /// Serves a connect, sendto or sendmsg routed remote; `done` is called once, after the answer.
     ///
     /// On the receiving thread when a socket is ready in the pool and the connect completes at once (a
-    /// non-blocking socket always does: EINPROGRESS); a round trip to the agent or a connect still in
-    /// progress on a blocking socket waits on a worker instead.
+    /// non-blocking socket always does: EINPROGRESS); a round trip to the agent, or a connect still in
+    /// progress on a blocking socket, waits on the serving loop instead.
     package func serve(
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket,
         done: @escaping PendingCall.Completion
