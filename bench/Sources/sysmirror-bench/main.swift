@@ -13,7 +13,7 @@ struct Options {
     var rounds = 5
     var iterations = 100_000
     var busy = false
-    /// Only this section: outgoing or incoming (they need root).
+    /// Only this section: outgoing, incoming or resources (they need root).
     var only: String?
 
     static func parse(_ arguments: [String]) -> Options {
@@ -29,11 +29,12 @@ struct Options {
             case "--only": options.only = rest.popFirst()
             default:
                 print(
-                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming]"
+                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources]"
                 )
                 print("  --quick  fewer rounds and iterations")
                 print("  --busy   keep the other CPU busy with a spinning process during the run")
                 print("  --only   run one section of network traffic alone")
+                print("           (resources: sysmirror's threads and memory over a long session)")
                 exit(argument == "--help" ? 0 : 2)
             }
         }
@@ -114,12 +115,6 @@ let work = FileManager.default.temporaryDirectory.appendingPathComponent("sysmir
 try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
 defer { try? FileManager.default.removeItem(atPath: work) }
 
-// The anchors and the bench's own programs, built here so every case runs the same binaries.
-run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-min", "\(options.anchors)/unotify-min.c"])
-run(["cc", "-O2", "-static", "-o", "\(work)/syscall-loop", "\(options.anchors)/syscall-loop.c"])
-run(["cc", "-O2", "-static", "-o", "\(work)/sendmsg-loop", "\(options.programs)/sendmsg-loop.c"])
-run(["cc", "-O2", "-static", "-pthread", "-o", "\(work)/file-reads", "\(options.programs)/file-reads.c"])
-_ = FileManager.default.createFile(atPath: "\(work)/file", contents: Data("x".utf8))
 try "bench-token".write(toFile: "\(work)/token", atomically: false, encoding: .utf8)
 
 var spinner: Process?
@@ -158,11 +153,21 @@ if let only = options.only {
     switch only {
     case "outgoing": try outgoingTraffic()
     case "incoming": try incomingTraffic()
-    default: print("--only takes outgoing or incoming, not \(only)")
+    case "resources": try resourcesOfLongSessions()
+    default: print("--only takes outgoing, incoming or resources, not \(only)")
     }
     try? FileManager.default.removeItem(atPath: work)
+    spinner?.terminate()  // exit runs no defer
     exit(0)
 }
+
+// The anchors and the bench's own programs, built here so every case runs the same binaries (the network
+// sections alone need none of them).
+run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-min", "\(options.anchors)/unotify-min.c"])
+run(["cc", "-O2", "-static", "-o", "\(work)/syscall-loop", "\(options.anchors)/syscall-loop.c"])
+run(["cc", "-O2", "-static", "-o", "\(work)/sendmsg-loop", "\(options.programs)/sendmsg-loop.c"])
+run(["cc", "-O2", "-static", "-pthread", "-o", "\(work)/file-reads", "\(options.programs)/file-reads.c"])
+_ = FileManager.default.createFile(atPath: "\(work)/file", contents: Data("x".utf8))
 
 // Per-call costs.
 var openat: [String: [Double]] = [:]
@@ -290,8 +295,9 @@ print("")
 if getuid() == 0 {
     try outgoingTraffic()
     try incomingTraffic()
+    try resourcesOfLongSessions()
 } else {
-    print("Outgoing and incoming traffic: skipped (network namespaces need root)\n")
+    print("Outgoing and incoming traffic, resources of a long session: skipped (network namespaces need root)\n")
 }
 
 // The log writer's cost per event, off the program's path.
@@ -344,14 +350,13 @@ for format in TraceFormat.allCases {
     print(pad(format.rawValue, 38) + String(Int(nanoseconds)))
 }
 
-
 /// Long-running processes of one section, ended together (SIGKILL) at its end.
 final class Background {
     private var started: [Process] = []
 
     /// Starts a server; its standard error goes to `log` (in the work folder, kept when a case fails) or
-    /// nowhere.
-    func start(_ command: [String], log: String? = nil) throws -> Process {
+    /// nowhere, its standard output to `output` (in the work folder) or nowhere.
+    func start(_ command: [String], log: String? = nil, output: String? = nil) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command
@@ -361,14 +366,21 @@ final class Background {
             _ = FileManager.default.createFile(atPath: "\(work)/\(log)", contents: nil)
             process.standardError = FileHandle(forWritingAtPath: "\(work)/\(log)")
         }
+        if let output {
+            _ = FileManager.default.createFile(atPath: "\(work)/\(output)", contents: nil)
+            process.standardOutput = FileHandle(forWritingAtPath: "\(work)/\(output)")
+        }
         try process.run()
         started.append(process)
         return process
     }
 
-    /// Ends one process with `signal` and waits for it.
-    func stop(_ process: Process, signal: Int32) {
+    /// Ends one process with `signal` and waits for it, `seconds` at most; then with SIGKILL.
+    func stop(_ process: Process, signal: Int32, seconds: Double = 10) {
         if process.isRunning { kill(process.processIdentifier, signal) }
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         started.removeAll { $0 === process }
     }
@@ -376,6 +388,32 @@ final class Background {
     func stopAll() {
         for process in started { stop(process, signal: SIGKILL) }
     }
+}
+
+/// Why a section stopped early (it ended its processes and removed its namespaces first).
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Waits, up to `seconds`, until `condition` holds; otherwise throws, naming `what` it waited for.
+func waitUntil(_ what: String, seconds: Double = 10, _ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        guard Date() < deadline else { throw BenchError(description: "no \(what) within \(Int(seconds)) s") }
+        usleep(20_000)
+    }
+}
+
+/// Runs one section in network namespaces `names` (made by makeNamespaces) with its long-running processes;
+/// whatever happens, the processes end and the namespaces go afterwards.
+func withNamespaces<Result>(_ names: [String], _ body: (Background) throws -> Result) throws -> Result {
+    let servers = Background()
+    defer {
+        servers.stopAll()
+        for namespace in names { run(["ip", "netns", "delete", namespace]) }
+    }
+    makeNamespaces(names)
+    return try body(servers)
 }
 
 /// Network namespaces with loopback up; tens of thousands of short connections per run, so TIME_WAIT must
@@ -388,19 +426,58 @@ func makeNamespaces(_ names: [String]) {
     }
 }
 
+/// Whether something in `namespace` listens on TCP 127.0.0.1:`port`.
+func listensOnLoopback(_ namespace: String, port: Int) -> Bool {
+    let table = run(["ip", "netns", "exec", namespace, "cat", "/proc/net/tcp"]).output
+    return table.contains(String(format: "0100007F:%04X 00000000:0000 0A", port))
+}
+
+/// A sleeping process in `namespace`: the pod's container, as an agent's `--pid` names it.
+func startTarget(in namespace: String, servers: Background) throws -> Process {
+    try servers.start(["ip", "netns", "exec", namespace, "sleep", "100000"])
+}
+
 /// An agent in `namespace` serving a sleeping process there, on the unix socket `socket` (in the work
 /// folder), once it listens; returns the process it serves.
 @discardableResult
 func startAgent(in namespace: String, socket: String, servers: Background) throws -> Process {
     let inNamespace = ["ip", "netns", "exec", namespace]
-    let target = try servers.start(inNamespace + ["sleep", "100000"])
+    let target = try startTarget(in: namespace, servers: servers)
     _ = try servers.start(
         inNamespace + [
             options.sysmirror, "agent", "--listen", "unix:\(work)/\(socket)", "--pid", "\(target.processIdentifier)",
             "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
         ], log: "\(socket).log")
-    while !FileManager.default.fileExists(atPath: "\(work)/\(socket)") { usleep(10_000) }
+    try waitUntil("agent listening on \(socket)") { FileManager.default.fileExists(atPath: "\(work)/\(socket)") }
     return target
+}
+
+/// An agent reached as through `kubectl port-forward` (two socat hops stand in for it): no socket can be
+/// passed, so each connection is relayed by the agent (StreamRelay). The agent listens on 127.0.0.1:7000 in
+/// `pod`, serving `target`; the hops, tcp → unix → tcp, take it to 127.0.0.1:7001 in `developer`. Every socat
+/// listens with a backlog of 1024: its default, 5, overflowed under 2,000 back-to-back connects, and SYN
+/// retransmits stalled a run. `name` keeps the relay's socket and the agent's log apart from another
+/// section's. Returns the address for `--agent`, once every hop listens.
+func startPortForwardStandIn(pod: String, developer: String, target: Process, name: String, servers: Background)
+    throws -> String
+{
+    let relay = "\(work)/\(name).sock"
+    _ = try servers.start(
+        ["ip", "netns", "exec", pod] + [
+            options.sysmirror, "agent", "--listen", "127.0.0.1:7000", "--pid", "\(target.processIdentifier)",
+            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
+        ], log: "\(name)-agent.log")
+    _ = try servers.start(
+        ["ip", "netns", "exec", pod, "socat", "UNIX-LISTEN:\(relay),fork,backlog=1024", "TCP:127.0.0.1:7000,nodelay"])
+    _ = try servers.start(
+        ["ip", "netns", "exec", developer] + [
+            "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay", "UNIX-CONNECT:\(relay)",
+        ])
+    try waitUntil("port-forward stand-in listening") {
+        FileManager.default.fileExists(atPath: relay) && listensOnLoopback(pod, port: 7000)
+            && listensOnLoopback(developer, port: 7001)
+    }
+    return "127.0.0.1:7001"
 }
 
 /// The children of `pid`, from /proc.
@@ -428,13 +505,13 @@ func buildHTTPBench() throws {
 /// throughput) through a relay of two socat hops, tcp → unix → tcp.
 func outgoingTraffic() throws {
     let pod = "sysmirror-bench-pod-\(getpid())", developer = "sysmirror-bench-dev-\(getpid())"
-    let address = "10.96.0.50"
-    let servers = Background()
-    defer {
-        servers.stopAll()
-        for namespace in [pod, developer] { run(["ip", "netns", "delete", namespace]) }
+    try withNamespaces([pod, developer]) { servers in
+        try outgoingTraffic(pod: pod, developer: developer, servers: servers)
     }
-    makeNamespaces([pod, developer])
+}
+
+func outgoingTraffic(pod: String, developer: String, servers: Background) throws {
+    let address = "10.96.0.50"
     run(["ip", "-n", pod, "addr", "add", "\(address)/32", "dev", "lo"])
     run(["cc", "-O2", "-static", "-o", "\(work)/connect-latency", "\(options.programs)/connect-latency.c"])
     try buildHTTPBench()
@@ -455,28 +532,17 @@ func outgoingTraffic() throws {
             "socat", "TCP-LISTEN:5203,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
             "UNIX-CONNECT:\(work)/relay-http.sock",
         ])
-    // An agent reached as through `kubectl port-forward` (two socat hops stand in for it): no socket can be
-    // passed, so each connection is relayed by the agent (StreamRelay). Every socat listens with a backlog of
-    // 1024: its default, 5, overflowed under 2,000 back-to-back connects, and SYN retransmits stalled a run.
-    _ = try servers.start(
-        inPod + [
-            options.sysmirror, "agent", "--listen", "127.0.0.1:7000", "--pid", "\(target.processIdentifier)",
-            "--token-file", "\(work)/token", "--quiet", "--idle-timeout", "3600",
-        ], log: "forward-agent.log")
-    _ = try servers.start(
-        inPod + ["socat", "UNIX-LISTEN:\(work)/forward.sock,fork,backlog=1024", "TCP:127.0.0.1:7000,nodelay"])
-    _ = try servers.start(
-        inDeveloper + [
-            "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
-            "UNIX-CONNECT:\(work)/forward.sock",
-        ])
-    while !FileManager.default.fileExists(atPath: "\(work)/net.sock.sockets") { usleep(10_000) }
+    let forward = try startPortForwardStandIn(
+        pod: pod, developer: developer, target: target, name: "forward", servers: servers)
+    try waitUntil("socket channel of the agent on net.sock") {
+        FileManager.default.fileExists(atPath: "\(work)/net.sock.sockets")
+    }
     usleep(300_000)  // the servers' listen
     let traced = inDeveloper + [
         options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/net.sock", "--token-file", "\(work)/token", "--",
     ]
     let forwarded = inDeveloper + [
-        options.sysmirror, "trace", "--quiet", "--agent", "127.0.0.1:7001", "--token-file", "\(work)/token", "--",
+        options.sysmirror, "trace", "--quiet", "--agent", forward, "--token-file", "\(work)/token", "--",
     ]
     let seconds = options.rounds >= 5 ? 2 : 1
 
@@ -545,47 +611,77 @@ func outgoingTraffic() throws {
     print("")
 }
 
-/// Incoming traffic on a pod stand-in: the pod's namespace (the agent, and the pod's application, a Go HTTP
-/// server on :9090), a client namespace joined to it by a veth pair, and the developer's namespace, where the
-/// same server runs under `sysmirror trace`. Compared in one run: requests the pod's application answers,
-/// requests stolen by the local server, and the pod application's rate while a local server gets a copy.
-func incomingTraffic() throws {
-    let pod = "sysmirror-bench-ipod-\(getpid())", client = "sysmirror-bench-icli-\(getpid())"
-    let developer = "sysmirror-bench-idev-\(getpid())"
-    let podAddress = "10.251.0.1"
-    let servers = Background()
-    defer {
-        servers.stopAll()
-        for namespace in [pod, client, developer] { run(["ip", "netns", "delete", namespace]) }
-    }
-    makeNamespaces([pod, client, developer])
-    run(["ip", "-n", pod, "link", "add", "vpod", "type", "veth", "peer", "name", "vcli", "netns", client])
-    for (namespace, device, address) in [(pod, "vpod", podAddress), (client, "vcli", "10.251.0.2")] {
-        run(["ip", "-n", namespace, "addr", "add", "\(address)/24", "dev", device])
-        run(["ip", "-n", namespace, "link", "set", device, "up"])
-    }
-    try buildHTTPBench()
-    let inPod = ["ip", "netns", "exec", pod], inClient = ["ip", "netns", "exec", client]
-    try startAgent(in: pod, socket: "in.sock", servers: servers)
-    _ = try servers.start(inPod + ["\(work)/httpbench", "serve", "0.0.0.0:9090"])
-    usleep(300_000)
+/// The incoming stand-in: the pod's namespace (the agent, on a unix socket, and the pod's application, a Go
+/// HTTP server on :9090), a client namespace joined to it by a veth pair, and the developer's namespace, where
+/// `session` runs the same server under `sysmirror trace`.
+struct IncomingPod {
+    static let address = "10.251.0.1"
+    let pod: String, client: String, developer: String
+    /// The agent's unix socket, in the work folder.
+    let socket: String
+    let servers: Background
+    var inPod: [String] { ["ip", "netns", "exec", pod] }
+    var inClient: [String] { ["ip", "netns", "exec", client] }
 
-    /// The local server under trace, once the pod's port is its; `idle`: sysmirror and the server at
-    /// SCHED_IDLE, so that they use only CPU time the pod's side leaves (as on a laptop of their own).
-    func traced(_ mode: String, idle: Bool = false) throws -> Process {
+    /// Makes the stand-in (namespaces named with `tag`, which keeps them apart from another section's), runs
+    /// `body` with it, and removes it.
+    static func with<Result>(tag: String, _ body: (IncomingPod) throws -> Result) throws -> Result {
+        let pod = "sysmirror-bench-\(tag)pod-\(getpid())", client = "sysmirror-bench-\(tag)cli-\(getpid())"
+        let developer = "sysmirror-bench-\(tag)dev-\(getpid())"
+        return try withNamespaces([pod, client, developer]) { servers in
+            run(["ip", "-n", pod, "link", "add", "vpod", "type", "veth", "peer", "name", "vcli", "netns", client])
+            for (namespace, device, address) in [(pod, "vpod", Self.address), (client, "vcli", "10.251.0.2")] {
+                run(["ip", "-n", namespace, "addr", "add", "\(address)/24", "dev", device])
+                run(["ip", "-n", namespace, "link", "set", device, "up"])
+            }
+            try buildHTTPBench()
+            let stand = IncomingPod(
+                pod: pod, client: client, developer: developer, socket: "\(tag)in.sock", servers: servers)
+            try startAgent(in: pod, socket: stand.socket, servers: servers)
+            _ = try servers.start(stand.inPod + ["\(work)/httpbench", "serve", "0.0.0.0:9090"])
+            usleep(300_000)
+            return try body(stand)
+        }
+    }
+
+    /// The local server (`httpbench serve 127.0.0.1:9090`) under `sysmirror trace --incoming mode`, once the
+    /// pod's port is its; `idle`: sysmirror and the server at SCHED_IDLE, so that they use only CPU time the
+    /// pod's side leaves (as on a laptop of their own). Without `log` (a file), the trace is `--quiet`. The
+    /// process is sysmirror's own (`chrt`, `ip netns exec` and `env` each exec the next).
+    func session(_ mode: String, idle: Bool = false, log: String? = nil) throws -> Process {
         func hasTable() -> Bool { run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") }
         // The last session's table goes as it ends; waited for (a while), so that its table is not taken
-        // for the new session's.
-        for _ in 0..<250 where hasTable() { usleep(20_000) }
+        // for the new session's. (5 s at most.)
+        for _ in 0..<250 {
+            guard hasTable() else { break }
+            usleep(20_000)
+        }
         let process = try servers.start(
             (idle ? ["chrt", "--idle", "0"] : []) + [
-                "ip", "netns", "exec", developer, options.sysmirror, "trace", "--quiet", "--agent", "unix:\(work)/in.sock",
-                "--token-file", "\(work)/token", "--incoming", mode, "--", "\(work)/httpbench", "serve", "127.0.0.1:9090",
-            ], log: "incoming-\(mode).log")
-        while !hasTable() { usleep(20_000) }
+                "ip", "netns", "exec", developer, options.sysmirror, "trace",
+            ] + (log.map { ["--log", $0] } ?? ["--quiet"]) + [
+                "--agent", "unix:\(work)/\(socket)", "--token-file", "\(work)/token", "--incoming", mode, "--",
+                "\(work)/httpbench", "serve", "127.0.0.1:9090",
+            ], log: "\(socket)-incoming-\(mode).log")
+        try waitUntil("nft table of the \(mode) session", seconds: 30) { hasTable() || !process.isRunning }
+        guard process.isRunning else {
+            throw BenchError(
+                description: "sysmirror trace --incoming \(mode) exited: see \(socket)-incoming-\(mode).log")
+        }
         return process
     }
-    let url = "http://\(podAddress):9090/"
+}
+
+/// Incoming traffic on a pod stand-in (IncomingPod). Compared in one run: requests the pod's application
+/// answers, requests stolen by the local server, and the pod application's rate while a local server gets a
+/// copy.
+func incomingTraffic() throws {
+    try IncomingPod.with(tag: "i") { stand in try incomingTraffic(on: stand) }
+}
+
+func incomingTraffic(on stand: IncomingPod) throws {
+    let inClient = stand.inClient, servers = stand.servers
+    let url = "http://\(IncomingPod.address):9090/"
     let seconds = options.rounds >= 5 ? 2 : 1
     let count = options.rounds >= 5 ? 2000 : 500
     var p50: [String: [Double]] = [:], p99: [String: [Double]] = [:], rate: [String: [Double]] = [:]
@@ -609,17 +705,17 @@ func incomingTraffic() throws {
     for _ in 0..<options.rounds {
         latency(direct)
         load(direct)
-        let steal = try traced("steal")
+        let steal = try stand.session("steal")
         latency(stolen)
         servers.stop(steal, signal: SIGTERM)
-        let mirror = try traced("mirror")
+        let mirror = try stand.session("mirror")
         load(mirrored)
         servers.stop(mirror, signal: SIGTERM)
-        let mirrorIdle = try traced("mirror", idle: true)
+        let mirrorIdle = try stand.session("mirror", idle: true)
         load(mirroredIdle)
         servers.stop(mirrorIdle, signal: SIGTERM)
         // The developer's side stopped (SIGSTOP) while the pod's copies: what mirroring costs the pod alone.
-        let mirrorPod = try traced("mirror")
+        let mirrorPod = try stand.session("mirror")
         let developerSide = [mirrorPod.processIdentifier] + childProcesses(of: mirrorPod.processIdentifier)
         for pid in developerSide { kill(pid, SIGSTOP) }
         load(mirroredPod)
@@ -649,11 +745,15 @@ func incomingTraffic() throws {
         }
         print(line)
     }
-    for mode in ["keepalive", "close"] {
-        let added50 = median(p50["\(stolen) \(mode)"]!) - median(p50["\(direct) \(mode)"]!)
-        let added99 = median(p99["\(stolen) \(mode)"]!) - median(p99["\(direct) \(mode)"]!)
-        print("added by stealing (\(mode == "close" ? "new connection" : "keep-alive")): p50 \(format(added50)) µs, p99 \(format(added99)) µs")
+    /// What stealing adds to the pod application's round trip at a percentile, as "+N µs".
+    func added(_ percentile: [String: [Double]], _ mode: String) -> String {
+        let difference = median(percentile["\(stolen) \(mode)"]!) - median(percentile["\(direct) \(mode)"]!)
+        return String(format: "%+.0f µs", difference)
     }
+    print(
+        "added by stealing (new connection): p50 \(added(p50, "close")) (target ≤ +300 µs), p99 \(added(p99, "close"))"
+    )
+    print("added by stealing (keep-alive): p50 \(added(p50, "keepalive")), p99 \(added(p99, "keepalive"))")
     print("target: the pod application's requests per second while mirrored within 10% of unmirrored (≥ 0.90×)")
     print("all of it shares this machine's CPUs: \"mirrored\" counts the local server's own work on every copied")
     print("request against the pod's rate; \"developer side idle\" runs sysmirror and it at SCHED_IDLE; \"pod side")
