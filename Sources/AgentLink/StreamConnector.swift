@@ -115,7 +115,7 @@ final class Exchange {
 
     private let loop: EventLoop
     private let fd: SharedDescriptor
-    private var output: [UInt8]
+    private(set) var output: [UInt8]
     private var awaitingWelcome: Bool
     private let expectsAnswer: Bool
     private var frame = FrameReader()
@@ -142,9 +142,13 @@ final class Exchange {
         let exchange = Exchange(
             loop: loop, fd: fd, output: output, welcomeFirst: welcomeFirst, expectsAnswer: expectsAnswer,
             finished: finished)
+        // Sent at once where the socket takes it (a ready connection, a unix socket): the loop then waits
+        // only for the answer. A TCP connect still under way takes nothing yet (EAGAIN): writable first.
+        guard exchange.send() else { return finished(.failed) }
         do {
-            // Writable first: a connect under way ends there, and the request goes out.
-            exchange.registration = try loop.register(fd.raw, for: .writable) { exchange.ready($0) }
+            exchange.registration = try loop.register(fd.raw, for: exchange.output.isEmpty ? .readable : .writable) {
+                exchange.ready($0)
+            }
         } catch {
             return finished(.failed)
         }
@@ -152,14 +156,20 @@ final class Exchange {
         exchange.timer = loop.schedule(in: deadline > now ? deadline - now : 0) { exchange.end(.failed) }
     }
 
+    /// Sends what the socket takes; false when the connection failed (a refused connect among others).
+    private func send() -> Bool {
+        guard !output.isEmpty else { return true }
+        do throws(SystemCallError) {
+            output.removeFirst(try Sockets.send(fd.raw, output[...]))
+            return true
+        } catch {
+            return error.errno == .resourceTemporarilyUnavailable
+        }
+    }
+
     private func ready(_ events: EventLoop.Events) {
         if !output.isEmpty {
-            if let error = try? Sockets.pendingError(fd.raw), error != 0 { return end(.failed) }
-            do throws(SystemCallError) {
-                output.removeFirst(try Sockets.send(fd.raw, output[...]))
-            } catch {
-                return error.errno == .resourceTemporarilyUnavailable ? () : end(.failed)
-            }
+            guard send() else { return end(.failed) }
             if output.isEmpty, let registration { loop.change(registration, to: .readable) }
             return
         }

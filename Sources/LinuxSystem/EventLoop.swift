@@ -42,6 +42,8 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
     private let loopThread = Atomic<UInt>(0)
     private var handlers: [UInt64: (Events) -> Void] = [:]
     private var timers: [UInt64: (deadline: UInt64, task: () -> Void)] = [:]
+    /// No timer is due before this (a cancelled one may have been the earliest: then a wake finds none due).
+    private var nextDeadline = UInt64.max
     private var nextToken: UInt64 = 1
     /// Token 0 in epoll's data is the wake-up.
     private static let wakeUpToken: UInt64 = 0
@@ -106,7 +108,9 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         precondition(inLoop, "EventLoop.schedule called off the loop's thread")
         let token = nextToken
         nextToken += 1
-        timers[token] = (Clock.monotonic() + nanoseconds, task)
+        let deadline = Clock.monotonic() + nanoseconds
+        timers[token] = (deadline, task)
+        nextDeadline = min(nextDeadline, deadline)
         return Timer(token: token)
     }
 
@@ -160,20 +164,18 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         timers = [:]
     }
 
-    /// Runs the timers that are due; the milliseconds until the next one, or -1 when none is set.
+    /// Runs the timers due at this turn's start (one scheduled meanwhile waits for the next turn, so that a
+    /// timer rescheduling itself cannot starve the descriptors); the milliseconds until the next one, or -1
+    /// when none is set. Looks at the timers only when the earliest deadline has come: most turns have none.
     private func runDueTimers() -> Int32 {
-        while !timers.isEmpty {
-            let now = Clock.monotonic()
-            let due = timers.filter { $0.value.deadline <= now }
-            if due.isEmpty {
-                let next = timers.values.map(\.deadline).min()!
-                return Int32(min((next - now + 999_999) / 1_000_000, 60_000))
-            }
-            for (token, timer) in due.sorted(by: { $0.value.deadline < $1.value.deadline })
-            where timers.removeValue(forKey: token) != nil {
-                timer.task()
-            }
+        let start = Clock.monotonic()
+        if nextDeadline <= start {
+            let due = timers.filter { $0.value.deadline <= start }.sorted { $0.value.deadline < $1.value.deadline }
+            for (token, timer) in due where timers.removeValue(forKey: token) != nil { timer.task() }
+            nextDeadline = timers.values.map(\.deadline).min() ?? .max
         }
-        return -1
+        guard nextDeadline != .max else { return -1 }
+        let now = Clock.monotonic()
+        return nextDeadline <= now ? 0 : Int32(min((nextDeadline - now + 999_999) / 1_000_000, 60_000))
     }
 }

@@ -199,7 +199,8 @@ package final class RemoteIncoming: Sendable {
             try Sockets.connect(fd.raw, to: address)
             return body(true)
         } catch where error.errno == .nowInProgress {
-            // Below: the loop waits for the handshake.
+            // On loopback the handshake is usually over by the time connect returns: no loop turn then.
+            if readiness(of: fd.raw, for: Int16(POLLOUT)) != 0 { return body((try? Sockets.pendingError(fd.raw)) == 0) }
         } catch {
             return body(false)
         }
