@@ -30,8 +30,9 @@ final class Relay {
         self.finished = finished
     }
 
-    /// On the loop: relays `first` and `second` (both non-blocking) until both directions end or one fails;
-    /// `finished` hears the bytes each end brought, after both are let go (closed, if nothing else holds them).
+    /// On the loop: relays `first` and `second` (both non-blocking) until both directions end or one fails
+    /// (then both are reset before `finished` hears of it); `finished` hears the bytes each end brought. The
+    /// descriptors close when their last holder lets go.
     static func start(
         on loop: EventLoop, _ first: SharedDescriptor, _ second: SharedDescriptor,
         finished: @escaping (_ fromFirst: Int, _ fromSecond: Int) -> Void
@@ -125,8 +126,12 @@ final class Relay {
         for end in 0..<2 {
             if let registration = registrations[end] { loop.deregister(registration) }
             registrations[end] = nil
-            // A failed end's peer learns it as a reset, as it would from the far end directly.
-            if reset { try? Sockets.resetOnClose(ends[end].raw) }
+            // A failed end's peer learns it as a reset, as it would from the far end directly: now for TCP
+            // (connect with AF_UNSPEC), and at the close for any socket that cannot be disconnected.
+            if reset {
+                try? Sockets.resetOnClose(ends[end].raw)  // best effort: a socket that failed resets anyway
+                try? Sockets.disconnect(ends[end].raw)  // EINVAL for a unix socket: its close ends it
+            }
         }
         finished(counts[0], counts[1])
     }
