@@ -97,20 +97,22 @@ package final class RemoteDirectories: Sendable {
             guard lstat(path, &info) == 0, info.st_uid == getuid(), kill(pid, 0) == -1, errno == ESRCH else { continue }
             abandoned.append(path)
         }
-        closedir(stream)
+        _ = closedir(stream)  // frees the stream whatever it returns
         for path in abandoned { removeTree(path, depth: 2) }
     }
 
+    /// Removes what it can: a placeholder that is gone already, or that the user changed so that it cannot
+    /// be removed, is left (the folder is in $TMPDIR, and the next session's clean-up tries again).
     static func removeTree(_ path: String, depth: Int) {
         if depth > 0, let stream = opendir(path) {
             while let entry = readdir(stream) {
                 let name = String(decoding: entryName(entry), as: UTF8.self)
                 if name == "." || name == ".." { continue }
                 let child = path + "/" + name
-                if entry.pointee.d_type == DT_DIR { removeTree(child, depth: depth - 1) } else { unlink(child) }
+                if entry.pointee.d_type == DT_DIR { removeTree(child, depth: depth - 1) } else { _ = unlink(child) }
             }
-            closedir(stream)
+            _ = closedir(stream)
         }
-        rmdir(path)
+        _ = rmdir(path)
     }
 }

@@ -16,7 +16,7 @@ public struct InheritedSignals: @unchecked Sendable {  // sigset_t is plain bits
     public static func capture() -> InheritedSignals {
         var state = InheritedSignals()
         sigemptyset(&state.ignored)
-        pthread_sigmask(SIG_SETMASK, nil, &state.mask)
+        _ = pthread_sigmask(SIG_SETMASK, nil, &state.mask)  // only reads the mask: cannot fail
         for signal: Int32 in 1...64 {
             var action = sigaction()
             if sigaction(signal, nil, &action) == 0, unsafeBitCast(action.__sigaction_handler, to: Int.self) == 1 {
@@ -86,7 +86,7 @@ public enum Spawner {
                 }
             }
         }
-        close(channel[1])
+        _ = close(channel[1])  // the child's end, which the parent must not hold: a close cannot fail to release it
 
         do {
             guard let report = try readReport(parentEnd) else { throw SpawnError(stage: .handover, errno: .brokenPipe) }
@@ -103,7 +103,8 @@ public enum Spawner {
             }
             return program
         } catch {
-            kill(pid, SIGKILL)
+            // The child may be gone already (ESRCH), which is what this wants; the wait only reaps it.
+            _ = kill(pid, SIGKILL)
             var status: Int32 = 0
             _ = waitpid(pid, &status, 0)
             throw error

@@ -269,7 +269,7 @@ public final class TraceSession: Sendable {
         var set = sigset_t()
         sigemptyset(&set)
         for signal in ThreadHandle.blockedSignals { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        _ = pthread_sigmask(SIG_BLOCK, &set, nil)  // fails only for a bad `how`
     }
 
     private func forwardSignals() {
@@ -283,10 +283,13 @@ public final class TraceSession: Sendable {
             // The terminal sent it to the whole foreground process group: the program has it already.
             if info.si_code == SI_KERNEL { continue }
             let (pid, exited) = program.withLock { $0 }
+            // A process that exited meanwhile (ESRCH) needs the signal no more.
             if !exited {
-                kill(pid, signal)
+                _ = kill(pid, signal)
             } else {
-                for descendant in ProcessTree.descendants(of: getpid(), excluding: options.helpers) { kill(descendant, signal) }
+                for descendant in ProcessTree.descendants(of: getpid(), excluding: options.helpers) {
+                    _ = kill(descendant, signal)
+                }
             }
         }
     }
