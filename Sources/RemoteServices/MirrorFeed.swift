@@ -40,6 +40,8 @@ final class MirrorFeed: @unchecked Sendable {  // `copies` is touched only on `l
         let fd: SharedDescriptor
         let finished: @Sendable (Outcome) -> Void
         var registration: EventLoop.Registration?
+        /// What the registration waits for now: changed only when it must be (each change is a syscall).
+        var interest: EventLoop.Events = []
         var connecting: Bool
         var output: [UInt8] = []
         var written = 0
@@ -76,9 +78,8 @@ final class MirrorFeed: @unchecked Sendable {  // `copies` is touched only on `l
             let copy = Copy(fd: fd, connecting: connecting, finished: finished)
             copies[id] = copy
             do {
-                copy.registration = try loop.register(fd.raw, for: connecting ? .writable : .readable) { [self] in
-                    ready(id, $0)
-                }
+                copy.interest = connecting ? .writable : .readable
+                copy.registration = try loop.register(fd.raw, for: copy.interest) { [self] in ready(id, $0) }
             } catch {
                 finish(id, reset: true)
             }
@@ -141,7 +142,10 @@ final class MirrorFeed: @unchecked Sendable {  // `copies` is touched only on `l
         if copy.shutDown && copy.programClosed { return finish(id, reset: false) }
         var wanted: EventLoop.Events = copy.programClosed ? [] : .readable
         if copy.written < copy.output.count { wanted.insert(.writable) }
-        if let registration = copy.registration { loop.change(registration, to: wanted) }
+        if let registration = copy.registration, wanted != copy.interest {
+            copy.interest = wanted
+            loop.change(registration, to: wanted)
+        }
     }
 
     /// Reads and drops the program's answers; false when the connection failed.

@@ -13,6 +13,8 @@ final class Relay {
     private let loop: EventLoop
     private let ends: [SharedDescriptor]
     private var registrations: [EventLoop.Registration?] = [nil, nil]
+    /// What each registration waits for now: changed only when it must be (each change is a syscall).
+    private var interests: [EventLoop.Events] = [.readable, .readable]
     /// Bytes read from end i, not yet written to the other.
     private var pending: [[UInt8]] = [[], []]
     /// Whether end i may still bring bytes.
@@ -103,12 +105,13 @@ final class Relay {
         var wanted: EventLoop.Events = []
         if reading[end] && pending[end].isEmpty { wanted.insert(.readable) }
         if !pending[1 - end].isEmpty { wanted.insert(.writable) }
+        defer { interests[end] = wanted }
         if let registration = registrations[end] {
             if wanted.isEmpty {
                 // Nothing to do with it until the other end moves; epoll would still report its hang-up.
                 loop.deregister(registration)
                 registrations[end] = nil
-            } else {
+            } else if wanted != interests[end] {
                 loop.change(registration, to: wanted)
             }
         } else if !wanted.isEmpty {
