@@ -13,8 +13,9 @@ let package = Package(
     platforms: [.macOS(.v15)],  // Linux only in practice; the platform line keeps SwiftPM's availability checks quiet.
     products: [
         .executable(name: "sysmirror", targets: ["sysmirror"]),
-        // For bench/: the log formats are measured on their own there.
+        // For bench/: the log formats are measured on their own there, and sessions' sizes read from /proc.
         .library(name: "SyscallDecoding", targets: ["SyscallDecoding"]),
+        .library(name: "LinuxSystem", targets: ["LinuxSystem"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -138,7 +139,7 @@ let package = Package(
         // End to end: the built `sysmirror` binary runs real programs as an unprivileged user.
         .testTarget(
             name: "TraceTests",
-            dependencies: ["sysmirror", "AgentProtocol"],
+            dependencies: ["sysmirror", "AgentProtocol", "LinuxSystem"],
             exclude: ["README.md"]
         ),
     ]

@@ -12,7 +12,10 @@ let package = Package(
     targets: [
         .executableTarget(
             name: "sysmirror-bench",
-            dependencies: [.product(name: "SyscallDecoding", package: "sysmirror")],
+            dependencies: [
+                .product(name: "SyscallDecoding", package: "sysmirror"),
+                .product(name: "LinuxSystem", package: "sysmirror"),
+            ],
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         )
     ]

@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSystem
 import Testing
 
 /// sysmirror's own resources over a long session: thousands of connections, one after another, must leave the
@@ -362,18 +363,8 @@ final class LongSessionTests {
         var threadsAtFirst: Int?
 
         init(pid: Int32) throws {
-            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
-            func field(_ name: String) throws -> Int {
-                let line = status.split(separator: "\n").first { $0.hasPrefix("\(name):") }
-                let value = line?.dropFirst(name.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first
-                guard let number = value.flatMap({ Int($0) }) else {
-                    throw FixtureError(description: "no \(name) in /proc/\(pid)/status:\n\(status)")
-                }
-                return number
-            }
-            threads = try field("Threads")
-            vmSize = try field("VmSize")
-            vmRSS = try field("VmRSS")
+            let status = try ProcessStatus(pid: pid)
+            (threads, vmSize, vmRSS) = (status.threads, status.virtualKB, status.residentKB)
         }
 
         var threadsText: String { "\(threads)" + (threadsAtFirst.map { " (\($0) at first)" } ?? "") }

@@ -4,32 +4,14 @@
 // connections through an agent reached over TCP (the port-forward stand-in). LongSessionTests checks the same
 // sessions against bounds; this prints what they measure.
 import Foundation
+import LinuxSystem
 
 /// Connections made before the first reading.
 let warmUp = 100
 
-/// What /proc/PID/status says of a process: its threads, and its VmSize and VmRSS in kB.
-struct ProcessStatus {
-    let threads: Int
-    let vmSize: Int
-    let vmRSS: Int
-
-    init(pid: Int32) throws {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else {
-            throw BenchError(description: "no /proc/\(pid)/status: the process has exited")
-        }
-        func field(_ name: String) throws -> Int {
-            let line = status.split(separator: "\n").first { $0.hasPrefix("\(name):") }
-            let number = line?.dropFirst(name.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first
-            guard let value = number.flatMap({ Int($0) }) else {
-                throw BenchError(description: "no \(name) in /proc/\(pid)/status")
-            }
-            return value
-        }
-        threads = try field("Threads")
-        vmSize = try field("VmSize")
-        vmRSS = try field("VmRSS")
-    }
+extension ProcessStatus {
+    var vmSize: Int { virtualKB }
+    var vmRSS: Int { residentKB }
 
     /// The reading of `process`, which must be `sysmirror trace` itself. Threads that served a connection
     /// which just ended may still be on their way out: read again every 100 ms until two readings show as many
