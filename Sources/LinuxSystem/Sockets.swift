@@ -159,6 +159,12 @@ public enum Sockets {
         }
     }
 
+    /// recv(2) into `buffer` from its start, as much as it holds: the count read, 0 at the end of the stream.
+    /// For a caller that reads again and again into the same memory (a relay).
+    public static func receive(_ fd: Int32, into buffer: inout [UInt8]) throws(SystemCallError) -> Int {
+        try systemCall("recv") { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+    }
+
     /// read(2) of up to `count` bytes from any descriptor (a pipe, a file, inotify): what came, empty at the end.
     public static func read(_ fd: Int32, upTo count: Int) throws(SystemCallError) -> [UInt8] {
         try filling(count) { buffer throws(SystemCallError) in

@@ -15,8 +15,11 @@ final class Relay {
     private var registrations: [EventLoop.Registration?] = [nil, nil]
     /// What each registration waits for now: changed only when it must be (each change is a syscall).
     private var interests: [EventLoop.Events] = [.readable, .readable]
-    /// Bytes read from end i, not yet written to the other.
-    private var pending: [[UInt8]] = [[], []]
+    /// What end i brought: its buffer, read into again and again (a relay allocates nothing per piece), how
+    /// much of it holds bytes, and how much of those the other end has taken.
+    private var buffers: [[UInt8]] = [[], []]
+    private var filled = [0, 0]
+    private var taken = [0, 0]
     /// Whether end i may still bring bytes.
     private var reading = [true, true]
     /// Whether end i's output was shut down (the other end's EOF passed on).
@@ -55,7 +58,7 @@ final class Relay {
         let other = 1 - end
         if events.contains(.error) { return finish(reset: true) }
         if events.contains(.writable) && !flush(into: end) { return finish(reset: true) }
-        if reading[end] && pending[end].isEmpty && !events.isDisjoint(with: [.readable, .hangUp]) {
+        if reading[end] && !hasPending(end) && !events.isDisjoint(with: [.readable, .hangUp]) {
             switch read(end) {
             case .failed: return finish(reset: true)
             case .waiting: break
@@ -65,21 +68,26 @@ final class Relay {
                 if !flush(into: other) { return finish(reset: true) }
             }
         }
-        for side in 0..<2 where !reading[side] && pending[side].isEmpty && !shutDown[1 - side] {
+        for side in 0..<2 where !reading[side] && !hasPending(side) && !shutDown[1 - side] {
             shutDown[1 - side] = true
             try? Sockets.shutdownOutput(ends[1 - side].raw)  // a peer already gone: the reads say so
         }
-        if !reading[0] && !reading[1] && pending[0].isEmpty && pending[1].isEmpty { return finish(reset: false) }
+        if !reading[0] && !reading[1] && !hasPending(0) && !hasPending(1) { return finish(reset: false) }
         for side in 0..<2 { update(side) }
     }
 
     private enum Read { case read, waiting, ended, failed }
 
+    /// Whether bytes from end i still wait for the other end.
+    private func hasPending(_ end: Int) -> Bool { taken[end] < filled[end] }
+
     private func read(_ end: Int) -> Read {
+        if buffers[end].isEmpty { buffers[end] = [UInt8](repeating: 0, count: Self.pieceSize) }
         do throws(SystemCallError) {
-            pending[end] = try Sockets.receive(ends[end].raw, upTo: Self.pieceSize)
-            guard !pending[end].isEmpty else { return .ended }
-            counts[end] += pending[end].count
+            let count = try Sockets.receive(ends[end].raw, into: &buffers[end])
+            (filled[end], taken[end]) = (count, 0)
+            guard count > 0 else { return .ended }
+            counts[end] += count
             return .read
         } catch {
             return error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted ? .waiting : .failed
@@ -89,9 +97,9 @@ final class Relay {
     /// Writes what the other end brought into `end`; false when `end` failed.
     private func flush(into end: Int) -> Bool {
         let source = 1 - end
-        while !pending[source].isEmpty {
+        while hasPending(source) {
             do throws(SystemCallError) {
-                pending[source].removeFirst(try Sockets.send(ends[end].raw, pending[source][...]))
+                taken[source] += try Sockets.send(ends[end].raw, buffers[source][taken[source]..<filled[source]])
             } catch {
                 return error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted
             }
@@ -103,8 +111,8 @@ final class Relay {
     /// other end's bytes wait.
     private func update(_ end: Int) {
         var wanted: EventLoop.Events = []
-        if reading[end] && pending[end].isEmpty { wanted.insert(.readable) }
-        if !pending[1 - end].isEmpty { wanted.insert(.writable) }
+        if reading[end] && !hasPending(end) { wanted.insert(.readable) }
+        if hasPending(1 - end) { wanted.insert(.writable) }
         defer { interests[end] = wanted }
         if let registration = registrations[end] {
             if wanted.isEmpty {
