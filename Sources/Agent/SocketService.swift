@@ -85,8 +85,8 @@ final class SocketService: Sendable {
     }
 
     private func send(_ connection: Int32, _ message: Message, fd: Int32 = -1) {
-        let bytes = Frame.encode(message)
-        _ = bytes.withUnsafeBytes { sysm_send_with_fd(connection, $0.baseAddress, $0.count, fd) }
+        // A client that went away fails its send; the read that follows sees its end and the connection ends.
+        _ = try? Sockets.send(connection, Frame.encode(message), passing: fd >= 0 ? fd : nil)
     }
 
     private func serve(_ connection: Int32) {

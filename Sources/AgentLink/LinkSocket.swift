@@ -165,20 +165,6 @@ enum LinkSocket {
         }
     }
 
-    /// Sends everything on a blocking socket; false once the connection is gone.
-    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var sent = 0
-        while sent < bytes.count {
-            let result = bytes.withUnsafeBytes {
-                send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
-            }
-            if result < 0 && errno == EINTR { continue }
-            guard result > 0 else { return false }
-            sent += result
-        }
-        return true
-    }
-
     /// Sends everything before the deadline (the handshake).
     static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: UInt64) throws(Failure) {
         var rest = bytes

@@ -86,6 +86,17 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         return Registration(token: token, fd: fd)
     }
 
+    /// Calls `body` once, on the loop's thread, when `fd` is first ready for `events` (a handshake that
+    /// ends, say); at once with `.error` when the descriptor cannot be registered.
+    public func whenReady(_ fd: Int32, for events: Events, _ body: @escaping (Events) -> Void) {
+        var registration: Registration?
+        registration = try? register(fd, for: events) { [self] ready in
+            if let registration { deregister(registration) }
+            body(ready)
+        }
+        if registration == nil { body(.error) }
+    }
+
     /// What `registration` waits for from now on (none: it stays registered but quiet).
     public func change(_ registration: Registration, to events: Events) {
         precondition(inLoop, "EventLoop.change called off the loop's thread")

@@ -100,14 +100,12 @@ public enum Sockets {
         return value
     }
 
-    /// An option of any size, as bytes (struct linger, struct timeval, a cookie).
-    public static func optionBytes(_ fd: Int32, level: Int32, _ name: Int32, size: Int) throws(SystemCallError)
-        -> [UInt8]
-    {
-        var value = [UInt8](repeating: 0, count: size)
-        var length = socklen_t(size)
-        _ = try systemCall("getsockopt") { getsockopt(fd, level, name, &value, &length) }
-        return Array(value.prefix(Int(length)))
+    /// A 64-bit SOL_SOCKET option: a socket's cookie (SO_COOKIE), its network namespace's (SO_NETNS_COOKIE).
+    public static func option64(_ fd: Int32, _ name: Int32) throws(SystemCallError) -> UInt64 {
+        var value: UInt64 = 0
+        var size = socklen_t(8)
+        _ = try systemCall("getsockopt") { getsockopt(fd, SOL_SOCKET, name, &value, &size) }
+        return value
     }
 
     public static func setOption(_ fd: Int32, level: Int32 = SOL_SOCKET, _ name: Int32, _ value: Int32)
@@ -115,10 +113,6 @@ public enum Sockets {
     {
         var value = value
         _ = try systemCall("setsockopt") { setsockopt(fd, level, name, &value, 4) }
-    }
-
-    public static func setOption(_ fd: Int32, level: Int32, _ name: Int32, bytes: [UInt8]) throws(SystemCallError) {
-        _ = try systemCall("setsockopt") { setsockopt(fd, level, name, bytes, socklen_t(bytes.count)) }
     }
 
     /// TCP_NODELAY: small writes (requests, relayed pieces) go out at once.

@@ -46,7 +46,7 @@ package final class ConnectionEvents: Sendable {
 
     /// SO_COOKIE: a socket's identity in sock_diag.
     static func cookie(of fd: Int32) -> UInt64? {
-        (try? Sockets.optionBytes(fd, level: SOL_SOCKET, 57, size: 8)).map { $0.loadLittleEndian(UInt64.self, at: 0) }
+        try? Sockets.option64(fd, 57)
     }
 
     func track(_ fd: Int32, destination: String, pid: Int32, number: Int32) {

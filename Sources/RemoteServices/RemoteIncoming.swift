@@ -204,12 +204,7 @@ package final class RemoteIncoming: Sendable {
         } catch {
             return body(false)
         }
-        var registration: EventLoop.Registration?
-        registration = try? loop.register(fd.raw, for: .writable) { [self] _ in
-            if let registration { loop.deregister(registration) }
-            body((try? Sockets.pendingError(fd.raw)) == 0)
-        }
-        if registration == nil { body(false) }
+        loop.whenReady(fd.raw, for: .writable) { _ in body((try? Sockets.pendingError(fd.raw)) == 0) }
     }
 
     private func forget(_ port: UInt16) {

@@ -74,7 +74,7 @@ package final class RemoteSockets: Sendable {
     }
 
     static func namespace(of fd: Int32) -> UInt64 {
-        (try? Sockets.optionBytes(fd, level: SOL_SOCKET, netnsCookie, size: 8)).map { $0.loadLittleEndian(UInt64.self, at: 0) } ?? 0
+        (try? Sockets.option64(fd, netnsCookie)) ?? 0
     }
 
     /// The socket `number` of thread `pid`, or nil when it is not a socket sysmirror can take (the call then
@@ -174,13 +174,9 @@ package final class RemoteSockets: Sendable {
             return error == 0 ? answer.succeed(0) : answer.fail(error)
         }
         // A blocking connect: its result is the handshake's, whenever it ends; the loop waits for it.
-        loop.execute { [self] in
-            var registration: EventLoop.Registration?
-            registration = try? loop.register(made.raw, for: .writable) { [self] _ in
-                if let registration { loop.deregister(registration) }
-                Self.finishBlockingConnect(made, to: destination, answer)
-            }
-            if registration == nil { Self.finishBlockingConnect(made, to: destination, answer) }
+        loop.execute { [loop] in
+            // A registration that fails leaves SO_ERROR to say how the connect went, as a wake-up would.
+            loop.whenReady(made.raw, for: .writable) { _ in Self.finishBlockingConnect(made, to: destination, answer) }
         }
     }
 
