@@ -63,11 +63,6 @@ enum LinkSocket {
     }
 
     /// A non-blocking socket whose connect to the agent is under way (or done), for the event loop.
-    static func startConnect(to address: AgentAddress) throws(Failure) -> OwnedDescriptor {
-        guard let first = try resolve(address).first else { throw Failure(reason: "no address for \(address)") }
-        return try startConnect(to: first)
-    }
-
     static func startConnect(to address: SocketAddress) throws(Failure) -> OwnedDescriptor {
         do throws(SystemCallError) {
             let fd = try Sockets.make(

@@ -21,6 +21,8 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
     let token: [UInt8]
     let loop: EventLoop
     private var ready: [SharedDescriptor] = []
+    /// The agent's address, resolved once (a host name is looked up on the first connection only).
+    private var resolved: SocketAddress?
     private var filling = 0
     static let readyCount = 2
 
@@ -66,9 +68,7 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
     }
 
     private func openNew(_ frame: [UInt8], deadline: UInt64, _ completion: @escaping Completion) {
-        guard let fd = try? SharedDescriptor(LinkSocket.startConnect(to: address)) else {
-            return completion(.failure(.connectionRefused))
-        }
+        guard let fd = startConnect() else { return completion(.failure(.connectionRefused)) }
         Exchange.start(on: loop, fd, sending: hello + frame, welcomeFirst: true, deadline: deadline) { outcome in
             switch outcome {
             case .answered(let fd, .done): completion(.success(fd))
@@ -76,6 +76,13 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
             case .answered, .failed, .welcomed: completion(.failure(.connectionRefused))
             }
         }
+    }
+
+    /// A new link connection under way; nil when the agent's address does not resolve or no socket can be made.
+    private func startConnect() -> SharedDescriptor? {
+        if resolved == nil { resolved = try? LinkSocket.resolve(address).first }
+        guard let resolved, let fd = try? LinkSocket.startConnect(to: resolved) else { return nil }
+        return SharedDescriptor(fd)
     }
 
     private var hello: [UInt8] { Frame.encode(.hello(version: protocolVersion, token: token)) }
@@ -91,7 +98,7 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
     /// Brings the ready connections back to `readyCount`, each a handshake on the loop.
     private func refill() {
         while ready.count + filling < Self.readyCount {
-            guard let fd = try? SharedDescriptor(LinkSocket.startConnect(to: address)) else { return }
+            guard let fd = startConnect() else { return }
             filling += 1
             let deadline = Clock.monotonic() + 10_000_000_000
             Exchange.start(on: loop, fd, sending: hello, welcomeFirst: true, expectsAnswer: false, deadline: deadline) {
