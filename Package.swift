@@ -81,7 +81,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "AgentProtocol", "AgentLink", "CSysmirror", "Incoming", "LinuxSystem",
+                "AgentProtocol", "AgentLink", "CSysmirror", "Incoming", "LinuxSystem", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
             ] + nio
         ),

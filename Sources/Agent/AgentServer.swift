@@ -69,7 +69,7 @@ public enum AgentServer {
                 // Beside it, the socket channel: a client on this machine can be handed sockets.
                 sockets = try SocketService(
                     path: SocketService.path(for: path), target: configuration.target, token: configuration.token,
-                    logger: logger)
+                    registry: registry, logger: logger)
                 try sockets?.start()
             case .tcp(let host, let port):
                 server = try bootstrap.bind(host: host, port: port).wait()

@@ -194,7 +194,7 @@ final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // sta
             reply(context, id, .failure(errno: EINVAL, message: "this request comes first on a connection of its own"))
         case .listen:
             break  // served in channelRead
-        case .socket, .connectionEvents:
+        case .socket, .connectionEvents, .stolenListener:
             reply(
                 context, id,
                 .failure(errno: EOPNOTSUPP, message: "sockets are passed on the socket channel (docs/protocol.md)"))

@@ -23,13 +23,18 @@ final class SocketService: Sendable {
     let path: String
     let target: Target
     let token: SessionToken
+    /// Where stolen ports' listening sockets are found (`stolenListener`).
+    let registry: IncomingRegistry
     let logger: Logger
     let listener: Int32
 
-    init(path: String, target: Target, token: SessionToken, logger: Logger) throws(SystemCallError) {
+    init(path: String, target: Target, token: SessionToken, registry: IncomingRegistry, logger: Logger)
+        throws(SystemCallError)
+    {
         self.path = path
         self.target = target
         self.token = token
+        self.registry = registry
         self.logger = logger
         unlink(path)
         let fd = try systemCall("socket(AF_UNIX)") {
@@ -122,6 +127,16 @@ final class SocketService: Sendable {
                 } else {
                     send(connection, .response(id: id, .done), fd: events)
                     close(events)
+                }
+                continue
+            }
+            if case .request(let id, .stolenListener(let port)) = message {
+                if let socket = registry.handOver(port) {
+                    send(connection, .response(id: id, .done), fd: socket.raw)
+                } else {
+                    send(
+                        connection,
+                        .response(id: id, .failure(errno: ENOENT, message: "port \(port) of the pod is not stolen whole")))
                 }
                 continue
             }

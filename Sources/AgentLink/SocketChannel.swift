@@ -60,6 +60,13 @@ public final class SocketChannel: @unchecked Sendable {  // everything but `fd` 
         ask(.connectionEvents, completion)
     }
 
+    /// On the loop: the listening socket of the pod's stolen `port` (a listen the agent answered `done`),
+    /// from which sysmirror then accepts the pod's connections itself; fails with ENOENT when the agent
+    /// does not steal the port whole.
+    public func stolenListener(port: UInt16, _ completion: @escaping Completion) {
+        ask(.stolenListener(port: port), completion)
+    }
+
     private func ask(_ request: Request, _ completion: @escaping Completion) {
         guard !closed else { return completion(.failure(.connectionRefused)) }
         let id = nextID

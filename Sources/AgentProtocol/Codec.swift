@@ -80,6 +80,7 @@ public enum Frame {
         case hello = 0x01, welcome = 0x02, refused = 0x03, protocolError = 0x04
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
         case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A, ping = 0x1B
+        case stolenListener = 0x1C
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
         case incoming = 0x86, mirror = 0x87
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
@@ -129,6 +130,7 @@ public enum Frame {
                 id: id, .listen(IncomingSubscription(port: port, mode: mode, headerPattern: header, pathPattern: path)))
         case .takeIncoming: return .request(id: id, .takeIncoming(connection: try need(p.uint64(), "take")))
         case .ping: return .request(id: id, .ping)
+        case .stolenListener: return .request(id: id, .stolenListener(port: try need(p.uint16(), "stolen listener")))
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
             return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
@@ -352,6 +354,9 @@ struct ByteWriter {
             header(.takeIncoming, id)
             integer(connection)
         case .ping: header(.ping, id)
+        case .stolenListener(let port):
+            header(.stolenListener, id)
+            integer(port)
         }
     }
 

@@ -80,6 +80,10 @@ public enum Request: Sendable, Equatable {
     /// Takes the pod's stolen connection `connection` (announced by `incoming`). Only as a connection's
     /// first request: after its `done` the connection carries that connection's bytes both ways.
     case takeIncoming(connection: UInt64)
+    /// The listening socket that takes the pod's connections to the stolen `port` (whole connections, no
+    /// HTTP filter), passed like `socket`; on the socket channel only. The client accepts the pod's
+    /// connections from it from then on, and the agent stops announcing them (docs/incoming.md).
+    case stolenListener(port: UInt16)
     /// A sign of life, answered `done`: a session that takes the pod's ports sends one every few seconds,
     /// and the agent ends such a session when they stop (docs/incoming.md, "Giving the port back").
     case ping

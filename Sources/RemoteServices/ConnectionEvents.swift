@@ -9,7 +9,8 @@ import UserNotification
     import Glibc
 #endif
 
-/// The end of each TCP connection the program made from the pod, with the bytes it carried, for the log.
+/// The end of each TCP connection of the pod's that the program holds itself (one it made from the pod, or
+/// a stolen one whose socket it got), with the bytes it carried, for the log.
 ///
 /// The traffic never passes through sysmirror (docs/architecture.md, "Outgoing traffic"), so the counts come
 /// from the kernel: a NETLINK_SOCK_DIAG socket of the pod's namespace (made and subscribed by the agent)
@@ -17,7 +18,10 @@ import UserNotification
 /// in place are logged.
 package final class ConnectionEvents: Sendable {
     struct Connection: Sendable {
-        let destination: String
+        /// "connection to 10.96.0.20:8080", "incoming connection from 10.0.0.7:41234 to port 8080 of the pod".
+        let name: String
+        /// A stolen connection's log line counts bytes in and out, as a relayed one's does.
+        let stolen: Bool
         let pid: Int32
         /// The program's process, and its descriptor number for the socket (for a reset).
         let process: Int32
@@ -49,10 +53,10 @@ package final class ConnectionEvents: Sendable {
         try? Sockets.option64(fd, 57)
     }
 
-    func track(_ fd: Int32, destination: String, pid: Int32, number: Int32) {
+    func track(_ fd: Int32, name: String, stolen: Bool = false, pid: Int32, number: Int32) {
         guard let cookie = Self.cookie(of: fd) else { return }
         let connection = Connection(
-            destination: destination, pid: pid, process: Self.threadGroup(of: pid) ?? pid, number: number)
+            name: name, stolen: stolen, pid: pid, process: Self.threadGroup(of: pid) ?? pid, number: number)
         if tracked.withLock({ $0.updateValue(connection, forKey: cookie) }) == nil { open.begin() }
     }
 
@@ -80,7 +84,7 @@ package final class ConnectionEvents: Sendable {
                 TraceEvent(
                     time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close",
                     arguments: nil, route: .remote, outcome: .continued, durationNanos: 0,
-                    note: "connection to \(connection.destination) reset: \(reason)"))
+                    note: "\(connection.name) reset: \(reason)"))
         }
     }
 
@@ -150,8 +154,9 @@ package final class ConnectionEvents: Sendable {
             TraceEvent(
                 time: wallClock.wall(at: Clock.monotonic()), pid: connection.pid, syscall: "close", arguments: nil,
                 route: .remote, outcome: .continued, durationNanos: 0,
-                note:
-                    "connection to \(connection.destination) ended: \(event.bytesSent) bytes sent, \(event.bytesReceived) received"
+                note: connection.stolen
+                    ? "\(connection.name) ended: stolen, \(event.bytesReceived) bytes in, \(event.bytesSent) out"
+                    : "\(connection.name) ended: \(event.bytesSent) bytes sent, \(event.bytesReceived) received"
             ))
     }
 }

@@ -270,17 +270,21 @@ package final class PendingCall: Sendable {
 
     /// Installs `fd` into the program (which gets its own copy; this one closes here) and answers with the
     /// new number.
-    func install(fd: consuming OwnedDescriptor, flags: Int32, note: String? = nil) {
-        guard claim("a descriptor") else { return }
+    /// Installs `fd` as the call's result; the number the program got, or nil when the call failed or went away.
+    @discardableResult
+    func install(fd: consuming OwnedDescriptor, flags: Int32, note: String? = nil) -> Int32? {
+        guard claim("a descriptor") else { return nil }
         let answered = Clock.monotonic()
         do {
             let number = try listener.answer(notification.id, installing: fd.raw, closeOnExec: flags & O_CLOEXEC != 0)
             done(.returned(Int64(number)), note, answered)
+            return number
         } catch let error where error.errno == .noSuchFileOrDirectory {
             done(.interrupted, note, answered)
         } catch {
             respondFailure(error.errno.rawValue, note: "\(error)")
         }
+        return nil
     }
 
     /// Installs a writable `fd` whose last close matters (a pipe's write end, a copy to write back): sysmirror

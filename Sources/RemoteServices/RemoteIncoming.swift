@@ -18,6 +18,10 @@ import UserNotification
 /// stream, and the mirror feed writes it to such a connection. The program's accept reports the pod's
 /// client instead of that port (the address is written into the program's buffer). The program's bind
 /// stays local.
+///
+/// With a unix-socket agent, a port stolen whole goes further: sysmirror takes the pod's listening socket
+/// over (the socket channel's `stolenListener`) and accepts the pod's connections itself; the program's
+/// accept then gets the pod's own socket in place of the loopback connection, and its bytes pass no relay.
 package final class RemoteIncoming: Sendable {
     /// A listening socket of the program whose port the pod's traffic reaches.
     struct Listening: Sendable {
@@ -30,6 +34,10 @@ package final class RemoteIncoming: Sendable {
 
     let client: AgentClient
     let streams: StreamConnector
+    /// A unix-socket agent's socket channel, which hands stolen ports' listening sockets over.
+    let sockets: SocketChannel?
+    /// Where the ends of the pod's sockets the program holds itself are logged.
+    let connections: ConnectionEvents?
     let rules: IncomingRules
     let listener: NotificationListener
     /// Where the connections' ends are logged (the trace log's `record`).
@@ -37,14 +45,25 @@ package final class RemoteIncoming: Sendable {
     let logger: Logger
     /// By the listening socket's inode.
     private let listening = Mutex<[UInt64: Listening]>([:])
-    /// The pod's client of each relay, by the relay's loopback port.
-    private let clients = Mutex<[UInt16: (client: SocketAddress, mode: IncomingRules.Mode)]>([:])
+    /// A loopback connection to the program's listening socket, made for one of the pod's connections.
+    enum Arrival {
+        /// Announced by the agent, relayed or copied: the program's accept reports the pod's client.
+        case announced(client: SocketAddress, mode: IncomingRules.Mode)
+        /// Queued on the pod's listening socket, taken over: the program's accept takes it from there (and
+        /// gets the pod's own socket in place of this connection, whose end `local` is held until then).
+        case queued(PodListener, local: SharedDescriptor)
+    }
+
+    /// By the loopback connection's local port.
+    private let arrivals = Mutex<[UInt16: Arrival]>([:])
     private let wallClock = Clock.WallFromMonotonic()
     /// Connections being relayed or fed, so that the end of the session waits for their log lines.
     private let relaying: ActivityCount
     /// Relays, copies, accept waits and pings live here.
     private let loop: EventLoop
     private let feed: MirrorFeed
+    /// The pod's listening sockets taken over, by the program's listening socket's inode.
+    private let podListeners = Mutex<[UInt64: PodListener]>([:])
     /// Held around each accept sysmirror makes on a program's listening socket, with a readiness check
     /// first: an accept from the loop and one from the receiving thread never both wait for one connection.
     private let acceptLock = Mutex<Void>(())
@@ -53,9 +72,12 @@ package final class RemoteIncoming: Sendable {
     static let restartSystemCall: Int32 = 512
 
     package init(
-        client: AgentClient, streams: StreamConnector, rules: IncomingRules, listener: NotificationListener,
-        log: @escaping RecordEvent, loop: EventLoop, logger: Logger
+        client: AgentClient, streams: StreamConnector, sockets: SocketChannel?, connections: ConnectionEvents?,
+        rules: IncomingRules, listener: NotificationListener, log: @escaping RecordEvent, loop: EventLoop,
+        logger: Logger
     ) throws(SystemCallError) {
+        self.sockets = sockets
+        self.connections = connections
         self.loop = loop
         feed = MirrorFeed(loop: loop)
         relaying = try ActivityCount()
@@ -115,6 +137,9 @@ package final class RemoteIncoming: Sendable {
             case .response(.done):
                 listening.withLock { $0[inode] = entry }
                 startPinging()
+                if entry.mode == .steal, !subscription.filtersHTTP, let sockets {
+                    loop.execute { [self] in takeOver(entry, inode: inode, request: request.load(ordering: .relaxed), from: sockets) }
+                }
                 answer.succeed(0, note: "port \(entry.podPort) of the pod: \(how)")
                 return .waitingOnClient
             case .response(.mirror(let events)):
@@ -133,6 +158,7 @@ package final class RemoteIncoming: Sendable {
             case .linkFailure(let reason):
                 if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(reason)") }
                 feed.post([.linkLost])
+                loop.execute { [self] in releasePodListener(of: inode) }
                 return .complete
             case .response, .chunk, .end:
                 if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: unexpected answer") }
@@ -163,8 +189,9 @@ package final class RemoteIncoming: Sendable {
     /// two. A program that no longer listens gives the pod's port back, and the connection with it: the
     /// agent hands connections nobody takes to the pod's application.
     private func deliver(_ connection: IncomingConnection, to entry: Listening, inode: UInt64, request: UInt32) {
-        let client = SocketAddress(connection.client)
-        guard let (local, port) = localEnd(for: client, family: entry.family, mode: .steal) else { return }
+        guard let client = SocketAddress(connection.client),
+            let (local, port) = localEnd(family: entry.family, { _ in .announced(client: client, mode: .steal) })
+        else { return }
         relaying.begin()
         // Connected first: a refusal means the program no longer listens, and the agent then gives the
         // connection, which nobody takes, to the pod's application.
@@ -178,11 +205,7 @@ package final class RemoteIncoming: Sendable {
                 switch result {
                 case .success(let pod):
                     try? Sockets.setNoDelay(pod.raw)  // fails only on a unix socket, which has no delay to lose
-                    Relay.start(on: loop, pod, local) { [self] received, sent in
-                        forget(port)
-                        logEnd(of: client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")
-                        relaying.end()
-                    }
+                    relay(pod, local, port: port, from: client, to: entry)
                 case .failure(let error):
                     forget(port)
                     logger.warning("could not take an incoming connection from \(Self.describe(client)): \(error)")
@@ -190,6 +213,107 @@ package final class RemoteIncoming: Sendable {
                 }
             }
         }
+    }
+
+    /// On the loop: relays the pod's connection and the loopback one to the program until both end.
+    private func relay(
+        _ pod: SharedDescriptor, _ local: SharedDescriptor, port: UInt16?, from client: SocketAddress?,
+        to entry: Listening
+    ) {
+        Relay.start(on: loop, pod, local) { [self] received, sent in
+            if let port { forget(port) }
+            logEnd(of: client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")
+            relaying.end()
+        }
+    }
+
+    // MARK: The pod's listening socket, taken over
+
+    /// On the loop: asks the agent for the listening socket of the stolen port and, from then on, wakes the
+    /// program for each connection queued there. Without it (an older agent, a port given back meanwhile),
+    /// connections keep coming announced.
+    private func takeOver(_ entry: Listening, inode: UInt64, request: UInt32, from sockets: SocketChannel) {
+        sockets.stolenListener(port: entry.podPort) { [self] result in
+            guard case .success(let socket) = result, listening.withLock({ $0[inode] != nil }) else { return }
+            do {
+                try socket.descriptor.setNonBlocking(true)
+                let podListener = PodListener(socket: socket, loop: loop)
+                podListener.registration = try loop.register(socket.raw, for: .readable) { [self] _ in
+                    wake(for: podListener, entry, inode: inode, request: request)
+                }
+                podListeners.withLock { $0[inode] = podListener }
+            } catch {
+                logger.warning("could not take over the listening socket of port \(entry.podPort) of the pod: \(error)")
+            }
+        }
+    }
+
+    /// On the loop: a connection is queued on the pod's listening socket. A loopback connection to the
+    /// program wakes its accept, which takes the pod's connection (`acceptQueued`); one at a time, so the
+    /// listening socket is not watched meanwhile. A program that no longer listens leaves it queued, for
+    /// the agent to pass to the pod's application when the port goes back.
+    private func wake(for podListener: PodListener, _ entry: Listening, inode: UInt64, request: UInt32) {
+        podListener.pause()
+        guard let (local, port) = localEnd(family: entry.family, { .queued(podListener, local: $0) }) else {
+            return podListener.resume()
+        }
+        whenConnected(local, to: entry.address) { [self] connected in
+            guard connected else {
+                forget(port)
+                return giveBack(inode: inode, request: request, podPort: entry.podPort)
+            }
+        }
+    }
+
+    /// The program accepted the loopback connection `woken` for a connection queued on the pod's listening
+    /// socket: it gets the pod's socket instead (of its own family; else a relay joins the two), with the
+    /// pod client's address. A client that left meanwhile leaves the program a connection that ends at once.
+    private func acceptQueued(
+        _ woken: consuming OwnedDescriptor, _ podListener: PodListener, local: SharedDescriptor, _ entry: Listening,
+        flags: Int32, _ answer: PendingCall
+    ) {
+        defer { podListener.resume() }
+        let closeOnExec = flags & Int32(SOCK_CLOEXEC.rawValue) != 0 ? O_CLOEXEC : 0
+        var peer: SocketAddress?
+        let pod: SharedDescriptor
+        do throws(SystemCallError) {
+            pod = SharedDescriptor(
+                try Sockets.accept(
+                    podListener.socket.raw, flags: Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+                    peer: &peer))
+        } catch {
+            answer.install(fd: woken, flags: closeOnExec, note: "the pod's client left before it was accepted")
+            return
+        }
+        // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d; the log wants a.b.c.d.
+        let client = peer?.unmapped
+        guard report(client?.seen(byFamily: entry.family), to: answer) else { return }
+        let note = "from \(Self.describe(client)) to port \(entry.podPort) of the pod (stolen"
+        guard (try? Sockets.localAddress(pod.raw))?.family == entry.family else {
+            relaying.begin()
+            loop.execute { [self] in relay(pod, local, port: nil, from: client, to: entry) }
+            answer.install(fd: woken, flags: closeOnExec, note: note + ")")
+            return
+        }
+        woken.close()
+        do throws(SystemCallError) {
+            try pod.descriptor.setNonBlocking(flags & Int32(SOCK_NONBLOCK.rawValue) != 0)
+            guard
+                let number = answer.install(
+                    fd: try pod.descriptor.duplicate(), flags: closeOnExec, note: note + "; the pod's own socket)")
+            else { return }
+            connections?.track(
+                pod.raw, name: "incoming connection from \(Self.describe(client)) to port \(entry.podPort) of the pod",
+                stolen: true, pid: answer.notification.pid, number: number)
+        } catch {
+            answer.fail(error.errno.rawValue, note: "could not hand the pod's socket over: \(error)")
+        }
+    }
+
+    /// On the loop: the pod's listening socket of a port given back goes (the agent passes what is still
+    /// queued on it to the pod's application).
+    private func releasePodListener(of inode: UInt64) {
+        podListeners.withLock { $0.removeValue(forKey: inode) }?.stop()
     }
 
     /// On the loop: connects `fd` (non-blocking) to `address`, and tells whether it connected, once the
@@ -208,7 +332,7 @@ package final class RemoteIncoming: Sendable {
     }
 
     private func forget(_ port: UInt16) {
-        _ = clients.withLock { $0.removeValue(forKey: port) }
+        _ = arrivals.withLock { $0.removeValue(forKey: port) }
     }
 
     /// Hands the copies' events to the feed, with a local end started for each new connection.
@@ -229,7 +353,8 @@ package final class RemoteIncoming: Sendable {
     private func copy(_ id: UInt64, from client: SocketAddress?, to entry: Listening, inode: UInt64, request: UInt32)
         -> MirrorFeed.Event?
     {
-        guard let (local, port) = localEnd(for: client, family: entry.family, mode: .mirror) else { return nil }
+        guard let client, let (local, port) = localEnd(family: entry.family, { _ in .announced(client: client, mode: .mirror) })
+        else { return nil }
         var connecting = false
         do throws(SystemCallError) {
             try Sockets.connect(local.raw, to: entry.address)
@@ -255,22 +380,19 @@ package final class RemoteIncoming: Sendable {
         }
     }
 
-    /// A non-blocking socket bound to a loopback port, with the pod's client filed under that port, so that
-    /// the program's accept reports it (bound before connecting: the program may accept at once).
-    private func localEnd(for client: SocketAddress?, family: Int32, mode: IncomingRules.Mode)
-        -> (fd: SharedDescriptor, port: UInt16)?
-    {
-        guard let client else { return nil }
+    /// A non-blocking socket bound to a loopback port, with what the program's accept is to make of its
+    /// connection filed under that port (bound before connecting: the program may accept at once).
+    private func localEnd(family: Int32, _ arrival: (SharedDescriptor) -> Arrival) -> (fd: SharedDescriptor, port: UInt16)? {
         do throws(SystemCallError) {
             let local = SharedDescriptor(
                 try Sockets.make(family: family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)))
             try Sockets.bind(local.raw, to: .loopback(family: family))
             guard let port = try Sockets.localAddress(local.raw).port else { return nil }
             try Sockets.setNoDelay(local.raw)
-            clients.withLock { $0[port] = (client, mode) }
+            arrivals.withLock { $0[port] = arrival(local) }
             return (local, port)
         } catch {
-            logger.warning("could not make the local end of a connection from \(client): \(error)")
+            logger.warning("could not make the local end of one of the pod's connections: \(error)")
             return nil
         }
     }
@@ -288,6 +410,7 @@ package final class RemoteIncoming: Sendable {
     /// The program closed its listening socket: the pod's port is the pod's again.
     private func giveBack(inode: UInt64, request: UInt32, podPort: UInt16) {
         guard listening.withLock({ $0.removeValue(forKey: inode) }) != nil else { return }
+        loop.execute { [self] in releasePodListener(of: inode) }
         client.cancel(request)
         logger.notice("the program no longer listens: port \(podPort) of the pod is the pod's again")
     }
@@ -296,6 +419,7 @@ package final class RemoteIncoming: Sendable {
     /// program's exit closes its side of them.
     package func drain(milliseconds: Int) {
         relaying.waitUntilIdle(nanoseconds: UInt64(milliseconds) * 1_000_000)
+        connections?.drain(milliseconds: milliseconds)
     }
 
     // MARK: accept
@@ -341,26 +465,43 @@ package final class RemoteIncoming: Sendable {
         } catch {
             return answer.fail(error.errno.rawValue)
         }
-        var address = peer?.bytes ?? []
-        var note: String?
-        if let peer, peer.isLoopback, let port = peer.port, let (client, mode) = clients.withLock({ $0[port] }),
-            let reported = client.seen(byFamily: entry.family)
-        {
-            address = reported.bytes
-            note = "from \(client) to port \(entry.podPort) of the pod (\(mode == .steal ? "stolen" : "mirrored"))"
+        let closeOnExec = flags & Int32(SOCK_CLOEXEC.rawValue) != 0 ? O_CLOEXEC : 0
+        guard let peer, peer.isLoopback, let port = peer.port, let arrival = arrivals.withLock({ $0[port] }) else {
+            guard report(peer, to: answer) else { return }
+            answer.install(fd: connection, flags: closeOnExec)
+            return
         }
+        switch arrival {
+        case .queued(let podListener, let local):
+            forget(port)
+            acceptQueued(connection, podListener, local: local, entry, flags: flags, answer)
+        case .announced(let client, let mode):
+            guard report(client.seen(byFamily: entry.family) ?? peer, to: answer) else { return }
+            answer.install(
+                fd: connection, flags: closeOnExec,
+                note: "from \(client) to port \(entry.podPort) of the pod (\(mode == .steal ? "stolen" : "mirrored"))")
+        }
+    }
+
+    /// Writes `address` where accept's caller asked for its peer's (nothing when it passed no buffer); false,
+    /// with the call failed, when its memory cannot take it.
+    private func report(_ address: SocketAddress?, to answer: PendingCall) -> Bool {
+        let bytes = address?.bytes ?? []
         let memory = ProcessMemory(pid: answer.notification.pid)
         let buffer = answer.notification.arguments[1], lengthAddress = answer.notification.arguments[2]
-        if buffer != 0 {
-            guard let room = try? memory.readable(at: lengthAddress, count: 4), room.count == 4 else {
-                return answer.fail(EFAULT)
-            }
-            let capacity = Int(room.withUnsafeBytes { $0.load(as: UInt32.self) })
-            let written = memory.write(Array(address.prefix(capacity)), at: buffer)
-            let reported = withUnsafeBytes(of: UInt32(address.count)) { Array($0) }
-            guard written == 0, memory.write(reported, at: lengthAddress) == 0 else { return answer.fail(EFAULT) }
+        guard buffer != 0 else { return true }
+        guard let room = try? memory.readable(at: lengthAddress, count: 4), room.count == 4 else {
+            answer.fail(EFAULT)
+            return false
         }
-        answer.install(fd: connection, flags: flags & Int32(SOCK_CLOEXEC.rawValue) != 0 ? O_CLOEXEC : 0, note: note)
+        let capacity = Int(room.withUnsafeBytes { $0.load(as: UInt32.self) })
+        let written = memory.write(Array(bytes.prefix(capacity)), at: buffer)
+        let length = withUnsafeBytes(of: UInt32(bytes.count)) { Array($0) }
+        guard written == 0, memory.write(length, at: lengthAddress) == 0 else {
+            answer.fail(EFAULT)
+            return false
+        }
+        return true
     }
 
     // MARK: Sockets
@@ -447,5 +588,36 @@ final class AcceptWait: @unchecked Sendable {  // touched only on `loop`
         if let timer { loop.cancel(timer) }
         registration = nil
         timer = nil
+    }
+}
+
+/// A stolen port's listening socket in the pod, taken over from the agent: watched on the serving loop
+/// while no loopback connection it caused waits for the program's accept.
+final class PodListener: @unchecked Sendable {  // `registration` is touched only on `loop`
+    let socket: SharedDescriptor
+    private let loop: EventLoop
+    var registration: EventLoop.Registration?
+
+    init(socket: SharedDescriptor, loop: EventLoop) {
+        self.socket = socket
+        self.loop = loop
+    }
+
+    /// On the loop: not watched until `resume`.
+    func pause() {
+        if let registration { loop.change(registration, to: []) }
+    }
+
+    /// From any thread: watched again.
+    func resume() {
+        loop.execute { [self] in
+            if let registration { loop.change(registration, to: .readable) }
+        }
+    }
+
+    /// On the loop: not watched any more; the socket closes with its last holder.
+    func stop() {
+        if let registration { loop.deregister(registration) }
+        registration = nil
     }
 }

@@ -167,7 +167,7 @@ package final class RemoteSockets: Sendable {
         // Tracked for the log and for resets after the answer where it can be: the program need not wait.
         if (error == 0 || error == EINPROGRESS) && socket.facts.transport == .tcp {
             connections?.track(
-                made.raw, destination: destination.description, pid: answer.notification.pid, number: socket.number)
+                made.raw, name: "connection to \(destination)", pid: answer.notification.pid, number: socket.number)
         }
         if socket.nonBlocking || error != EINPROGRESS {
             if !socket.nonBlocking { try? made.descriptor.setNonBlocking(false) }

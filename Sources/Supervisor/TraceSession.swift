@@ -176,7 +176,8 @@ public final class TraceSession: Sendable {
             let loop = try EventLoop(name: "sysmirror-serve")
             var sockets: SocketChannel?
             var connections: SharedDescriptor?
-            if remote.outgoing.enabled, case .unix(let path) = remote.address {
+            // The socket channel serves outgoing sockets and stolen ports' listening sockets.
+            if remote.outgoing.enabled || remote.incoming.mode != .off, case .unix(let path) = remote.address {
                 let channel = try SocketChannel.connect(agentPath: path, token: remote.token, loop: loop)
                 sockets = channel
                 connections = Self.connectionEvents(from: channel, on: loop)
@@ -230,18 +231,22 @@ public final class TraceSession: Sendable {
                 resolverOverTCP: link.sockets == nil && options.remote?.outgoing.enabled == true, loop: link.loop,
                 logger: logger)
         }
+        // The ends of the pod's TCP connections that the program holds itself, with no relay: outgoing ones,
+        // and stolen ones taken from the pod's listening socket.
+        let connections = link.flatMap { link in
+            link.connections.flatMap { try? ConnectionEvents(socket: $0, log: log.record, loop: link.loop) }
+        }
+        if let link, let connections {
+            link.client.whenLinkFails { reason in connections.resetAll(reason: reason) }
+        }
         let sockets = try link.flatMap { link throws -> RemoteSockets? in
             guard let remoteOptions = options.remote, remoteOptions.outgoing.enabled else { return nil }
             return try RemoteSockets(
                 channel: link.sockets,
                 streams: link.sockets == nil
                     ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
-                listener: program.listener, loop: link.loop, logger: logger,
-                connections: link.connections.flatMap { try? ConnectionEvents(socket: $0, log: log.record, loop: link.loop) },
+                listener: program.listener, loop: link.loop, logger: logger, connections: connections,
                 linkIsUp: { [client = link.client] in client.isActive })
-        }
-        if let link, let connections = sockets?.connections {
-            link.client.whenLinkFails { reason in connections.resetAll(reason: reason) }
         }
         let policy =
             options.remote.map { RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing) }
@@ -251,7 +256,7 @@ public final class TraceSession: Sendable {
             return try RemoteIncoming(
                 client: link.client,
                 streams: StreamConnector(address: link.client.address, token: remote.token, loop: link.loop),
-                rules: remote.incoming, listener: program.listener, log: log.record, loop: link.loop, logger: logger)
+                sockets: link.sockets, connections: connections, rules: remote.incoming, listener: program.listener, log: log.record, loop: link.loop, logger: logger)
         }
         let loop = try NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,

@@ -78,6 +78,13 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
             : .inet(address: [127, 0, 0, 1], port: port)
     }
 
+    /// The wildcard address of `family` (0.0.0.0 or ::) with `port`: every address, for a listener.
+    public static func any(family: Int32, port: UInt16 = 0) -> SocketAddress {
+        family == Int32(familyInet6)
+            ? .inet6(address: [UInt8](repeating: 0, count: 16), port: port, scope: 0)
+            : .inet(address: [0, 0, 0, 0], port: port)
+    }
+
     /// Whether this is a loopback address: 127.0.0.0/8, ::1, or ::ffff:127.x.x.x.
     public var isLoopback: Bool {
         switch self {
@@ -110,6 +117,15 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
         if family == self.family { return self }
         guard family == Int32(Self.familyInet6), case .inet(let address, let port) = self else { return nil }
         return .inet6(address: [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + address, port: port, scope: 0)
+    }
+
+    /// An IPv4-mapped IPv6 address (::ffff:a.b.c.d, how a dual-stack socket shows an IPv4 peer) as IPv4;
+    /// any other address as it is.
+    public var unmapped: SocketAddress {
+        guard case .inet6(let address, let port, _) = self, address.prefix(10).allSatisfy({ $0 == 0 }),
+            address[10] == 0xff, address[11] == 0xff
+        else { return self }
+        return .inet(address: Array(address[12...]), port: port)
     }
 
     /// `10.96.0.10:80`, `[fd00::1]:80`, `unix:/run/x.sock`, `unix:@name`.

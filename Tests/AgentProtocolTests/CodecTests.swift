@@ -28,6 +28,7 @@ let everyMessage: [Message] = [
         id: 21,
         .listen(IncomingSubscription(port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/"))),
     .request(id: 1, .takeIncoming(connection: .max)),
+    .request(id: 2, .stolenListener(port: 8080)),
     .request(id: 22, .ping),
     .response(id: 20, .incoming(IncomingConnection(id: 7, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),
     .response(

@@ -132,6 +132,26 @@ final class IncomingTrafficTests {
         #expect(try !sessionTables.contains("sysmirror_"))
     }
 
+    @Test("steal with a unix-socket agent: a program of the pod's family holds the pod's own socket, with no relay")
+    func stealHandsThePodsSocket() throws {
+        let server = try startLocal(
+            ["--incoming", "steal"], program: [fixtures.path("gofixture"), "serve", "local", "[::]:8080"])
+        #expect(server.logText.contains("port 8080 of the pod: stolen"), "\(server.logText)")
+        // Two requests on one connection, then a second connection.
+        let answers = try pod.client(["GET /one", "GET /two"]) + pod.client(["GET /three"])
+        #expect(answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == Array(repeating: "local \(client)", count: 3))
+        #expect(server.requests == "/one \n/two \n/three \n")
+        // The ends come from the pod's kernel (sock_diag), as no relay counts the bytes.
+        try PodStandIn.waitUntil("the connections' ends in the log") {
+            server.logText.components(separatedBy: "ended: stolen, ").count == 3
+        }
+        let log = server.logText
+        #expect(log.components(separatedBy: "(stolen; the pod's own socket)").count == 3, "\(log)")
+        #expect(log.contains("incoming connection from \(client):") && log.contains("bytes in"), "\(log)")
+        end(server)
+        #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
+    }
+
     @Test("steal with a header filter: matching requests are local, others the pod's, on one keep-alive connection")
     func stealFiltered() throws {
         let server = try startLocal(["--incoming", "steal", "--steal-header", "^X-Dev: me$"])

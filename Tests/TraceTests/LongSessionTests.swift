@@ -47,11 +47,16 @@ final class LongSessionTests {
 
     // MARK: - The scenarios
 
-    @Test("steal: 3,000 connections one after another, all answered by the local program; sysmirror stays flat")
-    func stealMany() throws {
+    /// On 127.0.0.1 sysmirror relays each connection to the pod's socket; on [::] (the agent's family) the
+    /// program holds the pod's socket itself.
+    @Test(
+        "steal: 3,000 connections one after another, all answered by the local program; sysmirror stays flat",
+        arguments: ["127.0.0.1:8080", "[::]:8080"])
+    func stealMany(listening address: String) throws {
         let started = Date()
         let pod = try makePod(incoming: true)
-        let session = try startLocal(pod, ["--incoming", "steal"])
+        let session = try startLocal(
+            pod, ["--incoming", "steal"], program: [fixtures.path("gofixture"), "serve", "local", address])
         #expect(session.logText.contains("port 8080 of the pod: stolen"), "\(session.outputText)\n\(session.logText)")
 
         let connecting = Date()
@@ -65,7 +70,7 @@ final class LongSessionTests {
         let seconds = Date().timeIntervalSince(connecting)
 
         check(
-            "steal", connections: Self.stolenConnections, seconds: seconds, total: Date().timeIntervalSince(started),
+            "steal on \(address)", connections: Self.stolenConnections, seconds: seconds, total: Date().timeIntervalSince(started),
             before: before, after: after)
         end(session)
     }
@@ -359,16 +364,21 @@ final class LongSessionTests {
         var threads: Int
         let vmSize: Int
         let vmRSS: Int
+        /// Open descriptors (/proc/PID/fd).
+        let descriptors: Int
         /// The threads at the first reading, when they were more than `threads` (see `resources(of:)`).
         var threadsAtFirst: Int?
 
         init(pid: Int32) throws {
             let status = try ProcessStatus(pid: pid)
             (threads, vmSize, vmRSS) = (status.threads, status.virtualKB, status.residentKB)
+            descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count
         }
 
         var threadsText: String { "\(threads)" + (threadsAtFirst.map { " (\($0) at first)" } ?? "") }
-        var description: String { "threads \(threadsText), VmSize \(vmSize) kB, VmRSS \(vmRSS) kB" }
+        var description: String {
+            "threads \(threadsText), descriptors \(descriptors), VmSize \(vmSize) kB, VmRSS \(vmRSS) kB"
+        }
     }
 
     /// The trace process's reading. Threads that serve a connection which just ended may still be on their
@@ -396,7 +406,7 @@ final class LongSessionTests {
     ) {
         let time = String(format: "%.1f s (%.1f s with setup)", seconds, total)
         print(
-            "LongSession \(scenario): \(connections) connections in \(time); threads \(before.threadsText) → \(after.threadsText) (bound \(Self.threadBound)); VmSize \(before.vmSize) → \(after.vmSize) kB (\(String(format: "%+.1f", Double(after.vmSize - before.vmSize) * 100 / Double(before.vmSize)))%); VmRSS \(before.vmRSS) → \(after.vmRSS) kB (\(after.vmRSS - before.vmRSS >= 0 ? "+" : "")\(after.vmRSS - before.vmRSS) kB)"
+            "LongSession \(scenario): \(connections) connections in \(time); threads \(before.threadsText) → \(after.threadsText) (bound \(Self.threadBound)); descriptors \(before.descriptors) → \(after.descriptors); VmSize \(before.vmSize) → \(after.vmSize) kB (\(String(format: "%+.1f", Double(after.vmSize - before.vmSize) * 100 / Double(before.vmSize)))%); VmRSS \(before.vmRSS) → \(after.vmRSS) kB (\(after.vmRSS - before.vmRSS >= 0 ? "+" : "")\(after.vmRSS - before.vmRSS) kB)"
         )
         #expect(
             before.threads <= Self.threadBound,
@@ -404,6 +414,10 @@ final class LongSessionTests {
         #expect(
             after.threads <= Self.threadBound,
             "\(scenario): \(after.threads) threads after \(connections) connections, more than \(Self.threadBound)")
+        // A few may belong to a connection still ending.
+        #expect(
+            after.descriptors <= before.descriptors + 4,
+            "\(scenario): \(before.descriptors) descriptors → \(after.descriptors)")
         #expect(
             Double(abs(after.vmSize - before.vmSize)) <= Self.vmSizeTolerance * Double(before.vmSize),
             "\(scenario): VmSize \(before.vmSize) kB → \(after.vmSize) kB")

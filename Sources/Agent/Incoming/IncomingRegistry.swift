@@ -1,4 +1,5 @@
 import Incoming
+import struct LinuxSystem.OwnedDescriptor
 import Logging
 import NIOCore
 import Synchronization
@@ -18,6 +19,9 @@ final class IncomingRegistry: Sendable {
 
     let netfilter = Netfilter.locate()
     private let waiting = Mutex<[UInt64: Waiting]>([:])
+    /// The sessions that steal a port whole, by the pod's port (one session a port): the socket channel
+    /// hands their listening sockets over.
+    private let stealers = Mutex<[UInt16: IncomingSession]>([:])
     private let nextID = Atomic<UInt64>(0)
     private let cleanedUp = Atomic<Bool>(false)
 
@@ -31,6 +35,20 @@ final class IncomingRegistry: Sendable {
 
     func remove(_ id: UInt64) -> Waiting? {
         waiting.withLock { $0.removeValue(forKey: id) }
+    }
+
+    func stealing(_ port: UInt16, by session: IncomingSession) {
+        stealers.withLock { $0[port] = session }
+    }
+
+    func stoppedStealing(_ port: UInt16, by session: IncomingSession) {
+        stealers.withLock { if $0[port] === session { $0[port] = nil } }
+    }
+
+    /// The listening socket of stolen `port`, taken over by a client of the socket channel; nil when no
+    /// session steals it whole.
+    func handOver(_ port: UInt16) -> OwnedDescriptor? {
+        stealers.withLock { $0[port] }?.handOver(port: port)
     }
 
     /// Once per agent, before its first rules: tables left by killed agents go.

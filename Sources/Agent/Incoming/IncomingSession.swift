@@ -1,9 +1,14 @@
 import AgentProtocol
 import Incoming
+import class LinuxSystem.SharedDescriptor
+import struct LinuxSystem.OwnedDescriptor
+import enum LinuxSystem.Sockets
+import struct LinuxSystem.SystemCallError
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import SyscallDecoding
 
 #if canImport(Glibc)
     import Glibc
@@ -18,7 +23,10 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         let request: UInt32
         let mode: IncomingSubscription.Mode
         let filter: HTTPFilter?
+        /// Accepts the stolen connections here, on a copy of `socket`; gone once a client took `socket` over.
         var listener: (any Channel)?
+        /// A stolen port's listening socket.
+        var socket: SharedDescriptor?
     }
 
     let loop: any EventLoop
@@ -64,6 +72,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             }
             var next = plan
             var listener: (any Channel)?
+            var socket: SharedDescriptor?
             do {
                 switch subscription.mode {
                 case .steal:
@@ -75,8 +84,9 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                         )
                     }
                     let bound = try bindListener(podPort: port)
-                    listener = bound
-                    next.steals[port] = UInt16(bound.localAddress?.port ?? 0)
+                    socket = bound.socket
+                    listener = bound.channel
+                    next.steals[port] = bound.port
                 case .mirror:
                     if capture == nil { capture = try MirrorCapture.open(session: self) }
                     next.logGroup = capture!.group
@@ -89,7 +99,8 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             }
             plan = next
             subscriptions[port] = Subscription(
-                request: request, mode: subscription.mode, filter: filter, listener: listener)
+                request: request, mode: subscription.mode, filter: filter, listener: listener, socket: socket)
+            if socket != nil && filter == nil { registry.stealing(port, by: self) }
             let how =
                 subscription.mode == .mirror
                 ? "mirrored" : filter == nil ? "stolen" : "stolen for matching HTTP requests"
@@ -116,6 +127,8 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                 logger.warning("could not give port \(port) back: \(error)")
             }
             subscription.listener?.close(promise: nil)
+            registry.stoppedStealing(port, by: self)
+            if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
             logger.info("port \(port) of the pod is its own again")
             let ids = waiting.filter { $0.value == request }.map(\.key)
             for id in ids { waiting[id] = nil }
@@ -138,7 +151,11 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                     logger.warning("could not remove the netfilter table \(plan.table): \(error)")
                 }
             }
-            for subscription in subscriptions.values { subscription.listener?.close(promise: nil) }
+            for (port, subscription) in subscriptions {
+                subscription.listener?.close(promise: nil)
+                registry.stoppedStealing(port, by: self)
+                if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
+            }
             subscriptions = [:]
             defer { capture = nil }
             return (Array(waiting.keys), capture)
@@ -156,6 +173,34 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     }
 
     func subscription(for port: UInt16) -> Subscription? { lock.withLock { _ in subscriptions[port] } }
+
+    /// Gives stolen `port`'s listening socket to a client that accepts the pod's connections itself (a
+    /// unix-socket client, which then hands the program the pod's socket, with no relay in between). The
+    /// agent stops accepting there; connections it had accepted already are announced as before.
+    func handOver(port: UInt16) -> OwnedDescriptor? {
+        let socket = lock.withLock { _ -> SharedDescriptor? in
+            guard !ended, var subscription = subscriptions[port], subscription.filter == nil else { return nil }
+            subscription.listener?.close(promise: nil)
+            subscription.listener = nil
+            subscriptions[port] = subscription
+            return subscription.socket
+        }
+        return try? socket?.descriptor.duplicate()
+    }
+
+    /// Connections still queued on a listening socket whose port goes back to the pod (its rules are gone
+    /// already, so no more come): to the pod's application, as if they had never been redirected.
+    private func passThroughWaiting(_ socket: SharedDescriptor, podPort: UInt16) {
+        try? socket.descriptor.setNonBlocking(true)  // cannot fail on a socket the agent holds
+        var peer: SyscallDecoding.SocketAddress?
+        while let connection = try? Sockets.accept(socket.raw, flags: Int32(SOCK_CLOEXEC.rawValue), peer: &peer) {
+            ClientBootstrap(group: loop)
+                .channelOption(.autoRead, value: false)
+                .channelOption(.allowRemoteHalfClosure, value: true)
+                .withConnectedSocket(connection.release())
+                .whenSuccess { [self] in passThrough($0, podPort: podPort, reason: "its port is no longer stolen") }
+        }
+    }
 
     // MARK: Connections
 
@@ -198,11 +243,16 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     /// What `send` was given and the link has not written yet: how far behind the client is.
     var unsentBytes: Int { unsent.load(ordering: .relaxed) }
 
-    /// A listener for the stolen connections of `podPort`, on every address (IPv6 and IPv4 where the pod
-    /// has IPv6, else IPv4), on a port the kernel picks.
-    private func bindListener(podPort: UInt16) throws -> any Channel {
-        let bootstrap = ServerBootstrap(group: loop)
-            .serverChannelOption(.backlog, value: 1024)
+    /// A listening socket for the stolen connections of `podPort`, on every address (IPv6 and IPv4 where the
+    /// pod has IPv6, else IPv4), on a port the kernel picks; and a NIO listener on a copy of it.
+    private func bindListener(podPort: UInt16) throws -> (socket: SharedDescriptor, channel: any Channel, port: UInt16) {
+        let socket: SharedDescriptor
+        do {
+            socket = try Self.listeningSocket(family: AF_INET6)
+        } catch {
+            socket = try Self.listeningSocket(family: AF_INET)
+        }
+        let channel = try ServerBootstrap(group: loop)
             .childChannelOption(.autoRead, value: false)
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -210,11 +260,18 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                 stolen(channel, podPort: podPort)
                 return channel.eventLoop.makeSucceededVoidFuture()
             }
-        do {
-            return try bootstrap.bind(host: "::", port: 0).wait()
-        } catch {
-            return try bootstrap.bind(host: "0.0.0.0", port: 0).wait()
-        }
+            .withBoundSocket(try socket.descriptor.duplicate().release())
+            .wait()
+        return (socket, channel, try Sockets.localAddress(socket.raw).port ?? 0)
+    }
+
+    private static func listeningSocket(family: Int32) throws(SystemCallError) -> SharedDescriptor {
+        let socket = SharedDescriptor(
+            try Sockets.make(family: family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)))
+        try Sockets.setOption(socket.raw, SO_REUSEADDR, 1)
+        try Sockets.bind(socket.raw, to: .any(family: family))
+        try Sockets.listen(socket.raw, backlog: 1024)
+        return socket
     }
 
     /// A connection redirected from `podPort`: to the client whole, or request by request with a filter.

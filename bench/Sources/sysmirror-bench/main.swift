@@ -644,11 +644,13 @@ struct IncomingPod {
         }
     }
 
-    /// The local server (`httpbench serve 127.0.0.1:9090`) under `sysmirror trace --incoming mode`, once the
-    /// pod's port is its; `idle`: sysmirror and the server at SCHED_IDLE, so that they use only CPU time the
+    /// The local server (`httpbench serve 127.0.0.1:9090`, or `listen`) under `sysmirror trace --incoming
+    /// mode`, once the pod's port is its; `idle`: sysmirror and the server at SCHED_IDLE, so that they use only CPU time the
     /// pod's side leaves (as on a laptop of their own). Without `log` (a file), the trace is `--quiet`. The
     /// process is sysmirror's own (`chrt`, `ip netns exec` and `env` each exec the next).
-    func session(_ mode: String, idle: Bool = false, log: String? = nil) throws -> Process {
+    func session(_ mode: String, idle: Bool = false, log: String? = nil, listen: String = "127.0.0.1:9090") throws
+        -> Process
+    {
         func hasTable() -> Bool { run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") }
         // The last session's table goes as it ends; waited for (a while), so that its table is not taken
         // for the new session's. (5 s at most.)
@@ -661,7 +663,7 @@ struct IncomingPod {
                 "ip", "netns", "exec", developer, options.sysmirror, "trace",
             ] + (log.map { ["--log", $0] } ?? ["--quiet"]) + [
                 "--agent", "unix:\(work)/\(socket)", "--token-file", "\(work)/token", "--incoming", mode, "--",
-                "\(work)/httpbench", "serve", "127.0.0.1:9090",
+                "\(work)/httpbench", "serve", listen,
             ], log: "\(socket)-incoming-\(mode).log")
         try waitUntil("nft table of the \(mode) session", seconds: 30) { hasTable() || !process.isRunning }
         guard process.isRunning else {
@@ -699,6 +701,9 @@ func incomingTraffic(on stand: IncomingPod) throws {
         }
     }
     let direct = "the pod's application", stolen = "stolen by the local server"
+    // An IPv6 listener ([::]) is of the family of the agent's dual-stack one: the program holds the pod's
+    // socket itself. An IPv4 one gets a loopback connection that sysmirror relays to the pod's socket.
+    let stolenIPv6 = "stolen, local server on [::]"
     let mirrored = "mirrored to the local server"
     let mirroredIdle = "mirrored, developer side idle"
     let mirroredPod = "mirrored, pod side alone"
@@ -708,6 +713,9 @@ func incomingTraffic(on stand: IncomingPod) throws {
         let steal = try stand.session("steal")
         latency(stolen)
         servers.stop(steal, signal: SIGTERM)
+        let stealIPv6 = try stand.session("steal", listen: "[::]:9090")
+        latency(stolenIPv6)
+        servers.stop(stealIPv6, signal: SIGTERM)
         let mirror = try stand.session("mirror")
         load(mirrored)
         servers.stop(mirror, signal: SIGTERM)
@@ -726,7 +734,7 @@ func incomingTraffic(on stand: IncomingPod) throws {
     print("latency: \(count) requests one at a time; rate: 4 clients for \(seconds) s; keep-alive / a new connection each")
     print(pad("case", 32) + pad("keep-alive p50 µs", 19) + pad("p99 µs", 9) + pad("new conn p50 µs", 17) + pad("p99 µs", 9)
         + pad("req/s keep-alive", 18) + pad("×", 7) + pad("req/s new conn", 16) + "×")
-    for name in [direct, stolen, mirrored, mirroredIdle, mirroredPod] {
+    for name in [direct, stolen, stolenIPv6, mirrored, mirroredIdle, mirroredPod] {
         var line = pad(name, 32)
         if p50["\(name) keepalive"] != nil {
             for mode in ["keepalive", "close"] {
@@ -746,14 +754,18 @@ func incomingTraffic(on stand: IncomingPod) throws {
         print(line)
     }
     /// What stealing adds to the pod application's round trip at a percentile, as "+N µs".
-    func added(_ percentile: [String: [Double]], _ mode: String) -> String {
-        let difference = median(percentile["\(stolen) \(mode)"]!) - median(percentile["\(direct) \(mode)"]!)
+    func added(_ percentile: [String: [Double]], _ mode: String, _ name: String) -> String {
+        let difference = median(percentile["\(name) \(mode)"]!) - median(percentile["\(direct) \(mode)"]!)
         return String(format: "%+.0f µs", difference)
     }
-    print(
-        "added by stealing (new connection): p50 \(added(p50, "close")) (target ≤ +300 µs), p99 \(added(p99, "close"))"
-    )
-    print("added by stealing (keep-alive): p50 \(added(p50, "keepalive")), p99 \(added(p99, "keepalive"))")
+    for (name, listener) in [(stolen, "127.0.0.1"), (stolenIPv6, "[::]")] {
+        print(
+            "added by stealing, local server on \(listener) (new connection): p50 \(added(p50, "close", name)) (target ≤ +300 µs), p99 \(added(p99, "close", name))"
+        )
+        print(
+            "added by stealing, local server on \(listener) (keep-alive): p50 \(added(p50, "keepalive", name)), p99 \(added(p99, "keepalive", name))"
+        )
+    }
     print("target: the pod application's requests per second while mirrored within 10% of unmirrored (≥ 0.90×)")
     print("all of it shares this machine's CPUs: \"mirrored\" counts the local server's own work on every copied")
     print("request against the pod's rate; \"developer side idle\" runs sysmirror and it at SCHED_IDLE; \"pod side")
