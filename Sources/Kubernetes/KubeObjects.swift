@@ -132,6 +132,18 @@ public struct EventList: Decodable, Equatable, Sendable {
         public var involvedObject: Source?
     }
     public var items: [Event]
+
+    /// Why `container`'s image could not be pulled, in the kubelet's words: its "Failed to pull image"
+    /// event, which holds the registry's answer (the "Error: ErrImagePull" and "Error: ImagePullBackOff"
+    /// events after it repeat only the reason); else `waiting`, the container's waiting message; else the
+    /// last failure event.
+    public func pullFailure(of container: String, waiting: String) -> String {
+        let failures = items.filter {
+            $0.type == "Warning" && $0.reason == "Failed" && ($0.involvedObject?.fieldPath ?? "").contains(container)
+        }.compactMap(\.message)
+        return failures.last { $0.hasPrefix("Failed to pull image") }
+            ?? (waiting.isEmpty ? failures.last ?? "" : waiting)
+    }
 }
 
 /// `kubectl version --client -o json`.

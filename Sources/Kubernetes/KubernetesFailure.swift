@@ -60,7 +60,7 @@ public enum KubernetesFailure: Error, Equatable, Sendable, CustomStringConvertib
         case .forbidden(let user, let verb, let resource, let namespace):
             "the cluster's RBAC does not let \(user.map { "user \($0.debugDescription)" } ?? "you") \(verb) \(resource)"
                 + (namespace.map { " in the namespace \($0.debugDescription)" } ?? "")
-                + ". Ask for the Role in docs/kubernetes.md (it lists every verb sysmirror uses); `kubectl auth can-i \(verb) \(resource)` checks."
+                + ". Ask for the Role in docs/kubernetes.md (it lists every verb sysmirror uses); `\(Self.canI(verb: verb, resource: resource, namespace: namespace))` checks."
         case .podSecurity(let detail):
             "the namespace's Pod Security admission refused the agent container: \(detail). The agent needs the capabilities listed in docs/kubernetes.md; ask for an exemption or a namespace at the privileged level, or use --fs-mode local --no-remote-env where only outgoing traffic is needed."
         case .admissionDenied(let detail):
@@ -131,18 +131,33 @@ public enum KubernetesFailure: Error, Equatable, Sendable, CustomStringConvertib
         return line.dropFirst().prefix(4).count == 4 && line.dropFirst().prefix(4).allSatisfy(\.isNumber)
     }
 
-    /// `User "dev" cannot patch resource "pods/ephemeralcontainers" in API group "" in the namespace "web"`.
+    /// `User "dev" cannot patch resource "pods/ephemeralcontainers" in API group "" in the namespace "web"`:
+    /// after `Error from server (Forbidden):` for most calls, after `error upgrading connection:` for a
+    /// port-forward. The group qualifies the resource, before its subresource (`deployments.apps/scale`).
     static func forbidden(in text: String) -> KubernetesFailure? {
-        guard text.contains("(Forbidden)"), let range = text.range(of: " cannot ") else { return nil }
+        guard text.contains("(Forbidden)") || text.contains(" is forbidden: User \""),
+            let range = text.range(of: " cannot ")
+        else { return nil }
         let words = text[range.upperBound...].split(separator: " ", maxSplits: 3)
         guard words.count >= 3, words[1] == "resource" else { return nil }
         let user = text[..<range.lowerBound].components(quotedAfter: "User ").first
         let namespace = text.components(quotedAfter: "in the namespace ").first
-        var resource = words[2].trimmingCharacters(in: "\"")
+        let named = words[2].trimmingCharacters(in: "\"").split(separator: "/", maxSplits: 1)
+        var resource = String(named[0])
         if let group = text.components(quotedAfter: "in API group ").first, !group.isEmpty {
             resource += ".\(group)"
         }
+        if named.count == 2 { resource += "/\(named[1])" }
         return .forbidden(user: user, verb: String(words[0]), resource: resource, namespace: namespace)
+    }
+
+    /// The `kubectl auth can-i` that asks about a denial. A subresource must go in `--subresource`:
+    /// `kubectl auth can-i patch pods/ephemeralcontainers` asks about the pod named "ephemeralcontainers".
+    static func canI(verb: String, resource: String, namespace: String?) -> String {
+        let parts = resource.split(separator: "/", maxSplits: 1)
+        return (["kubectl", "auth", "can-i", verb, String(parts.first ?? "")]
+            + (parts.count == 2 ? ["--subresource=\(parts[1])"] : []) + (namespace.map { ["-n", $0] } ?? []))
+            .joined(separator: " ")
     }
 }
 

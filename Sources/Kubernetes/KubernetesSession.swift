@@ -233,7 +233,7 @@ public final class KubernetesSession {
             case .failed(.imagePull(let image, let reason, let message)):
                 throw .imagePull(
                     image: image, reason: reason,
-                    message: pullFailure(in: pod, container: plan.containerName, kubectl: kubectl) ?? message)
+                    message: pullFailure(in: pod, container: plan.containerName, waiting: message, kubectl: kubectl))
             case .failed(let failure):
                 throw failure
             case .starting(let state):
@@ -245,15 +245,14 @@ public final class KubernetesSession {
         }
     }
 
-    /// The kubelet's own account of a failed pull, from the pod's events (the container's status says only
-    /// "Back-off pulling image" once it is backing off). nil when events cannot be read.
-    static func pullFailure(in pod: String, container: String, kubectl: Kubectl) -> String? {
+    /// The kubelet's own account of a failed pull, from the pod's events (a kubelet before 1.32 says only
+    /// "Back-off pulling image" in the container's status once it is backing off); the container's waiting
+    /// message when events cannot be read.
+    static func pullFailure(in pod: String, container: String, waiting: String, kubectl: Kubectl) -> String {
         let events = try? kubectl.json(
             EventList.self,
             ["get", "events", "--field-selector", "involvedObject.kind=Pod,involvedObject.name=\(pod)", "-o", "json"])
-        return events?.items.last {
-            $0.type == "Warning" && $0.reason == "Failed" && ($0.involvedObject?.fieldPath ?? "").contains(container)
-        }?.message
+        return (events ?? EventList(items: [])).pullFailure(of: container, waiting: waiting)
     }
 
     /// Connects through the port-forward until the agent completes the handshake: the container runs

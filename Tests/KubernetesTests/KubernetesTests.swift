@@ -185,6 +185,27 @@ struct AgentPlanTests {
             container: "c", image: "i")
         #expect(exited == .failed(.agentFailed(container: "c", reason: "Error with status 1: bind: address in use")))
     }
+
+    @Test("A failed pull in the kubelet's words: its \"Failed to pull image\" event, not the reason repeated")
+    func pullFailure() {
+        let container = "spec.ephemeralContainers{sysmirror-agent-00beef}"
+        func failed(_ message: String, on path: String = container) -> EventList.Event {
+            .init(reason: "Failed", message: message, type: "Warning", involvedObject: .init(fieldPath: path))
+        }
+        let detail = #"Failed to pull image "registry.example/missing:1": rpc error: code = NotFound desc = not found"#
+        // The order a kubelet reports them in, backing off.
+        let events = EventList(items: [
+            .init(reason: "Pulling", message: "Pulling image", type: "Normal", involvedObject: .init(fieldPath: container)),
+            failed(detail), failed("Error: ErrImagePull"),
+            .init(reason: "BackOff", message: "Back-off pulling image", type: "Normal", involvedObject: .init(fieldPath: container)),
+            failed("Error: ImagePullBackOff"), failed("Failed to pull image of another", on: "spec.containers{app}"),
+        ])
+        #expect(events.pullFailure(of: "sysmirror-agent-00beef", waiting: "Back-off pulling image") == detail)
+        // Without that event: the container's waiting message, else the last failure.
+        let generic = EventList(items: [failed("Error: ErrImagePull")])
+        #expect(generic.pullFailure(of: "sysmirror-agent-00beef", waiting: "rpc error: not found") == "rpc error: not found")
+        #expect(generic.pullFailure(of: "sysmirror-agent-00beef", waiting: "") == "Error: ErrImagePull")
+    }
 }
 
 @Suite("kubectl's errors, in words")
@@ -200,6 +221,14 @@ struct FailureTests {
             (
                 #"Error from server (Forbidden): deployments.apps "web" is forbidden: User "system:serviceaccount:ci:bot" cannot get resource "deployments" in API group "apps" in the namespace "shop""#,
                 .forbidden(user: "system:serviceaccount:ci:bot", verb: "get", resource: "deployments.apps", namespace: "shop")
+            ),
+            (
+                #"error: error upgrading connection: pods "web-1" is forbidden: User "dev" cannot create resource "pods/portforward" in API group "" in the namespace "shop""#,
+                .forbidden(user: "dev", verb: "create", resource: "pods/portforward", namespace: "shop")
+            ),
+            (
+                #"Error from server (Forbidden): deployments.apps "web" is forbidden: User "dev" cannot patch resource "deployments/scale" in API group "apps" in the namespace "shop""#,
+                .forbidden(user: "dev", verb: "patch", resource: "deployments.apps/scale", namespace: "shop")
             ),
             (
                 #"Error from server (NotFound): deployments.apps "web" not found"#,
@@ -249,8 +278,16 @@ struct FailureTests {
         let forbidden = KubernetesFailure.forbidden(user: "dev", verb: "create", resource: "pods/portforward", namespace: "shop")
         #expect(
             forbidden.description
-                == #"the cluster's RBAC does not let user "dev" create pods/portforward in the namespace "shop". Ask for the Role in docs/kubernetes.md (it lists every verb sysmirror uses); `kubectl auth can-i create pods/portforward` checks."#
+                == #"the cluster's RBAC does not let user "dev" create pods/portforward in the namespace "shop". Ask for the Role in docs/kubernetes.md (it lists every verb sysmirror uses); `kubectl auth can-i create pods --subresource=portforward -n shop` checks."#
         )
+        // kubectl reads `pods/ephemeralcontainers` as the pod named "ephemeralcontainers": a subresource goes
+        // in --subresource; a group stays with its resource.
+        #expect(
+            KubernetesFailure.canI(verb: "patch", resource: "pods/ephemeralcontainers", namespace: nil)
+                == "kubectl auth can-i patch pods --subresource=ephemeralcontainers")
+        #expect(
+            KubernetesFailure.canI(verb: "get", resource: "deployments.apps", namespace: "shop")
+                == "kubectl auth can-i get deployments.apps -n shop")
         #expect(KubernetesFailure.kubectlMissing.description.contains("install it"))
         #expect(KubernetesFailure.agentNotReady(seconds: 60, state: "ContainerCreating").description.contains("--agent-timeout"))
     }

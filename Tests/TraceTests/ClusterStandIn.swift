@@ -2,9 +2,10 @@ import Foundation
 import Testing
 
 /// A Kubernetes cluster without one: a pod stand-in (its container in a process namespace of its own, as
-/// under a kubelet) behind Fixtures/kube-standin, which answers kubectl's calls as the API server would and
-/// starts the real agent when an ephemeral container is added. A `kubectl` first on PATH talks to it, and
-/// its port-forward really forwards into the pod's network namespace. Needs root; `tearDown` removes all.
+/// under a kubelet) behind Fixtures/kube-apiserver, an API server and kubelet double that the real kubectl
+/// talks to over HTTPS, and that starts the real agent when an ephemeral container is added and serves
+/// port-forward (WebSocket or SPDY) into the pod's network namespace. The machine's own kubectl is first on
+/// PATH. Needs root; `tearDown` removes all.
 final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     let pod: PodStandIn
     let directory: URL
@@ -16,6 +17,24 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     static let unreadyPod = "web-7d9f8b-zz9kq"
     static let image = "ghcr.io/sysmirror/agent:0.1.0"
     static let slowImage = "ghcr.io/sysmirror/agent:slow"
+
+    /// The contexts of the kubeconfig, each a way the cluster answers.
+    enum Context {
+        /// The developer, allowed everything (the current context).
+        static let dev = "dev"
+        /// Not allowed to add ephemeral containers.
+        static let viewer = "viewer"
+        /// Allowed to add the agent, not to port-forward to it (by either transport).
+        static let noForward = "no-forward"
+        /// A cluster without the ephemeralcontainers subresource.
+        static let legacy = "legacy"
+        /// Nothing listens at its server's address.
+        static let offline = "offline"
+        /// A cluster whose port-forward refuses the WebSocket upgrade, as before Kubernetes 1.30.
+        static let spdy = "spdy"
+        /// A token the API server does not know (an expired one).
+        static let expired = "expired"
+    }
 
     /// - Parameters:
     ///   - network: the pod's services too (PodStandIn's `network`).
@@ -33,35 +52,93 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         }
     }
 
+    /// The kubectl on this process's PATH (scripts/test installs one under .build when the machine has
+    /// none), or a copy of it in the fixture folder when nobody cannot run it where it is (a checkout
+    /// nobody cannot enter). Found once.
+    static let machineKubectl: Result<String, FixtureError> = {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        guard let found = path.split(separator: ":").map({ "\($0)/kubectl" }).first(where: {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }) else { return .failure(FixtureError(description: "no kubectl on PATH (scripts/test installs one)")) }
+        if (try? Run.process(["test", "-x", found], unprivileged: true))?.status == 0 { return .success(found) }
+        let copy = Fixtures.shared.path("kubectl")
+        do {
+            let resolved = URL(fileURLWithPath: found).resolvingSymlinksInPath().path
+            try FileManager.default.copyItem(atPath: resolved, toPath: copy)
+        } catch {
+            return .failure(FixtureError(description: "cannot copy \(found) where nobody can run it: \(error)"))
+        }
+        chmod(copy, 0o755)
+        return .success(copy)
+    }()
+
     private func start() throws {
-        let bin = directory.appendingPathComponent("bin")
-        try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
-        chmod(directory.path, 0o755)
-        let script = bin.appendingPathComponent("kube_standin.py").path
-        try FileManager.default.copyItem(
-            atPath: Fixtures.packageRoot.appendingPathComponent("Tests/Fixtures/kube-standin/kube_standin.py").path,
-            toPath: script)
+        try FileManager.default.createDirectory(at: URL(fileURLWithPath: bin), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(
-            atPath: bin.appendingPathComponent("kubectl").path, withDestinationPath: script)
-        // An old kubectl, elsewhere.
+            atPath: "\(bin)/kubectl", withDestinationPath: try Self.machineKubectl.get())
+        // An old kubectl, elsewhere; a folder with none; a home where kubectl may keep its discovery cache.
         let old = directory.appendingPathComponent("old-bin")
-        try FileManager.default.createDirectory(at: old, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(
-            at: directory.appendingPathComponent("empty"), withIntermediateDirectories: true)
+        for folder in [old, directory.appendingPathComponent("empty"), home] {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        }
         try """
             #!/bin/sh
             echo '{"clientVersion": {"major": "1", "minor": "29", "gitVersion": "v1.29.4", "platform": "linux/amd64"}}'
             """.write(to: old.appendingPathComponent("kubectl"), atomically: false, encoding: .utf8)
-        for path in [bin.path, old.path, directory.appendingPathComponent("empty").path, script, old.appendingPathComponent("kubectl").path] { chmod(path, 0o755) }
+        for path in [directory.path, bin, old.path, directory.appendingPathComponent("empty").path] {
+            chmod(path, 0o755)
+        }
+        chmod(old.appendingPathComponent("kubectl").path, 0o755)
+        chown(home.path, 65534, 65534)
 
+        let statePath = directory.appendingPathComponent("state.json").path
+        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
+        let ready = directory.appendingPathComponent("ready.json").path
+        let errors = directory.appendingPathComponent("apiserver.log").path
+        // In the developer's network namespace, where kubectl reaches it on 127.0.0.1; its errors to a file.
+        server = try SpawnedService([
+            "/bin/sh", "-c", #"exec "$@" 2> "$0""#, errors, "ip", "netns", "exec", pod.developerNamespace,
+            "python3", "-B",
+            Fixtures.packageRoot.appendingPathComponent("Tests/Fixtures/kube-apiserver/apiserver.py").path,
+            "serve", statePath, calls, ready,
+        ])
+        try PodStandIn.waitUntil("the API server double") {
+            if FileManager.default.fileExists(atPath: ready) { return true }
+            var status: Int32 = 0
+            if let server, waitpid(server.pid, &status, WNOHANG) == server.pid {
+                self.server = nil
+                return true
+            }
+            return false
+        }
+        guard server != nil else {
+            let said = (try? String(contentsOfFile: errors, encoding: .utf8)) ?? ""
+            throw FixtureError(description: "the API server double exited: \(said)")
+        }
+        let answer = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ready)))
+        guard let answer = answer as? [String: Any], let authority = answer["ca"] as? String,
+            let servers = answer["servers"] as? [String: String]
+        else { throw FixtureError(description: "unreadable \(ready)") }
+        try writeKubeconfig(authority: authority, servers: servers)
+    }
+
+    /// The cluster: pods on the pod stand-in, a namespace under Pod Security "baseline", users and what they
+    /// may not do, the images the node has (any other fails to pull), and three API servers.
+    private var state: [String: Any] {
         let created = "2026-11-27T05:00:00Z"
-        let state: [String: Any] = [
-            "servers": [
-                "https://standin.cluster:6443": ["ephemeral_containers": true],
-                "https://legacy.cluster:6443": ["ephemeral_containers": false],
+        return [
+            "clusters": [
+                "standin": ["ephemeral_containers": true],
+                "legacy": ["ephemeral_containers": false],
+                "spdy": ["ephemeral_containers": true, "portforward": ["websocket": false]],
+            ],
+            "tokens": ["dev-token": "dev", "v": "viewer", "nf": "no-forward"],
+            "forbid": [
+                "viewer": [["patch", "pods", "ephemeralcontainers"]],
+                // kubectl asks for a WebSocket (GET) first, and falls back to SPDY (POST, create).
+                "no-forward": [["get", "pods", "portforward"], ["create", "pods", "portforward"]],
             ],
             "namespaces": ["default": [:], "secure": ["pod_security": "baseline"]],
-            "forbid": ["viewer": [["patch", "pods/ephemeralcontainers"]]],
             "images": [Self.image: ["start_seconds": 0.2], Self.slowImage: ["start_seconds": 600]],
             "agent_binary": Fixtures.shared.sysmirror,
             "pods": [
@@ -91,54 +168,85 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
             ],
             "statefulsets": [["name": "vault", "namespace": "secure", "selector": ["app": "vault"]]],
         ]
-        let statePath = directory.appendingPathComponent("state.json").path
-        try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
+    }
+
+    private func writeKubeconfig(authority: String, servers: [String: String]) throws {
+        func cluster(_ name: String) -> [String: Any] {
+            ["name": name, "cluster": ["server": servers[name] ?? "", "certificate-authority": authority]]
+        }
+        func context(_ name: String, cluster: String, user: String, namespace: String? = nil) -> [String: Any] {
+            var context = ["cluster": cluster, "user": user]
+            context["namespace"] = namespace
+            return ["name": name, "context": context]
+        }
         let config: [String: Any] = [
-            "apiVersion": "v1", "kind": "Config", "current-context": "dev",
+            "apiVersion": "v1", "kind": "Config", "current-context": Context.dev,
             "contexts": [
-                ["name": "dev", "context": ["cluster": "standin", "user": "dev", "namespace": "default"]],
-                ["name": "viewer", "context": ["cluster": "standin", "user": "viewer"]],
-                ["name": "legacy", "context": ["cluster": "legacy", "user": "dev"]],
-                ["name": "offline", "context": ["cluster": "offline", "user": "dev"]],
+                context(Context.dev, cluster: "standin", user: "dev", namespace: "default"),
+                context(Context.viewer, cluster: "standin", user: "viewer"),
+                context(Context.noForward, cluster: "standin", user: "no-forward"),
+                context(Context.legacy, cluster: "legacy", user: "dev"),
+                context(Context.offline, cluster: "offline", user: "dev"),
+                context(Context.spdy, cluster: "spdy", user: "dev"),
+                context(Context.expired, cluster: "standin", user: "expired"),
             ],
             "clusters": [
-                ["name": "standin", "cluster": ["server": "https://standin.cluster:6443"]],
-                ["name": "legacy", "cluster": ["server": "https://legacy.cluster:6443"]],
+                cluster("standin"), cluster("legacy"), cluster("spdy"),
                 ["name": "offline", "cluster": ["server": "https://127.0.0.1:1"]],
             ],
-            "users": [["name": "dev", "user": ["token": "dev-token"]], ["name": "viewer", "user": ["token": "v"]]],
+            "users": [
+                ["name": "dev", "user": ["token": "dev-token"]], ["name": "viewer", "user": ["token": "v"]],
+                ["name": "no-forward", "user": ["token": "nf"]], ["name": "expired", "user": ["token": "gone"]],
+            ],
         ]
         // YAML, which kubeconfig files are, takes JSON but not its escaped slashes.
         try JSONSerialization.data(withJSONObject: config, options: .withoutEscapingSlashes).write(
             to: URL(fileURLWithPath: kubeconfig))
         chmod(kubeconfig, 0o644)
-        server = try SpawnedService([
-            "python3", script, "serve", statePath, bin.appendingPathComponent("apiserver.sock").path, calls,
-        ])
-        try PodStandIn.waitUntil("the API server stand-in") {
-            FileManager.default.fileExists(atPath: bin.appendingPathComponent("apiserver.sock").path)
-        }
     }
 
+    /// The folder whose `kubectl` is the machine's.
     var bin: String { directory.appendingPathComponent("bin").path }
+    /// nobody's HOME for kubectl (its cache of the API's discovery documents).
+    var home: URL { directory.appendingPathComponent("home") }
 
-    /// `sysmirror trace --target ...` as nobody in the developer's namespace, with the stand-in's kubectl
-    /// first on PATH (or `path`) and its kubeconfig in KUBECONFIG.
+    /// What `sysmirror trace` runs with: the kubectl of `bin` (or `path`) first, the double's kubeconfig.
+    func environment(path: String? = nil) -> [String] {
+        ["PATH=\(path ?? "\(bin):/usr/local/bin:/usr/bin:/bin")", "KUBECONFIG=\(kubeconfig)", "HOME=\(home.path)"]
+    }
+
+    /// `sysmirror trace --target ...` as nobody in the developer's namespace, with the machine's kubectl
+    /// first on PATH (or `path`) and the double's kubeconfig in KUBECONFIG.
     func trace(
         _ program: [String], target: String, options: [String] = [], path: String? = nil, timeout: TimeInterval = 60
     ) throws -> (Outcome, [String]) {
         let log = Fixtures.shared.path("trace-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: log) }
         let outcome = try Run.process(
-            [
-                "/usr/bin/env", "PATH=\(path ?? "\(bin):/usr/local/bin:/usr/bin:/bin")", "KUBECONFIG=\(kubeconfig)",
+            ["/usr/bin/env"] + environment(path: path) + [
                 Fixtures.shared.sysmirror, "trace", "--log", log, "--target", target,
             ] + options + ["--"] + program, unprivileged: true, namespace: pod.developerNamespace, timeout: timeout)
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         return (outcome, text.split(separator: "\n").map(String.init))
     }
 
-    /// The calls the API server stand-in saw, in order (JSON objects).
+    /// `sysmirror trace ...` as `trace` runs it, left running; its output goes to `output` (or nowhere).
+    func startTrace(_ arguments: [String], output: String?) throws -> Process {
+        try PodStandIn.start(
+            [
+                "ip", "netns", "exec", pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
+                "--clear-groups", "--", "/usr/bin/env",
+            ] + environment() + [Fixtures.shared.sysmirror, "trace"] + arguments, log: output)
+    }
+
+    /// A command as nobody in the developer's namespace, with `trace`'s environment: kubectl as sysmirror
+    /// runs it.
+    func asDeveloper(_ command: [String]) throws -> Outcome {
+        try Run.process(
+            ["/usr/bin/env"] + environment() + command, unprivileged: true, namespace: pod.developerNamespace)
+    }
+
+    /// The calls the API server double saw and what its kubelet did, in order (JSON objects).
     var recorded: [[String: Any]] {
         let text = (try? String(contentsOfFile: calls, encoding: .utf8)) ?? ""
         return text.split(separator: "\n").compactMap {
@@ -146,14 +254,22 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         }
     }
 
-    /// The pids of the port-forwards kubectl started.
+    /// The pids of the kubectl port-forwards that reached the double.
     var portForwards: [Int32] {
         recorded.compactMap { ($0["forwarding"] as? [String: Any])?["pid"] as? Int }.map(Int32.init)
     }
 
+    /// The transports port-forward connections were opened with ("websocket", "spdy"), in order.
+    var portForwardTransports: [String] {
+        recorded.filter { $0["event"] as? String == "open" }.compactMap { $0["portforward"] as? String }
+    }
+
     func tearDown() {
         if let server {
+            // SIGTERM: the double stops the agents it started and removes the namespaces it made.
+            // SIGKILL only if that takes more than 10 s.
             kill(server.pid, SIGTERM)
+            if !exits(server.pid, within: 10) { kill(server.pid, SIGKILL) }
             var status: Int32 = 0
             waitpid(server.pid, &status, 0)
         }

@@ -1,9 +1,9 @@
 import Foundation
 import Testing
 
-/// `sysmirror trace --target` against a cluster stand-in: everything but the API server is real (kubectl's
-/// calls and errors as the real one makes them, the agent as an ephemeral container in the pod's network
-/// and process namespaces, a port-forward that forwards).
+/// `sysmirror trace --target` against a cluster stand-in: everything but the API server and the kubelet is
+/// real (the machine's kubectl, talking HTTPS to the double, the agent as an ephemeral container in the
+/// pod's network and process namespaces, a port-forward over WebSocket or SPDY that forwards).
 @Suite("Kubernetes targets", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"), .serialized)
 final class KubernetesTests {
     let cluster: ClusterStandIn
@@ -97,16 +97,27 @@ final class KubernetesTests {
                 "has no container \"nope\"; its containers are istio-proxy, app"
             ),
             (["--context", "nope"], "deployment/web", "the context \"nope\" is not in your kubeconfig"),
-            (["--context", "offline"], "deployment/web", "cannot reach the cluster's API server"),
+            (["--context", ClusterStandIn.Context.offline], "deployment/web", "cannot reach the cluster's API server"),
             (
                 ["--kubeconfig", "/nope"], "deployment/web",
                 "kubectl cannot read its kubeconfig: error: stat /nope: no such file or directory"
             ),
             (
-                ["--context", "viewer"], "deployment/web",
+                ["--context", ClusterStandIn.Context.viewer], "deployment/web",
                 "does not let user \"viewer\" patch pods/ephemeralcontainers in the namespace \"default\""
             ),
-            (["--context", "legacy"], "deployment/web", "this cluster does not accept ephemeral containers"),
+            (
+                ["--context", ClusterStandIn.Context.noForward], "deployment/web",
+                "does not let user \"no-forward\" create pods/portforward in the namespace \"default\""
+            ),
+            (
+                ["--context", ClusterStandIn.Context.expired], "deployment/web",
+                "the cluster refused your credentials (Unauthorized)"
+            ),
+            (
+                ["--context", ClusterStandIn.Context.legacy], "deployment/web",
+                "this cluster does not accept ephemeral containers"
+            ),
             (
                 ["-n", "secure"], "statefulset/vault",
                 "Pod Security admission refused the agent container: violates PodSecurity \"baseline:latest\""
@@ -143,17 +154,60 @@ final class KubernetesTests {
         #expect(tooOld.stderr.contains("kubectl v1.29.4 is too old: sysmirror needs 1.31 or later"), "\(tooOld.stderr)")
     }
 
+    @Test(
+        "The RBAC hint's own command, run as the denied user, answers no",
+        arguments: [
+            (
+                ClusterStandIn.Context.viewer,
+                "kubectl auth can-i patch pods --subresource=ephemeralcontainers -n default"
+            ),
+            (ClusterStandIn.Context.noForward, "kubectl auth can-i create pods --subresource=portforward -n default"),
+        ])
+    func rbacHint(context: String, hint: String) throws {
+        let (outcome, _) = try cluster.trace(
+            ["/bin/busybox", "true"], target: "deployment/web", options: ["--context", context])
+        #expect(outcome.status == 1)
+        let said = try #require(
+            outcome.stderr.components(separatedBy: "`").first { $0.hasPrefix("kubectl auth can-i ") },
+            "\(outcome.stderr)")
+        #expect(said == hint)
+        let command = said.split(separator: " ").map(String.init) + ["--context", context]
+        let answer = try cluster.asDeveloper(command)
+        #expect(answer.stdout == "no\n", "\(answer.stderr)")
+        #expect(answer.status == 1)
+        // The same question for the developer, who may: the command tells them apart.
+        let allowed = try cluster.asDeveloper(Array(command.dropLast(2)))
+        #expect(allowed.stdout == "yes\n", "\(allowed.stderr)")
+    }
+
+    @Test(
+        "A session's port-forward over WebSocket, and over SPDY where the cluster refuses WebSocket",
+        arguments: [(ClusterStandIn.Context.dev, "websocket"), (ClusterStandIn.Context.spdy, "spdy")])
+    func portForwardTransport(context: String, transport: String) throws {
+        let (outcome, log) = try cluster.trace(
+            ["/bin/busybox", "cat", "/config/app.yaml"], target: "deployment/web", options: ["--context", context])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout == "listen: 8080\nmode: pod\n")
+        #expect(log.contains { $0.contains(#""/config/app.yaml""#) && $0.contains("→ remote") })
+        let transports = cluster.portForwardTransports
+        #expect(!transports.isEmpty && transports.allSatisfy { $0 == transport }, "\(transports)")
+        if transport == "spdy" {
+            // kubectl asked for a WebSocket first, and fell back when it was refused.
+            #expect(cluster.recorded.contains {
+                $0["portforward"] as? String == "websocket" && $0["event"] as? String == "refused"
+            })
+        }
+    }
+
     @Test("A port-forward that ends mid-session: said at once, and remote calls fail instead of hanging")
     func portForwardEnds() throws {
         let output = fixtures.path("forward-ends-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: output) }
-        let trace = try PodStandIn.start(
+        let trace = try cluster.startTrace(
             [
-                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
-                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
-                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web", "--",
-                "/bin/busybox", "sh", "-c", "sleep 2; /bin/busybox cat /config/app.yaml; echo status $?",
-            ], log: output)
+                "--target", "deployment/web", "--", "/bin/busybox", "sh", "-c",
+                "sleep 2; /bin/busybox cat /config/app.yaml; echo status $?",
+            ], output: output)
         try PodStandIn.waitUntil("the port-forward") { !cluster.portForwards.isEmpty }
         usleep(300_000)
         for pid in cluster.portForwards { kill(pid, SIGKILL) }
@@ -166,27 +220,19 @@ final class KubernetesTests {
 
     @Test("Ctrl-C while the agent starts, and a killed sysmirror: no port-forward or program left behind")
     func interruptions() throws {
-        let trace = try PodStandIn.start(
-            [
-                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
-                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
-                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web",
-                "--agent-image", ClusterStandIn.slowImage, "--", "/bin/busybox", "true",
-            ], log: nil)
+        let trace = try cluster.startTrace(
+            ["--target", "deployment/web", "--agent-image", ClusterStandIn.slowImage, "--", "/bin/busybox", "true"],
+            output: nil)
+        // The slow image's container never starts: the request is the moment to interrupt.
         try PodStandIn.waitUntil("the agent to be requested") {
-            cluster.recorded.contains { $0["started_agent"] != nil }
+            cluster.recorded.contains { $0["ephemeral_container"] != nil }
         }
         kill(trace.processIdentifier, SIGINT)
         trace.waitUntilExit()
         #expect(trace.terminationStatus == 130)
 
-        let sleeper = try PodStandIn.start(
-            [
-                "ip", "netns", "exec", cluster.pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
-                "--clear-groups", "--", "/usr/bin/env", "PATH=\(cluster.bin):/usr/bin:/bin",
-                "KUBECONFIG=\(cluster.kubeconfig)", fixtures.sysmirror, "trace", "--target", "deployment/web", "--",
-                "/bin/busybox", "sleep", "600",
-            ], log: nil)
+        let sleeper = try cluster.startTrace(
+            ["--target", "deployment/web", "--", "/bin/busybox", "sleep", "600"], output: nil)
         try PodStandIn.waitUntil("the port-forward") { !cluster.portForwards.isEmpty }
         var program: Int32 = 0
         try PodStandIn.waitUntil("the program") {
