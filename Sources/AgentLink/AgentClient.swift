@@ -70,15 +70,31 @@ public final class AgentClient: Sendable {
     public let address: AgentAddress
     /// What the agent said about itself in the handshake.
     public let agentDescription: String
-    let socket: Int32
+    /// How a broken link comes back; nil: it does not.
+    let resumption: Resumption?
     /// Wakes the reader thread: bytes were queued, or the client is closing.
     let wakeUp: Int32
     let logger: Logger
     private let requests = Mutex(Requests())
-    private let outbound = Mutex(Outbound())
+    private let outbound: Mutex<Outbound>
     private let reader = Mutex<ThreadHandle?>(nil)
-    /// Told once, when the link fails.
+    /// Told each time the link breaks (once for good, or at every cut of a resumable one).
     private let failureWatchers = Mutex<[@Sendable (String) -> Void]>([])
+
+    /// How a link that breaks comes back (a port-forward that drops and is restarted on the same local
+    /// port): the client connects again to the same address with the same token, and requests made
+    /// meanwhile wait for it. Requests in flight at the cut fail: their state in the agent went with its
+    /// session.
+    public struct Resumption: Sendable {
+        let token: [UInt8]
+        /// How long the link may stay down before every request fails.
+        let patienceSeconds: UInt64
+
+        public init(token: [UInt8], patienceSeconds: UInt64 = 30) {
+            self.token = token
+            self.patienceSeconds = patienceSeconds
+        }
+    }
 
     struct Requests {
         var pending: [UInt32: Pending] = [:]
@@ -94,30 +110,40 @@ public final class AgentClient: Sendable {
     }
 
     struct Outbound {
+        /// The link's socket; -1 while a resumable link is down (frames wait in `queued`).
+        var socket: Int32
         var queued: [UInt8] = []
         var closing = false
     }
 
-    init(address: AgentAddress, agentDescription: String, socket: Int32, wakeUp: Int32, logger: Logger) {
+    init(
+        address: AgentAddress, agentDescription: String, socket: Int32, wakeUp: Int32, resumption: Resumption?,
+        logger: Logger
+    ) {
         self.address = address
         self.agentDescription = agentDescription
-        self.socket = socket
+        outbound = Mutex(Outbound(socket: socket))
         self.wakeUp = wakeUp
+        self.resumption = resumption
         self.logger = logger
     }
 
     /// Connects and authenticates; blocks until the session is open or has failed.
     public static func connect(
-        to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, logger: Logger
+        to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, resumption: Resumption? = nil,
+        logger: Logger
     ) throws(AgentConnectError) -> AgentClient {
         let (socket, welcome, buffer) = try LinkSocket.openSession(
             to: address, token: token, timeoutSeconds: timeoutSeconds)
         let wakeUp = sysm_eventfd()
         let client = AgentClient(
-            address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, logger: logger)
+            address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, resumption: resumption,
+            logger: logger)
         do {
             let handshakeRest = buffer
-            var thread: ThreadHandle? = try ThreadHandle.start(name: "sysmirror-link") { client.readReplies(handshakeRest) }
+            var thread: ThreadHandle? = try ThreadHandle.start(name: "sysmirror-link") {
+                client.readReplies(socket, handshakeRest)
+            }
             client.reader.withLock { $0 = thread.take() }
         } catch {
             Glibc.close(socket)
@@ -190,8 +216,8 @@ public final class AgentClient: Sendable {
     func enqueue(_ frame: [UInt8]) {
         let wake = outbound.withLock { out -> Bool in
             guard !out.closing else { return false }
-            if out.queued.isEmpty {
-                let sent = LinkSocket.sendSome(socket, frame)
+            if out.queued.isEmpty && out.socket >= 0 {
+                let sent = LinkSocket.sendSome(out.socket, frame)
                 if sent == frame.count { return false }
                 out.queued.append(contentsOf: frame[max(sent, 0)...])
                 return true
@@ -219,12 +245,22 @@ public final class AgentClient: Sendable {
 
     // MARK: The reader thread
 
-    func readReplies(_ initial: FrameBuffer) {
-        var buffer = initial
+    func readReplies(_ initial: Int32, _ handshakeRest: FrameBuffer) {
+        var socket = initial
+        var buffer = handshakeRest
         var lastTimeoutCheck = Clock.monotonic()
         defer {
-            Glibc.close(socket)
+            outbound.withLock { $0.socket = -1 }
+            if socket >= 0 { Glibc.close(socket) }
             Glibc.close(wakeUp)
+        }
+        /// The link broke: back with a new socket, or (nil) failed for good.
+        func broke(_ reason: String) -> Bool {
+            Glibc.close(socket)
+            socket = -1
+            guard let (resumed, rest) = resume(after: reason) else { return false }
+            (socket, buffer) = (resumed, rest)
+            return true
         }
         while true {
             let closing = outbound.withLock { $0.closing }
@@ -241,13 +277,14 @@ public final class AgentClient: Sendable {
                 _ = read(wakeUp, &value, 8)
             }
             if fds[0].revents & Int16(POLLOUT) != 0, !flushQueue() {
-                return failAll("the link to the agent closed")
+                if broke("the link to the agent closed") { continue } else { return }
             }
             if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                 switch buffer.fill(from: socket) {
-                case .closed: return failAll("the link to the agent closed")
+                case .closed:
+                    if broke("the link to the agent closed") { continue } else { return }
                 case .failed(let errno):
-                    return failAll("the link to the agent failed: \(String(cString: strerror(errno)))")
+                    if broke("the link to the agent failed: \(String(cString: strerror(errno)))") { continue } else { return }
                 case .filled, .wouldBlock: break
                 }
                 do {
@@ -264,11 +301,60 @@ public final class AgentClient: Sendable {
         }
     }
 
+    /// On the reader thread, after a cut: with a `resumption`, the requests in flight fail, the watchers hear
+    /// of it, and the client connects again (backing off from 0.1 to 2 s) while later requests wait; the new
+    /// socket and what followed its handshake, or nil when the link stays down past the patience (or the
+    /// client closes), every request then failed.
+    private func resume(after reason: String) -> (Int32, FrameBuffer)? {
+        guard let resumption else {
+            failAll(reason)
+            return nil
+        }
+        // Queued frames belong to requests in flight, which fail now; later ones queue whole from here on.
+        outbound.withLock {
+            $0.socket = -1
+            $0.queued = []
+        }
+        let cut = requests.withLock { state in
+            defer { state.pending = [:] }
+            return state.pending.values.map(\.handler)
+        }
+        let patience = resumption.patienceSeconds
+        logger.warning("\(reason): connecting again for up to \(patience) s; calls made meanwhile wait")
+        for handler in cut { _ = handler(.linkFailure("\(reason) while the call was under way")) }
+        for watcher in failureWatchers.withLock({ $0 }) { watcher(reason) }
+        let deadline = Clock.monotonic() + patience * 1_000_000_000
+        var delay: UInt64 = 100_000_000
+        while Clock.monotonic() < deadline {
+            if outbound.withLock({ $0.closing }) { break }
+            if let (socket, _, buffer) = try? LinkSocket.openSession(to: address, token: resumption.token, timeoutSeconds: 5) {
+                outbound.withLock { $0.socket = socket }
+                let now = Clock.monotonic()
+                requests.withLock { state in
+                    for id in state.pending.keys { state.pending[id]?.lastHeard = now }
+                }
+                logger.notice("the link to the agent at \(address) is back")
+                signalReader()  // what waited in the queue goes out on the loop's next turn
+                return (socket, buffer)
+            }
+            // Woken early only by close().
+            var wait = pollfd(fd: wakeUp, events: Int16(POLLIN), revents: 0)
+            if poll(&wait, 1, Int32(min(delay, deadline - min(deadline, Clock.monotonic())) / 1_000_000)) > 0 {
+                var value: UInt64 = 0
+                _ = read(wakeUp, &value, 8)
+            }
+            delay = min(delay * 2, 2_000_000_000)
+        }
+        let closing = outbound.withLock { $0.closing }
+        failAll(closing ? "the session closed" : "\(reason), and it did not come back within \(patience) s")
+        return nil
+    }
+
     /// Writes queued bytes; false when the socket is gone.
     func flushQueue() -> Bool {
         outbound.withLock { out in
-            guard !out.queued.isEmpty else { return true }
-            let sent = LinkSocket.sendSome(socket, out.queued)
+            guard !out.queued.isEmpty, out.socket >= 0 else { return true }
+            let sent = LinkSocket.sendSome(out.socket, out.queued)
             if sent < 0 { return false }
             out.queued.removeFirst(sent)
             return true
@@ -308,7 +394,7 @@ public final class AgentClient: Sendable {
         for handler in expired { _ = handler(.linkFailure("the agent did not answer within \(Self.requestTimeout) s")) }
     }
 
-    /// Fails every pending request, and every later one.
+    /// Fails every pending request, and every later one: the link is gone for good.
     func failAll(_ reason: String) {
         let (failed, first) = requests.withLock { state -> ([Handler], Bool) in
             let first = state.failure == nil
@@ -322,7 +408,8 @@ public final class AgentClient: Sendable {
         }
     }
 
-    /// Calls `body` (on the link's thread) when the link fails, with the reason; at once if it has.
+    /// Calls `body` (on the link's thread) when the link breaks, with the reason (at each cut of a resumable
+    /// link); at once if it has failed for good.
     public func whenLinkFails(_ body: @escaping @Sendable (String) -> Void) {
         failureWatchers.withLock { $0.append(body) }
         if let failure = requests.withLock({ $0.failure }) { body(failure) }

@@ -95,11 +95,13 @@ public struct Kubectl: Sendable {
         }
     }
 
-    /// `kubectl port-forward pod/POD :PORT` on 127.0.0.1; returns the process and the local port, once
-    /// kubectl says it is forwarding.
-    public func portForward(pod: String, port: UInt16) throws(KubernetesFailure) -> (HelperProcess, UInt16) {
+    /// `kubectl port-forward pod/POD LOCAL:PORT` on 127.0.0.1 (a local port kubectl picks unless given);
+    /// returns the process and the local port, once kubectl says it is forwarding.
+    public func portForward(pod: String, port: UInt16, localPort: UInt16? = nil) throws(KubernetesFailure)
+        -> (HelperProcess, UInt16)
+    {
         let arguments = [path] + settings.flags + [
-            "port-forward", "pod/\(pod)", ":\(port)", "--address", "127.0.0.1",
+            "port-forward", "pod/\(pod)", "\(localPort.map(String.init) ?? ""):\(port)", "--address", "127.0.0.1",
         ]
         let forward: HelperProcess
         do {

@@ -44,20 +44,12 @@ public final class KubernetesSession {
     public let token: [UInt8]
     /// `namespace/pod`, for messages.
     public let podDescription: String
-    /// The processes the session runs beside the program (its port-forward).
-    public var helpers: Set<Int32> { [portForward.pid] }
+    /// The processes the session runs beside the program (its port-forward, whichever runs now).
+    public var helpers: @Sendable () -> Set<Int32> { { [forward] in [forward.pid] } }
     private let kubectl: Kubectl
-    private let portForward: HelperProcess
-    /// Reads the port-forward's output while it runs, and says so if it ends before the session does.
-    private var watcher: ThreadHandle?
-    private let ending = Ending()
-
-    /// Set by `end`, read by the port-forward's watcher: an end sysmirror asked for is not news.
-    final class Ending: Sendable {
-        private let state = Atomic<Bool>(false)
-        var isSet: Bool { state.load(ordering: .relaxed) }
-        func set() { state.store(true, ordering: .relaxed) }
-    }
+    private let forward: PortForward
+    /// Starts the port-forward again whenever it ends before the session does.
+    private var keeper: ThreadHandle?
     /// The targetless pod to delete at the end.
     private let ownPod: String?
 
@@ -126,22 +118,21 @@ public final class KubernetesSession {
                 plan, in: podName, ephemeral: ownPod == nil, kubectl: kubectl, deadline: deadline,
                 timeout: request.readyTimeout, step: step)
             step("agent running; port-forward to 127.0.0.1:\(plan.port) in the pod")
-            let (forward, localPort) = try kubectl.portForward(pod: podName, port: plan.port)
-            let address = AgentAddress.tcp(host: "127.0.0.1", port: Int(localPort))
+            let forward = try PortForward.start(kubectl: kubectl, pod: podName, port: plan.port)
+            let address = AgentAddress.tcp(host: "127.0.0.1", port: Int(forward.localPort))
             do {
                 try waitForAnswer(
                     address, token: token, forward: forward, deadline: deadline, timeout: request.readyTimeout,
                     logger: logger)
             } catch {
-                forward.terminate()
-                forward.wait()
+                forward.stop()
                 throw error
             }
-            step("agent answering at 127.0.0.1:\(localPort)")
+            step("agent answering at 127.0.0.1:\(forward.localPort)")
             let session = KubernetesSession(
                 address: address, token: token, podDescription: "\(pod.metadata.namespace ?? "?")/\(podName)",
-                kubectl: kubectl, portForward: forward, ownPod: ownPod)
-            session.watchPortForward(logger: logger)
+                kubectl: kubectl, forward: forward, ownPod: ownPod)
+            session.keepPortForwardUp(logger: logger)
             return session
         } catch {
             if let ownPod { deletePod(ownPod, kubectl: kubectl) }
@@ -150,36 +141,30 @@ public final class KubernetesSession {
     }
 
     private init(
-        address: AgentAddress, token: [UInt8], podDescription: String, kubectl: Kubectl, portForward: HelperProcess,
+        address: AgentAddress, token: [UInt8], podDescription: String, kubectl: Kubectl, forward: PortForward,
         ownPod: String?
     ) {
         self.address = address
         self.token = token
         self.podDescription = podDescription
         self.kubectl = kubectl
-        self.portForward = portForward
+        self.forward = forward
         self.ownPod = ownPod
     }
 
     /// Stops the port-forward and deletes the targetless pod. An ephemeral agent exits by itself after its
     /// idle timeout (ephemeral containers cannot be removed from a pod).
     public func end() {
-        ending.set()
-        portForward.terminate()
-        portForward.wait()
-        watcher.take()?.join()
+        forward.stop()
+        keeper.take()?.join()
         if let ownPod { Self.deletePod(ownPod, kubectl: kubectl) }
     }
 
-    /// kubectl port-forward ends when the pod goes away, its node restarts, or the API server drops the
-    /// stream; the link then fails and remote calls with it, and this says why.
-    private func watchPortForward(logger: Logger) {
-        watcher = try? portForward.drain { [ending, podDescription] errors in
-            guard !ending.isSet else { return }
-            let said = errors.split(separator: "\n").last.map { ": \($0)" } ?? ""
-            logger.error(
-                "kubectl port-forward to the agent in \(podDescription) ended\(said). Remote calls fail from here on; start sysmirror again."
-            )
+    /// kubectl port-forward ends when the kubelet's stream idle timeout passes, the API server drops the
+    /// stream, or the pod goes away: it is started again on the same port, and the link comes back.
+    private func keepPortForwardUp(logger: Logger) {
+        keeper = try? ThreadHandle.start(name: "sysmirror-forward") { [forward, podDescription] in
+            forward.keepUp(describing: podDescription, logger: logger)
         }
     }
 
@@ -257,8 +242,10 @@ public final class KubernetesSession {
 
     /// Connects through the port-forward until the agent completes the handshake: the container runs
     /// before the agent listens, and kubectl accepts connections before the pod's end does.
+    /// A port-forward that ends meanwhile is started again: kubectl ends it at the first connection the pod
+    /// refuses, and an agent may listen a little after its container runs.
     static func waitForAnswer(
-        _ address: AgentAddress, token: [UInt8], forward: HelperProcess, deadline: ContinuousClock.Instant,
+        _ address: AgentAddress, token: [UInt8], forward: PortForward, deadline: ContinuousClock.Instant,
         timeout: Int, logger: Logger
     ) throws(KubernetesFailure) {
         var last = ""
@@ -272,12 +259,13 @@ public final class KubernetesSession {
             } catch {
                 last = error.description
             }
-            if forward.hasExited {
-                let errors = String(decoding: forward.availableErrors(), as: UTF8.self)
-                throw .portForward(errors.isEmpty ? "kubectl port-forward exited" : errors)
-            }
             guard ContinuousClock.now < deadline else { throw .agentNotReady(seconds: timeout, state: last) }
             try pause(milliseconds: 200)
+            if forward.hasExited {
+                // A cluster that refuses it (RBAC, a pod gone) makes the restart fail, with kubectl's reason.
+                logger.debug("kubectl port-forward ended while the agent started (\(forward.errors())); starting it again")
+                try forward.restart()
+            }
         }
     }
 

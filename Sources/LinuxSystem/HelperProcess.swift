@@ -176,13 +176,17 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
     public func drain(whenEnded ended: @escaping @Sendable (_ errors: String) -> Void) throws(SystemCallError)
         -> ThreadHandle
     {
-        try ThreadHandle.start(name: "sysmirror-helper") { [self] in
-            var tail: [UInt8] = []
-            _ = readOutputs { fromErrors, bytes in
-                if fromErrors { tail = Array((tail + bytes).suffix(4096)) }
-            }
-            ended(String(decoding: tail, as: UTF8.self))
+        try ThreadHandle.start(name: "sysmirror-helper") { [self] in ended(readToEnd()) }
+    }
+
+    /// On the calling thread, reads the helper's output and errors as they come until both end (the helper
+    /// exited); the last 4 KiB of its errors.
+    public func readToEnd() -> String {
+        var tail: [UInt8] = []
+        _ = readOutputs { fromErrors, bytes in
+            if fromErrors { tail = Array((tail + bytes).suffix(4096)) }
         }
+        return String(decoding: tail, as: UTF8.self)
     }
 
     /// Whatever the helper has written to standard error so far (without waiting for more).

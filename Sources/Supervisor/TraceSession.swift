@@ -30,9 +30,9 @@ public final class TraceSession: Sendable {
         public var routeSendmsg: Bool
         /// The agent and the rules for what it serves; nil runs everything locally.
         public var remote: RemoteOptions?
-        /// Children sysmirror runs beside the program (kubectl port-forward): not the program's, so neither
-        /// waited for nor served.
-        public var helpers: Set<Int32> = []
+        /// Children sysmirror runs beside the program (kubectl port-forward, which may be restarted): not the
+        /// program's, so neither waited for nor served.
+        public var helpers: @Sendable () -> Set<Int32> = { [] }
 
         public init(
             command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
@@ -162,7 +162,11 @@ public final class TraceSession: Sendable {
     private func connect(_ remote: RemoteOptions, environment: inout [String]) throws(TraceFailure) -> Link {
         let client: AgentClient
         do {
-            client = try AgentClient.connect(to: remote.address, token: remote.token, logger: logger)
+            // Over TCP (a port-forward, which drops and is restarted), a broken link is connected again.
+            var resumption: AgentClient.Resumption?
+            if case .tcp = remote.address { resumption = AgentClient.Resumption(token: remote.token) }
+            client = try AgentClient.connect(
+                to: remote.address, token: remote.token, resumption: resumption, logger: logger)
         } catch {
             throw .agent(error.description)
         }
@@ -292,7 +296,7 @@ public final class TraceSession: Sendable {
             if !exited {
                 _ = kill(pid, signal)
             } else {
-                for descendant in ProcessTree.descendants(of: getpid(), excluding: options.helpers) {
+                for descendant in ProcessTree.descendants(of: getpid(), excluding: options.helpers()) {
                     _ = kill(descendant, signal)
                 }
             }
@@ -314,7 +318,7 @@ public final class TraceSession: Sendable {
                 program.withLock { $0.exited = true }
             }
             guard program.withLock({ $0.exited }) else { continue }
-            let remaining = ProcessTree.descendants(of: getpid(), excluding: options.helpers)
+            let remaining = ProcessTree.descendants(of: getpid(), excluding: options.helpers())
             if remaining.isEmpty { break }
             if reaped == pid {
                 logger.notice(

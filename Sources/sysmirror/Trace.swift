@@ -191,7 +191,7 @@ struct Trace: ParsableCommand {
         var options = TraceSession.Options(
             command: command, environment: environment, logSink: sink, closesLogSink: ownsSink,
             logFormat: logFormat, routeSendmsg: !noTraceSendmsg, remote: remote)
-        options.helpers = cluster?.helpers ?? []
+        if let helpers = cluster?.helpers { options.helpers = helpers }
         let status: Int32
         do {
             status = try TraceSession(options: options, logger: logger).run()

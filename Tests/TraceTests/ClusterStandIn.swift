@@ -17,6 +17,11 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     static let unreadyPod = "web-7d9f8b-zz9kq"
     static let image = "ghcr.io/sysmirror/agent:0.1.0"
     static let slowImage = "ghcr.io/sysmirror/agent:slow"
+    /// Its container runs two seconds before the agent in it listens (a slow start, a busy node).
+    static let lateImage = "ghcr.io/sysmirror/agent:late"
+    /// The kubelet's stream idle timeout of the `idle` cluster, in seconds: shorter than kubectl's pings
+    /// over WebSocket (every 10 s), so a quiet port-forward ends.
+    static let idleTimeout = 3
 
     /// The contexts of the kubeconfig, each a way the cluster answers.
     enum Context {
@@ -32,6 +37,8 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         static let offline = "offline"
         /// A cluster whose port-forward refuses the WebSocket upgrade, as before Kubernetes 1.30.
         static let spdy = "spdy"
+        /// A cluster whose kubelet ends port-forwards quiet for `idleTimeout` seconds.
+        static let idle = "idle"
         /// A token the API server does not know (an expired one).
         static let expired = "expired"
     }
@@ -131,6 +138,7 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
                 "standin": ["ephemeral_containers": true],
                 "legacy": ["ephemeral_containers": false],
                 "spdy": ["ephemeral_containers": true, "portforward": ["websocket": false]],
+                "idle": ["ephemeral_containers": true, "portforward": ["idle_timeout": Self.idleTimeout]],
             ],
             "tokens": ["dev-token": "dev", "v": "viewer", "nf": "no-forward"],
             "forbid": [
@@ -139,7 +147,10 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
                 "no-forward": [["get", "pods", "portforward"], ["create", "pods", "portforward"]],
             ],
             "namespaces": ["default": [:], "secure": ["pod_security": "baseline"]],
-            "images": [Self.image: ["start_seconds": 0.2], Self.slowImage: ["start_seconds": 600]],
+            "images": [
+                Self.image: ["start_seconds": 0.2], Self.slowImage: ["start_seconds": 600],
+                Self.lateImage: ["start_seconds": 0.2, "listen_delay_seconds": 2],
+            ],
             "agent_binary": Fixtures.shared.sysmirror,
             "pods": [
                 [
@@ -188,10 +199,11 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
                 context(Context.legacy, cluster: "legacy", user: "dev"),
                 context(Context.offline, cluster: "offline", user: "dev"),
                 context(Context.spdy, cluster: "spdy", user: "dev"),
+                context(Context.idle, cluster: "idle", user: "dev"),
                 context(Context.expired, cluster: "standin", user: "expired"),
             ],
             "clusters": [
-                cluster("standin"), cluster("legacy"), cluster("spdy"),
+                cluster("standin"), cluster("legacy"), cluster("spdy"), cluster("idle"),
                 ["name": "offline", "cluster": ["server": "https://127.0.0.1:1"]],
             ],
             "users": [

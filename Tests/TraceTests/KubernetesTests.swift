@@ -199,23 +199,56 @@ final class KubernetesTests {
         }
     }
 
-    @Test("A port-forward that ends mid-session: said at once, and remote calls fail instead of hanging")
+    @Test("A port-forward that ends mid-session is started again on the same port, and the session goes on")
     func portForwardEnds() throws {
         let output = fixtures.path("forward-ends-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: output) }
         let trace = try cluster.startTrace(
             [
                 "--target", "deployment/web", "--", "/bin/busybox", "sh", "-c",
-                "sleep 2; /bin/busybox cat /config/app.yaml; echo status $?",
+                "sleep 3; /bin/busybox cat /config/app.yaml; echo status $?",
             ], output: output)
         try PodStandIn.waitUntil("the port-forward") { !cluster.portForwards.isEmpty }
         usleep(300_000)
-        for pid in cluster.portForwards { kill(pid, SIGKILL) }
+        let first = cluster.portForwards
+        for pid in first { kill(pid, SIGKILL) }
         trace.waitUntilExit()
         let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(trace.terminationStatus == 0, "\(text)")
         #expect(
             text.contains("kubectl port-forward to the agent in default/\(ClusterStandIn.readyPod) ended"), "\(text)")
-        #expect(text.contains("status 1"), "\(text)")
+        #expect(text.contains("starting it again on 127.0.0.1:") && text.contains("is back"), "\(text)")
+        #expect(text.contains("listen: 8080") && text.contains("status 0"), "\(text)")
+        #expect(cluster.portForwards.count > first.count, "a new port-forward: \(cluster.portForwards)")
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5), "port-forward \(pid) outlived sysmirror") }
+    }
+
+    @Test("An agent that listens two seconds after its container runs: the port-forward kubectl ends is started again")
+    func agentListensLate() throws {
+        let (outcome, log) = try cluster.trace(
+            ["/bin/busybox", "cat", "/config/app.yaml"], target: "deployment/web",
+            options: ["--agent-image", ClusterStandIn.lateImage])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.contains("listen: 8080"), "\(outcome.stdout)")
+        #expect(log.contains { $0.contains(#""/config/app.yaml""#) && $0.contains("→ remote") })
+        // kubectl ended the first port-forward at the stream the pod refused.
+        #expect(cluster.recorded.contains { $0["portforward"] != nil && $0["event"] as? String == "refused" })
+        #expect(cluster.portForwards.count >= 2, "\(cluster.portForwards)")
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5)) }
+    }
+
+    @Test("A session longer than the kubelet's stream idle timeout: each quiet port-forward that ends comes back")
+    func idleTimeout() throws {
+        let (outcome, _) = try cluster.trace(
+            [
+                "/bin/busybox", "sh", "-c",
+                "for i in 1 2; do sleep \(ClusterStandIn.idleTimeout + 2); /bin/busybox cat /config/app.yaml || echo failed; done",
+            ], target: "deployment/web", options: ["--context", ClusterStandIn.Context.idle])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout.components(separatedBy: "listen: 8080").count == 3, "\(outcome.stdout)")
+        #expect(!outcome.stdout.contains("failed"), "\(outcome.stdout)")
+        #expect(cluster.recorded.contains { $0["event"] as? String == "idle-timeout" }, "the kubelet's timeout struck")
+        #expect(outcome.stderr.contains("is back"), "\(outcome.stderr)")
     }
 
     @Test("Ctrl-C while the agent starts, and a killed sysmirror: no port-forward or program left behind")

@@ -30,8 +30,8 @@ final class LongSessionTests {
     let client = PodStandIn.clientAddress
     private var pods: [PodStandIn] = []
     private var sessions: [TracedSession] = []
-    private var services: [SpawnedService] = []
     private var processes: [Process] = []
+    private var agents: [ForwardedAgent] = []
     private var files: [String] = []
 
     deinit {
@@ -40,7 +40,7 @@ final class LongSessionTests {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
-        for service in services { service.stop() }
+        for agent in agents { agent.stop() }
         for pod in pods { pod.tearDown() }
         for file in files { try? FileManager.default.removeItem(atPath: file) }
     }
@@ -110,7 +110,9 @@ final class LongSessionTests {
     func outgoingMany() throws {
         let started = Date()
         let pod = try makePod(network: true)
-        let agent = try startForwardedAgent(pod)
+        let forwarded = try ForwardedAgent(in: pod)
+        agents.append(forwarded)
+        let agent = forwarded.address
         let paused = fixtures.path("long-paused-\(pod.name)"), finished = fixtures.path("long-finished-\(pod.name)")
         files += [paused, finished]
         // Each connection: opened, one PING, the whole +PONG read, closed. The program waits (for a file to
@@ -587,39 +589,5 @@ final class LongSessionTests {
         } catch {
             throw FixtureError(description: "\(seen) of \(count) copies arrived in 60 s")
         }
-    }
-
-    /// An agent on TCP, reached as through `kubectl port-forward`: the port-forward stand-in of
-    /// bench/Sources (two socat hops, tcp → unix → tcp, each listening with a backlog of 1,024). The agent
-    /// listens on 127.0.0.1:7000 in the pod's namespace; the trace reaches it at 127.0.0.1:7001 in the
-    /// developer's. Returns the address for `--agent`.
-    func startForwardedAgent(_ pod: PodStandIn) throws -> String {
-        let relay = fixtures.path("long-forward-\(pod.name).sock")
-        files.append(relay)
-        let agent = try PodStandIn.start(
-            [
-                "ip", "netns", "exec", pod.podNamespace, fixtures.sysmirror, "agent", "--listen", "127.0.0.1:7000",
-                "--pid", "\(pod.containerPID)", "--token-file", pod.tokenFile, "--idle-timeout", "600", "--quiet",
-            ], log: nil)
-        processes.append(agent)
-        services.append(
-            try SpawnedService([
-                "ip", "netns", "exec", pod.podNamespace, "socat", "UNIX-LISTEN:\(relay),fork,backlog=1024",
-                "TCP:127.0.0.1:7000,nodelay",
-            ]))
-        services.append(
-            try SpawnedService([
-                "ip", "netns", "exec", pod.developerNamespace, "socat",
-                "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay", "UNIX-CONNECT:\(relay)",
-            ]))
-        func listening(_ namespace: String, _ port: String) -> Bool {
-            let tcp = (try? Run.process(["ip", "netns", "exec", namespace, "cat", "/proc/net/tcp"]).stdout) ?? ""
-            return tcp.contains("0100007F:\(port) 00000000:0000 0A")
-        }
-        try PodStandIn.waitUntil("the agent on TCP and the port-forward stand-in") {
-            listening(pod.podNamespace, "1B58") && listening(pod.developerNamespace, "1B59")
-                && FileManager.default.fileExists(atPath: relay)
-        }
-        return "127.0.0.1:7001"
     }
 }

@@ -291,16 +291,17 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     }
 
     /// `sysmirror trace --agent` as nobody in the developer's namespace; returns the outcome and log lines.
+    /// `agentAddress`: the agent's address when not its unix socket (an agent on TCP).
     func trace(
-        _ program: [String], options: [String] = [], tokenFile: String? = nil, environment: [String: String] = [:],
-        stdin: String? = nil, directory: URL? = nil, timeout: TimeInterval = 60
+        _ program: [String], options: [String] = [], tokenFile: String? = nil, agentAddress: String? = nil,
+        environment: [String: String] = [:], stdin: String? = nil, directory: URL? = nil, timeout: TimeInterval = 60
     ) throws -> (Outcome, [String]) {
         let log = Fixtures.shared.path("trace-\(UUID().uuidString).log")
         defer { try? FileManager.default.removeItem(atPath: log) }
         let outcome = try Run.process(
             [
-                Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", "unix:\(socket)", "--token-file",
-                tokenFile ?? self.tokenFile,
+                Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", agentAddress ?? "unix:\(socket)",
+                "--token-file", tokenFile ?? self.tokenFile,
             ] + options + ["--"] + program,
             environment: environment, stdin: stdin, unprivileged: true, namespace: developerNamespace,
             timeout: timeout)

@@ -1,0 +1,95 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// A link to an agent on TCP that breaks and comes back, as a `kubectl port-forward` that drops and is
+/// restarted on the same local port: the session goes on, calls made during the gap wait for the link, and
+/// the log says what happened. One that never comes back fails the calls after the wait, without a hang.
+@Suite("A link that breaks", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"), .serialized)
+final class LinkCutTests {
+    let fixtures = Fixtures.shared
+    private var pods: [PodStandIn] = []
+    private var agents: [ForwardedAgent] = []
+
+    deinit {
+        for agent in agents { agent.stop() }
+        for pod in pods { pod.tearDown() }
+    }
+
+    func forwardedAgent() throws -> ForwardedAgent {
+        let pod = try PodStandIn()
+        pods.append(pod)
+        let agent = try ForwardedAgent(in: pod)
+        agents.append(agent)
+        return agent
+    }
+
+    /// A traced program that reads the pod's /config/app.yaml every 100 ms, `count` times, printing each
+    /// outcome with the milliseconds it took.
+    func reader(count: Int) -> [String] {
+        [
+            "/usr/bin/python3", "-c",
+            """
+            import time
+            for _ in range(\(count)):
+                start = time.monotonic()
+                try:
+                    open('/config/app.yaml').read()
+                    outcome = 'ok'
+                except OSError:
+                    outcome = 'failed'
+                print(outcome, int((time.monotonic() - start) * 1000), flush=True)
+                time.sleep(0.1)
+            """,
+        ]
+    }
+
+    @Test("Cut for a second: every read after the link is back succeeds, none hangs, and the log says so")
+    func cutAndBack() throws {
+        let forwarded = try forwardedAgent()
+        let (pod, address, program) = (forwarded.pod, forwarded.address, reader(count: 40))
+        let traced = Mutex<(Outcome, [String])?>(nil)
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
+            ended.signal()
+        }
+        usleep(1_000_000)
+        forwarded.cut()
+        usleep(1_000_000)
+        try forwarded.restore()
+        #expect(ended.wait(timeout: .now() + 90) == .success)
+        let (outcome, log) = try #require(traced.withLock { $0 })
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
+        #expect(reads.count == 40, "\(outcome.stdout)")
+        // Reads made while the link was down waited for it (a read in flight at the cut may fail); once
+        // back, every one succeeds.
+        let lastFailure = reads.lastIndex { $0.first == "failed" } ?? -1
+        #expect(lastFailure < 15, "\(outcome.stdout)")
+        #expect(reads.suffix(20).allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
+        #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) > 500 }, "a read waited for the link: \(outcome.stdout)")
+        #expect(outcome.stderr.contains("connecting again for up to 30 s"), "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("is back"), "\(outcome.stderr)")
+        #expect(!log.isEmpty)
+    }
+
+    @Test("Never back: the reads fail with EIO after the wait, and the program ends")
+    func cutForGood() throws {
+        let forwarded = try forwardedAgent()
+        let (pod, address) = (forwarded.pod, forwarded.address)
+        let program = ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 1; /bin/busybox cat /config/app.yaml; echo status $?"]
+        let traced = Mutex<(Outcome, [String])?>(nil)
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
+            ended.signal()
+        }
+        usleep(500_000)
+        forwarded.cut()
+        #expect(ended.wait(timeout: .now() + 60) == .success)
+        let (outcome, _) = try #require(traced.withLock { $0 })
+        #expect(outcome.stdout.contains("status 1"), "\(outcome.stdout)")
+        #expect(outcome.stderr.contains("did not come back within 30 s"), "\(outcome.stderr)")
+    }
+}
