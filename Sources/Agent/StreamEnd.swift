@@ -1,10 +1,15 @@
+import AgentProtocol
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// One end of a byte stream the agent relays: the first handler of a channel's pipeline, so that bytes
 /// pass any message codec by. What it reads goes to `onEvent` on the channel's event loop; `write`,
 /// `flush`, `closeOutput`, `close` and `setPaused` may be called from any thread, and are carried out on
-/// that loop. `glue` joins two ends (on the same loop or not) with backpressure and half-close.
+/// that loop. `glue` joins two ends (on the same loop or not) with backpressure and half-close. A framed end
+/// (a link connection, which may pass a port-forward that carries no half-close) speaks `StreamFraming`:
+/// its pieces are unwrapped as they are read, what is written to it is wrapped, and its ends of input and
+/// output are pieces; closed before its client's end, it was cut, and the other end is reset.
 final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable state confined to `loop`
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -15,41 +20,86 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
         case readComplete
         /// The peer closed its side (half-close).
         case inputClosed
+        /// A framed end closed before its peer's end: the other end is reset, as the cut would have done.
+        case cut
         case closed
         /// The channel can take more again.
         case writable
     }
 
     let channel: any Channel
+    let framed: Bool
+    private var reader = StreamFraming.Reader()
+    /// A framed end: whether its end piece went out.
+    private var endSent = false
+    /// Whether the channel failed (a reset, an error) rather than ended.
+    private(set) var failed = false
     var loop: any EventLoop { channel.eventLoop }
     /// Set before the handler is added, never after.
     var onEvent: @Sendable (Event) -> Void = { _ in }
     private var context: ChannelHandlerContext?
     private var paused = false
+    /// What came while the end was held (`hold`).
+    private var held: [Event] = []
     private var readPending = false
     /// Bytes read from the channel, for the log.
     private(set) var bytesRead = 0
 
-    init(_ channel: any Channel) { self.channel = channel }
+    init(_ channel: any Channel, framed: Bool = false) {
+        self.channel = channel
+        self.framed = framed
+    }
 
     /// Adds the end first in `channel`'s pipeline (on its loop) and starts reading.
-    static func install(on channel: any Channel, _ onEvent: @escaping @Sendable (Event) -> Void) -> StreamEnd {
-        let end = StreamEnd(channel)
+    static func install(
+        on channel: any Channel, framed: Bool = false, _ onEvent: @escaping @Sendable (Event) -> Void
+    ) -> StreamEnd {
+        let end = StreamEnd(channel, framed: framed)
         end.onEvent = onEvent
         end.attach(closingOnFailure: [channel])
         return end
     }
 
     /// Relays `first` and `second` to each other; `ended` runs once both are closed, with the bytes each read.
+    /// `secondIsFramed`: `second` is a link connection that speaks StreamFraming.
     static func glue(
-        _ first: any Channel, _ second: any Channel,
+        _ first: any Channel, _ second: any Channel, secondIsFramed: Bool = false,
         ended: @escaping @Sendable (_ firstRead: Int, _ secondRead: Int) -> Void = { _, _ in }
     ) {
-        let pair = Pair(StreamEnd(first), StreamEnd(second), ended: ended)
-        pair.first.onEvent = pair.relay(from: pair.first, to: pair.second)
+        glue(hold(first), second, secondIsFramed: secondIsFramed, ended: ended)
+    }
+
+    /// `glue` for an end that holds what its channel brought meanwhile (`hold`).
+    static func glue(
+        _ first: StreamEnd, _ second: any Channel, secondIsFramed: Bool = false,
+        ended: @escaping @Sendable (_ firstRead: Int, _ secondRead: Int) -> Void = { _, _ in }
+    ) {
+        let pair = Pair(first, StreamEnd(second, framed: secondIsFramed), ended: ended)
         pair.second.onEvent = pair.relay(from: pair.second, to: pair.first)
-        pair.first.attach(closingOnFailure: [first, second])
-        pair.second.attach(closingOnFailure: [first, second])
+        pair.second.attach(closingOnFailure: [first.channel, second])
+        first.release(to: pair.relay(from: pair.first, to: pair.second))
+    }
+
+    /// An end on `channel` from now on, holding what the channel brings until `glue` joins it: a stolen
+    /// connection's client may send, and even end its input, before anyone takes it, and NIO reads what is
+    /// left at an end of input whether asked to or not. At most one read is held: reading waits meanwhile.
+    static func hold(_ channel: any Channel) -> StreamEnd {
+        let end = StreamEnd(channel)
+        end.paused = true
+        end.onEvent = { [unowned end] event in end.held.append(event) }
+        end.attach(closingOnFailure: [channel])
+        return end
+    }
+
+    /// On the loop: what was held goes to `onEvent`, then what comes; reading goes on.
+    private func release(to onEvent: @escaping @Sendable (Event) -> Void) {
+        onLoop { end in
+            end.onEvent = onEvent
+            let held = end.held
+            end.held = []
+            for event in held { onEvent(event) }
+            end.setPaused(false)
+        }
     }
 
     /// At once when on the channel's loop: bytes read before the end is in place would reach the codec.
@@ -86,9 +136,11 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
                     if !target.channel.isWritable { source.pause() }
                 case .readComplete: target.flush()
                 case .inputClosed: target.closeOutput()
+                case .cut: target.reset()
                 case .writable: target.setPaused(false)
                 case .closed:
-                    target.close()
+                    // A failed end's far side learns it as a cut: no end piece, which its reader takes as one.
+                    if source.failed && target.framed { target.cutOff() } else { target.close() }
                     let both = self.lock.withLock { closed in
                         closed += 1
                         return closed == 2
@@ -103,14 +155,60 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
 
     func write(_ buffer: ByteBuffer, flush: Bool = false) {
         onLoop { end in
+            if end.framed {
+                let header = ByteBuffer(bytes: StreamFraming.dataHeader(count: buffer.readableBytes))
+                end.context?.write(end.wrapOutboundOut(header), promise: nil)
+            }
             end.context?.write(end.wrapOutboundOut(buffer), promise: nil)
             if flush { end.context?.flush() }
         }
     }
 
     func flush() { onLoop { $0.context?.flush() } }
-    func closeOutput() { onLoop { $0.context?.close(mode: .output, promise: nil) } }
-    func close() { onLoop { $0.context?.close(promise: nil) } }
+
+    /// The end of output: a shutdown, or on a framed end a piece (the connection stays open for the rest).
+    func closeOutput() {
+        onLoop { end in
+            guard end.framed else { return end.afterWrites { $0.close(mode: .output, promise: nil) } }
+            end.sendEnd(promise: nil)
+        }
+    }
+
+    /// On the loop: `body` once what was written so far is out. A channel whose input has ended closes whole
+    /// at a close of its output, and NIO drops the writes still pending at a close.
+    private func afterWrites(_ body: @escaping @Sendable (ChannelHandlerContext) -> Void) {
+        guard let context else { return }
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: written)
+        written.futureResult.whenComplete { _ in body(context) }
+    }
+
+    /// Closes; a framed end sends its end piece first, if it has not (a channel that closes whole, as NIO
+    /// closes one whose input ends after its output did, ended cleanly).
+    func close() {
+        onLoop { end in
+            if end.framed { end.sendEnd(promise: nil) }
+            end.afterWrites { $0.close(promise: nil) }
+        }
+    }
+
+    /// Closes a framed end without its end piece: the far side takes it as a cut.
+    func cutOff() { onLoop { $0.context?.close(promise: nil) } }
+
+    /// On the loop: the end piece, once.
+    private func sendEnd(promise: EventLoopPromise<Void>?) {
+        guard !endSent, let context else { return promise?.succeed(()) ?? () }
+        endSent = true
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: StreamFraming.end)), promise: promise)
+    }
+
+    /// Closes with a reset (SO_LINGER 0), as a connection whose far end was cut.
+    func reset() {
+        onLoop { end in
+            guard let provider = end.channel as? any SocketOptionProvider else { return end.context?.close(promise: nil) ?? () }
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in end.context?.close(promise: nil) }
+        }
+    }
 
     func setPaused(_ paused: Bool) {
         onLoop { end in
@@ -136,9 +234,24 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        bytesRead += buffer.readableBytes
-        onEvent(.bytes(buffer))
+        var buffer = unwrapInboundIn(data)
+        guard framed else {
+            bytesRead += buffer.readableBytes
+            return onEvent(.bytes(buffer))
+        }
+        guard !reader.ended else { return context.close(promise: nil) }  // bytes after the end
+        var bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+        do throws(StreamFraming.Reader.Failure) {
+            let count = try reader.extract(&bytes, count: bytes.count)
+            if count > 0 {
+                bytesRead += count
+                onEvent(.bytes(ByteBuffer(bytes: bytes[..<count])))
+            }
+            if reader.ended { onEvent(.inputClosed) }
+        } catch {
+            onEvent(.cut)
+            context.close(promise: nil)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) { onEvent(.readComplete) }
@@ -149,11 +262,17 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event { onEvent(.inputClosed) }
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            // A framed end's input ends with its end piece; a close before that is a cut.
+            if !framed { onEvent(.inputClosed) } else if !reader.ended { onEvent(.cut) }
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failed = true
+        context.close(promise: nil)
+    }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { onEvent(.writable) }

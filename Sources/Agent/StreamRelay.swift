@@ -10,7 +10,7 @@ import NIOPosix
 /// Outgoing TCP for clients that cannot take a socket from the agent (they reach it through a
 /// port-forward): a session whose first request is `connect` gets a connection from the target's network
 /// namespace, and from then on its own connection carries that connection's bytes, both ways, with
-/// half-close and backpressure.
+/// half-close (in `StreamFraming`'s pieces) and backpressure.
 extension SessionHandler {
     func connectStream(_ id: UInt32, to address: [UInt8], context: ChannelHandlerContext) {
         guard isInTargetNetwork(id, context: context) else { return }
@@ -37,7 +37,7 @@ extension SessionHandler {
                     }
                     reply(bound.value, id, .done)
                     state = .stream
-                    StreamEnd.glue(inbound, outbound)
+                    StreamEnd.glue(outbound, inbound, secondIsFramed: true)
                     logger.debug("stream to \(destination)")
                 }
             }

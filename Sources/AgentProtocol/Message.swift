@@ -1,6 +1,6 @@
 /// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
 /// with both numbers in the message.
-public let protocolVersion: UInt16 = 1
+public let protocolVersion: UInt16 = 2
 
 /// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
 ///

@@ -205,7 +205,7 @@ package final class RemoteIncoming: Sendable {
                 switch result {
                 case .success(let pod):
                     try? Sockets.setNoDelay(pod.raw)  // fails only on a unix socket, which has no delay to lose
-                    relay(pod, local, port: port, from: client, to: entry)
+                    relay(pod, local, port: port, from: client, to: entry, framed: true)
                 case .failure(let error):
                     forget(port)
                     logger.warning("could not take an incoming connection from \(Self.describe(client)): \(error)")
@@ -216,11 +216,12 @@ package final class RemoteIncoming: Sendable {
     }
 
     /// On the loop: relays the pod's connection and the loopback one to the program until both end.
+    /// `framed`: `pod` is a link connection, which speaks StreamFraming.
     private func relay(
         _ pod: SharedDescriptor, _ local: SharedDescriptor, port: UInt16?, from client: SocketAddress?,
-        to entry: Listening
+        to entry: Listening, framed: Bool = false
     ) {
-        Relay.start(on: loop, pod, local) { [self] received, sent in
+        Relay.start(on: loop, local, pod, secondIsFramed: framed) { [self] sent, received in
             if let port { forget(port) }
             logEnd(of: client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")
             relaying.end()

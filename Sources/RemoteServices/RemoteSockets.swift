@@ -57,6 +57,8 @@ package final class RemoteSockets: Sendable {
     static let netnsCookie: Int32 = 71  // SO_NETNS_COOKIE (5.14)
     /// Round trips to the agent and handshakes still going on wait here, never on a thread.
     let loop: EventLoop
+    /// Where a program's socket connects when its connection is a link connection's (on `loop` only).
+    private let pairing = LoopbackPairing()
 
     package init(
         channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, loop: EventLoop,
@@ -181,15 +183,21 @@ package final class RemoteSockets: Sendable {
     }
 
     /// A TCP connect through the agent's stream: once the pod's end is connected, the program's socket is
-    /// replaced by the stream's and the connect succeeds (at once, also for a non-blocking socket: Go and
-    /// others take an immediate success). Its peer, as getpeername tells, is the port-forward's local end.
+    /// connected to a loopback listener of sysmirror's, and a relay joins that connection to the stream,
+    /// whose bytes travel in StreamFraming's pieces (a port-forward carries no half-close; the pieces do).
+    /// The connect succeeds at once, also for a non-blocking socket (Go and others take an immediate
+    /// success). Its peer, as getpeername tells, is sysmirror's loopback listener.
     private func serveStream(
         socket: ProgramSocket, stream: SharedDescriptor, through streams: StreamConnector, _ answer: PendingCall
     ) {
-        SocketOptions.copy(from: socket.fd.raw, to: stream.raw, family: AF_INET, type: socket.type)
-        // The link's socket is non-blocking; the program's mode is what the program gets.
-        try? stream.descriptor.setNonBlocking(socket.nonBlocking)  // cannot fail on a socket sysmirror holds
-        guard putInPlace(stream.raw, of: socket, answer, what: "the stream") else { return }
+        guard listener.isPending(answer.notification.id) else { return answer.gone() }
+        let ours: SharedDescriptor
+        do throws(SystemCallError) {
+            ours = try pairing.connect(socket.fd.raw, family: socket.facts.family)
+        } catch {
+            return answer.fail(EIO, note: "could not connect the program's socket to sysmirror's relay: \(error)")
+        }
+        Relay.start(on: loop, ours, stream, secondIsFramed: true) { _, _ in }
         answer.succeed(0, note: "through \(streams.address)")
     }
 

@@ -294,6 +294,16 @@ final class KubernetesOutgoingTests {
     init() throws { cluster = try ClusterStandIn(network: true) }
     deinit { cluster.tearDown() }
 
+    @Test("A client's half-close reaches the pod through the port-forward, and the answer comes back")
+    func halfClose() throws {
+        let program = ["/usr/bin/python3", "-c", PodStandIn.halfClosingClient(PodStandIn.Service.echo, 7)]
+        let (outcome, log) = try cluster.trace(program, target: "deployment/web", timeout: 30)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        #expect(outcome.stdout == "got 1000 bytes\n", "\(outcome.stdout)\(outcome.stderr)")
+        #expect(log.contains { $0.contains("connect(") && $0.contains("10.96.0.40:7") && $0.contains("through 127.0.0.1:") })
+        #expect(try cluster.pod.direct(program).status != 0)
+    }
+
     @Test("HTTP from static Go, redis-cli SET/GET, a refused port, cluster names in Go and glibc over TCP, UDP refused")
     func outgoing() throws {
         let web = "http://\(PodStandIn.Service.web):8080/index.html"
@@ -349,5 +359,31 @@ final class KubernetesIncomingTests {
         let container = try #require(added["ephemeral_container"] as? [String: Any])
         let security = try #require(container["securityContext"] as? [String: Any])
         #expect((security["capabilities"] as? [String: [String]])?["add"]?.contains("NET_ADMIN") == true)
+    }
+
+    @Test("steal with --target: the pod client's half-close reaches the local program, and its answer comes back")
+    func stealHalfClose() throws {
+        // The local program answers once its client's input ends.
+        let local = [
+            "/usr/bin/python3", "-c", PodStandIn.answeringAtEndOfInput("127.0.0.1", 8080, prefix: "local ", once: true),
+        ]
+        let client = PodStandIn.halfClosingClient(PodStandIn.podAddress, 8080)
+        let traced = Box<(Outcome, [String])>()
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { [cluster] in
+            traced.value = try? cluster.trace(local, target: "deployment/web", options: ["--incoming", "steal"])
+            ended.signal()
+        }
+        var answer = ""
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline && !answer.hasPrefix("local") {
+            answer = (try? Run.process(["ip", "netns", "exec", cluster.pod.clientNamespace, "python3", "-c", client]))?
+                .stdout ?? ""
+            usleep(100_000)
+        }
+        #expect(answer == "local got 1000 bytes\n", "\(answer)")
+        #expect(ended.wait(timeout: .now() + 60) == .success)
+        let (outcome, _) = try #require(traced.value)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
     }
 }

@@ -147,14 +147,58 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                     "python3", "-c",
                     "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('\(Service.echo)', 7))\nwhile True:\n    data, peer = s.recvfrom(65536)\n    s.sendto(b'echo ' + data, peer)\n",
                 ]),
+            // TCP :7 answers once its client's input ends (a half-close): "got N bytes".
+            try SpawnedService(inPod + ["python3", "-c", Self.answeringAtEndOfInput(Service.echo, 7)]),
         ]
-        // Listening once the pod's /proc/net shows the ports: 53/udp and tcp, 8080, 6379, 7/udp.
+        // Listening once the pod's /proc/net shows the ports: 53/udp and tcp, 8080, 6379, 7/tcp and udp.
         try Self.waitUntil("the pod's services") {
             let tcp = (try? Run.process(inPod + ["cat", "/proc/net/tcp"], directory: root).stdout) ?? ""
             let udp = (try? Run.process(inPod + ["cat", "/proc/net/udp"], directory: root).stdout) ?? ""
-            return ["0A00600A:0035", "1400600A:1F90", "1E00600A:18EB"].allSatisfy(tcp.contains)
+            return ["0A00600A:0035", "1400600A:1F90", "1E00600A:18EB", "2800600A:0007"].allSatisfy(tcp.contains)
                 && ["0A00600A:0035", "2800600A:0007"].allSatisfy(udp.contains)
         }
+    }
+
+    /// Python: serves HOST:PORT and answers each connection "PREFIXgot N bytes" once its client's input
+    /// ends (a half-close), then closes it; `once`: one connection, then it exits.
+    static func answeringAtEndOfInput(_ host: String, _ port: Int, prefix: String = "", once: Bool = false) -> String {
+        """
+        import socket, threading
+        def serve(c):
+            got = 0
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                got += len(data)
+            c.sendall(b'\(prefix)got %d bytes' % got)
+            c.close()
+        s = socket.create_server(('\(host)', \(port)))
+        while True:
+            c = s.accept()[0]
+            if \(once ? "True" : "False"):
+                serve(c)
+                break
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+        """
+    }
+
+    /// Python: connects to HOST:PORT, sends 1,000 bytes, ends its output (a half-close) and prints what
+    /// comes back, to its end.
+    static func halfClosingClient(_ host: String, _ port: Int) -> String {
+        """
+        import socket
+        c = socket.create_connection(('\(host)', \(port)), timeout=10)
+        c.sendall(b'x' * 1000)
+        c.shutdown(socket.SHUT_WR)
+        answer = b''
+        while True:
+            data = c.recv(4096)
+            if not data:
+                break
+            answer += data
+        print(answer.decode(errors='replace'))
+        """
     }
 
     /// The pod's address on the veth pair, and its client's.

@@ -177,7 +177,8 @@ final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confi
             return
         }
         let loop = context!.eventLoop
-        let end = StreamEnd.install(on: channel) { [self] event in
+        // The program's requests come over a link connection, which speaks StreamFraming.
+        let end = StreamEnd.install(on: channel, framed: route == .program) { [self] event in
             if loop.inEventLoop { upstream(route, event) } else { loop.execute { self.upstream(route, event) } }
         }
         upstreams[route] = .open(end)
@@ -202,7 +203,7 @@ final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confi
         switch event {
         case .bytes(let buffer): received(Array(buffer.readableBytesView), from: route)
         case .readComplete: context?.flush()
-        case .inputClosed, .closed: ended(route)
+        case .inputClosed, .cut, .closed: ended(route)
         case .writable: break
         }
     }

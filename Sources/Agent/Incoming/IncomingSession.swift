@@ -198,7 +198,9 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                 .channelOption(.autoRead, value: false)
                 .channelOption(.allowRemoteHalfClosure, value: true)
                 .withConnectedSocket(connection.release())
-                .whenSuccess { [self] in passThrough($0, podPort: podPort, reason: "its port is no longer stolen") }
+                .whenSuccess { [self] in
+                    passThrough(StreamEnd.hold($0), podPort: podPort, reason: "its port is no longer stolen")
+                }
         }
     }
 
@@ -277,7 +279,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     /// A connection redirected from `podPort`: to the client whole, or request by request with a filter.
     private func stolen(_ channel: any Channel, podPort: UInt16) {
         guard let client = Endpoint(channel.remoteAddress), let subscription = subscription(for: podPort) else {
-            return passThrough(channel, podPort: podPort, reason: "its port is no longer stolen")
+            return passThrough(StreamEnd.hold(channel), podPort: podPort, reason: "its port is no longer stolen")
         }
         if let filter = subscription.filter {
             let splitter = HTTPSplitter(
@@ -286,26 +288,29 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             try? channel.syncOptions?.setOption(.autoRead, value: true)
             return
         }
+        let end = StreamEnd.hold(channel)
         offer(
             subscription.request, client: client, on: channel.eventLoop,
             take: { [logger] link in
-                StreamEnd.glue(channel, link) { received, sent in
+                StreamEnd.glue(end, link, secondIsFramed: true) { received, sent in
                     logger.info(
                         "incoming connection from \(client) to port \(podPort): stolen, \(received) bytes in, \(sent) out")
                 }
             },
             abandon: { [self] in
-                passThrough(channel, podPort: podPort, reason: "the developer's program did not take it in time")
+                passThrough(end, podPort: podPort, reason: "the developer's program did not take it in time")
             })
     }
 
-    /// Relays `channel` to the pod's application, as if it had never been redirected.
-    func passThrough(_ channel: any Channel, podPort: UInt16, reason: String) {
+    /// Relays a redirected connection (held since it came) to the pod's application, as if it had never been
+    /// redirected.
+    func passThrough(_ end: StreamEnd, podPort: UInt16, reason: String) {
+        let channel = end.channel
         let client = Endpoint(channel.remoteAddress)
         connectToPod(from: channel, podPort: podPort).whenComplete { [logger] result in
             switch result {
             case .success(let upstream):
-                StreamEnd.glue(channel, upstream) { received, sent in
+                StreamEnd.glue(end, upstream) { received, sent in
                     logger.info(
                         "incoming connection from \(client.map { "\($0)" } ?? "?") to port \(podPort): passed through (\(reason)), \(received) bytes in, \(sent) out"
                     )
