@@ -3,6 +3,7 @@ import AgentProtocol
 import CSysmirror
 import LinuxSystem
 import Logging
+import SyscallDecoding
 
 #if canImport(Glibc)
     import Glibc
@@ -26,7 +27,7 @@ final class SocketService: Sendable {
     /// Where stolen ports' listening sockets are found (`stolenListener`).
     let registry: IncomingRegistry
     let logger: Logger
-    let listener: Int32
+    let listener: OwnedDescriptor
 
     init(path: String, target: Target, token: SessionToken, registry: IncomingRegistry, logger: Logger)
         throws(SystemCallError)
@@ -36,31 +37,13 @@ final class SocketService: Sendable {
         self.token = token
         self.registry = registry
         self.logger = logger
-        unlink(path)
-        let fd = try systemCall("socket(AF_UNIX)") {
-            socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in path.utf8.enumerated() where index < raw.count - 1 { raw[index] = byte }
-        }
+        _ = unlink(path)  // a socket file an earlier agent left; none is as good
+        let socket = try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
         let previous = umask(0o177)
         defer { umask(previous) }
-        do {
-            _ = try systemCall("bind(\(path))") {
-                withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                    }
-                }
-            }
-            _ = try systemCall("listen") { listen(fd, 64) }
-        } catch {
-            close(fd)
-            throw error
-        }
-        listener = fd
+        try Sockets.bind(socket.raw, to: .unix(path: Array(path.utf8), abstract: false))
+        try Sockets.listen(socket.raw, backlog: 64)
+        listener = socket
     }
 
     func start() throws(SystemCallError) {
@@ -68,24 +51,26 @@ final class SocketService: Sendable {
     }
 
     func stop() {
-        shutdown(listener, Int32(SHUT_RDWR))
-        unlink(path)
+        // Wakes the accepting thread, whose accept then fails and ends it; fails only for a socket already shut.
+        try? Sockets.shutdownBoth(listener.raw)
+        _ = unlink(path)  // gone already is as good
     }
 
+    /// A thread per channel: one per trace session with an agent on this machine, each for the session's life.
     private func acceptConnections() {
         while true {
-            // accept4 needs _GNU_SOURCE; the agent never forks, so close-on-exec set afterwards is as good.
-            let connection = accept(listener, nil, nil)
-            if connection < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
+            var peer: SocketAddress?
+            let connection: SharedDescriptor
+            do throws(SystemCallError) {
+                connection = SharedDescriptor(
+                    try Sockets.accept(listener.raw, flags: Int32(SOCK_CLOEXEC.rawValue), peer: &peer))
+            } catch where error.errno == .interrupted || error.errno == .connectionAbort {
+                continue
+            } catch {
                 return
             }
-            _ = fcntl(connection, F_SETFD, FD_CLOEXEC)
-            do {
-                _ = try ThreadHandle.start(name: "agent-socket") { [self] in serve(connection) }
-            } catch {
-                close(connection)
-            }
+            // Dropping the handle detaches the thread, which ends with its connection.
+            _ = try? ThreadHandle.start(name: "agent-socket") { [self] in serve(connection.raw) }
         }
     }
 
@@ -95,9 +80,8 @@ final class SocketService: Sendable {
     }
 
     private func serve(_ connection: Int32) {
-        defer { close(connection) }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // A client that says nothing within 10 s of connecting is dropped.
+        guard (try? Sockets.setReceiveTimeout(connection, seconds: 10)) != nil else { return }
         var buffer = FrameBuffer()
         guard case .hello(let version, let presented)? = next(connection, &buffer) else { return }
         if version != protocolVersion || !token.accepts(presented) {
@@ -108,8 +92,7 @@ final class SocketService: Sendable {
             logger.warning("refused a socket channel: \(reason)")
             return send(connection, .refused(version: protocolVersion, reason: reason))
         }
-        timeout = timeval(tv_sec: 0, tv_usec: 0)
-        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        guard (try? Sockets.setReceiveTimeout(connection, seconds: 0)) != nil else { return }
         if case .process(let pid) = target.spec, let failure = Self.joinNetworkNamespace(of: pid) {
             logger.error("cannot join the target's network namespace: \(failure)")
             return send(
@@ -120,49 +103,48 @@ final class SocketService: Sendable {
         }
         send(connection, .welcome(version: protocolVersion, agent: "sysmirror agent sockets for \(target.spec)"))
         while let message = next(connection, &buffer) {
-            if case .request(let id, .connectionEvents) = message {
-                let events = Self.connectionEvents()
-                if events < 0 {
-                    send(connection, .response(id: id, .failure(errno: errno, message: "sock_diag: \(currentErrno())")))
-                } else {
-                    send(connection, .response(id: id, .done), fd: events)
-                    close(events)
+            guard case .request(let id, let request) = message else {
+                return send(connection, .protocolError("a socket channel takes requests only"))
+            }
+            switch Self.answer(request, registry: registry) {
+            case .descriptor(let descriptor): send(connection, .response(id: id, .done), fd: descriptor.raw)
+            case .refusal(let failure): send(connection, .response(id: id, failure))
+            }
+        }
+    }
+
+    /// What a request gets: a descriptor (closed once passed), or a failure.
+    enum Answer {
+        case descriptor(SharedDescriptor)
+        case refusal(Response)
+    }
+
+    static func answer(_ request: Request, registry: IncomingRegistry) -> Answer {
+        do throws(SystemCallError) {
+            switch request {
+            case .connectionEvents:
+                return .descriptor(SharedDescriptor(try connectionEvents()))
+            case .stolenListener(let port):
+                guard let socket = registry.handOver(port) else {
+                    return .refusal(.failure(errno: ENOENT, message: "port \(port) of the pod is not stolen whole"))
                 }
-                continue
-            }
-            if case .request(let id, .stolenListener(let port)) = message {
-                if let socket = registry.handOver(port) {
-                    send(connection, .response(id: id, .done), fd: socket.raw)
-                } else {
-                    send(
-                        connection,
-                        .response(id: id, .failure(errno: ENOENT, message: "port \(port) of the pod is not stolen whole")))
+                return .descriptor(SharedDescriptor(socket))
+            case .socket(let family, let type, let socketProtocol):
+                let kind = type & 0xf  // SOCK_STREAM, SOCK_DGRAM; the rest are SOCK_NONBLOCK and SOCK_CLOEXEC
+                guard family == AF_INET || family == AF_INET6 else {
+                    return .refusal(.failure(errno: EAFNOSUPPORT, message: "IPv4 and IPv6 only"))
                 }
-                continue
-            }
-            guard case .request(let id, .socket(let family, let type, let socketProtocol)) = message else {
-                if case .request(let id, _) = message {
-                    send(connection, .response(id: id, .failure(errno: ENOSYS, message: "only sockets are made here")))
-                    continue
+                guard kind == Int32(SOCK_STREAM.rawValue) || kind == Int32(SOCK_DGRAM.rawValue) else {
+                    return .refusal(.failure(errno: EPROTONOSUPPORT, message: "TCP and UDP only"))
                 }
-                return send(connection, .protocolError("a socket channel takes socket requests only"))
+                return .descriptor(
+                    SharedDescriptor(
+                        try Sockets.make(family: family, type: type | Int32(SOCK_CLOEXEC.rawValue), protocol: socketProtocol)))
+            default:
+                return .refusal(.failure(errno: ENOSYS, message: "only sockets are made here"))
             }
-            let kind = type & 0xf  // SOCK_STREAM, SOCK_DGRAM; the rest are SOCK_NONBLOCK and SOCK_CLOEXEC
-            guard family == AF_INET || family == AF_INET6 else {
-                send(connection, .response(id: id, .failure(errno: EAFNOSUPPORT, message: "IPv4 and IPv6 only")))
-                continue
-            }
-            guard kind == Int32(SOCK_STREAM.rawValue) || kind == Int32(SOCK_DGRAM.rawValue) else {
-                send(connection, .response(id: id, .failure(errno: EPROTONOSUPPORT, message: "TCP and UDP only")))
-                continue
-            }
-            let made = socket(family, type | Int32(SOCK_CLOEXEC.rawValue), socketProtocol)
-            if made < 0 {
-                send(connection, .response(id: id, .failure(errno: errno, message: "")))
-            } else {
-                send(connection, .response(id: id, .done), fd: made)
-                close(made)
-            }
+        } catch {
+            return .refusal(.failure(errno: error.errno.rawValue, message: "\(error)"))
         }
     }
 
@@ -184,31 +166,31 @@ final class SocketService: Sendable {
 
     /// A NETLINK_SOCK_DIAG socket subscribed to the destruction of IPv4 and IPv6 TCP sockets (each event
     /// carries the socket's cookie and tcp_info). Bound here: binding to the groups may need privileges the
-    /// client lacks. -1 with errno on failure.
-    static func connectionEvents() -> Int32 {
-        let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)  // NETLINK_SOCK_DIAG
-        guard fd >= 0 else { return -1 }
+    /// client lacks.
+    static func connectionEvents() throws(SystemCallError) -> OwnedDescriptor {
+        let socket = try Sockets.make(
+            family: AF_NETLINK, type: Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), protocol: 4)  // NETLINK_SOCK_DIAG
         // struct sockaddr_nl (Swift's Glibc lacks it): family, pad, pid, then the groups, as a bit per group:
         // SKNLGRP_INET_TCP_DESTROY (1) and SKNLGRP_INET6_TCP_DESTROY (3).
-        var address: (UInt16, UInt16, UInt32, UInt32) = (UInt16(AF_NETLINK), 0, 0, 1 << 0 | 1 << 2)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, 12) }
-        }
-        guard bound == 0 else {
-            let saved = errno
-            close(fd)
-            errno = saved
-            return -1
-        }
-        return fd
+        let groups: UInt32 = 1 << 0 | 1 << 2
+        let address =
+            withUnsafeBytes(of: UInt16(AF_NETLINK)) { Array($0) } + [0, 0, 0, 0, 0, 0]
+            + withUnsafeBytes(of: groups) { Array($0) }
+        try Sockets.bind(socket.raw, raw: address)
+        return socket
     }
 
     /// Moves the calling thread (only) into the target's network namespace; nil on success.
     static func joinNetworkNamespace(of pid: Int32) -> String? {
         if Target.sharesNamespace("net", with: pid) { return nil }
-        let namespace = open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC)
-        guard namespace >= 0 else { return "\(currentErrno())" }
-        defer { close(namespace) }
-        return sysm_setns(namespace, GNU.newNetworkNamespace) == 0 ? nil : "\(currentErrno())"
+        do throws(SystemCallError) {
+            let namespace = OwnedDescriptor(
+                taking: try systemCall("open(/proc/\(pid)/ns/net)") { open("/proc/\(pid)/ns/net", O_RDONLY | O_CLOEXEC) })
+            let raw = namespace.raw
+            _ = try systemCall("setns") { sysm_setns(raw, GNU.newNetworkNamespace) }
+            return nil
+        } catch {
+            return "\(error)"
+        }
     }
 }

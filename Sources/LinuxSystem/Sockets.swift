@@ -133,6 +133,28 @@ public enum Sockets {
         _ = try systemCall("shutdown") { Glibc.shutdown(fd, Int32(SHUT_WR)) }
     }
 
+    /// shutdown(SHUT_RDWR): on a listening socket, wakes a thread blocked in its accept (which then fails).
+    public static func shutdownBoth(_ fd: Int32) throws(SystemCallError) {
+        _ = try systemCall("shutdown") { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// SO_RCVTIMEO: a blocking receive gives up after `seconds` (0: never).
+    public static func setReceiveTimeout(_ fd: Int32, seconds: Int) throws(SystemCallError) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = try systemCall("setsockopt(SO_RCVTIMEO)") {
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+    }
+
+    /// bind(2) with a raw address of `length` bytes, for families SocketAddress does not name (netlink).
+    public static func bind(_ fd: Int32, raw address: [UInt8]) throws(SystemCallError) {
+        _ = try systemCall("bind") {
+            address.withUnsafeBytes {
+                Glibc.bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+            }
+        }
+    }
+
     /// The socket's pending error (SO_ERROR), which reading clears; 0 when none.
     public static func pendingError(_ fd: Int32) throws(SystemCallError) -> Int32 {
         try option(fd, SO_ERROR)

@@ -18,7 +18,7 @@ import SyscallDecoding
 /// that take stolen connections, and the copy of mirrored ones. Everything it set up goes when it ends.
 ///
 /// `subscribe`, `unsubscribe` and `end` run nft and wait for binds: call them from the thread pool.
-final class IncomingSession: @unchecked Sendable {  // mutable state guarded by `lock`
+final class IncomingSession: Sendable {
     struct Subscription {
         let request: UInt32
         let mode: IncomingSubscription.Mode
@@ -36,13 +36,16 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     /// The session's link connection, where connections are announced and copies sent.
     let link: any Channel
     private let unsent = Atomic<Int>(0)
-    private let lock = Mutex<Void>(())
-    private var plan: NetfilterPlan
-    private var subscriptions: [UInt16: Subscription] = [:]
-    private var capture: MirrorCapture?
-    /// Connections offered and not taken yet, with the listen request they were announced on.
-    private var waiting: [UInt64: UInt32] = [:]
-    private var ended = false
+    private let state: Mutex<State>
+
+    private struct State {
+        var plan: NetfilterPlan
+        var subscriptions: [UInt16: Subscription] = [:]
+        var capture: MirrorCapture?
+        /// Connections offered and not taken yet, with the listen request they were announced on.
+        var waiting: [UInt64: UInt32] = [:]
+        var ended = false
+    }
 
     init(session: Int, link: any Channel, registry: IncomingRegistry, netfilter: Netfilter, logger: Logger) {
         self.link = link
@@ -50,7 +53,7 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         self.registry = registry
         self.netfilter = netfilter
         self.logger = logger
-        plan = NetfilterPlan(agentPID: getpid(), session: session)
+        state = Mutex(State(plan: NetfilterPlan(agentPID: getpid(), session: session)))
     }
 
     // MARK: Subscriptions
@@ -65,18 +68,18 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             return .failure(errno: EINVAL, message: error.description)
         }
         registry.removeStaleTables(logger: logger)
-        return lock.withLock { _ -> Response in
-            guard !ended else { return .failure(errno: ECONNRESET, message: "the session has ended") }
-            guard subscriptions[port] == nil else {
+        return state.withLock { state -> Response in
+            guard !state.ended else { return .failure(errno: ECONNRESET, message: "the session has ended") }
+            guard state.subscriptions[port] == nil else {
                 return .failure(errno: EADDRINUSE, message: "this session takes port \(port) already")
             }
-            var next = plan
+            var next = state.plan
             var listener: (any Channel)?
             var socket: SharedDescriptor?
             do {
                 switch subscription.mode {
                 case .steal:
-                    if let other = try netfilter.tableStealing(port, excluding: plan.table) {
+                    if let other = try netfilter.tableStealing(port, excluding: state.plan.table) {
                         return .failure(
                             errno: EADDRINUSE,
                             message:
@@ -88,23 +91,23 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
                     listener = bound.channel
                     next.steals[port] = bound.port
                 case .mirror:
-                    if capture == nil { capture = try MirrorCapture.open(session: self) }
-                    next.logGroup = capture!.group
+                    if state.capture == nil { state.capture = try MirrorCapture.open(session: self) }
+                    next.logGroup = state.capture!.group
                     next.mirrors.insert(port)
                 }
-                try netfilter.apply(next, after: plan)
+                try netfilter.apply(next, after: state.plan)
             } catch {
                 listener?.close(promise: nil)
                 return .failure(errno: EPERM, message: Self.explain(error))
             }
-            plan = next
-            subscriptions[port] = Subscription(
+            state.plan = next
+            state.subscriptions[port] = Subscription(
                 request: request, mode: subscription.mode, filter: filter, listener: listener, socket: socket)
             if socket != nil && filter == nil { registry.stealing(port, by: self) }
             let how =
                 subscription.mode == .mirror
                 ? "mirrored" : filter == nil ? "stolen" : "stolen for matching HTTP requests"
-            logger.info("port \(port) of the pod is \(how) for this session (netfilter table \(plan.table))")
+            logger.info("port \(port) of the pod is \(how) for this session (netfilter table \(state.plan.table))")
             return .done
         }
     }
@@ -112,17 +115,17 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     /// The listen request `request` was cancelled (the program stopped listening): the port goes back to
     /// the pod, and so do its connections waiting to be taken.
     func unsubscribe(request: UInt32) {
-        let abandoned = lock.withLock { _ -> [UInt64] in
-            guard let (port, subscription) = subscriptions.first(where: { $0.value.request == request }) else {
+        let abandoned = state.withLock { state -> [UInt64] in
+            guard let (port, subscription) = state.subscriptions.first(where: { $0.value.request == request }) else {
                 return []
             }
-            subscriptions[port] = nil
-            var next = plan
+            state.subscriptions[port] = nil
+            var next = state.plan
             next.steals[port] = nil
             next.mirrors.remove(port)
             do {
-                try netfilter.apply(next, after: plan)
-                plan = next
+                try netfilter.apply(next, after: state.plan)
+                state.plan = next
             } catch {
                 logger.warning("could not give port \(port) back: \(error)")
             }
@@ -130,8 +133,8 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
             registry.stoppedStealing(port, by: self)
             if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
             logger.info("port \(port) of the pod is its own again")
-            let ids = waiting.filter { $0.value == request }.map(\.key)
-            for id in ids { waiting[id] = nil }
+            let ids = state.waiting.filter { $0.value == request }.map(\.key)
+            for id in ids { state.waiting[id] = nil }
             return ids
         }
         for id in abandoned { registry.remove(id)?.abandon(id) }
@@ -140,25 +143,25 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
     /// The session is over: rules, listeners and the copy go, and connections still waiting to be taken go
     /// to the pod's application.
     func end() {
-        let (abandoned, stopped) = lock.withLock { _ -> ([UInt64], MirrorCapture?) in
-            guard !ended else { return ([], nil) }
-            ended = true
-            if !plan.isEmpty {
+        let (abandoned, stopped) = state.withLock { state -> ([UInt64], MirrorCapture?) in
+            guard !state.ended else { return ([], nil) }
+            state.ended = true
+            if !state.plan.isEmpty {
                 do {
-                    try netfilter.run(["-f", "-"], script: NetfilterPlan.deletion(of: plan.table))
-                    logger.info("removed the netfilter table \(plan.table): the pod serves its ports itself again")
+                    try netfilter.run(["-f", "-"], script: NetfilterPlan.deletion(of: state.plan.table))
+                    logger.info("removed the netfilter table \(state.plan.table): the pod serves its ports itself again")
                 } catch {
-                    logger.warning("could not remove the netfilter table \(plan.table): \(error)")
+                    logger.warning("could not remove the netfilter table \(state.plan.table): \(error)")
                 }
             }
-            for (port, subscription) in subscriptions {
+            for (port, subscription) in state.subscriptions {
                 subscription.listener?.close(promise: nil)
                 registry.stoppedStealing(port, by: self)
                 if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
             }
-            subscriptions = [:]
-            defer { capture = nil }
-            return (Array(waiting.keys), capture)
+            state.subscriptions = [:]
+            defer { state.capture = nil }
+            return (Array(state.waiting.keys), state.capture)
         }
         stopped?.stop()
         for id in abandoned { registry.remove(id)?.abandon(id) }
@@ -172,17 +175,19 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         return text
     }
 
-    func subscription(for port: UInt16) -> Subscription? { lock.withLock { _ in subscriptions[port] } }
+    func subscription(for port: UInt16) -> Subscription? { state.withLock { state in state.subscriptions[port] } }
 
     /// Gives stolen `port`'s listening socket to a client that accepts the pod's connections itself (a
     /// unix-socket client, which then hands the program the pod's socket, with no relay in between). The
     /// agent stops accepting there; connections it had accepted already are announced as before.
     func handOver(port: UInt16) -> OwnedDescriptor? {
-        let socket = lock.withLock { _ -> SharedDescriptor? in
-            guard !ended, var subscription = subscriptions[port], subscription.filter == nil else { return nil }
+        let socket = state.withLock { state -> SharedDescriptor? in
+            guard !state.ended, var subscription = state.subscriptions[port], subscription.filter == nil else {
+                return nil
+            }
             subscription.listener?.close(promise: nil)
             subscription.listener = nil
-            subscriptions[port] = subscription
+            state.subscriptions[port] = subscription
             return subscription.socket
         }
         return try? socket?.descriptor.duplicate()
@@ -214,16 +219,16 @@ final class IncomingSession: @unchecked Sendable {  // mutable state guarded by 
         let id = registry.add(
             IncomingRegistry.Waiting(
                 take: { [self] id, channel in
-                    _ = lock.withLock { _ in waiting.removeValue(forKey: id) }
+                    _ = state.withLock { state in state.waiting.removeValue(forKey: id) }
                     take(channel)
                 },
                 abandon: { [self] id in
-                    _ = lock.withLock { _ in waiting.removeValue(forKey: id) }
+                    _ = state.withLock { state in state.waiting.removeValue(forKey: id) }
                     abandon()
                 }), on: loop)
-        let open = lock.withLock { _ in
-            if !ended { waiting[id] = request }
-            return !ended
+        let open = state.withLock { state in
+            if !state.ended { state.waiting[id] = request }
+            return !state.ended
         }
         guard open else { return registry.remove(id)?.abandon(id) ?? () }
         send([.response(id: request, .incoming(IncomingConnection(id: id, client: client.socketAddress)))], size: 32)
