@@ -22,6 +22,8 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         /// Told only: the peer closed, or the descriptor failed (epoll always reports these).
         public static let hangUp = Events(rawValue: UInt32(EPOLLHUP.rawValue))
         public static let error = Events(rawValue: UInt32(EPOLLERR.rawValue))
+        /// Asked only: after one call the registration is quiet until `rearm`.
+        public static let oneShot = Events(rawValue: UInt32(EPOLLONESHOT.rawValue))
     }
 
     /// Names a registration, for `change` and `deregister`. Never reused.
@@ -102,6 +104,15 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         precondition(inLoop, "EventLoop.change called off the loop's thread")
         var event = epoll_event(events: events.rawValue, data: epoll_data_t(u64: registration.token))
         // Fails only for a descriptor that is not registered: a programming error the handler would show.
+        _ = epoll_ctl(epoll.raw, EPOLL_CTL_MOD, registration.fd, &event)
+    }
+
+    /// From any thread: a `oneShot` registration that fired waits for `events` again. epoll_ctl is safe beside
+    /// the loop's wait, so the loop is not woken for it; the caller makes sure the registration is still in
+    /// place (a number deregistered and reused would be another's).
+    public func rearm(_ registration: Registration, for events: Events) {
+        var event = epoll_event(events: events.union(.oneShot).rawValue, data: epoll_data_t(u64: registration.token))
+        // Fails only for a descriptor that is not registered: the caller's promise says it is.
         _ = epoll_ctl(epoll.raw, EPOLL_CTL_MOD, registration.fd, &event)
     }
 

@@ -23,8 +23,7 @@ package final class ConnectionEvents: Sendable {
         /// A stolen connection's log line counts bytes in and out, as a relayed one's does.
         let stolen: Bool
         let pid: Int32
-        /// The program's process, and its descriptor number for the socket (for a reset).
-        let process: Int32
+        /// The program's descriptor number for the socket (for a reset).
         let number: Int32
     }
 
@@ -55,8 +54,7 @@ package final class ConnectionEvents: Sendable {
 
     func track(_ fd: Int32, name: String, stolen: Bool = false, pid: Int32, number: Int32) {
         guard let cookie = Self.cookie(of: fd) else { return }
-        let connection = Connection(
-            name: name, stolen: stolen, pid: pid, process: Self.threadGroup(of: pid) ?? pid, number: number)
+        let connection = Connection(name: name, stolen: stolen, pid: pid, number: number)
         if tracked.withLock({ $0.updateValue(connection, forKey: cookie) }) == nil { open.begin() }
     }
 
@@ -75,7 +73,9 @@ package final class ConnectionEvents: Sendable {
         }
         for _ in connections { open.end() }
         for (cookie, connection) in connections {
-            guard let fd = ProgramDescriptor.duplicate(pid: connection.process, number: connection.number),
+            // The thread's process, found only now: reading /proc at every connection would cost each one.
+            let process = Self.threadGroup(of: connection.pid) ?? connection.pid
+            guard let fd = ProgramDescriptor.duplicate(pid: process, number: connection.number),
                 Self.cookie(of: fd.raw) == cookie
             else { continue }
             // A socket the program closed or reset meanwhile has nothing left to reset.

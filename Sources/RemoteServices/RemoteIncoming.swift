@@ -238,9 +238,8 @@ package final class RemoteIncoming: Sendable {
             guard case .success(let socket) = result, listening.withLock({ $0[inode] != nil }) else { return }
             do {
                 try socket.descriptor.setNonBlocking(true)
-                let podListener = PodListener(socket: socket, loop: loop)
-                podListener.registration = try loop.register(socket.raw, for: .readable) { [self] _ in
-                    wake(for: podListener, entry, inode: inode, request: request)
+                let podListener = try PodListener.start(socket, on: loop) { [self] in
+                    wake(for: $0, entry, inode: inode, request: request)
                 }
                 podListeners.withLock { $0[inode] = podListener }
             } catch {
@@ -254,7 +253,6 @@ package final class RemoteIncoming: Sendable {
     /// listening socket is not watched meanwhile. A program that no longer listens leaves it queued, for
     /// the agent to pass to the pod's application when the port goes back.
     private func wake(for podListener: PodListener, _ entry: Listening, inode: UInt64, request: UInt32) {
-        podListener.pause()
         guard let (local, port) = localEnd(family: entry.family, { .queued(podListener, local: $0) }) else {
             return podListener.resume()
         }
@@ -592,33 +590,40 @@ final class AcceptWait: @unchecked Sendable {  // touched only on `loop`
     }
 }
 
-/// A stolen port's listening socket in the pod, taken over from the agent: watched on the serving loop
-/// while no loopback connection it caused waits for the program's accept.
-final class PodListener: @unchecked Sendable {  // `registration` is touched only on `loop`
+/// A stolen port's listening socket in the pod, taken over from the agent: watched on the serving loop,
+/// one-shot, while no loopback connection it caused waits for the program's accept. The program's accept
+/// re-arms it from the receiving thread, without a wake-up of the loop.
+final class PodListener: Sendable {
     let socket: SharedDescriptor
     private let loop: EventLoop
-    var registration: EventLoop.Registration?
+    /// Nil once stopped: a re-arm must not reach a number deregistered and reused.
+    private let registration = Mutex<EventLoop.Registration?>(nil)
 
-    init(socket: SharedDescriptor, loop: EventLoop) {
+    private init(socket: SharedDescriptor, loop: EventLoop) {
         self.socket = socket
         self.loop = loop
     }
 
-    /// On the loop: not watched until `resume`.
-    func pause() {
-        if let registration { loop.change(registration, to: []) }
+    /// On the loop: `handler` runs each time a connection is queued and the listener is armed.
+    static func start(_ socket: SharedDescriptor, on loop: EventLoop, _ handler: @escaping (PodListener) -> Void)
+        throws(SystemCallError) -> PodListener
+    {
+        let listener = PodListener(socket: socket, loop: loop)
+        let made = try loop.register(socket.raw, for: [.readable, .oneShot]) { [unowned listener] _ in handler(listener) }
+        listener.registration.withLock { $0 = made }
+        return listener
     }
 
     /// From any thread: watched again.
     func resume() {
-        loop.execute { [self] in
-            if let registration { loop.change(registration, to: .readable) }
-        }
+        registration.withLock { if let registration = $0 { loop.rearm(registration, for: .readable) } }
     }
 
     /// On the loop: not watched any more; the socket closes with its last holder.
     func stop() {
-        if let registration { loop.deregister(registration) }
-        registration = nil
+        registration.withLock { registration in
+            if let registration { loop.deregister(registration) }
+            registration = nil
+        }
     }
 }
