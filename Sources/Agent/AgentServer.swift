@@ -99,19 +99,20 @@ final class SessionCounter: Sendable {
 }
 
 /// Counts open sessions on one event loop, and fires once the count has stayed at zero for the timeout.
-final class IdleTimer: @unchecked Sendable {  // state confined to `loop`
+final class IdleTimer: Sendable {
     let loop: any EventLoop
     let timeout: TimeAmount
     let logger: Logger
     let onExpiry: @Sendable () -> Void
-    private var sessions = 0
-    private var pending: Scheduled<Void>?
+    /// The open sessions and the expiry waiting to fire; on `loop` only (the box checks it).
+    private let state: NIOLoopBoundBox<(sessions: Int, pending: Scheduled<Void>?)>
 
     init(loop: any EventLoop, timeout: TimeAmount, logger: Logger, onExpiry: @escaping @Sendable () -> Void) {
         self.loop = loop
         self.timeout = timeout
         self.logger = logger
         self.onExpiry = onExpiry
+        state = .makeBoxSendingValue((0, nil), eventLoop: loop)
     }
 
     func execute(_ body: @escaping @Sendable (IdleTimer) -> Void) {
@@ -119,21 +120,21 @@ final class IdleTimer: @unchecked Sendable {  // state confined to `loop`
     }
 
     func arm() {
-        pending?.cancel()
-        pending = loop.scheduleTask(in: timeout) { [self] in
+        state.value.pending?.cancel()
+        state.value.pending = loop.scheduleTask(in: timeout) { [self] in
             logger.info("no session for \(timeout.nanoseconds / 1_000_000_000) s: exiting")
             onExpiry()
         }
     }
 
     func sessionStarted() {
-        sessions += 1
-        pending?.cancel()
-        pending = nil
+        state.value.sessions += 1
+        state.value.pending?.cancel()
+        state.value.pending = nil
     }
 
     func sessionEnded() {
-        sessions -= 1
-        if sessions == 0 { arm() }
+        state.value.sessions -= 1
+        if state.value.sessions == 0 { arm() }
     }
 }

@@ -124,8 +124,8 @@ final class SocketService: Sendable {
             switch request {
             case .connectionEvents:
                 return .descriptor(SharedDescriptor(try connectionEvents()))
-            case .stolenListener(let port):
-                guard let socket = registry.handOver(port) else {
+            case .stolenListener(let port, let family):
+                guard let socket = registry.handOver(port, family: family) else {
                     return .refusal(.failure(errno: ENOENT, message: "port \(port) of the pod is not stolen whole"))
                 }
                 return .descriptor(SharedDescriptor(socket))

@@ -60,11 +60,11 @@ public final class SocketChannel: @unchecked Sendable {  // everything but `fd` 
         ask(.connectionEvents, completion)
     }
 
-    /// On the loop: the listening socket of the pod's stolen `port` (a listen the agent answered `done`),
-    /// from which sysmirror then accepts the pod's connections itself; fails with ENOENT when the agent
-    /// does not steal the port whole.
-    public func stolenListener(port: UInt16, _ completion: @escaping Completion) {
-        ask(.stolenListener(port: port), completion)
+    /// On the loop: the listening socket of `family` of the pod's stolen `port` (a listen the agent answered
+    /// `done`), from which sysmirror then accepts the pod's connections of that family itself; fails with
+    /// ENOENT when the agent does not steal the port whole.
+    public func stolenListener(port: UInt16, family: Int32, _ completion: @escaping Completion) {
+        ask(.stolenListener(port: port, family: family), completion)
     }
 
     private func ask(_ request: Request, _ completion: @escaping Completion) {

@@ -126,11 +126,15 @@ public enum Frame {
             let mode = try need(p.uint8().flatMap(IncomingSubscription.Mode.init), "listen (mode)")
             let header = try need(p.text(), "listen (header pattern)")
             let path = try need(p.text(), "listen (path pattern)")
+            let family = try need(p.int32(), "listen (family)")
             return .request(
-                id: id, .listen(IncomingSubscription(port: port, mode: mode, headerPattern: header, pathPattern: path)))
+                id: id,
+                .listen(IncomingSubscription(port: port, mode: mode, headerPattern: header, pathPattern: path, family: family)))
         case .takeIncoming: return .request(id: id, .takeIncoming(connection: try need(p.uint64(), "take")))
         case .ping: return .request(id: id, .ping)
-        case .stolenListener: return .request(id: id, .stolenListener(port: try need(p.uint16(), "stolen listener")))
+        case .stolenListener:
+            let port = try need(p.uint16(), "stolen listener")
+            return .request(id: id, .stolenListener(port: port, family: try need(p.int32(), "stolen listener")))
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
             return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
@@ -350,13 +354,15 @@ struct ByteWriter {
             buffer.append(subscription.mode.rawValue)
             text(subscription.headerPattern)
             text(subscription.pathPattern)
+            integer(subscription.family)
         case .takeIncoming(let connection):
             header(.takeIncoming, id)
             integer(connection)
         case .ping: header(.ping, id)
-        case .stolenListener(let port):
+        case .stolenListener(let port, let family):
             header(.stolenListener, id)
             integer(port)
+            integer(family)
         }
     }
 

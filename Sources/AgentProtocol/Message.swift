@@ -80,10 +80,11 @@ public enum Request: Sendable, Equatable {
     /// Takes the pod's stolen connection `connection` (announced by `incoming`). Only as a connection's
     /// first request: after its `done` the connection carries that connection's bytes both ways.
     case takeIncoming(connection: UInt64)
-    /// The listening socket that takes the pod's connections to the stolen `port` (whole connections, no
-    /// HTTP filter), passed like `socket`; on the socket channel only. The client accepts the pod's
-    /// connections from it from then on, and the agent stops announcing them (docs/incoming.md).
-    case stolenListener(port: UInt16)
+    /// The listening socket of `family` (AF_INET, AF_INET6) that takes the pod's connections to the stolen
+    /// `port` (whole connections, no HTTP filter), passed like `socket`; on the socket channel only. The
+    /// client accepts the pod's connections of that family from it from then on, and the agent stops
+    /// announcing them (docs/incoming.md).
+    case stolenListener(port: UInt16, family: Int32)
     /// A sign of life, answered `done`: a session that takes the pod's ports sends one every few seconds,
     /// and the agent ends such a session when they stop (docs/incoming.md, "Giving the port back").
     case ping
@@ -103,12 +104,16 @@ public struct IncomingSubscription: Sendable, Equatable {
     public var headerPattern: String
     /// With steal: only HTTP requests whose path matches this; empty: no path condition.
     public var pathPattern: String
+    /// The family of the program's listening socket (AF_INET, AF_INET6): a stolen connection the client
+    /// accepts itself is of this family where it can be.
+    public var family: Int32
 
-    public init(port: UInt16, mode: Mode, headerPattern: String = "", pathPattern: String = "") {
+    public init(port: UInt16, mode: Mode, headerPattern: String = "", pathPattern: String = "", family: Int32 = 10) {
         self.port = port
         self.mode = mode
         self.headerPattern = headerPattern
         self.pathPattern = pathPattern
+        self.family = family
     }
 
     /// Whether requests are split by an HTTP filter, rather than whole connections taken.

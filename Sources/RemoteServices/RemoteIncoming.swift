@@ -127,7 +127,7 @@ package final class RemoteIncoming: Sendable {
         let subscription = IncomingSubscription(
             port: entry.podPort, mode: entry.mode == .steal ? .steal : .mirror,
             headerPattern: entry.mode == .steal ? rules.headerPattern : "",
-            pathPattern: entry.mode == .steal ? rules.pathPattern : "")
+            pathPattern: entry.mode == .steal ? rules.pathPattern : "", family: entry.family)
         let answered = Atomic<Bool>(false)
         let request = Atomic<UInt32>(0)
         let how = entry.mode == .steal ? "stolen" : "mirrored"
@@ -234,7 +234,7 @@ package final class RemoteIncoming: Sendable {
     /// program for each connection queued there. Without it (an older agent, a port given back meanwhile),
     /// connections keep coming announced.
     private func takeOver(_ entry: Listening, inode: UInt64, request: UInt32, from sockets: SocketChannel) {
-        sockets.stolenListener(port: entry.podPort) { [self] result in
+        sockets.stolenListener(port: entry.podPort, family: entry.family) { [self] result in
             guard case .success(let socket) = result, listening.withLock({ $0[inode] != nil }) else { return }
             do {
                 try socket.descriptor.setNonBlocking(true)

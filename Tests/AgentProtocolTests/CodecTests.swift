@@ -26,9 +26,10 @@ let everyMessage: [Message] = [
     .request(id: 20, .listen(IncomingSubscription(port: 8080, mode: .mirror))),
     .request(
         id: 21,
-        .listen(IncomingSubscription(port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/"))),
+        .listen(
+            IncomingSubscription(port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/", family: 2))),
     .request(id: 1, .takeIncoming(connection: .max)),
-    .request(id: 2, .stolenListener(port: 8080)),
+    .request(id: 2, .stolenListener(port: 8080, family: 10)),
     .request(id: 22, .ping),
     .response(id: 20, .incoming(IncomingConnection(id: 7, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),
     .response(

@@ -47,8 +47,7 @@ final class LongSessionTests {
 
     // MARK: - The scenarios
 
-    /// On 127.0.0.1 sysmirror relays each connection to the pod's socket; on [::] (the agent's family) the
-    /// program holds the pod's socket itself.
+    /// On 127.0.0.1 and on [::] alike the program holds the pod's socket (the agent listens in its family).
     @Test(
         "steal: 3,000 connections one after another, all answered by the local program; sysmirror stays flat",
         arguments: ["127.0.0.1:8080", "[::]:8080"])

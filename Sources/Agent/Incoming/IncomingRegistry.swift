@@ -45,10 +45,10 @@ final class IncomingRegistry: Sendable {
         stealers.withLock { if $0[port] === session { $0[port] = nil } }
     }
 
-    /// The listening socket of stolen `port`, taken over by a client of the socket channel; nil when no
-    /// session steals it whole.
-    func handOver(_ port: UInt16) -> OwnedDescriptor? {
-        stealers.withLock { $0[port] }?.handOver(port: port)
+    /// The listening socket of `family` of stolen `port`, taken over by a client of the socket channel; nil
+    /// when no session steals it whole.
+    func handOver(_ port: UInt16, family: Int32) -> OwnedDescriptor? {
+        stealers.withLock { $0[port] }?.handOver(port: port, family: family)
     }
 
     /// Once per agent, before its first rules: tables left by killed agents go.

@@ -23,10 +23,17 @@ final class IncomingSession: Sendable {
         let request: UInt32
         let mode: IncomingSubscription.Mode
         let filter: HTTPFilter?
+        /// A stolen port's listening sockets.
+        var listeners: [Listener] = []
+    }
+
+    /// One family's listening socket of a stolen port (IPv6 only, and IPv4, on one port number, so that a
+    /// program of either family can be handed sockets of its own).
+    struct Listener {
+        let family: Int32
+        let socket: SharedDescriptor
         /// Accepts the stolen connections here, on a copy of `socket`; gone once a client took `socket` over.
-        var listener: (any Channel)?
-        /// A stolen port's listening socket.
-        var socket: SharedDescriptor?
+        var channel: (any Channel)?
     }
 
     let loop: any EventLoop
@@ -74,8 +81,7 @@ final class IncomingSession: Sendable {
                 return .failure(errno: EADDRINUSE, message: "this session takes port \(port) already")
             }
             var next = state.plan
-            var listener: (any Channel)?
-            var socket: SharedDescriptor?
+            var listeners: [Listener] = []
             do {
                 switch subscription.mode {
                 case .steal:
@@ -86,9 +92,8 @@ final class IncomingSession: Sendable {
                                 "port \(port) of the pod is already stolen by another sysmirror session (netfilter table \(other)); end that session, or mirror the port instead (--incoming mirror)"
                         )
                     }
-                    let bound = try bindListener(podPort: port)
-                    socket = bound.socket
-                    listener = bound.channel
+                    let bound = try bindListeners(podPort: port, family: subscription.family)
+                    listeners = bound.listeners
                     next.steals[port] = bound.port
                 case .mirror:
                     if state.capture == nil { state.capture = try MirrorCapture.open(session: self) }
@@ -97,13 +102,13 @@ final class IncomingSession: Sendable {
                 }
                 try netfilter.apply(next, after: state.plan)
             } catch {
-                listener?.close(promise: nil)
+                for listener in listeners { listener.channel?.close(promise: nil) }
                 return .failure(errno: EPERM, message: Self.explain(error))
             }
             state.plan = next
             state.subscriptions[port] = Subscription(
-                request: request, mode: subscription.mode, filter: filter, listener: listener, socket: socket)
-            if socket != nil && filter == nil { registry.stealing(port, by: self) }
+                request: request, mode: subscription.mode, filter: filter, listeners: listeners)
+            if !listeners.isEmpty && filter == nil { registry.stealing(port, by: self) }
             let how =
                 subscription.mode == .mirror
                 ? "mirrored" : filter == nil ? "stolen" : "stolen for matching HTTP requests"
@@ -129,9 +134,11 @@ final class IncomingSession: Sendable {
             } catch {
                 logger.warning("could not give port \(port) back: \(error)")
             }
-            subscription.listener?.close(promise: nil)
             registry.stoppedStealing(port, by: self)
-            if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
+            for listener in subscription.listeners {
+                listener.channel?.close(promise: nil)
+                passThroughWaiting(listener.socket, podPort: port)
+            }
             logger.info("port \(port) of the pod is its own again")
             let ids = state.waiting.filter { $0.value == request }.map(\.key)
             for id in ids { state.waiting[id] = nil }
@@ -155,9 +162,11 @@ final class IncomingSession: Sendable {
                 }
             }
             for (port, subscription) in state.subscriptions {
-                subscription.listener?.close(promise: nil)
                 registry.stoppedStealing(port, by: self)
-                if let socket = subscription.socket { passThroughWaiting(socket, podPort: port) }
+                for listener in subscription.listeners {
+                    listener.channel?.close(promise: nil)
+                    passThroughWaiting(listener.socket, podPort: port)
+                }
             }
             state.subscriptions = [:]
             defer { state.capture = nil }
@@ -180,15 +189,15 @@ final class IncomingSession: Sendable {
     /// Gives stolen `port`'s listening socket to a client that accepts the pod's connections itself (a
     /// unix-socket client, which then hands the program the pod's socket, with no relay in between). The
     /// agent stops accepting there; connections it had accepted already are announced as before.
-    func handOver(port: UInt16) -> OwnedDescriptor? {
+    func handOver(port: UInt16, family: Int32) -> OwnedDescriptor? {
         let socket = state.withLock { state -> SharedDescriptor? in
-            guard !state.ended, var subscription = state.subscriptions[port], subscription.filter == nil else {
-                return nil
-            }
-            subscription.listener?.close(promise: nil)
-            subscription.listener = nil
+            guard !state.ended, var subscription = state.subscriptions[port], subscription.filter == nil,
+                let index = subscription.listeners.firstIndex(where: { $0.family == family })
+            else { return nil }
+            subscription.listeners[index].channel?.close(promise: nil)
+            subscription.listeners[index].channel = nil
             state.subscriptions[port] = subscription
-            return subscription.socket
+            return subscription.listeners[index].socket
         }
         return try? socket?.descriptor.duplicate()
     }
@@ -250,33 +259,58 @@ final class IncomingSession: Sendable {
     /// What `send` was given and the link has not written yet: how far behind the client is.
     var unsentBytes: Int { unsent.load(ordering: .relaxed) }
 
-    /// A listening socket for the stolen connections of `podPort`, on every address (IPv6 and IPv4 where the
-    /// pod has IPv6, else IPv4), on a port the kernel picks; and a NIO listener on a copy of it.
-    private func bindListener(podPort: UInt16) throws -> (socket: SharedDescriptor, channel: any Channel, port: UInt16) {
-        let socket: SharedDescriptor
-        do {
-            socket = try Self.listeningSocket(family: AF_INET6)
-        } catch {
-            socket = try Self.listeningSocket(family: AF_INET)
-        }
-        let channel = try ServerBootstrap(group: loop)
-            .childChannelOption(.autoRead, value: false)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [self] channel in
-                stolen(channel, podPort: podPort)
-                return channel.eventLoop.makeSucceededVoidFuture()
+    /// The listening sockets for the stolen connections of `podPort`, on one port the kernel picks (the
+    /// redirect names a port, not a family), shaped for a program of `family`, so that the pod's sockets it
+    /// may be handed are of its family: for IPv6, one dual-stack socket (IPv4 clients as ::ffff:a.b.c.d, as
+    /// the program's own socket would show them); for IPv4, an IPv4 socket and an IPv6-only one beside it.
+    /// IPv4 alone in a pod without IPv6. Each with a NIO listener on a copy of it.
+    private func bindListeners(podPort: UInt16, family: Int32) throws -> (listeners: [Listener], port: UInt16) {
+        var sockets: [(Int32, SharedDescriptor)] = []
+        if family == AF_INET6, let dual = try? Self.listeningSocket(family: AF_INET6, port: 0, v6Only: false) {
+            sockets = [(AF_INET6, dual)]
+        } else {
+            for _ in 0..<8 {
+                let v4 = try Self.listeningSocket(family: AF_INET, port: 0)
+                let port = try Sockets.localAddress(v4.raw).port ?? 0
+                do throws(SystemCallError) {
+                    sockets = [(AF_INET, v4), (AF_INET6, try Self.listeningSocket(family: AF_INET6, port: port, v6Only: true))]
+                    break
+                } catch {
+                    sockets = [(AF_INET, v4)]
+                    if error.errno == .addressInUse { continue }  // taken for IPv6: another pair
+                    break  // no IPv6 in the pod
+                }
             }
-            .withBoundSocket(try socket.descriptor.duplicate().release())
-            .wait()
-        return (socket, channel, try Sockets.localAddress(socket.raw).port ?? 0)
+        }
+        guard let first = sockets.first else { throw IncomingError("no listening socket") }
+        let port = try Sockets.localAddress(first.1.raw).port ?? 0
+        var listeners: [Listener] = []
+        for (family, socket) in sockets {
+            let channel = try ServerBootstrap(group: loop)
+                .childChannelOption(.autoRead, value: false)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { [self] channel in
+                    stolen(channel, podPort: podPort)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                }
+                .withBoundSocket(try socket.descriptor.duplicate().release())
+                .wait()
+            listeners.append(Listener(family: family, socket: socket, channel: channel))
+        }
+        return (listeners, port)
     }
 
-    private static func listeningSocket(family: Int32) throws(SystemCallError) -> SharedDescriptor {
+    private static func listeningSocket(family: Int32, port: UInt16, v6Only: Bool = true) throws(SystemCallError)
+        -> SharedDescriptor
+    {
         let socket = SharedDescriptor(
             try Sockets.make(family: family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)))
         try Sockets.setOption(socket.raw, SO_REUSEADDR, 1)
-        try Sockets.bind(socket.raw, to: .any(family: family))
+        if family == AF_INET6 {
+            try Sockets.setOption(socket.raw, level: Int32(IPPROTO_IPV6), IPV6_V6ONLY, v6Only ? 1 : 0)
+        }
+        try Sockets.bind(socket.raw, to: .any(family: family, port: port))
         try Sockets.listen(socket.raw, backlog: 1024)
         return socket
     }

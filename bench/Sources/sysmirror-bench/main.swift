@@ -13,7 +13,7 @@ struct Options {
     var rounds = 5
     var iterations = 100_000
     var busy = false
-    /// Only this section: outgoing, incoming or resources (they need root).
+    /// Only this section: outgoing, incoming or resources (they need root), or loops.
     var only: String?
 
     static func parse(_ arguments: [String]) -> Options {
@@ -29,12 +29,13 @@ struct Options {
             case "--only": options.only = rest.popFirst()
             default:
                 print(
-                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources]"
+                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources|loops]"
                 )
                 print("  --quick  fewer rounds and iterations")
                 print("  --busy   keep the other CPU busy with a spinning process during the run")
                 print("  --only   run one section of network traffic alone")
-                print("           (resources: sysmirror's threads and memory over a long session)")
+                print("           (resources: sysmirror's threads and memory over a long session;")
+                print("           loops: the serving loop's relay, own epoll against SwiftNIO)")
                 exit(argument == "--help" ? 0 : 2)
             }
         }
@@ -154,7 +155,8 @@ if let only = options.only {
     case "outgoing": try outgoingTraffic()
     case "incoming": try incomingTraffic()
     case "resources": try resourcesOfLongSessions()
-    default: print("--only takes outgoing, incoming or resources, not \(only)")
+    case "loops": try servingLoops()
+    default: print("--only takes outgoing, incoming, resources or loops, not \(only)")
     }
     try? FileManager.default.removeItem(atPath: work)
     spinner?.terminate()  // exit runs no defer
@@ -701,8 +703,8 @@ func incomingTraffic(on stand: IncomingPod) throws {
         }
     }
     let direct = "the pod's application", stolen = "stolen by the local server"
-    // An IPv6 listener ([::]) is of the family of the agent's dual-stack one: the program holds the pod's
-    // socket itself. An IPv4 one gets a loopback connection that sysmirror relays to the pod's socket.
+    // The agent listens in the program's family (IPv6 dual-stack for [::]): either way the program holds the
+    // pod's socket itself.
     let stolenIPv6 = "stolen, local server on [::]"
     let mirrored = "mirrored to the local server"
     let mirroredIdle = "mirrored, developer side idle"
