@@ -16,7 +16,7 @@ import SystemPackage
 /// each is a few microseconds of local file system work, and a hop to another thread and back would cost
 /// more than that. Larger files stream from the thread pool, a chunk at a time, so they never hold up the
 /// small requests of the same session.
-final class SessionHandler: ChannelInboundHandler, @unchecked Sendable {  // state confined to the channel's loop
+final class SessionHandler: ChannelInboundHandler {
     typealias InboundIn = Message
     typealias OutboundOut = Message
 

@@ -10,7 +10,7 @@ import Synchronization
 /// (a link connection, which may pass a port-forward that carries no half-close) speaks `StreamFraming`:
 /// its pieces are unwrapped as they are read, what is written to it is wrapped, and its ends of input and
 /// output are pieces; closed before its client's end, it was cut, and the other end is reset.
-final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable state confined to `loop`
+final class StreamEnd: ChannelDuplexHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -29,33 +29,39 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
 
     let channel: any Channel
     let framed: Bool
-    private var reader = StreamFraming.Reader()
-    /// A framed end: whether its end piece went out.
-    private var endSent = false
-    /// Whether the channel failed (a reset, an error) rather than ended.
-    private(set) var failed = false
     var loop: any EventLoop { channel.eventLoop }
-    /// Set before the handler is added, never after.
-    var onEvent: @Sendable (Event) -> Void = { _ in }
-    private var context: ChannelHandlerContext?
-    private var paused = false
-    /// What came while the end was held (`hold`).
-    private var held: [Event] = []
-    private var readPending = false
-    /// Bytes read from the channel, for the log.
-    private(set) var bytesRead = 0
+    /// What the end knows and does, on its channel's loop only (the box checks it).
+    private let state: NIOLoopBoundBox<State>
+    /// Bytes read from the channel, for the log (read from the other end's loop).
+    private let read = Atomic<Int>(0)
+    var bytesRead: Int { read.load(ordering: .relaxed) }
 
-    init(_ channel: any Channel, framed: Bool = false) {
+    private struct State {
+        var onEvent: @Sendable (Event) -> Void
+        var context: ChannelHandlerContext?
+        var paused = false
+        var readPending = false
+        /// What came while the end was held (`hold`).
+        var held: [Event] = []
+        var reader = StreamFraming.Reader()
+        /// A framed end: whether its end piece went out.
+        var endSent = false
+        /// Whether the channel failed (a reset, an error) rather than ended.
+        var failed = false
+    }
+
+    /// From any thread: the end does nothing until `attach` puts it in its channel's pipeline.
+    private init(_ channel: any Channel, framed: Bool = false, _ onEvent: @escaping @Sendable (Event) -> Void) {
         self.channel = channel
         self.framed = framed
+        state = .makeBoxSendingValue(State(onEvent: onEvent), eventLoop: channel.eventLoop)
     }
 
     /// Adds the end first in `channel`'s pipeline (on its loop) and starts reading.
     static func install(
         on channel: any Channel, framed: Bool = false, _ onEvent: @escaping @Sendable (Event) -> Void
     ) -> StreamEnd {
-        let end = StreamEnd(channel, framed: framed)
-        end.onEvent = onEvent
+        let end = StreamEnd(channel, framed: framed, onEvent)
         end.attach(closingOnFailure: [channel])
         return end
     }
@@ -74,8 +80,8 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
         _ first: StreamEnd, _ second: any Channel, secondIsFramed: Bool = false,
         ended: @escaping @Sendable (_ firstRead: Int, _ secondRead: Int) -> Void = { _, _ in }
     ) {
-        let pair = Pair(first, StreamEnd(second, framed: secondIsFramed), ended: ended)
-        pair.second.onEvent = pair.relay(from: pair.second, to: pair.first)
+        let pair = Pair(first, StreamEnd(second, framed: secondIsFramed) { _ in }, ended: ended)
+        pair.second.release(to: pair.relay(from: pair.second, to: pair.first))
         pair.second.attach(closingOnFailure: [first.channel, second])
         first.release(to: pair.relay(from: pair.first, to: pair.second))
     }
@@ -84,9 +90,11 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     /// connection's client may send, and even end its input, before anyone takes it, and NIO reads what is
     /// left at an end of input whether asked to or not. At most one read is held: reading waits meanwhile.
     static func hold(_ channel: any Channel) -> StreamEnd {
-        let end = StreamEnd(channel)
-        end.paused = true
-        end.onEvent = { [unowned end] event in end.held.append(event) }
+        let end = StreamEnd(channel) { _ in }
+        end.onLoop { end in
+            end.state.value.paused = true
+            end.state.value.onEvent = { [unowned end] event in end.state.value.held.append(event) }
+        }
         end.attach(closingOnFailure: [channel])
         return end
     }
@@ -94,9 +102,9 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     /// On the loop: what was held goes to `onEvent`, then what comes; reading goes on.
     private func release(to onEvent: @escaping @Sendable (Event) -> Void) {
         onLoop { end in
-            end.onEvent = onEvent
-            let held = end.held
-            end.held = []
+            end.state.value.onEvent = onEvent
+            let held = end.state.value.held
+            end.state.value.held = []
             for event in held { onEvent(event) }
             end.setPaused(false)
         }
@@ -140,7 +148,7 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
                 case .writable: target.setPaused(false)
                 case .closed:
                     // A failed end's far side learns it as a cut: no end piece, which its reader takes as one.
-                    if source.failed && target.framed { target.cutOff() } else { target.close() }
+                    if source.state.value.failed && target.framed { target.cutOff() } else { target.close() }
                     let both = self.lock.withLock { closed in
                         closed += 1
                         return closed == 2
@@ -155,16 +163,17 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
 
     func write(_ buffer: ByteBuffer, flush: Bool = false) {
         onLoop { end in
+            let context = end.state.value.context
             if end.framed {
                 let header = ByteBuffer(bytes: StreamFraming.dataHeader(count: buffer.readableBytes))
-                end.context?.write(end.wrapOutboundOut(header), promise: nil)
+                context?.write(end.wrapOutboundOut(header), promise: nil)
             }
-            end.context?.write(end.wrapOutboundOut(buffer), promise: nil)
-            if flush { end.context?.flush() }
+            context?.write(end.wrapOutboundOut(buffer), promise: nil)
+            if flush { context?.flush() }
         }
     }
 
-    func flush() { onLoop { $0.context?.flush() } }
+    func flush() { onLoop { $0.state.value.context?.flush() } }
 
     /// The end of output: a shutdown, or on a framed end a piece (the connection stays open for the rest).
     func closeOutput() {
@@ -177,10 +186,11 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     /// On the loop: `body` once what was written so far is out. A channel whose input has ended closes whole
     /// at a close of its output, and NIO drops the writes still pending at a close.
     private func afterWrites(_ body: @escaping @Sendable (ChannelHandlerContext) -> Void) {
-        guard let context else { return }
+        guard let context = state.value.context else { return }
         let written = context.eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: written)
-        written.futureResult.whenComplete { _ in body(context) }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)  // the write completes on this loop
+        written.futureResult.whenComplete { _ in body(bound.value) }
     }
 
     /// Closes; a framed end sends its end piece first, if it has not (a channel that closes whole, as NIO
@@ -193,93 +203,95 @@ final class StreamEnd: ChannelDuplexHandler, @unchecked Sendable {  // mutable s
     }
 
     /// Closes a framed end without its end piece: the far side takes it as a cut.
-    func cutOff() { onLoop { $0.context?.close(promise: nil) } }
+    func cutOff() { onLoop { $0.state.value.context?.close(promise: nil) } }
 
     /// On the loop: the end piece, once.
     private func sendEnd(promise: EventLoopPromise<Void>?) {
-        guard !endSent, let context else { return promise?.succeed(()) ?? () }
-        endSent = true
+        guard !state.value.endSent, let context = state.value.context else { return promise?.succeed(()) ?? () }
+        state.value.endSent = true
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: StreamFraming.end)), promise: promise)
     }
 
     /// Closes with a reset (SO_LINGER 0), as a connection whose far end was cut.
     func reset() {
         onLoop { end in
-            guard let provider = end.channel as? any SocketOptionProvider else { return end.context?.close(promise: nil) ?? () }
-            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in end.context?.close(promise: nil) }
+            guard let provider = end.channel as? any SocketOptionProvider else { return end.cutOff() }
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in end.cutOff() }
         }
     }
 
     func setPaused(_ paused: Bool) {
         onLoop { end in
-            end.paused = paused
-            if !paused && end.readPending {
-                end.readPending = false
-                end.context?.read()
+            end.state.value.paused = paused
+            if !paused && end.state.value.readPending {
+                end.state.value.readPending = false
+                end.state.value.context?.read()
             }
         }
     }
 
-    private func onLoop(_ body: @escaping @Sendable (StreamEnd) -> Void) {
+    fileprivate func onLoop(_ body: @escaping @Sendable (StreamEnd) -> Void) {
         if loop.inEventLoop { body(self) } else { loop.execute { body(self) } }
     }
 
     /// On the loop: stop reading until `setPaused(false)`.
-    private func pause() { paused = true }
+    private func pause() { state.value.paused = true }
 
     // MARK: The channel's events
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerAdded(context: ChannelHandlerContext) { state.value.context = context }
 
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) { state.value.context = nil }
+
+    private func emit(_ event: Event) { state.value.onEvent(event) }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         guard framed else {
-            bytesRead += buffer.readableBytes
-            return onEvent(.bytes(buffer))
+            read.add(buffer.readableBytes, ordering: .relaxed)
+            return emit(.bytes(buffer))
         }
-        guard !reader.ended else { return context.close(promise: nil) }  // bytes after the end
+        guard !state.value.reader.ended else { return context.close(promise: nil) }  // bytes after the end
         var bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
         do throws(StreamFraming.Reader.Failure) {
-            let count = try reader.extract(&bytes, count: bytes.count)
+            let count = try state.value.reader.extract(&bytes, count: bytes.count)
             if count > 0 {
-                bytesRead += count
-                onEvent(.bytes(ByteBuffer(bytes: bytes[..<count])))
+                read.add(count, ordering: .relaxed)
+                emit(.bytes(ByteBuffer(bytes: bytes[..<count])))
             }
-            if reader.ended { onEvent(.inputClosed) }
+            if state.value.reader.ended { emit(.inputClosed) }
         } catch {
-            onEvent(.cut)
+            emit(.cut)
             context.close(promise: nil)
         }
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) { onEvent(.readComplete) }
+    func channelReadComplete(context: ChannelHandlerContext) { emit(.readComplete) }
 
     func channelInactive(context: ChannelHandlerContext) {
-        onEvent(.closed)
+        emit(.closed)
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
             // A framed end's input ends with its end piece; a close before that is a cut.
-            if !framed { onEvent(.inputClosed) } else if !reader.ended { onEvent(.cut) }
+            if !framed { emit(.inputClosed) } else if !state.value.reader.ended { emit(.cut) }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        failed = true
+        state.value.failed = true
         context.close(promise: nil)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { onEvent(.writable) }
+        if context.channel.isWritable { emit(.writable) }
         context.fireChannelWritabilityChanged()
     }
 
     func read(context: ChannelHandlerContext) {
-        if paused { readPending = true } else { context.read() }
+        if state.value.paused { state.value.readPending = true } else { context.read() }
     }
 }

@@ -18,27 +18,29 @@ extension SessionHandler {
             return reply(context, id, .failure(errno: EAFNOSUPPORT, message: "not an IPv4 or IPv6 address"))
         }
         let inbound = context.channel
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        // The connection completes on this loop, where the handler and its context live.
+        let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(.seconds(30))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connect(to: destination)
-            .whenComplete { [self] result in
+            .whenComplete { result in
+                let (handler, context) = bound.value
                 switch result {
                 case .failure(let error):
                     let code = Self.errno(of: error)
-                    logger.info("stream to \(destination) failed: \(error)")
-                    reply(bound.value, id, .failure(errno: code, message: "\(error)"))
+                    handler.logger.info("stream to \(destination) failed: \(error)")
+                    handler.reply(context, id, .failure(errno: code, message: "\(error)"))
                 case .success(let outbound):
                     guard inbound.isActive else {
                         outbound.close(promise: nil)
                         return
                     }
-                    reply(bound.value, id, .done)
-                    state = .stream
+                    handler.reply(context, id, .done)
+                    handler.state = .stream
                     StreamEnd.glue(outbound, inbound, secondIsFramed: true)
-                    logger.debug("stream to \(destination)")
+                    handler.logger.debug("stream to \(destination)")
                 }
             }
     }

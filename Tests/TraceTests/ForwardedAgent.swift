@@ -50,9 +50,16 @@ final class ForwardedAgent {
     func cut() {
         guard let hop = developerHop else { return }
         developerHop = nil
-        let children = (try? String(contentsOfFile: "/proc/\(hop.pid)/task/\(hop.pid)/children", encoding: .utf8)) ?? ""
-        for child in children.split(separator: " ").compactMap({ Int32($0) }) { kill(child, SIGKILL) }
+        for child in Self.children(of: hop.pid) { kill(child, SIGKILL) }
         hop.stop()
+    }
+
+    /// Whether a connection goes through the developer's hop now (a trace's link, once it is connected).
+    var isCarrying: Bool { developerHop.map { !Self.children(of: $0.pid).isEmpty } ?? false }
+
+    static func children(of pid: Int32) -> [Int32] {
+        let listed = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return listed.split(separator: " ").compactMap { Int32($0) }
     }
 
     func stop() {

@@ -54,6 +54,7 @@ final class LinkCutTests {
             traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
             ended.signal()
         }
+        try PodStandIn.waitUntil("the trace's link") { forwarded.isCarrying }
         usleep(1_000_000)
         forwarded.cut()
         usleep(1_000_000)
@@ -78,15 +79,23 @@ final class LinkCutTests {
     func cutForGood() throws {
         let forwarded = try forwardedAgent()
         let (pod, address) = (forwarded.pod, forwarded.address)
-        let program = ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 1; /bin/busybox cat /config/app.yaml; echo status $?"]
+        // The program says it runs, then its read waits for the cut: the flag appears once the link is down.
+        let started = fixtures.path("started-\(UUID().uuidString)"), flag = fixtures.path("cut-\(UUID().uuidString)")
+        defer { for file in [started, flag] { try? FileManager.default.removeItem(atPath: file) } }
+        let program = [
+            "/bin/busybox", "sh", "-c",
+            "/bin/busybox touch \(started); while [ ! -e \(flag) ]; do /bin/busybox sleep 0.1; done; "
+                + "/bin/busybox cat /config/app.yaml; echo status $?",
+        ]
         let traced = Mutex<(Outcome, [String])?>(nil)
         let ended = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
             traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
             ended.signal()
         }
-        usleep(500_000)
+        try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
         forwarded.cut()
+        FileManager.default.createFile(atPath: flag, contents: nil)
         #expect(ended.wait(timeout: .now() + 60) == .success)
         let (outcome, _) = try #require(traced.withLock { $0 })
         #expect(outcome.stdout.contains("status 1"), "\(outcome.stdout)")

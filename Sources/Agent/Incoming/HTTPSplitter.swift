@@ -6,7 +6,7 @@ import NIOCore
 /// when both kinds share one keep-alive connection. Requests are passed one at a time: the next one leaves
 /// when the answer to the last is complete (pipelined requests wait here). Something that is not HTTP/1.x,
 /// and what follows an upgrade (101), is relayed whole to where it was going.
-final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confined to the client channel's loop
+final class HTTPSplitter: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -157,17 +157,20 @@ final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confi
         let loop = channel.eventLoop
         switch route {
         case .pod:
-            session.connectToPod(from: channel, podPort: podPort).whenComplete { [self] result in
+            let splitter = NIOLoopBound(self, eventLoop: loop)  // the connection completes on this loop
+            session.connectToPod(from: channel, podPort: podPort).whenComplete { result in
                 switch result {
-                case .success(let upstream): connected(.pod, upstream)
-                case .failure(let error): fail("cannot reach the pod's application: \(error)")
+                case .success(let upstream): splitter.value.connected(.pod, upstream)
+                case .failure(let error): splitter.value.fail("cannot reach the pod's application: \(error)")
                 }
             }
         case .program:
+            // Taken or abandoned on another thread: back on this loop, where the splitter lives.
+            let splitter = NIOLoopBound(self, eventLoop: loop)
             session.offer(
                 request, client: client, on: loop,
-                take: { [self] link in loop.execute { self.connected(.program, link) } },
-                abandon: { [self] in loop.execute { self.programDidNotTake() } })
+                take: { link in loop.execute { splitter.value.connected(.program, link) } },
+                abandon: { loop.execute { splitter.value.programDidNotTake() } })
         }
     }
 
@@ -178,8 +181,13 @@ final class HTTPSplitter: ChannelInboundHandler, @unchecked Sendable {  // confi
         }
         let loop = context!.eventLoop
         // The program's requests come over a link connection, which speaks StreamFraming.
-        let end = StreamEnd.install(on: channel, framed: route == .program) { [self] event in
-            if loop.inEventLoop { upstream(route, event) } else { loop.execute { self.upstream(route, event) } }
+        let splitter = NIOLoopBound(self, eventLoop: loop)
+        let end = StreamEnd.install(on: channel, framed: route == .program) { event in
+            if loop.inEventLoop {
+                splitter.value.upstream(route, event)
+            } else {
+                loop.execute { splitter.value.upstream(route, event) }
+            }
         }
         upstreams[route] = .open(end)
         for buffer in queued { end.write(buffer) }

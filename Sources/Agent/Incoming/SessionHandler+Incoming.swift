@@ -37,10 +37,11 @@ extension SessionHandler {
     /// partition, a frozen laptop) must not hold the pod's ports.
     func watchForSilence(context: ChannelHandlerContext) {
         let channel = context.channel
-        silenceCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) {
-            [self] _ in
-            guard NIODeadline.now() - lastHeard > Self.silenceLimit else { return }
-            logger.warning("nothing heard from the client for 15 s: ending its session, and the pod's ports are its own again")
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)  // the task runs on this loop
+        silenceCheck = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) { _ in
+            guard NIODeadline.now() - handler.value.lastHeard > Self.silenceLimit else { return }
+            handler.value.logger.warning(
+                "nothing heard from the client for 15 s: ending its session, and the pod's ports are its own again")
             channel.close(promise: nil)
         }
     }
