@@ -16,6 +16,8 @@ let package = Package(
         // For bench/: the log formats are measured on their own there, and sessions' sizes read from /proc.
         .library(name: "SyscallDecoding", targets: ["SyscallDecoding"]),
         .library(name: "LinuxSystem", targets: ["LinuxSystem"]),
+        // For bench/: the serving loop's relay, measured beside SwiftNIO's.
+        .library(name: "RemoteServices", targets: ["RemoteServices"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -90,7 +92,7 @@ let package = Package(
         .target(
             name: "UserNotification",
             dependencies: [
-                "CSysmirror", "LinuxSystem", "SyscallDecoding",
+                "CSysmirror", "LinuxSystem", "Routing", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),

@@ -7,7 +7,9 @@ let package = Package(
     name: "sysmirror-bench",
     platforms: [.macOS(.v15)],
     dependencies: [
-        .package(name: "sysmirror", path: "..")
+        .package(name: "sysmirror", path: ".."),
+        // For `--only loops`: the serving loop on SwiftNIO beside sysmirror's own (the version the main package uses).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         .executableTarget(
@@ -15,6 +17,9 @@ let package = Package(
             dependencies: [
                 .product(name: "SyscallDecoding", package: "sysmirror"),
                 .product(name: "LinuxSystem", package: "sysmirror"),
+                .product(name: "RemoteServices", package: "sysmirror"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: [.unsafeFlags(["-Ounchecked"])]
         )

@@ -12,7 +12,7 @@ import UserNotification
 /// the other). Non-blocking sockets only; no thread. An end may speak `StreamFraming` (a link connection
 /// through a port-forward, which cannot carry a half-close itself): its pieces are unwrapped, the other
 /// end's bytes wrapped, and ends of input travel as pieces.
-final class Relay {
+public final class Relay {
     private let loop: EventLoop
     private let ends: [SharedDescriptor]
     private var registrations: [EventLoop.Registration?] = [nil, nil]
@@ -45,7 +45,7 @@ final class Relay {
     /// On the loop: relays `first` and `second` (both non-blocking) until both directions end or one fails
     /// (then both are reset before `finished` hears of it); `finished` hears the bytes each end brought. The
     /// descriptors close when their last holder lets go. `secondIsFramed`: `second` speaks StreamFraming.
-    static func start(
+    public static func start(
         on loop: EventLoop, _ first: SharedDescriptor, _ second: SharedDescriptor, secondIsFramed: Bool = false,
         finished: @escaping (_ fromFirst: Int, _ fromSecond: Int) -> Void
     ) {
