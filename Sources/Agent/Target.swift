@@ -1,5 +1,6 @@
 import CSysmirror
 import LinuxSystem
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -106,23 +107,24 @@ public struct Target: Sendable {
     /// setns on a thread of its own, which then ends: the agent's other threads keep their namespace.
     static func hostnameInNamespace(of pid: Int32) -> [UInt8]? {
         if sharesNamespace("uts", with: pid) { return localHostname() }
-        let namespace = open("/proc/\(pid)/ns/uts", O_RDONLY | O_CLOEXEC)
-        guard namespace >= 0 else { return nil }
-        defer { close(namespace) }
-        let result = ResultBox()
+        guard
+            let namespace = try? OwnedDescriptor(
+                taking: systemCall("open(/proc/\(pid)/ns/uts)") { open("/proc/\(pid)/ns/uts", O_RDONLY | O_CLOEXEC) })
+        else { return nil }
+        let raw = namespace.raw
+        let result = Mutex<[UInt8]?>(nil)
         guard
             let thread = try? ThreadHandle.start(
                 name: "agent-uts",
-                { [result] in
-                    if sysm_setns(namespace, GNU.newUTSNamespace) == 0 { result.value = localHostname() }
+                {
+                    guard (try? systemCall("setns") { sysm_setns(raw, GNU.newUTSNamespace) }) != nil else { return }
+                    let name = localHostname()
+                    result.withLock { $0 = name }
                 })
         else { return nil }
         thread.join()
-        return result.value
-    }
-
-    final class ResultBox: @unchecked Sendable {  // written by one thread, read after join
-        var value: [UInt8]?
+        namespace.close()  // only now: the thread used it
+        return result.withLock { $0 }
     }
 
     /// Reads to the end and closes.

@@ -178,11 +178,11 @@ public enum Sockets {
     /// recv(2) into `buffer` from its start, as much as it holds: the count read, 0 at the end of the stream.
     /// For a caller that reads again and again into the same memory (a relay).
     /// recv(2) into `buffer` from `offset` to its end: how many bytes came (0 at the end).
-    public static func receive(_ fd: Int32, into buffer: inout [UInt8], at offset: Int = 0) throws(SystemCallError)
-        -> Int
-    {
+    public static func receive(
+        _ fd: Int32, into buffer: inout [UInt8], at offset: Int = 0, flags: Int32 = 0
+    ) throws(SystemCallError) -> Int {
         try systemCall("recv") {
-            buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, $0.count - offset, 0) }
+            buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, $0.count - offset, flags) }
         }
     }
 

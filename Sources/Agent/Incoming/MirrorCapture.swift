@@ -16,13 +16,14 @@ import SystemPackage
 /// each connection's client bytes back in order and sends them to the client on the listen stream.
 final class MirrorCapture: Sendable {
     let group: UInt16
-    let socket: Int32
+    /// The NFLOG socket; it closes with the capture, once `stop` has ended the thread.
+    let socket: SharedDescriptor
     private let stopping = Atomic<Bool>(false)
     private let finished = Latch()
 
-    private init(group: UInt16, socket: Int32) {
+    private init(group: UInt16, socket: consuming OwnedDescriptor) {
         self.group = group
-        self.socket = socket
+        self.socket = SharedDescriptor(socket)
     }
 
     /// Binds a free NFLOG group and starts the thread.
@@ -36,17 +37,16 @@ final class MirrorCapture: Sendable {
         guard result >= 0 else {
             throw IncomingError("cannot copy the pod's packets (NFLOG group \(group)): \(Errno(rawValue: -result))")
         }
-        let capture = MirrorCapture(group: group, socket: result)
+        let capture = MirrorCapture(group: group, socket: OwnedDescriptor(taking: result))
         let copier = Copier(session: session)
         _ = try ThreadHandle.start(name: "sysmirror-mirror") { capture.run(copier) }
         return capture
     }
 
-    /// Stops the thread (within 100 ms) and closes the socket.
+    /// Stops the thread (within 100 ms); the socket closes with the capture.
     func stop() {
         stopping.store(true, ordering: .relaxed)
         finished.wait()
-        close(socket)
     }
 
     private func run(_ copier: Copier) {
@@ -54,17 +54,19 @@ final class MirrorCapture: Sendable {
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         var lastExpiry = Clock.monotonic()
         while !stopping.load(ordering: .relaxed) {
-            var entry = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&entry, 1, 100)
+            // Every 100 ms at most, to see `stopping`.
+            let ready = readiness(of: socket.raw, for: Int16(POLLIN), milliseconds: 100)
             let now = Clock.monotonic()
             if now - lastExpiry > 60_000_000_000 {
                 copier.expire(before: now - 600_000_000_000)
                 lastExpiry = now
             }
-            guard ready > 0 else { continue }
-            let count = recv(socket, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-            if count < 0 {
-                if errno == ENOBUFS { copier.lost() }
+            guard ready != 0 else { continue }
+            let count: Int
+            do throws(SystemCallError) {
+                count = try Sockets.receive(socket.raw, into: &buffer, flags: Int32(MSG_DONTWAIT))
+            } catch {
+                if error.errno == .noBufferSpace { copier.lost() }  // the kernel dropped copies: those connections are cut
                 continue
             }
             copier.checkBacklog()
