@@ -24,14 +24,15 @@ final class LinkCutTests {
         return agent
     }
 
-    /// A traced program that reads the pod's /config/app.yaml every 100 ms, `count` times, printing each
-    /// outcome with the milliseconds it took.
-    func reader(count: Int) -> [String] {
+    /// A traced program that says it runs (creates `started`), then reads the pod's /config/app.yaml every
+    /// 100 ms until `done` exists, printing each outcome with the milliseconds it took.
+    func reader(started: String, done: String) -> [String] {
         [
             "/usr/bin/python3", "-c",
             """
-            import time
-            for _ in range(\(count)):
+            import os, time
+            open('\(started)', 'w').close()
+            while not os.path.exists('\(done)'):
                 start = time.monotonic()
                 try:
                     open('/config/app.yaml').read()
@@ -47,29 +48,32 @@ final class LinkCutTests {
     @Test("Cut for a second: every read after the link is back succeeds, none hangs, and the log says so")
     func cutAndBack() throws {
         let forwarded = try forwardedAgent()
-        let (pod, address, program) = (forwarded.pod, forwarded.address, reader(count: 40))
+        let started = fixtures.path("started-\(UUID().uuidString)"), done = fixtures.path("done-\(UUID().uuidString)")
+        defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
+        let (pod, address, program) = (forwarded.pod, forwarded.address, reader(started: started, done: done))
         let traced = Mutex<(Outcome, [String])?>(nil)
         let ended = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
             traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
             ended.signal()
         }
-        try PodStandIn.waitUntil("the trace's link") { forwarded.isCarrying }
-        usleep(1_000_000)
+        try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
+        usleep(500_000)
         forwarded.cut()
         usleep(1_000_000)
         try forwarded.restore()
+        // Back within the next attempt (0.1 s doubling, 2 s at most), then a few more reads.
+        usleep(2_500_000)
+        FileManager.default.createFile(atPath: done, contents: nil)
         #expect(ended.wait(timeout: .now() + 90) == .success)
         let (outcome, log) = try #require(traced.withLock { $0 })
         #expect(outcome.status == 0, "\(outcome.stderr)")
         let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
-        #expect(reads.count == 40, "\(outcome.stdout)")
-        // Reads made while the link was down waited for it (a read in flight at the cut may fail); once
-        // back, every one succeeds.
-        let lastFailure = reads.lastIndex { $0.first == "failed" } ?? -1
-        #expect(lastFailure < 15, "\(outcome.stdout)")
-        #expect(reads.suffix(20).allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
-        #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) > 500 }, "a read waited for the link: \(outcome.stdout)")
+        // A read made while the link was down waited for it; one in flight at the cut may fail; once the
+        // link is back, every read succeeds.
+        #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) >= 400 }, "a read waited: \(outcome.stdout)")
+        #expect(reads.filter { $0.first == "failed" }.count <= 1, "\(outcome.stdout)")
+        #expect(reads.suffix(5).allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
         #expect(outcome.stderr.contains("connecting again for up to 30 s"), "\(outcome.stderr)")
         #expect(outcome.stderr.contains("is back"), "\(outcome.stderr)")
         #expect(!log.isEmpty)
