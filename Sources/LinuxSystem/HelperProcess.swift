@@ -170,17 +170,9 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
     }
     private var pending: [UInt8] = []
 
-    /// From now on a thread of its own reads the helper's output and errors as they come, so that a
-    /// long-running helper never blocks on a full pipe (kubectl port-forward prints a line per connection);
-    /// when both end (the helper exited), `ended` hears the last of its errors.
-    public func drain(whenEnded ended: @escaping @Sendable (_ errors: String) -> Void) throws(SystemCallError)
-        -> ThreadHandle
-    {
-        try ThreadHandle.start(name: "sysmirror-helper") { [self] in ended(readToEnd()) }
-    }
-
     /// On the calling thread, reads the helper's output and errors as they come until both end (the helper
-    /// exited); the last 4 KiB of its errors.
+    /// exited), so that a long-running helper never blocks on a full pipe (kubectl port-forward prints a line
+    /// per connection); the last 4 KiB of its errors.
     public func readToEnd() -> String {
         var tail: [UInt8] = []
         _ = readOutputs { fromErrors, bytes in

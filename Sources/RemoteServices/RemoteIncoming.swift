@@ -288,7 +288,8 @@ package final class RemoteIncoming: Sendable {
         let client = peer?.unmapped
         guard report(client?.seen(byFamily: entry.family), to: answer) else { return }
         let note = "from \(Self.describe(client)) to port \(entry.podPort) of the pod (stolen"
-        guard (try? Sockets.localAddress(pod.raw))?.family == entry.family else {
+        // The peer's address is of the socket's family (an IPv4 client of a dual-stack one comes mapped).
+        guard peer?.family == entry.family else {
             relaying.begin()
             loop.execute { [self] in relay(pod, local, port: nil, from: client, to: entry) }
             answer.install(fd: woken, flags: closeOnExec, note: note + ")")

@@ -54,9 +54,6 @@ final class ForwardedAgent {
         hop.stop()
     }
 
-    /// Whether a connection goes through the developer's hop now (a trace's link, once it is connected).
-    var isCarrying: Bool { developerHop.map { !Self.children(of: $0.pid).isEmpty } ?? false }
-
     static func children(of pid: Int32) -> [Int32] {
         let listed = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
         return listed.split(separator: " ").compactMap { Int32($0) }

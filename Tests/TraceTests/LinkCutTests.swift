@@ -24,6 +24,23 @@ final class LinkCutTests {
         return agent
     }
 
+    /// `pod.trace` on a thread of its own, left running; the returned function waits (up to `seconds`) for
+    /// its outcome and log, nil when it did not end in time.
+    static func traceInBackground(_ program: [String], pod: PodStandIn, agentAddress: String)
+        -> (_ seconds: Int) -> (Outcome, [String])?
+    {
+        let traced = Mutex<(Outcome, [String])?>(nil)
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            traced.withLock { $0 = try? pod.trace(program, agentAddress: agentAddress, timeout: 90) }
+            ended.signal()
+        }
+        return { seconds in
+            guard ended.wait(timeout: .now() + .seconds(seconds)) == .success else { return nil }
+            return traced.withLock { $0 }
+        }
+    }
+
     /// A traced program that says it runs (creates `started`), then reads the pod's /config/app.yaml every
     /// 100 ms until `done` exists, printing each outcome with the milliseconds it took.
     func reader(started: String, done: String) -> [String] {
@@ -51,12 +68,7 @@ final class LinkCutTests {
         let started = fixtures.path("started-\(UUID().uuidString)"), done = fixtures.path("done-\(UUID().uuidString)")
         defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
         let (pod, address, program) = (forwarded.pod, forwarded.address, reader(started: started, done: done))
-        let traced = Mutex<(Outcome, [String])?>(nil)
-        let ended = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
-            ended.signal()
-        }
+        let traced = Self.traceInBackground(program, pod: pod, agentAddress: address)
         try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
         usleep(500_000)
         forwarded.cut()
@@ -65,8 +77,7 @@ final class LinkCutTests {
         // Back within the next attempt (0.1 s doubling, 2 s at most), then a few more reads.
         usleep(2_500_000)
         FileManager.default.createFile(atPath: done, contents: nil)
-        #expect(ended.wait(timeout: .now() + 90) == .success)
-        let (outcome, log) = try #require(traced.withLock { $0 })
+        let (outcome, log) = try #require(traced(90))
         #expect(outcome.status == 0, "\(outcome.stderr)")
         let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
         // A read made while the link was down waited for it; one in flight at the cut may fail; once the
@@ -91,17 +102,11 @@ final class LinkCutTests {
             "/bin/busybox touch \(started); while [ ! -e \(flag) ]; do /bin/busybox sleep 0.1; done; "
                 + "/bin/busybox cat /config/app.yaml; echo status $?",
         ]
-        let traced = Mutex<(Outcome, [String])?>(nil)
-        let ended = DispatchSemaphore(value: 0)
-        DispatchQueue.global().async {
-            traced.withLock { $0 = try? pod.trace(program, agentAddress: address, timeout: 90) }
-            ended.signal()
-        }
+        let traced = Self.traceInBackground(program, pod: pod, agentAddress: address)
         try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
         forwarded.cut()
         FileManager.default.createFile(atPath: flag, contents: nil)
-        #expect(ended.wait(timeout: .now() + 60) == .success)
-        let (outcome, _) = try #require(traced.withLock { $0 })
+        let (outcome, _) = try #require(traced(60))
         #expect(outcome.stdout.contains("status 1"), "\(outcome.stdout)")
         #expect(outcome.stderr.contains("did not come back within 30 s"), "\(outcome.stderr)")
     }
