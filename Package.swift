@@ -48,8 +48,10 @@ let package = Package(
         .target(name: "SyscallDecoding"),
         // Pure: which intercepted calls run locally, remotely, or fail; file rules; the environment merge.
         .target(name: "Routing", dependencies: ["SyscallDecoding"]),
+        // Pure: DNS messages as far as sysmirror reads and writes them, the pod's search list, kept answers.
+        .target(name: "NameResolution"),
         // Pure: the supervisor↔agent wire protocol (frames, messages, their codec).
-        .target(name: "AgentProtocol"),
+        .target(name: "AgentProtocol", dependencies: ["NameResolution"]),
         // Pure: incoming traffic's policy and parsing (netfilter rules, copied packets put back in order,
         // HTTP framing and the steal filter).
         .target(name: "Incoming"),
@@ -83,7 +85,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "AgentProtocol", "AgentLink", "CSysmirror", "Incoming", "LinuxSystem", "SyscallDecoding",
+                "AgentProtocol", "AgentLink", "CSysmirror", "Incoming", "LinuxSystem", "NameResolution", "SyscallDecoding",
                 .product(name: "SystemPackage", package: "swift-system"),
             ] + nio
         ),
@@ -102,7 +104,7 @@ let package = Package(
             name: "RemoteServices",
             dependencies: [
                 "CSysmirror", "LinuxSystem", "SyscallDecoding", "Routing", "AgentProtocol", "AgentLink",
-                "UserNotification",
+                "UserNotification", "NameResolution",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -128,7 +130,8 @@ let package = Package(
         .testTarget(name: "SyscallDecodingTests", dependencies: ["SyscallDecoding"]),
         .testTarget(name: "LinuxSystemTests", dependencies: ["LinuxSystem"]),
         .testTarget(name: "RoutingTests", dependencies: ["Routing", "Configuration"]),
-        .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol"]),
+        .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol", "NameResolution"]),
+        .testTarget(name: "NameResolutionTests", dependencies: ["NameResolution"]),
         .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
         .testTarget(name: "IncomingTests", dependencies: ["Incoming"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes"]),

@@ -41,6 +41,8 @@ final class SessionHandler: ChannelInboundHandler {
     var logger: Logger
     var state = State.handshake
     private var uploads: [UInt32: Upload] = [:]
+    /// The pod's UDP sockets of `datagrams` requests, by request (PodDatagrams.swift).
+    var datagramSockets: [UInt32: any Channel] = [:]
     private let cancelled = CancelledStreams()
     private var handshakeDeadline: Scheduled<Void>?
     private var requests = 0
@@ -76,6 +78,8 @@ final class SessionHandler: ChannelInboundHandler {
         handshakeDeadline?.cancel()
         for (_, upload) in uploads { try? upload.fd.close() }
         uploads = [:]
+        for (_, socket) in datagramSockets { socket.close(promise: nil) }
+        datagramSockets = [:]
         cancelled.ids.withLock { $0 = [] }
         silenceCheck?.cancel()
         if let incoming { pool.submit { _ in incoming.end() } }
@@ -120,10 +124,16 @@ final class SessionHandler: ChannelInboundHandler {
             requests += 1
             serve(id, request, context: context)
         case (.open, .chunk(let id, let bytes)):
-            write(bytes, to: id, context: context)
+            if let socket = datagramSockets[id] {
+                sendDatagram(bytes, on: socket)
+            } else {
+                write(bytes, to: id, context: context)
+            }
         case (.open, .end(let id)):
+            datagramSockets.removeValue(forKey: id)?.close(promise: nil)
             finishUpload(id, context: context)
         case (.open, .cancel(let id)):
+            datagramSockets.removeValue(forKey: id)?.close(promise: nil)
             cancelled.ids.withLock { _ = $0.insert(id) }
             if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
             if let incoming { pool.submit { _ in incoming.unsubscribe(request: id) } }
@@ -190,6 +200,10 @@ final class SessionHandler: ChannelInboundHandler {
             reply(context, id, target.readlink(path))
         case .ping:
             reply(context, id, .done)
+        case .resolve(let server, let questions):
+            resolve(id, server: server, questions: questions, context: context)
+        case .datagrams(let family):
+            openDatagrams(id, family: family, context: context)
         case .connect, .takeIncoming:
             reply(context, id, .failure(errno: EINVAL, message: "this request comes first on a connection of its own"))
         case .listen:

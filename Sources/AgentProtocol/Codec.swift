@@ -1,3 +1,5 @@
+import NameResolution
+
 /// Why bytes from the peer are not a valid frame. The session cannot continue after one: the stream has
 /// lost its framing or the peer is not speaking this protocol.
 public enum ProtocolViolation: Error, Sendable, Equatable, CustomStringConvertible {
@@ -80,9 +82,9 @@ public enum Frame {
         case hello = 0x01, welcome = 0x02, refused = 0x03, protocolError = 0x04
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
         case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A, ping = 0x1B
-        case stolenListener = 0x1C
+        case stolenListener = 0x1C, resolve = 0x1D, datagrams = 0x1E
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
-        case incoming = 0x86, mirror = 0x87
+        case incoming = 0x86, mirror = 0x87, answers = 0x88
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
     }
 
@@ -129,12 +131,26 @@ public enum Frame {
             let family = try need(p.int32(), "listen (family)")
             return .request(
                 id: id,
-                .listen(IncomingSubscription(port: port, mode: mode, headerPattern: header, pathPattern: path, family: family)))
+                .listen(
+                    IncomingSubscription(
+                        port: port, mode: mode, headerPattern: header, pathPattern: path, family: family)))
         case .takeIncoming: return .request(id: id, .takeIncoming(connection: try need(p.uint64(), "take")))
         case .ping: return .request(id: id, .ping)
         case .stolenListener:
             let port = try need(p.uint16(), "stolen listener")
             return .request(id: id, .stolenListener(port: port, family: try need(p.int32(), "stolen listener")))
+        case .resolve:
+            let serverLength = try need(p.uint8(), "resolve")
+            let server = try need(p.bytes(Int(serverLength)), "resolve (server)")
+            var questions: [DNSQuestion] = []
+            while !p.isAtEnd {
+                let type = try need(p.uint16(), "resolve (question)")
+                let `class` = try need(p.uint16(), "resolve (question)")
+                questions.append(DNSQuestion(name: try need(p.text(), "resolve (name)"), type: type, class: `class`))
+            }
+            return .request(id: id, .resolve(server: server, questions: questions))
+        case .datagrams: return .request(id: id, .datagrams(family: try need(p.int32(), "datagrams")))
+        case .answers: return .response(id: id, .answers(try p.lengthPrefixedList("answers")))
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
             return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
@@ -158,13 +174,7 @@ public enum Frame {
         case .done: return .response(id: id, .done)
         case .opened: return .response(id: id, .opened(try need(p.metadata(), "opened")))
         case .metadata: return .response(id: id, .metadata(try need(p.metadata(), "metadata")))
-        case .environmentValue:
-            var entries: [[UInt8]] = []
-            while !p.isAtEnd {
-                let count = try need(p.uint32(), "environment")
-                entries.append(try need(p.bytes(Int(count)), "environment"))
-            }
-            return .response(id: id, .environment(entries))
+        case .environmentValue: return .response(id: id, .environment(try p.lengthPrefixedList("environment")))
         case .text: return .response(id: id, .text(p.rest()))
         case .chunk: return .chunk(id: id, p.rest())
         case .end: return .end(id: id)
@@ -239,6 +249,16 @@ struct ByteReader {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Byte strings, each a UInt32 length and its bytes, to the end.
+    mutating func lengthPrefixedList(_ what: String) throws(ProtocolViolation) -> [[UInt8]] {
+        var entries: [[UInt8]] = []
+        while !isAtEnd {
+            guard let count = uint32(), let entry = bytes(Int(count)) else { throw .malformed(what) }
+            entries.append(entry)
+        }
+        return entries
+    }
+
     mutating func time() -> FileMetadata.Time? {
         guard let seconds = int64(), let nanoseconds = uint32() else { return nil }
         return FileMetadata.Time(seconds: seconds, nanoseconds: nanoseconds)
@@ -275,6 +295,13 @@ struct ByteWriter {
         let bytes = text.utf8.prefix(Int(UInt16.max))
         integer(UInt16(bytes.count))
         buffer.append(contentsOf: bytes)
+    }
+
+    mutating func lengthPrefixedList(_ entries: [[UInt8]]) {
+        for entry in entries {
+            integer(UInt32(entry.count))
+            buffer.append(contentsOf: entry)
+        }
     }
 
     mutating func time(_ time: FileMetadata.Time) {
@@ -363,6 +390,18 @@ struct ByteWriter {
             header(.stolenListener, id)
             integer(port)
             integer(family)
+        case .resolve(let server, let questions):
+            header(.resolve, id)
+            buffer.append(UInt8(server.count))
+            buffer.append(contentsOf: server)
+            for question in questions {
+                integer(question.type)
+                integer(question.class)
+                text(question.name)
+            }
+        case .datagrams(let family):
+            header(.datagrams, id)
+            integer(family)
         }
     }
 
@@ -381,10 +420,10 @@ struct ByteWriter {
             self.metadata(metadata)
         case .environment(let entries):
             header(.environmentValue, id)
-            for entry in entries {
-                integer(UInt32(entry.count))
-                buffer.append(contentsOf: entry)
-            }
+            lengthPrefixedList(entries)
+        case .answers(let messages):
+            header(.answers, id)
+            lengthPrefixedList(messages)
         case .text(let bytes):
             header(.text, id)
             buffer.append(contentsOf: bytes)

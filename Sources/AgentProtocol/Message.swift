@@ -1,6 +1,8 @@
+import NameResolution
+
 /// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
 /// with both numbers in the message.
-public let protocolVersion: UInt16 = 2
+public let protocolVersion: UInt16 = 3
 
 /// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
 ///
@@ -88,6 +90,36 @@ public enum Request: Sendable, Equatable {
     /// A sign of life, answered `done`: a session that takes the pod's ports sends one every few seconds,
     /// and the agent ends such a session when they stop (docs/incoming.md, "Giving the port back").
     case ping
+    /// DNS questions for the name server at `server` (a sockaddr_in or sockaddr_in6, as the program addressed
+    /// it), asked from the pod all at once: every candidate of one lookup's search list, A and AAAA.
+    /// Answered by `answers`, the server's answer messages, one for each question that got one.
+    case resolve(server: [UInt8], questions: [DNSQuestion])
+    /// A UDP socket in the pod's network namespace for a program's UDP socket, for agents that cannot pass
+    /// sockets: answered `done`, then the client's chunks are datagrams to send and the agent's chunks
+    /// datagrams received, each a `Datagram`; the socket closes with the client's `cancel` or `end`.
+    case datagrams(family: Int32)
+}
+
+/// One datagram of a `datagrams` stream: where it goes (client → agent) or where it came from (agent →
+/// client), a sockaddr_in or sockaddr_in6, and its bytes.
+public struct Datagram: Sendable, Equatable {
+    public var address: [UInt8]
+    public var payload: [UInt8]
+
+    public init(address: [UInt8], payload: [UInt8]) {
+        self.address = address
+        self.payload = payload
+    }
+
+    /// A chunk's bytes: the address's length (UInt8), the address, the payload.
+    public var encoded: [UInt8] { [UInt8(address.count)] + address + payload }
+
+    /// Nil when the chunk is too short for the address it announces.
+    public init?(chunk: [UInt8]) {
+        guard let length = chunk.first.map(Int.init), chunk.count >= 1 + length else { return nil }
+        address = Array(chunk[1..<1 + length])
+        payload = Array(chunk[(1 + length)...])
+    }
 }
 
 /// What a `listen` asks for.
@@ -149,6 +181,8 @@ public enum Response: Sendable, Equatable {
     /// What happened to the mirrored connections of a `listen` request since the last `mirror`, in order:
     /// copies travel on the listen stream, in batches, with no link connection of their own.
     case mirror([MirrorEvent])
+    /// The answers to a `resolve`, each a whole DNS message, in no set order.
+    case answers([[UInt8]])
 }
 
 /// One step of a mirrored connection's copy.

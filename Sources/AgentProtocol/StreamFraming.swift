@@ -12,8 +12,10 @@ public enum StreamFraming {
 
     /// The header of a data piece of `count` bytes (1 ... UInt32.max).
     public static func dataHeader(count: Int) -> [UInt8] {
-        [data, UInt8(truncatingIfNeeded: count >> 24), UInt8(truncatingIfNeeded: count >> 16),
-         UInt8(truncatingIfNeeded: count >> 8), UInt8(truncatingIfNeeded: count)]
+        [
+            data, UInt8(truncatingIfNeeded: count >> 24), UInt8(truncatingIfNeeded: count >> 16),
+            UInt8(truncatingIfNeeded: count >> 8), UInt8(truncatingIfNeeded: count),
+        ]
     }
 
     /// Writes a data header for `count` bytes at `offset`.

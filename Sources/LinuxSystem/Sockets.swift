@@ -74,7 +74,8 @@ public enum Sockets {
     }
 
     private static func socketName(
-        _ name: String, _ fd: Int32, _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
+        _ name: String, _ fd: Int32,
+        _ call: (Int32, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> Int32
     ) throws(SystemCallError) -> SocketAddress {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -184,6 +185,28 @@ public enum Sockets {
         try systemCall("recv") {
             buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, $0.count - offset, flags) }
         }
+    }
+
+    /// recvfrom(2) of one datagram into a buffer of `count` bytes: what the call returned (the datagram's
+    /// whole length with MSG_TRUNC), the bytes that fit, and the sender.
+    public static func receiveDatagram(_ fd: Int32, upTo count: Int, flags: Int32 = 0) throws(SystemCallError)
+        -> (length: Int, bytes: [UInt8], sender: SocketAddress?)
+    {
+        var storage = sockaddr_storage()
+        var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var length = 0
+        let bytes = try filling(count) { buffer throws(SystemCallError) in
+            length = try systemCall("recvfrom") {
+                withUnsafeMutablePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        recvfrom(fd, buffer.baseAddress, count, flags, $0, &addressLength)
+                    }
+                }
+            }
+            return min(length, count)
+        }
+        let sender = withUnsafeBytes(of: &storage) { SocketAddress(Array($0.prefix(Int(addressLength)))) }
+        return (length, bytes, sender)
     }
 
     /// read(2) of up to `count` bytes from any descriptor (a pipe, a file, inotify): what came, empty at the end.

@@ -9,29 +9,16 @@ import UserNotification
 #endif
 
 /// What a remote open needs besides its call: the link, where content and placeholders go, the session's
-/// writes, how the pod's resolv.conf is served. RemoteFiles gives it to each open; nothing in it calls
+/// writes. RemoteFiles gives it to each open; nothing in it calls
 /// RemoteFiles back.
 struct OpenContext: Sendable {
     let client: AgentClient
     let directories: RemoteDirectories
     let writes: PendingWrites
-    /// Outgoing traffic that can only be TCP (the agent is reached through a port-forward): the pod's
-    /// resolv.conf is served with `options use-vc`, so that glibc's and Go's resolvers ask over TCP.
-    let resolverOverTCP: Bool
     let linkWarning: LinkWarning
-    static let resolverConfiguration = Array("/etc/resolv.conf".utf8)
 
     /// Where large files' contents go (see `ContentFile`).
     var scratch: String { String(decoding: directories.root, as: UTF8.self) }
-
-    /// Where only TCP leaves the pod, its resolv.conf gains `options use-vc` (a later `options` line adds to
-    /// the earlier ones); returns the log's note when it did.
-    func adjustResolverConfiguration(_ content: ContentFile, _ path: [UInt8]) -> String? {
-        guard resolverOverTCP, path == Self.resolverConfiguration,
-            (try? content.append(Array("\noptions use-vc\n".utf8))) != nil
-        else { return nil }
-        return "with options use-vc: DNS over TCP"
-    }
 }
 
 /// The first link failure is worth a line on the terminal; the log has every call it failed.

@@ -34,11 +34,11 @@ package final class RemoteFiles: Sendable {
 
     package init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
-        resolverOverTCP: Bool = false, loop: EventLoop, logger: Logger
+        loop: EventLoop, logger: Logger
     ) throws(SystemCallError) {
         context = OpenContext(
             client: client, directories: directories,
-            writes: try PendingWrites(client: client, loop: loop, logger: logger), resolverOverTCP: resolverOverTCP,
+            writes: try PendingWrites(client: client, loop: loop, logger: logger),
             linkWarning: LinkWarning(logger: logger))
         self.listener = listener
         self.hostname = hostname

@@ -45,6 +45,8 @@ package final class RemoteSockets: Sendable {
     let pool: SocketPool?
     /// Without a pool: TCP connections made by the agent, each a link connection of its own.
     let streams: StreamConnector?
+    /// Without a pool: UDP, and the pod's DNS, on the link.
+    package let datagrams: RemoteDatagrams?
     let listener: NotificationListener
     let logger: Logger
     /// Whether the session's link to the agent is up: the pool's sockets would still work after the agent
@@ -61,10 +63,12 @@ package final class RemoteSockets: Sendable {
     private let pairing = LoopbackPairing()
 
     package init(
-        channel: SocketChannel?, streams: StreamConnector?, listener: NotificationListener, loop: EventLoop,
+        channel: SocketChannel?, streams: StreamConnector?, datagrams: RemoteDatagrams?, listener: NotificationListener,
+        loop: EventLoop,
         logger: Logger, connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
     ) throws(SystemCallError) {
         self.streams = streams
+        self.datagrams = datagrams
         self.linkIsUp = linkIsUp
         self.connections = connections
         self.loop = loop
@@ -117,13 +121,18 @@ package final class RemoteSockets: Sendable {
             return answer.fail(ECONNREFUSED, note: "the link to the agent is gone")
         }
         guard let pool else {
-            guard let streams, call.spec.call == .connect, socket.facts.transport == .tcp,
-                let destination = call.socketAddress
-            else {
+            guard let destination = call.socketAddress else { return answer.fail(EINVAL) }
+            if socket.facts.transport == .udp, let datagrams {
+                return datagrams.serve(notification, call: call, socket: socket, destination: destination, answer)
+            }
+            guard let streams, call.spec.call == .connect, socket.facts.transport == .tcp else {
                 return answer.fail(
-                    ENETUNREACH,
-                    note: "through a port-forward only TCP connections leave from the pod; UDP needs the agent on this machine"
-                )
+                    ENETUNREACH, note: "through a port-forward, TCP and UDP leave from the pod; other sockets do not")
+            }
+            if destination.port == 53, let names = datagrams?.names {
+                return loop.execute { [self] in
+                    serveNameServer(socket: socket, server: destination, names: names, answer)
+                }
             }
             loop.execute { [self] in
                 streams.open(destination) { [self] result in
@@ -201,9 +210,23 @@ package final class RemoteSockets: Sendable {
         answer.succeed(0, note: "through \(streams.address)")
     }
 
+    /// A TCP connection to a name server of the pod: sysmirror answers it itself (DNSStream), from the pod's
+    /// DNS through the link.
+    private func serveNameServer(socket: ProgramSocket, server: SocketAddress, names: PodNames, _ answer: PendingCall) {
+        guard listener.isPending(answer.notification.id) else { return answer.gone() }
+        do throws(SystemCallError) {
+            DNSStream.start(
+                on: loop, try pairing.connect(socket.fd.raw, family: socket.facts.family), names: names, server: server)
+            answer.succeed(0, note: "the pod's DNS, answered through \(names.client.address)")
+        } catch {
+            answer.fail(EIO, note: "could not connect the program's socket to sysmirror's name service: \(error)")
+        }
+    }
+
     /// Puts `replacement` at the program's socket's number, keeping its close-on-exec flag. False when the
     /// call went away or the swap failed: the call has its answer then, and `replacement` is the caller's.
-    private func putInPlace(_ replacement: Int32, of socket: ProgramSocket, _ answer: PendingCall, what: String) -> Bool {
+    private func putInPlace(_ replacement: Int32, of socket: ProgramSocket, _ answer: PendingCall, what: String) -> Bool
+    {
         let notification = answer.notification
         guard listener.isPending(notification.id) else {
             answer.gone()

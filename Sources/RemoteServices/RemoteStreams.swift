@@ -102,7 +102,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
                 context.writes.startWriteBack(content, path: path, flags: flags, answer)
             } else {
-                answer.install(content: content, flags: flags, note: context.adjustResolverConfiguration(content, path))
+                answer.install(content: content, flags: flags)
             }
         } else {
             answer.fail(failure?.errno.rawValue ?? EIO, note: failure.map { "\($0)" } ?? "the agent sent no content")

@@ -1,10 +1,10 @@
 import CSeccomp
 import LinuxSystem
 import Logging
+import RemoteServices
 import Routing
 import Synchronization
 import SyscallDecoding
-import RemoteServices
 import UserNotification
 
 #if canImport(Glibc)
@@ -106,6 +106,12 @@ public final class NotificationLoop: Sendable {
         switch decoded?.spec.service {
         case .listen?, .accept?:
             if let incoming, let decoded, serveIncoming(notification, decoded, incoming, started: started) { return }
+        case .datagramReceive?:
+            if let datagrams = sockets?.datagrams, datagrams.isRelaying, let decoded,
+                serveDatagramReceive(notification, decoded, datagrams, started: started)
+            {
+                return
+            }
         case .file?:
             if let remote, let decoded, let call = FileCall(decoded) {
                 file = call
@@ -184,6 +190,21 @@ public final class NotificationLoop: Sendable {
             call.spec.service == .listen
             ? incoming.serveListen(notification, done: done)
             : incoming.serveAccept(notification, call: call, done: done)
+        if !taken { inFlight.end() }  // not counted: `done` never runs
+        return taken
+    }
+
+    /// recvfrom on a program socket that sysmirror relays to the pod (RemoteDatagrams); false for the others.
+    private func serveDatagramReceive(
+        _ notification: Notification, _ call: DecodedSyscall, _ datagrams: RemoteDatagrams, started: UInt64
+    ) -> Bool {
+        guard
+            let socket = sockets?.inspect(
+                pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0])),
+            socket.facts.transport == .udp, listener.isPending(notification.id)
+        else { return false }
+        let done = completion(notification, name: call.spec.name, decoded: call, started: started)
+        let taken = datagrams.serveReceive(notification, socket: socket, done: done)
         if !taken { inFlight.end() }  // not counted: `done` never runs
         return taken
     }

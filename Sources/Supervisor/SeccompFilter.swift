@@ -21,18 +21,22 @@ public struct FilterPlan: Sendable {
     public var routedWithNonZeroArgument: [NonZeroArgument]
 
     /// What `sysmirror trace` routes: the table's calls, as each spec's `routing` allows (sendto only with a
-    /// destination, some calls only with an agent or with incoming traffic); sendmsg unless told not to.
-    public static func trace(routeSendmsg: Bool, withAgent: Bool = false, withIncoming: Bool = false) -> FilterPlan {
+    /// destination, recvfrom only with an address and UDP on the link, some calls only with an agent or with
+    /// incoming traffic); sendmsg unless told not to.
+    public static func trace(
+        routeSendmsg: Bool, withAgent: Bool = false, withIncoming: Bool = false, withLinkDatagrams: Bool = false
+    ) -> FilterPlan {
         var available: SyscallRouting = []
         if withAgent { available.insert(.withAgent) }
         if withIncoming { available.insert(.withIncoming) }
+        if withLinkDatagrams { available.insert(.withLinkDatagrams) }
         let specs = SyscallTable.x86_64.specs.filter {
-            available.isSuperset(of: $0.routing.subtracting(.withDestination)) && (routeSendmsg || $0.call != .sendmsg)
+            available.isSuperset(of: $0.routing.subtracting(.withAddress)) && (routeSendmsg || $0.call != .sendmsg)
         }
         return FilterPlan(
-            routed: specs.filter { $0.destinationArgument == nil }.map(\.name),
+            routed: specs.filter { $0.addressArgument == nil }.map(\.name),
             routedWithNonZeroArgument: specs.compactMap { spec in
-                spec.destinationArgument.map { NonZeroArgument(name: spec.name, index: $0) }
+                spec.addressArgument.map { NonZeroArgument(name: spec.name, index: $0) }
             })
     }
 }

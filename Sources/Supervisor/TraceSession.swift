@@ -3,11 +3,11 @@ import AgentProtocol
 import CSysmirror
 import LinuxSystem
 import Logging
+import RemoteServices
 import Routing
 import Synchronization
 import SyscallDecoding
 import SystemPackage
-import RemoteServices
 import UserNotification
 
 #if canImport(Glibc)
@@ -123,7 +123,8 @@ public final class TraceSession: Sendable {
             filter = try SeccompFilter.compile(
                 .trace(
                     routeSendmsg: options.routeSendmsg, withAgent: link != nil,
-                    withIncoming: link != nil && options.remote?.incoming.mode != .off))
+                    withIncoming: link != nil && options.remote?.incoming.mode != .off,
+                    withLinkDatagrams: link != nil && link?.sockets == nil && options.remote?.outgoing.enabled == true))
         } catch {
             throw .filter(error.description)
         }
@@ -231,9 +232,7 @@ public final class TraceSession: Sendable {
         let remote = try link.map { link throws in
             try RemoteFiles(
                 client: link.client, listener: program.listener, directories: link.directories,
-                hostname: link.hostname,
-                resolverOverTCP: link.sockets == nil && options.remote?.outgoing.enabled == true, loop: link.loop,
-                logger: logger)
+                hostname: link.hostname, loop: link.loop, logger: logger)
         }
         // The ends of the pod's TCP connections that the program holds itself, with no relay: outgoing ones,
         // and stolen ones taken from the pod's listening socket.
@@ -245,22 +244,31 @@ public final class TraceSession: Sendable {
         }
         let sockets = try link.flatMap { link throws -> RemoteSockets? in
             guard let remoteOptions = options.remote, remoteOptions.outgoing.enabled else { return nil }
+            // Without the socket channel (a port-forward), TCP travels on link connections, UDP and DNS on the link.
+            let throughLink = link.sockets == nil
             return try RemoteSockets(
                 channel: link.sockets,
-                streams: link.sockets == nil
+                streams: throughLink
                     ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
+                datagrams: throughLink
+                    ? RemoteDatagrams(
+                        client: link.client, names: PodNames(client: link.client, logger: logger), loop: link.loop,
+                        listener: program.listener, logger: logger) : nil,
                 listener: program.listener, loop: link.loop, logger: logger, connections: connections,
                 linkIsUp: { [client = link.client] in client.isActive })
         }
         let policy =
-            options.remote.map { RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing) }
+            options.remote.map {
+                RoutingPolicy(files: $0.files, servesHostname: $0.servesHostname, outgoing: $0.outgoing)
+            }
             ?? RoutingPolicy()
         let incoming = try link.flatMap { link throws -> RemoteIncoming? in
             guard let remote = options.remote, remote.incoming.mode != .off else { return nil }
             return try RemoteIncoming(
                 client: link.client,
                 streams: StreamConnector(address: link.client.address, token: remote.token, loop: link.loop),
-                sockets: link.sockets, connections: connections, rules: remote.incoming, listener: program.listener, log: log.record, loop: link.loop, logger: logger)
+                sockets: link.sockets, connections: connections, rules: remote.incoming, listener: program.listener,
+                log: log.record, loop: link.loop, logger: logger)
         }
         let loop = try NotificationLoop(
             listener: program.listener, table: .x86_64, policy: policy, log: log, logger: logger, remote: remote,

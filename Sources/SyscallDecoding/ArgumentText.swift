@@ -60,7 +60,8 @@ enum ArgumentText {
         case .atFlags: out.append(Names.atFlags(low, syscall: syscall))
         case .statxMask: out.append(Names.statxMask(low))
         case .messageFlags: out.append(Names.messageFlags(low))
-        case .pointer, .path, .name, .openHow, .socketAddress, .messageHeader, .stringArray: out.append(pointer: raw)
+        case .pointer, .addressBuffer, .path, .name, .openHow, .socketAddress, .messageHeader, .stringArray:
+            out.append(pointer: raw)
         case .integer: out.append(decimal: Int64(bitPattern: raw))
         }
     }

@@ -115,7 +115,7 @@ public struct SyscallDecoder: Sendable {
                 return try messageName(at: value, memory: memory)
             case .stringArray:
                 return try strings(at: value, memory: memory)
-            case .fd, .dirfd, .openFlags, .mode, .accessMode, .atFlags, .statxMask, .messageFlags, .pointer,
+            case .fd, .dirfd, .openFlags, .mode, .accessMode, .atFlags, .statxMask, .messageFlags, .pointer, .addressBuffer,
                 .integer:
                 return .integer(value)
             }

@@ -19,6 +19,8 @@ public enum ArgumentKind: Sendable, Equatable {
     case socketAddress(lengthIndex: Int)
     /// `struct msghdr` of sendmsg: its destination address is what matters.
     case messageHeader
+    /// Where a call writes a socket address (recvfrom's src_addr): shown as a pointer, never read.
+    case addressBuffer
     case messageFlags
     /// A NULL-terminated array of strings (execve's argv).
     case stringArray
@@ -37,7 +39,8 @@ public enum SyscallCategory: Sendable, Equatable {
 /// compares the case, never the name.
 public enum Syscall: String, Sendable, CaseIterable {
     case open, openat, openat2, creat, stat, lstat, newfstatat, statx, access, faccessat, faccessat2
-    case readlink, readlinkat, execve, execveat, connect, bind, listen, accept, accept4, sendto, sendmsg, uname
+    case readlink, readlinkat, execve, execveat, connect, bind, listen, accept, accept4, sendto, sendmsg, recvfrom,
+        uname
     case getxattr, lgetxattr, listxattr, llistxattr
 }
 
@@ -57,6 +60,8 @@ public enum SyscallService: Sendable, Equatable {
     case accept
     /// The pod's hostname.
     case hostname
+    /// A datagram that may come from a pod peer through a relay: recvfrom reports the peer's address.
+    case datagramReceive
 }
 
 /// When the filter routes a call at all.
@@ -68,9 +73,12 @@ public struct SyscallRouting: OptionSet, Sendable {
     public static let withAgent = SyscallRouting(rawValue: 1)
     /// Only when the pod's incoming traffic reaches the program (accept reports the pod's client).
     public static let withIncoming = SyscallRouting(rawValue: 2)
-    /// Only when its destination argument is set (sendto: send() on a connected socket never costs a round
-    /// trip); see `SyscallSpec.destinationArgument`.
-    public static let withDestination = SyscallRouting(rawValue: 4)
+    /// Only when its address argument is set (sendto: send() on a connected socket never costs a round
+    /// trip; recvfrom: recv() needs no address); see `SyscallSpec.addressArgument`.
+    public static let withAddress = SyscallRouting(rawValue: 4)
+    /// Only when UDP travels the link (an agent reached through a port-forward): program sockets then talk to
+    /// sysmirror's relays, and recvfrom must report the pod peer's address for the relay's.
+    public static let withLinkDatagrams = SyscallRouting(rawValue: 8)
 }
 
 /// One system call the supervisor may be asked about: its number, identity, argument kinds, and what
@@ -97,10 +105,15 @@ public struct SyscallSpec: Sendable, Equatable {
         self.routing = routing
     }
 
-    /// The destination argument that `withDestination` tests (sendto's dest_addr).
-    public var destinationArgument: UInt32? {
-        guard routing.contains(.withDestination) else { return nil }
-        return arguments.firstIndex { if case .socketAddress = $0 { true } else { false } }.map(UInt32.init)
+    /// The address argument that `withAddress` tests (sendto's dest_addr, recvfrom's src_addr).
+    public var addressArgument: UInt32? {
+        guard routing.contains(.withAddress) else { return nil }
+        return arguments.firstIndex {
+            switch $0 {
+            case .socketAddress, .addressBuffer: true
+            default: false
+            }
+        }.map(UInt32.init)
     }
 
     public static func == (left: SyscallSpec, right: SyscallSpec) -> Bool { left.number == right.number }
@@ -151,8 +164,11 @@ public struct SyscallTable: Sendable {
         SyscallSpec(
             44, .sendto, .network,
             [.fd, .pointer, .integer, .messageFlags, .socketAddress(lengthIndex: 5), .integer], served: .outgoing,
-            routing: .withDestination),
+            routing: .withAddress),
         SyscallSpec(46, .sendmsg, .network, [.fd, .messageHeader, .messageFlags], served: .outgoing),
+        SyscallSpec(
+            45, .recvfrom, .network, [.fd, .pointer, .integer, .messageFlags, .addressBuffer, .pointer],
+            served: .datagramReceive, routing: [.withAddress, .withLinkDatagrams]),
         SyscallSpec(63, .uname, .system, [.pointer], served: .hostname, routing: .withAgent),
         SyscallSpec(191, .getxattr, .file, [.path, .name, .pointer, .integer], served: .file, routing: .withAgent),
         SyscallSpec(192, .lgetxattr, .file, [.path, .name, .pointer, .integer], served: .file, routing: .withAgent),

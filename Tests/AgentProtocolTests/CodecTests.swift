@@ -1,3 +1,4 @@
+import NameResolution
 import Testing
 
 @testable import AgentProtocol
@@ -27,10 +28,23 @@ let everyMessage: [Message] = [
     .request(
         id: 21,
         .listen(
-            IncomingSubscription(port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/", family: 2))),
+            IncomingSubscription(
+                port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/", family: 2))),
     .request(id: 1, .takeIncoming(connection: .max)),
     .request(id: 2, .stolenListener(port: 8080, family: 10)),
     .request(id: 22, .ping),
+    .request(
+        id: 23,
+        .resolve(
+            server: [2, 0, 0, 53, 10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0],
+            questions: [
+                DNSQuestion(name: "web.default.svc.cluster.local", type: 28),
+                DNSQuestion(name: "x", type: 33, class: 3),
+            ])),
+    .request(id: 24, .resolve(server: [], questions: [])),
+    .request(id: 25, .datagrams(family: 10)),
+    .response(id: 23, .answers([[1, 2, 3], [], Array(repeating: 7, count: 700)])),
+    .response(id: 23, .answers([])),
     .response(id: 20, .incoming(IncomingConnection(id: 7, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),
     .response(
         id: 20,
@@ -142,4 +156,14 @@ let everyMessage: [Message] = [
     #expect(OpenIntent(flags: rdwr | truncate | create) == .readWrite)
     #expect(!OpenIntent.writesBack(rdonly | create))
     #expect(OpenIntent.writesBack(wronly) && OpenIntent.writesBack(rdwr))
+}
+
+@Suite struct DatagramTests {
+    @Test func aDatagramRoundTripsThroughAChunk() {
+        let datagram = Datagram(
+            address: [2, 0, 0, 7, 10, 96, 0, 40, 0, 0, 0, 0, 0, 0, 0, 0], payload: Array("ping".utf8))
+        #expect(Datagram(chunk: datagram.encoded) == datagram)
+        #expect(Datagram(chunk: [16, 2, 0]) == nil)
+        #expect(Datagram(chunk: []) == nil)
+    }
 }

@@ -43,7 +43,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     private(set) var containerInit: Int32 = 0
 
     /// - Parameters:
-    ///   - network: also start the pod's services: a name server (dnsmasq, cluster names, no upstream), an
+    ///   - network: also start the pod's services: a name server (dnsmasq, cluster names, no upstream: other
+    ///     names are refused), an
     ///     HTTP server, redis and a UDP echo.
     ///   - kubelet: the container gets a process namespace of its own, as under a kubelet, and no agent is
     ///     started: the cluster stand-in starts one when asked (KubernetesTests).
@@ -120,6 +121,9 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 inPod + [
                     "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root",
                     "--listen-address=\(Service.dns)", "--bind-interfaces", "--pid-file=", "--addn-hosts=\(hosts.path)",
+                    // As CoreDNS answers in a cluster: names under cluster.local it does not know do not exist
+                    // (NXDOMAIN, NODATA for a known name's AAAA), and answers live 5 s.
+                    "--local=/cluster.local/", "--local-ttl=5",
                     "--address=/web.default.svc.cluster.local/\(Service.web)",
                     "--address=/redis.default.svc.cluster.local/\(Service.redis)",
                     "--address=/echo.default.svc.cluster.local/\(Service.echo)",

@@ -37,6 +37,12 @@ final class Fixtures: Sendable {
                 ], in: directory)
         }
         try Self.check(
+            [
+                "musl-gcc", "-O2", "-static", "-Wall", "-o", path("musl-lookup"),
+                sources.appendingPathComponent("musl-lookup.c").path,
+            ],
+            in: directory)
+        try Self.check(
             ["go", "build", "-o", path("gofixture"), "main.go"],
             in: sources.appendingPathComponent("gofixture"),
             environment: ["CGO_ENABLED": "0", "GOCACHE": directory.appendingPathComponent(".gocache").path])

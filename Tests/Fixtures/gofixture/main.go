@@ -8,6 +8,7 @@
 //	gofixture get URL            print the body of an HTTP GET
 //	gofixture gets N URL         N GETs at once, each on a new connection; print "ok N" when all succeed
 //	gofixture lookup NAME        print how many addresses NAME resolves to (pure Go resolver)
+//	gofixture udp ADDRESS TEXT   send TEXT in a datagram on a connected UDP socket; print the answer
 //	gofixture serve NAME ADDRESS an HTTP server on ADDRESS answering "NAME CLIENT-IP"; prints each
 //	                             request's path and X-Dev header
 package main
@@ -22,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 func main() {
@@ -101,6 +103,16 @@ func main() {
 		addresses, err := net.LookupHost(os.Args[2])
 		check(err)
 		fmt.Println(len(addresses))
+	case "udp":
+		connection, err := net.Dial("udp", os.Args[2])
+		check(err)
+		_, err = connection.Write([]byte(os.Args[3]))
+		check(err)
+		check(connection.SetReadDeadline(time.Now().Add(5 * time.Second)))
+		answer := make([]byte, 1500)
+		n, err := connection.Read(answer)
+		check(err)
+		fmt.Printf("%s\n", answer[:n])
 	case "serve":
 		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 			client, _, _ := net.SplitHostPort(r.RemoteAddr)

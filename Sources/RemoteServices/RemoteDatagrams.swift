@@ -1,0 +1,342 @@
+import AgentLink
+import AgentProtocol
+import LinuxSystem
+import Logging
+import Synchronization
+import SyscallDecoding
+import UserNotification
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// UDP where the agent is reached through a port-forward, which cannot pass sockets: each program socket
+/// that sends to the pod gets a UDP socket in the pod (a `datagrams` request, its datagrams travelling as
+/// chunks on the session's link, so a request and its answer cost one round trip), and stays the program's
+/// own socket here.
+///
+/// Each pod peer it talks to is stood for by a relay socket of sysmirror's on loopback, connected to the
+/// program's socket: a connected program socket is connected to its peer's relay, so its send, write, recv
+/// and read run natively with no interception; what the pod answers comes to it from that relay. recvfrom
+/// with an address is routed (in such sessions only), so that the program learns the pod peer's address,
+/// not the relay's, as glibc's and musl's resolvers check. Datagrams to port 53 go to `PodNames` instead.
+package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touched only on `loop`; `senders` is locked
+    /// A program socket, by its local address's family and port.
+    struct FlowKey: Hashable, Sendable {
+        let family: Int32
+        let port: UInt16
+    }
+
+    let client: AgentClient
+    let names: PodNames
+    let loop: EventLoop
+    let listener: NotificationListener
+    let logger: Logger
+    private var flows: [FlowKey: DatagramFlow] = [:]
+    /// For the receiving thread's recvfrom: per program socket, each relay's port and the pod peer it stands for.
+    private let senders = Mutex<[FlowKey: [UInt16: SocketAddress]]>([:])
+    private var sweep: EventLoop.Timer?
+    /// A flow this long quiet is looked for among the machine's UDP sockets, and dropped once its socket is gone.
+    static let idleCheck: UInt64 = 30_000_000_000
+
+    package init(client: AgentClient, names: PodNames, loop: EventLoop, listener: NotificationListener, logger: Logger)
+    {
+        self.client = client
+        self.names = names
+        self.loop = loop
+        self.listener = listener
+        self.logger = logger
+    }
+
+    // MARK: connect and sendto
+
+    /// Serves connect or sendto of a UDP socket to `destination` in the pod: connect connects the program's
+    /// socket to the peer's relay; sendto sends the program's bytes from here (its socket is bound first, as
+    /// the kernel would bind it).
+    func serve(
+        _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, destination: SocketAddress,
+        _ answer: PendingCall
+    ) {
+        let payload: [UInt8]?
+        switch call.spec.call {
+        case .connect: payload = nil
+        case .sendto:
+            let count = min(Int(truncatingIfNeeded: notification.arguments[2]), 65535)
+            guard
+                let bytes = try? ProcessMemory(pid: notification.pid).readable(
+                    at: notification.arguments[1], count: count)
+            else { return answer.fail(EFAULT) }
+            payload = bytes
+        default:
+            return answer.fail(
+                EOPNOTSUPP,
+                note:
+                    "through a port-forward, UDP to the pod is carried for connect and sendto; sendmsg with an address is not"
+            )
+        }
+        loop.execute { [self] in
+            guard listener.isPending(notification.id) else { return answer.gone() }
+            do throws(SystemCallError) {
+                let flow = try flow(for: socket)
+                let relay = try flow.relay(for: destination, service: self)
+                if let payload {
+                    deliver(payload, on: flow, to: relay)
+                    answer.succeed(Int64(payload.count), note: "through \(client.address)")
+                } else {
+                    try Sockets.connect(socket.fd.raw, to: relay.address)
+                    answer.succeed(0, note: "through \(client.address)")
+                }
+            } catch {
+                answer.fail(error.errno.rawValue, note: "could not relay the program's UDP socket: \(error)")
+            }
+        }
+    }
+
+    /// On the loop: the flow of the program's socket, which is bound to an ephemeral port first if it is not.
+    private func flow(for socket: ProgramSocket) throws(SystemCallError) -> DatagramFlow {
+        var local = try Sockets.localAddress(socket.fd.raw)
+        if local.port == 0 {
+            try Sockets.bind(socket.fd.raw, to: .any(family: socket.facts.family))
+            local = try Sockets.localAddress(socket.fd.raw)
+        }
+        let key = FlowKey(family: socket.facts.family, port: local.port ?? 0)
+        if let flow = flows[key] { return flow }
+        let flow = DatagramFlow(key: key, program: local.connectable)
+        flows[key] = flow
+        senders.withLock { $0[key] = [:] }
+        if sweep == nil { scheduleSweep() }
+        return flow
+    }
+
+    /// On the loop: what the program sent to `relay`'s peer: to the pod's DNS through `PodNames` when the
+    /// peer is a name server (port 53) and it is a query; otherwise to the pod.
+    func deliver(_ payload: [UInt8], on flow: DatagramFlow, to relay: PeerRelay) {
+        flow.lastActive = Clock.monotonic()
+        if relay.peer.port == 53,
+            names.answer(
+                payload, server: relay.peer, udp: true,
+                reply: { [loop] answer in
+                    loop.execute { relay.send(answer) }
+                })
+        {
+            return
+        }
+        let id = flow.stream ?? openStream(for: flow)
+        try? client.upload(id, Datagram(address: relay.peer.bytes, payload: payload).encoded)
+    }
+
+    /// The pod's socket for `flow`: datagrams may follow the request at once (the agent keeps them until its
+    /// socket is bound).
+    private func openStream(for flow: DatagramFlow) -> UInt32 {
+        let id = client.send(.datagrams(family: flow.key.family), prepare: { flow.stream = $0 }) { [self] reply in
+            switch reply {
+            case .response(.done):
+                return .waitingOnClient
+            case .chunk(let bytes):
+                loop.execute { [self] in received(bytes, on: flow) }
+                return .waitingOnClient
+            case .response(.failure(let errno, let message)):
+                logger.warning("the agent could not open a UDP socket in the pod: \(message) (errno \(errno))")
+            case .linkFailure(let reason):
+                logger.info("UDP socket of port \(flow.key.port) lost: \(reason)")
+            case .response, .end:
+                break
+            }
+            loop.execute { if flow.stream != nil { flow.stream = nil } }
+            return .complete
+        }
+        return id
+    }
+
+    /// On the loop: a datagram from the pod, handed to the program from its sender's relay.
+    private func received(_ chunk: [UInt8], on flow: DatagramFlow) {
+        guard flows[flow.key] === flow, let datagram = Datagram(chunk: chunk),
+            let source = SocketAddress(datagram.address),
+            let relay = try? flow.relay(for: source, service: self)
+        else { return }
+        flow.lastActive = Clock.monotonic()
+        relay.send(datagram.payload)
+    }
+
+    /// A relay's program socket is gone (its send was refused), or the sweep found it closed.
+    func end(_ flow: DatagramFlow) {
+        guard flows[flow.key] === flow else { return }
+        flows[flow.key] = nil
+        senders.withLock { $0[flow.key] = nil }
+        for relay in flow.relays.values { relay.stop() }
+        if let stream = flow.stream { client.cancel(stream) }
+    }
+
+    func noteRelay(_ relay: PeerRelay, of flow: DatagramFlow) {
+        senders.withLock { $0[flow.key, default: [:]][relay.port] = relay.peer }
+    }
+
+    private func scheduleSweep() {
+        sweep = loop.schedule(in: Self.idleCheck) { [self] in
+            let now = Clock.monotonic()
+            let quiet = flows.values.filter { now - $0.lastActive > Self.idleCheck }
+            if !quiet.isEmpty {
+                let bound = Self.boundPorts()
+                for flow in quiet where !bound.contains(flow.key) { end(flow) }
+            }
+            sweep = nil
+            if !flows.isEmpty { scheduleSweep() }
+        }
+    }
+
+    /// The machine's bound UDP ports, from /proc/net/udp and udp6 (sysmirror shares the program's namespace).
+    static func boundPorts() -> Set<FlowKey> {
+        var ports = Set<FlowKey>()
+        for (file, family) in [("/proc/net/udp", AF_INET), ("/proc/net/udp6", AF_INET6)] {
+            for line in ProcessTree.read(file).split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ")
+                guard fields.count > 1, let colon = fields[1].lastIndex(of: ":"),
+                    let port = UInt16(fields[1][fields[1].index(after: colon)...], radix: 16)
+                else { continue }
+                ports.insert(FlowKey(family: family, port: port))
+            }
+        }
+        return ports
+    }
+
+    // MARK: recvfrom
+
+    /// Whether any program socket is relayed: until one is, a routed recvfrom is let go at once.
+    package var isRelaying: Bool { !senders.withLock { $0.isEmpty } }
+
+    /// Serves recvfrom with an address on a relayed socket: the datagram, and the pod peer's address for the
+    /// relay's. False for any other socket: the kernel runs the call.
+    package func serveReceive(
+        _ notification: Notification, socket: ProgramSocket, done: @escaping PendingCall.Completion
+    ) -> Bool {
+        guard let local = try? Sockets.localAddress(socket.fd.raw),
+            let peers = senders.withLock({ $0[FlowKey(family: socket.facts.family, port: local.port ?? 0)] })
+        else { return false }
+        let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
+        let flags = Int32(truncatingIfNeeded: notification.arguments[3])
+        let waits = !socket.nonBlocking && flags & Int32(MSG_DONTWAIT) == 0
+        receive(notification, socket: socket, peers: peers, flags: flags, waits: waits, answer)
+        return true
+    }
+
+    private func receive(
+        _ notification: Notification, socket: ProgramSocket, peers: [UInt16: SocketAddress], flags: Int32, waits: Bool,
+        _ answer: PendingCall
+    ) {
+        let arguments = notification.arguments
+        let count = Int(truncatingIfNeeded: arguments[2])
+        let received: (length: Int, bytes: [UInt8], sender: SocketAddress?)
+        do throws(SystemCallError) {
+            received = try Sockets.receiveDatagram(socket.fd.raw, upTo: count, flags: flags | Int32(MSG_DONTWAIT))
+        } catch {
+            guard waits, error.errno == .resourceTemporarilyUnavailable else {
+                return answer.fail(error.errno.rawValue)
+            }
+            // A blocking recvfrom with nothing queued yet: the loop waits for the next datagram.
+            return loop.execute { [self] in
+                loop.whenReady(socket.fd.raw, for: .readable) { [self] _ in
+                    guard listener.isPending(notification.id) else { return answer.gone() }
+                    receive(notification, socket: socket, peers: peers, flags: flags, waits: waits, answer)
+                }
+            }
+        }
+        let sender = received.sender.map { sender in
+            (sender.unmapped.isLoopback ? sender.port.flatMap { peers[$0] } : nil)?.seen(byFamily: socket.facts.family)
+                ?? sender
+        }
+        if let sender, arguments[4] != 0, arguments[5] != 0 {
+            let memory = ProcessMemory(pid: notification.pid)
+            guard let room = try? memory.readable(at: arguments[5], count: 4) else { return answer.fail(EFAULT) }
+            let capacity = Int(room.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+            let address = sender.bytes
+            let length = withUnsafeBytes(of: UInt32(address.count)) { Array($0) }
+            guard memory.write(Array(address.prefix(capacity)), at: arguments[4]) == 0,
+                memory.write(length, at: arguments[5]) == 0
+            else { return answer.fail(EFAULT) }
+        }
+        answer.write(received.bytes, at: arguments[1], result: Int64(received.length))
+    }
+}
+
+/// One program socket's relays and its socket in the pod.
+final class DatagramFlow: @unchecked Sendable {  // touched only on the serving loop
+    let key: RemoteDatagrams.FlowKey
+    /// Where the relays send: the program socket's address (loopback for a wildcard one).
+    let program: SocketAddress
+    /// By the pod peer's address bytes.
+    var relays: [[UInt8]: PeerRelay] = [:]
+    /// The `datagrams` request of the pod's socket, once one was sent.
+    var stream: UInt32?
+    var lastActive = Clock.monotonic()
+
+    init(key: RemoteDatagrams.FlowKey, program: SocketAddress) {
+        self.key = key
+        self.program = program
+    }
+
+    /// On the loop: the relay standing for `peer`, made on first use.
+    func relay(for peer: SocketAddress, service: RemoteDatagrams) throws(SystemCallError) -> PeerRelay {
+        if let relay = relays[peer.bytes] { return relay }
+        let relay = try PeerRelay(peer: peer, program: program, flow: self, service: service)
+        relays[peer.bytes] = relay
+        service.noteRelay(relay, of: self)
+        return relay
+    }
+}
+
+/// A loopback UDP socket of sysmirror's that stands for one pod peer of one program socket: what the program
+/// sends to it goes to that peer, and what that peer sends comes to the program from it.
+final class PeerRelay: @unchecked Sendable {  // touched only on the serving loop
+    let peer: SocketAddress
+    let fd: SharedDescriptor
+    let address: SocketAddress
+    var port: UInt16 { address.port ?? 0 }
+    private weak var flow: DatagramFlow?
+    private weak var service: RemoteDatagrams?
+    private var registration: EventLoop.Registration?
+
+    init(peer: SocketAddress, program: SocketAddress, flow: DatagramFlow, service: RemoteDatagrams)
+        throws(SystemCallError)
+    {
+        self.peer = peer
+        self.flow = flow
+        self.service = service
+        let family = program.family
+        fd = SharedDescriptor(
+            try Sockets.make(family: family, type: Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)))
+        try Sockets.bind(fd.raw, to: .loopback(family: family))
+        try Sockets.connect(fd.raw, to: program)
+        address = try Sockets.localAddress(fd.raw)
+        registration = try service.loop.register(fd.raw, for: .readable) { [weak self] _ in self?.readAll() }
+    }
+
+    /// What the program sent to this peer, each datagram delivered.
+    private func readAll() {
+        guard let flow, let service else { return }
+        while true {
+            do throws(SystemCallError) {
+                let datagram = try Sockets.receive(fd.raw, upTo: 65536, flags: Int32(MSG_DONTWAIT))
+                service.deliver(datagram, on: flow, to: self)
+            } catch {
+                // ECONNREFUSED: an earlier datagram to the program found its socket closed.
+                if error.errno == .connectionRefused { service.end(flow) }
+                return
+            }
+        }
+    }
+
+    /// On the loop: a datagram to the program; its socket being gone ends the flow.
+    func send(_ payload: [UInt8]) {
+        guard registration != nil else { return }
+        do throws(SystemCallError) {
+            _ = try Sockets.send(fd.raw, payload[...], flags: Int32(MSG_DONTWAIT))
+        } catch {
+            if error.errno == .connectionRefused, let flow, let service { service.end(flow) }
+        }
+    }
+
+    func stop() {
+        if let registration, let service { service.loop.deregister(registration) }
+        registration = nil
+    }
+}

@@ -1,0 +1,136 @@
+import Foundation
+import Testing
+
+/// UDP and DNS in a cluster session: the agent on TCP reached through a port-forward stand-in
+/// (ForwardedAgent), which cannot pass sockets, so datagrams and lookups travel on the link. Every kind of
+/// resolver the issue names, each program also run without sysmirror, where it must fail.
+@Suite("UDP and DNS through a port-forward", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class ClusterLinkTests {
+    let pod: PodStandIn
+    let forwarded: ForwardedAgent
+    let fixtures = Fixtures.shared
+    typealias Service = PodStandIn.Service
+
+    init() throws {
+        pod = try PodStandIn(network: true)
+        do {
+            forwarded = try ForwardedAgent(in: pod)
+        } catch {
+            pod.tearDown()
+            throw error
+        }
+    }
+
+    deinit {
+        forwarded.stop()
+        pod.tearDown()
+    }
+
+    func traced(_ program: [String], checkDirect: Bool = true) throws -> (Outcome, [String]) {
+        if checkDirect {
+            let direct = try pod.direct(program)
+            #expect(direct.status != 0 || direct.stdout.isEmpty, "\(program) reached the pod without sysmirror")
+        }
+        return try pod.trace(program, agentAddress: forwarded.address)
+    }
+
+    @Test("UDP from Python: sendto and recvfrom with the pod peer's address, and a connected socket")
+    func pythonUDP() throws {
+        let script = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b'ping', ('\(Service.echo)', 7))
+            data, peer = s.recvfrom(100)
+            print(data.decode(), peer[0], peer[1])
+            s.sendto(b'again', ('\(Service.echo)', 7))
+            print(s.recv(100).decode())
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.settimeout(5)
+            c.connect((socket.gethostbyname('echo'), 7))
+            c.send(b'pong')
+            print(c.recv(100).decode())
+            """
+        let (outcome, log) = try traced(["python3", "-c", script])
+        #expect(outcome.stdout == "echo ping \(Service.echo) 7\necho again\necho pong\n", "\(outcome.stderr)")
+        #expect(log.contains { $0.contains("recvfrom(") && $0.contains("→ remote") })
+    }
+
+    @Test("UDP from a static Go program and from socat")
+    func goAndSocatUDP() throws {
+        let (go, _) = try traced([fixtures.path("gofixture"), "udp", "\(Service.echo):7", "from go"])
+        #expect(go.stdout == "echo from go\n", "\(go.stderr)")
+        let (socat, _) = try pod.trace(
+            ["socat", "-T", "5", "-", "UDP:echo.default.svc.cluster.local:7"], agentAddress: forwarded.address,
+            stdin: "from socat\n")
+        #expect(socat.stdout == "echo from socat\n", "\(socat.stderr)")
+    }
+
+    @Test("Lookups of short and full names: glibc, Go, musl and busybox, each answered by the pod's DNS")
+    func resolvers() throws {
+        let script = """
+            import socket
+            for name in ['web', 'web.default.svc.cluster.local', 'redis.default', 'web']:
+                print(name, sorted({a[4][0] for a in socket.getaddrinfo(name, 80, socket.AF_INET)}))
+            """
+        let (glibc, log) = try traced(["python3", "-c", script])
+        #expect(
+            glibc.stdout == """
+                web ['\(Service.web)']
+                web.default.svc.cluster.local ['\(Service.web)']
+                redis.default ['\(Service.redis)']
+                web ['\(Service.web)']
+
+                """, "\(glibc.stderr)")
+        #expect(log.contains { $0.contains("\(Service.dns):53") && $0.contains("→ remote") })
+        for name in ["web", "web.default.svc.cluster.local"] {
+            let (go, _) = try traced([fixtures.path("gofixture"), "lookup", name])
+            #expect(go.stdout == "1\n", "Go, \(name): \(go.stderr)")
+        }
+        let (musl, _) = try traced([fixtures.path("musl-lookup"), "web", "echo.default.svc.cluster.local"])
+        #expect(musl.stdout == "web 1\necho.default.svc.cluster.local 1\n", "\(musl.stderr)")
+        let (busybox, _) = try traced(["/bin/busybox", "nslookup", "web.default.svc.cluster.local"])
+        #expect(busybox.stdout.contains("Address: \(Service.web)"), "\(busybox.stdout)\(busybox.stderr)")
+    }
+
+    @Test("An answer too large for UDP: glibc and Go retry over TCP and get every address")
+    func truncatedAnswer() throws {
+        let (go, _) = try traced([fixtures.path("gofixture"), "lookup", "many"])
+        #expect(go.stdout == "\(Service.manyAddresses)\n", "\(go.stderr)")
+        let script =
+            "import socket; print(len({a[4][0] for a in socket.getaddrinfo('many', 80, socket.AF_INET, socket.SOCK_STREAM)}))"
+        let (python, log) = try traced(["python3", "-c", script])
+        #expect(python.stdout == "\(Service.manyAddresses)\n", "\(python.stderr)")
+        #expect(
+            log.contains { $0.contains("connect(") && $0.contains("\(Service.dns):53") && $0.contains("pod's DNS") })
+    }
+
+    @Test("A name the pod's DNS says does not exist fails at once, in glibc, Go and musl")
+    func negativeAnswers() throws {
+        let started = Date()
+        let script = """
+            import socket
+            try:
+                socket.getaddrinfo('nowhere.default.svc.cluster.local', 80)
+                print('found')
+            except socket.gaierror as error:
+                print('not found')
+            """
+        let (glibc, _) = try traced(["python3", "-c", script], checkDirect: false)
+        #expect(glibc.stdout == "not found\n", "\(glibc.stderr)")
+        let (go, _) = try traced(
+            [fixtures.path("gofixture"), "lookup", "nowhere.default.svc.cluster.local"], checkDirect: false)
+        #expect(go.status != 0 && go.stderr.contains("no such host"), "\(go.stdout)\(go.stderr)")
+        let (musl, _) = try traced(
+            [fixtures.path("musl-lookup"), "nowhere.default.svc.cluster.local"], checkDirect: false)
+        #expect(musl.stdout.hasPrefix("nowhere.default.svc.cluster.local error:"), "\(musl.stdout)")
+        // A resolver that waited for its timeout (5 s per try) would take far longer.
+        #expect(Date().timeIntervalSince(started) < 15)
+    }
+
+    @Test("200 concurrent connections by name from a Go program, every response checked")
+    func manyConnections() throws {
+        let (outcome, _) = try traced([fixtures.path("gofixture"), "gets", "200", "http://web:8080/"])
+        #expect(outcome.stdout == "ok 200\n", "\(outcome.stderr)")
+    }
+}
