@@ -80,6 +80,8 @@ public final class AgentClient: Sendable {
     private let reader = Mutex<ThreadHandle?>(nil)
     /// Told each time the link breaks (once for good, or at every cut of a resumable one).
     private let failureWatchers = Mutex<[@Sendable (String) -> Void]>([])
+    /// Told each time a resumable link is back.
+    private let resumeWatchers = Mutex<[@Sendable () -> Void]>([])
 
     /// How a link that breaks comes back (a port-forward that drops and is restarted on the same local
     /// port): the client connects again to the same address with the same token, and requests made
@@ -133,12 +135,30 @@ public final class AgentClient: Sendable {
         to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, resumption: Resumption? = nil,
         logger: Logger
     ) throws(AgentConnectError) -> AgentClient {
+        try connect(
+            to: address, token: token, timeoutSeconds: timeoutSeconds, resumption: resumption, logger: logger,
+            asking: []
+        )
+        .client
+    }
+
+    /// Connects and authenticates, with `first` sent beside the hello in one write: over a link of some
+    /// latency, a session's first requests then cost no round trip beyond the handshake's. Blocks until the
+    /// session is open and `first` are answered (or have failed).
+    public static func connect(
+        to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, resumption: Resumption? = nil,
+        logger: Logger, asking first: [Request]
+    ) throws(AgentConnectError) -> (client: AgentClient, answers: [Result<Response, AgentCallError>]) {
+        let pipelined = first.enumerated().flatMap { Frame.encode(.request(id: UInt32($0.offset + 1), $0.element)) }
         let (socket, welcome, buffer) = try LinkSocket.openSession(
-            to: address, token: token, timeoutSeconds: timeoutSeconds)
+            to: address, token: token, timeoutSeconds: timeoutSeconds, pipelined: pipelined)
         let wakeUp = sysm_eventfd()
         let client = AgentClient(
             address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, resumption: resumption,
             logger: logger)
+        // Their ids were taken above; their answers may be in `buffer` already, so they wait before the reader starts.
+        let calls = first.indices.map { client.expect(id: UInt32($0 + 1)) }
+        client.requests.withLock { $0.nextID = UInt32(first.count + 1) }
         do {
             let handshakeRest = buffer
             var thread: ThreadHandle? = try ThreadHandle.start(name: "sysmirror-link") {
@@ -150,7 +170,7 @@ public final class AgentClient: Sendable {
             Glibc.close(wakeUp)
             throw .unreachable(address, "could not start the link's thread: \(error)")
         }
-        return client
+        return (client, calls.map { $0() })
     }
 
     // MARK: Sending
@@ -195,9 +215,23 @@ public final class AgentClient: Sendable {
 
     /// Sends `request` and waits for its single response (for the session's start, not the hot path).
     public func call(_ request: Request) throws(AgentCallError) -> Response {
+        let (handler, wait) = Self.singleResponse()
+        send(request, handler: handler)
+        return try wait().get()
+    }
+
+    /// Registers a handler for request `id`, sent already; returns what waits for its single response.
+    func expect(id: UInt32) -> () -> Result<Response, AgentCallError> {
+        let (handler, wait) = Self.singleResponse()
+        requests.withLock { $0.pending[id] = Pending(handler: handler, lastHeard: Clock.monotonic()) }
+        return wait
+    }
+
+    /// A handler that takes one response, and what waits for it.
+    private static func singleResponse() -> (Handler, () -> Result<Response, AgentCallError>) {
         let result = Mutex<Result<Response, AgentCallError>?>(nil)
         let done = Latch()
-        send(request) { reply in
+        let handler: Handler = { reply in
             let outcome: Result<Response, AgentCallError> =
                 switch reply {
                 case .response(let response): .success(response)
@@ -208,8 +242,13 @@ public final class AgentClient: Sendable {
             done.signal()
             return .complete
         }
-        done.wait()
-        return try result.withLock { $0! }.get()
+        return (
+            handler,
+            {
+                done.wait()
+                return result.withLock { $0! }
+            }
+        )
     }
 
     /// Writes what it can now, in order behind anything queued; the reader thread flushes the rest.
@@ -262,6 +301,18 @@ public final class AgentClient: Sendable {
             (socket, buffer) = (resumed, rest)
             return true
         }
+        /// Hands on every whole message read so far; false when one is malformed (the link then failed).
+        func deliverBuffered() -> Bool {
+            do {
+                while let message = try buffer.next() { received(message) }
+                return true
+            } catch {
+                failAll("the agent sent a malformed frame: \(error)")
+                return false
+            }
+        }
+        // Answers to requests sent with the hello may have come in the welcome's read.
+        guard deliverBuffered() else { return }
         while true {
             let closing = outbound.withLock { $0.closing }
             if closing { return failAll("the session closed") }
@@ -284,14 +335,14 @@ public final class AgentClient: Sendable {
                 case .closed:
                     if broke("the link to the agent closed") { continue } else { return }
                 case .failed(let errno):
-                    if broke("the link to the agent failed: \(String(cString: strerror(errno)))") { continue } else { return }
+                    if broke("the link to the agent failed: \(String(cString: strerror(errno)))") {
+                        continue
+                    } else {
+                        return
+                    }
                 case .filled, .wouldBlock: break
                 }
-                do {
-                    while let message = try buffer.next() { received(message) }
-                } catch {
-                    return failAll("the agent sent a malformed frame: \(error)")
-                }
+                guard deliverBuffered() else { return }
             }
             let now = Clock.monotonic()
             if now - lastTimeoutCheck > 1_000_000_000 {
@@ -327,7 +378,9 @@ public final class AgentClient: Sendable {
         var delay: UInt64 = 100_000_000
         while Clock.monotonic() < deadline {
             if outbound.withLock({ $0.closing }) { break }
-            if let (socket, _, buffer) = try? LinkSocket.openSession(to: address, token: resumption.token, timeoutSeconds: 5) {
+            if let (socket, _, buffer) = try? LinkSocket.openSession(
+                to: address, token: resumption.token, timeoutSeconds: 5)
+            {
                 outbound.withLock { $0.socket = socket }
                 let now = Clock.monotonic()
                 requests.withLock { state in
@@ -335,6 +388,7 @@ public final class AgentClient: Sendable {
                 }
                 logger.notice("the link to the agent at \(address) is back")
                 signalReader()  // what waited in the queue goes out on the loop's next turn
+                for watcher in resumeWatchers.withLock({ $0 }) { watcher() }
                 return (socket, buffer)
             }
             // Woken early only by close().
@@ -406,6 +460,12 @@ public final class AgentClient: Sendable {
         if first {
             for watcher in failureWatchers.withLock({ $0 }) { watcher(reason) }
         }
+    }
+
+    /// Calls `body` (on the link's thread) each time a resumable link is back after a cut: what the session
+    /// had in the agent (its ports, above all) went with the old connection, and is asked for again.
+    public func whenLinkIsBack(_ body: @escaping @Sendable () -> Void) {
+        resumeWatchers.withLock { $0.append(body) }
     }
 
     /// Calls `body` (on the link's thread) when the link breaks, with the reason (at each cut of a resumable

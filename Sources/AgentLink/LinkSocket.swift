@@ -67,13 +67,14 @@ enum LinkSocket {
         do throws(SystemCallError) {
             let fd = try Sockets.make(
                 family: address.family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
-            if case .unix = address {} else {
+            if case .unix = address {
+            } else {
                 try Sockets.setNoDelay(fd.raw)
                 try Sockets.setOption(fd.raw, SO_KEEPALIVE, 1)
             }
             do throws(SystemCallError) {
                 try Sockets.connect(fd.raw, to: address)
-            } catch where error.errno == .nowInProgress || error.errno == .resourceTemporarilyUnavailable {
+            } catch  where error.errno == .nowInProgress || error.errno == .resourceTemporarilyUnavailable {
                 // Under way: writable when it is done.
             } catch {
                 throw error
@@ -118,8 +119,9 @@ enum LinkSocket {
     }
 
     /// Connects and completes the handshake: the socket, the agent's description from its welcome, and
-    /// whatever was read after the welcome. On failure the socket is closed.
-    static func openSession(to address: AgentAddress, token: [UInt8], timeoutSeconds: Int)
+    /// whatever was read after the welcome. `pipelined` frames go with the hello, in the same write, so
+    /// their answers come in the handshake's round trip. On failure the socket is closed.
+    static func openSession(to address: AgentAddress, token: [UInt8], timeoutSeconds: Int, pipelined: [UInt8] = [])
         throws(AgentConnectError) -> (socket: Int32, agent: String, buffer: FrameBuffer)
     {
         let deadline = Clock.monotonic() + UInt64(timeoutSeconds) * 1_000_000_000
@@ -131,7 +133,8 @@ enum LinkSocket {
         }
         var buffer = FrameBuffer()
         do {
-            try writeAll(socket, Frame.encode(.hello(version: protocolVersion, token: token)), deadline: deadline)
+            try writeAll(
+                socket, Frame.encode(.hello(version: protocolVersion, token: token)) + pipelined, deadline: deadline)
             switch try buffer.readMessage(from: socket, deadline: deadline) {
             case .welcome(_, let agent)?:
                 return (socket, agent, buffer)

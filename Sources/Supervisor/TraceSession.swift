@@ -158,22 +158,25 @@ public final class TraceSession: Sendable {
         return status
     }
 
-    /// Opens the session with the agent: the handshake, then the pod's hostname and environment, which is
-    /// merged into `environment`. Fails before anything runs when the agent cannot be used.
+    /// Opens the session with the agent: the handshake, with the pod's hostname and environment asked in the
+    /// same round trip; the environment is merged into `environment`. Fails before anything runs when the
+    /// agent cannot be used.
     private func connect(_ remote: RemoteOptions, environment: inout [String]) throws(TraceFailure) -> Link {
         let client: AgentClient
+        let answers: [Result<Response, AgentCallError>]
         do {
             // Over TCP (a port-forward, which drops and is restarted), a broken link is connected again.
             var resumption: AgentClient.Resumption?
             if case .tcp = remote.address { resumption = AgentClient.Resumption(token: remote.token) }
-            client = try AgentClient.connect(
-                to: remote.address, token: remote.token, resumption: resumption, logger: logger)
+            (client, answers) = try AgentClient.connect(
+                to: remote.address, token: remote.token, resumption: resumption, logger: logger,
+                asking: [.hostname] + (remote.environment != nil ? [.environment] : []))
         } catch {
             throw .agent(error.description)
         }
         do {
-            let hostname = try client.call(.hostname)
-            let podEnvironment = try remote.environment.map { _ in try client.call(.environment) }
+            let hostname = try answers[0].get()
+            let podEnvironment = try answers.dropFirst().first?.get()
             guard case .text(let name) = hostname else { throw AgentCallError("unexpected answer \(hostname)") }
             if let merge = remote.environment, case .environment(let entries)? = podEnvironment {
                 environment = merge.merge(local: environment, pod: entries.map { String(decoding: $0, as: UTF8.self) })
