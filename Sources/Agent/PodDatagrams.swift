@@ -18,6 +18,7 @@ extension SessionHandler {
             return reply(context, id, .failure(errno: EAFNOSUPPORT, message: "not IPv4 or IPv6"))
         }
         let session = context.channel
+        datagramsWaiting[id] = []
         let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
         DatagramBootstrap(group: context.eventLoop)
             .channelInitializer { channel in
@@ -28,16 +29,19 @@ extension SessionHandler {
             .bind(host: family == AF_INET ? "0.0.0.0" : "::", port: 0)
             .whenComplete { result in
                 let (handler, context) = bound.value
+                // Nil: the client cancelled the request meanwhile.
+                let waiting = handler.datagramsWaiting.removeValue(forKey: id)
                 switch result {
                 case .failure(let error):
                     handler.reply(context, id, .failure(errno: Self.errno(of: error), message: "\(error)"))
                 case .success(let channel):
-                    guard session.isActive else {
+                    guard session.isActive, let waiting else {
                         channel.close(promise: nil)
                         return
                     }
                     handler.datagramSockets[id] = channel
                     handler.reply(context, id, .done)
+                    for chunk in waiting { handler.sendDatagram(chunk, on: channel) }
                 }
             }
     }

@@ -1,3 +1,4 @@
+import CSysmirror  // Glibc alone does not show MSG_DONTWAIT in release builds
 import LinuxSystem
 import NameResolution
 import SyscallDecoding

@@ -43,6 +43,8 @@ final class SessionHandler: ChannelInboundHandler {
     private var uploads: [UInt32: Upload] = [:]
     /// The pod's UDP sockets of `datagrams` requests, by request (PodDatagrams.swift).
     var datagramSockets: [UInt32: any Channel] = [:]
+    /// Datagrams that came while their request's socket was being bound: sent once it is.
+    var datagramsWaiting: [UInt32: [[UInt8]]] = [:]
     private let cancelled = CancelledStreams()
     private var handshakeDeadline: Scheduled<Void>?
     private var requests = 0
@@ -80,6 +82,7 @@ final class SessionHandler: ChannelInboundHandler {
         uploads = [:]
         for (_, socket) in datagramSockets { socket.close(promise: nil) }
         datagramSockets = [:]
+        datagramsWaiting = [:]
         cancelled.ids.withLock { $0 = [] }
         silenceCheck?.cancel()
         if let incoming { pool.submit { _ in incoming.end() } }
@@ -126,13 +129,17 @@ final class SessionHandler: ChannelInboundHandler {
         case (.open, .chunk(let id, let bytes)):
             if let socket = datagramSockets[id] {
                 sendDatagram(bytes, on: socket)
+            } else if datagramsWaiting[id] != nil {
+                datagramsWaiting[id]!.append(bytes)
             } else {
                 write(bytes, to: id, context: context)
             }
         case (.open, .end(let id)):
+            datagramsWaiting[id] = nil
             datagramSockets.removeValue(forKey: id)?.close(promise: nil)
             finishUpload(id, context: context)
         case (.open, .cancel(let id)):
+            datagramsWaiting[id] = nil
             datagramSockets.removeValue(forKey: id)?.close(promise: nil)
             cancelled.ids.withLock { _ = $0.insert(id) }
             if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }

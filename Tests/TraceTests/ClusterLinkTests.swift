@@ -61,7 +61,8 @@ final class ClusterLinkTests {
         let (go, _) = try traced([fixtures.path("gofixture"), "udp", "\(Service.echo):7", "from go"])
         #expect(go.stdout == "echo from go\n", "\(go.stderr)")
         let (socat, _) = try pod.trace(
-            ["socat", "-T", "5", "-", "UDP:echo.default.svc.cluster.local:7"], agentAddress: forwarded.address,
+            ["socat", "-T", "5", "-t", "5", "-", "UDP:echo.default.svc.cluster.local:7"],
+            agentAddress: forwarded.address,
             stdin: "from socat\n")
         #expect(socat.stdout == "echo from socat\n", "\(socat.stderr)")
     }
@@ -132,5 +133,64 @@ final class ClusterLinkTests {
     func manyConnections() throws {
         let (outcome, _) = try traced([fixtures.path("gofixture"), "gets", "200", "http://web:8080/"])
         #expect(outcome.stdout == "ok 200\n", "\(outcome.stderr)")
+    }
+}
+
+/// The same through a link 10 ms away each way (the delaying port-forward stand-in): correct under latency,
+/// and the stand-in itself holds to its delays (its own tests, loopback only).
+@Suite("A cluster session 10 ms away", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class DistantClusterTests {
+    let pod: PodStandIn
+    let forwarded: ForwardedAgent
+    let fixtures = Fixtures.shared
+    typealias Service = PodStandIn.Service
+
+    init() throws {
+        pod = try PodStandIn(network: true)
+        do {
+            forwarded = try ForwardedAgent(in: pod, delayMilliseconds: 10)
+        } catch {
+            pod.tearDown()
+            throw error
+        }
+    }
+
+    deinit {
+        forwarded.stop()
+        pod.tearDown()
+    }
+
+    @Test("Files, lookups, UDP and HTTP by name, from Python and Go, each right")
+    func everythingUnderLatency() throws {
+        let script = """
+            import socket, urllib.request
+            print(open('/config/app.yaml').read(), end='')
+            print(sorted({a[4][0] for a in socket.getaddrinfo('web', 80, socket.AF_INET)}))
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b'ping', ('echo', 7))
+            print(s.recvfrom(100))
+            print(urllib.request.urlopen('http://web:8080/').read().decode(), end='')
+            """
+        let (python, _) = try pod.trace(["python3", "-c", script], agentAddress: forwarded.address)
+        #expect(
+            python.stdout == """
+                listen: 8080
+                mode: pod
+                ['\(Service.web)']
+                (b'echo ping', ('\(Service.echo)', 7))
+                \(Service.webBody)
+                """, "\(python.stderr)")
+        let (go, _) = try pod.trace(
+            [fixtures.path("gofixture"), "gets", "50", "http://web.default.svc.cluster.local:8080/"],
+            agentAddress: forwarded.address)
+        #expect(go.stdout == "ok 50\n", "\(go.stderr)")
+    }
+
+    @Test("The delaying stand-in's own tests")
+    func standIn() throws {
+        let folder = Fixtures.packageRoot.appendingPathComponent("Tests/Fixtures/delaying-forward")
+        let result = try Run.process(["python3", "-B", "test_delaying_forward.py"], directory: folder, timeout: 180)
+        #expect(result.status == 0, "\(result.stderr)")
     }
 }
