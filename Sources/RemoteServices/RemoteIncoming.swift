@@ -87,6 +87,10 @@ package final class RemoteIncoming: Sendable {
         self.listener = listener
         self.log = log
         self.logger = logger
+        // The agent gave the ports back when the old connection closed: they are taken again.
+        client.whenLinkIsBack { [self] in
+            for (inode, entry) in listening.withLock({ $0 }) { subscribe(entry, inode: inode, answer: nil) }
+        }
     }
 
     // MARK: listen
@@ -119,11 +123,14 @@ package final class RemoteIncoming: Sendable {
             answer.succeed(0)  // listening already: a second listen only changes the backlog
             return true
         }
-        subscribe(Listening(podPort: podPort, mode: rules.mode, address: address.connectable), inode: inode, answer: answer)
+        subscribe(
+            Listening(podPort: podPort, mode: rules.mode, address: address.connectable), inode: inode, answer: answer)
         return true
     }
 
-    private func subscribe(_ entry: Listening, inode: UInt64, answer: PendingCall) {
+    /// Takes the pod's port for `entry`; `answer` is the program's listen, nil when the port is taken again
+    /// after the link came back.
+    private func subscribe(_ entry: Listening, inode: UInt64, answer: PendingCall?) {
         let subscription = IncomingSubscription(
             port: entry.podPort, mode: entry.mode == .steal ? .steal : .mirror,
             headerPattern: entry.mode == .steal ? rules.headerPattern : "",
@@ -138,9 +145,15 @@ package final class RemoteIncoming: Sendable {
                 listening.withLock { $0[inode] = entry }
                 startPinging()
                 if entry.mode == .steal, !subscription.filtersHTTP, let sockets {
-                    loop.execute { [self] in takeOver(entry, inode: inode, request: request.load(ordering: .relaxed), from: sockets) }
+                    loop.execute { [self] in
+                        takeOver(entry, inode: inode, request: request.load(ordering: .relaxed), from: sockets)
+                    }
                 }
-                answer.succeed(0, note: "port \(entry.podPort) of the pod: \(how)")
+                if let answer {
+                    answer.succeed(0, note: "port \(entry.podPort) of the pod: \(how)")
+                } else {
+                    logger.notice("port \(entry.podPort) of the pod is \(how) again")
+                }
                 return .waitingOnClient
             case .response(.mirror(let events)):
                 mirror(events, to: entry, inode: inode, request: request.load(ordering: .relaxed))
@@ -152,16 +165,16 @@ package final class RemoteIncoming: Sendable {
             case .response(.failure(_, let message)):
                 if first {
                     logger.warning("port \(entry.podPort) of the pod stays the pod's: \(message)")
-                    answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(message)")
+                    answer?.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(message)")
                 }
                 return .complete
             case .linkFailure(let reason):
-                if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(reason)") }
+                if first { answer?.succeed(0, note: "port \(entry.podPort) of the pod not taken: \(reason)") }
                 feed.post([.linkLost])
                 loop.execute { [self] in releasePodListener(of: inode) }
                 return .complete
             case .response, .chunk, .end:
-                if first { answer.succeed(0, note: "port \(entry.podPort) of the pod not taken: unexpected answer") }
+                if first { answer?.succeed(0, note: "port \(entry.podPort) of the pod not taken: unexpected answer") }
                 return .complete
             }
         }
@@ -322,7 +335,7 @@ package final class RemoteIncoming: Sendable {
         do throws(SystemCallError) {
             try Sockets.connect(fd.raw, to: address)
             return body(true)
-        } catch where error.errno == .nowInProgress {
+        } catch  where error.errno == .nowInProgress {
             // On loopback the handshake is usually over by the time connect returns: no loop turn then.
             if readiness(of: fd.raw, for: Int16(POLLOUT)) != 0 { return body((try? Sockets.pendingError(fd.raw)) == 0) }
         } catch {
@@ -353,12 +366,13 @@ package final class RemoteIncoming: Sendable {
     private func copy(_ id: UInt64, from client: SocketAddress?, to entry: Listening, inode: UInt64, request: UInt32)
         -> MirrorFeed.Event?
     {
-        guard let client, let (local, port) = localEnd(family: entry.family, { _ in .announced(client: client, mode: .mirror) })
+        guard let client,
+            let (local, port) = localEnd(family: entry.family, { _ in .announced(client: client, mode: .mirror) })
         else { return nil }
         var connecting = false
         do throws(SystemCallError) {
             try Sockets.connect(local.raw, to: entry.address)
-        } catch where error.errno == .nowInProgress {
+        } catch  where error.errno == .nowInProgress {
             connecting = true
         } catch {
             forget(port)
@@ -382,7 +396,9 @@ package final class RemoteIncoming: Sendable {
 
     /// A non-blocking socket bound to a loopback port, with what the program's accept is to make of its
     /// connection filed under that port (bound before connecting: the program may accept at once).
-    private func localEnd(family: Int32, _ arrival: (SharedDescriptor) -> Arrival) -> (fd: SharedDescriptor, port: UInt16)? {
+    private func localEnd(family: Int32, _ arrival: (SharedDescriptor) -> Arrival) -> (
+        fd: SharedDescriptor, port: UInt16
+    )? {
         do throws(SystemCallError) {
             let local = SharedDescriptor(
                 try Sockets.make(family: family, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)))
@@ -427,7 +443,9 @@ package final class RemoteIncoming: Sendable {
     /// Serves accept and accept4 on a listening socket whose port the pod's traffic reaches: sysmirror
     /// accepts, and the program gets the connection and the pod client's address. False for any other
     /// socket.
-    package func serveAccept(_ notification: Notification, call: DecodedSyscall?, done: @escaping PendingCall.Completion)
+    package func serveAccept(
+        _ notification: Notification, call: DecodedSyscall?, done: @escaping PendingCall.Completion
+    )
         -> Bool
     {
         guard listening.withLock({ !$0.isEmpty }) else { return false }
@@ -444,7 +462,8 @@ package final class RemoteIncoming: Sendable {
         }
         if acceptIfReady(socket, entry, flags: flags, answer) { return true }
         // A blocking accept: wait on the loop, and let signals through as the kernel would.
-        loop.execute { [self] in AcceptWait.start(on: loop, socket, incoming: self, entry: entry, flags: flags, answer) }
+        loop.execute { [self] in AcceptWait.start(on: loop, socket, incoming: self, entry: entry, flags: flags, answer)
+        }
         return true
     }
 
@@ -558,7 +577,8 @@ final class AcceptWait: @unchecked Sendable {  // touched only on `loop`
         on loop: EventLoop, _ socket: SharedDescriptor, incoming: RemoteIncoming, entry: RemoteIncoming.Listening,
         flags: Int32, _ answer: PendingCall
     ) {
-        let wait = AcceptWait(loop: loop, socket: socket, incoming: incoming, entry: entry, flags: flags, answer: answer)
+        let wait = AcceptWait(
+            loop: loop, socket: socket, incoming: incoming, entry: entry, flags: flags, answer: answer)
         do {
             wait.registration = try loop.register(socket.raw, for: .readable) { _ in wait.readable() }
         } catch {
@@ -610,7 +630,8 @@ final class PodListener: Sendable {
         throws(SystemCallError) -> PodListener
     {
         let listener = PodListener(socket: socket, loop: loop)
-        let made = try loop.register(socket.raw, for: [.readable, .oneShot]) { [unowned listener] _ in handler(listener) }
+        let made = try loop.register(socket.raw, for: [.readable, .oneShot]) { [unowned listener] _ in handler(listener)
+        }
         listener.registration.withLock { $0 = made }
         return listener
     }

@@ -110,4 +110,29 @@ final class LinkCutTests {
         #expect(outcome.stdout.contains("status 1"), "\(outcome.stdout)")
         #expect(outcome.stderr.contains("did not come back within 30 s"), "\(outcome.stderr)")
     }
+
+    @Test("A stolen port is taken again once the link is back, and the pod's clients reach the program again")
+    func stealAfterCut() throws {
+        let pod = try PodStandIn(incoming: true)
+        pods.append(pod)
+        let forwarded = try ForwardedAgent(in: pod)
+        agents.append(forwarded)
+        let output = fixtures.path("steal-cut-\(pod.name).out"), log = fixtures.path("steal-cut-\(pod.name).log")
+        defer { for file in [output, log] { try? FileManager.default.removeItem(atPath: file) } }
+        let server = try pod.startTrace(
+            [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:8080"], options: ["--incoming", "steal"],
+            output: output, log: log, agentAddress: forwarded.address)
+        defer {
+            kill(server.processIdentifier, SIGTERM)
+            server.waitUntilExit()
+        }
+        func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+        try PodStandIn.waitUntil("the stolen port") { text(log).contains("port 8080 of the pod: stolen") }
+        #expect(try pod.client(["GET /before"]).first?.hasPrefix("local ") == true)
+        forwarded.cut()
+        sleep(1)
+        try forwarded.restore()
+        try PodStandIn.waitUntil("the port taken again", timeout: 20) { text(output).contains("is stolen again") }
+        #expect(try pod.client(["GET /after"]).first?.hasPrefix("local ") == true, "\(text(output))")
+    }
 }

@@ -274,9 +274,12 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     }
 
     /// `sysmirror trace --agent` as nobody in the developer's namespace, left running: a server.
-    func startTrace(_ program: [String], options: [String], output: String, log: String) throws -> Process {
+    func startTrace(_ program: [String], options: [String], output: String, log: String, agentAddress: String? = nil)
+        throws -> Process
+    {
         var command = [
-            Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", "unix:\(socket)", "--token-file", tokenFile,
+            Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", agentAddress ?? "unix:\(socket)", "--token-file",
+            tokenFile,
         ]
         command += options + ["--"] + program
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"] + command
