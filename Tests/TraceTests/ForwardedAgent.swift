@@ -1,9 +1,11 @@
 import Foundation
 
 /// An agent on TCP in a pod stand-in, reached as through `kubectl port-forward`: the port-forward stand-in
-/// of bench/Sources (two socat hops, tcp → unix → tcp, each listening with a backlog of 1,024). The agent
-/// listens on 127.0.0.1:7000 in the pod's namespace; the trace reaches it at `address`, 127.0.0.1:7001 in
-/// the developer's. `cut` ends the developer's hop and every connection through it, as a port-forward that
+/// of bench/Sources (two socat hops, tcp → unix → tcp, each listening with a backlog of 1,024), or with
+/// `delayMilliseconds`, a developer's hop that holds every chunk that long each way and sets up each new
+/// connection in two round trips, as kubectl does (Tests/Fixtures/delaying-forward). The agent listens on
+/// 127.0.0.1:7000 in the pod's namespace; the trace reaches it at `address`, 127.0.0.1:7001 in the
+/// developer's. `cut` ends the developer's hop and every connection through it, as a port-forward that
 /// drops; `restore` starts it again on the same port, as sysmirror's restart of one does.
 final class ForwardedAgent {
     let pod: PodStandIn
@@ -12,9 +14,11 @@ final class ForwardedAgent {
     private let agent: Process
     private var podHop: SpawnedService?
     private var developerHop: SpawnedService?
+    private let delayMilliseconds: Int?
 
-    init(in pod: PodStandIn) throws {
+    init(in pod: PodStandIn, delayMilliseconds: Int? = nil) throws {
         self.pod = pod
+        self.delayMilliseconds = delayMilliseconds
         relay = Fixtures.shared.path("forward-\(pod.name).sock")
         agent = try PodStandIn.start(
             [
@@ -37,10 +41,22 @@ final class ForwardedAgent {
 
     /// The developer's hop, listening again on 127.0.0.1:7001.
     func restore() throws {
-        developerHop = try SpawnedService([
-            "ip", "netns", "exec", pod.developerNamespace, "socat",
-            "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay", "UNIX-CONNECT:\(relay)",
-        ])
+        let inDeveloper = ["ip", "netns", "exec", pod.developerNamespace]
+        if let delayMilliseconds {
+            let script = Fixtures.packageRoot.appendingPathComponent(
+                "Tests/Fixtures/delaying-forward/delaying_forward.py")
+            developerHop = try SpawnedService(
+                inDeveloper + [
+                    "python3", script.path, "--listen", "127.0.0.1:7001", "--connect", "unix:\(relay)", "--delay-ms",
+                    "\(delayMilliseconds)",
+                ])
+        } else {
+            developerHop = try SpawnedService(
+                inDeveloper + [
+                    "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
+                    "UNIX-CONNECT:\(relay)",
+                ])
+        }
         try PodStandIn.waitUntil("the port-forward stand-in") {
             Self.listening(pod.developerNamespace, port: 7001) && FileManager.default.fileExists(atPath: relay)
         }

@@ -13,8 +13,10 @@ struct Options {
     var rounds = 5
     var iterations = 100_000
     var busy = false
-    /// Only this section: outgoing, incoming or resources (they need root), or loops.
+    /// Only this section: outgoing, incoming, resources or cluster (they need root), or loops.
     var only: String?
+    /// `--only cluster`: another sysmirror build, measured beside the first (before and after, in one run).
+    var baselineSysmirror: String?
 
     static func parse(_ arguments: [String]) -> Options {
         var options = Options()
@@ -27,15 +29,18 @@ struct Options {
             case "--quick": (options.rounds, options.iterations) = (3, 30_000)
             case "--busy": options.busy = true
             case "--only": options.only = rest.popFirst()
+            case "--baseline-sysmirror": options.baselineSysmirror = rest.popFirst()
             default:
                 print(
-                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources|loops]"
+                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources|loops|cluster] [--baseline-sysmirror BIN]"
                 )
                 print("  --quick  fewer rounds and iterations")
                 print("  --busy   keep the other CPU busy with a spinning process during the run")
                 print("  --only   run one section of network traffic alone")
                 print("           (resources: sysmirror's threads and memory over a long session;")
-                print("           loops: the serving loop's relay, own epoll against SwiftNIO)")
+                print("           loops: the serving loop's relay, own epoll against SwiftNIO;")
+                print("           cluster: round trips per operation through a delaying port-forward stand-in)")
+                print("  --baseline-sysmirror  with --only cluster: another build beside BIN, in one run")
                 exit(argument == "--help" ? 0 : 2)
             }
         }
@@ -156,7 +161,8 @@ if let only = options.only {
     case "incoming": try incomingTraffic()
     case "resources": try resourcesOfLongSessions()
     case "loops": try servingLoops()
-    default: print("--only takes outgoing, incoming, resources or loops, not \(only)")
+    case "cluster": try clusterLink()
+    default: print("--only takes outgoing, incoming, resources, loops or cluster, not \(only)")
     }
     try? FileManager.default.removeItem(atPath: work)
     spinner?.terminate()  // exit runs no defer
