@@ -17,12 +17,17 @@ public enum AgentServer {
         public var token: SessionToken
         /// The agent exits after this long with no session (and at start, if none comes).
         public var idleTimeout: TimeAmount
+        /// At most this many inotify watches for the sessions' file caches (the kernel has its own limit too).
+        public var watchLimit: Int
 
-        public init(listen: AgentAddress, target: Target, token: SessionToken, idleTimeout: TimeAmount) {
+        public init(
+            listen: AgentAddress, target: Target, token: SessionToken, idleTimeout: TimeAmount, watchLimit: Int = .max
+        ) {
             self.listen = listen
             self.target = target
             self.token = token
             self.idleTimeout = idleTimeout
+            self.watchLimit = watchLimit
         }
     }
 
@@ -44,6 +49,10 @@ public enum AgentServer {
             loop: group.next(), timeout: configuration.idleTimeout, logger: logger, onExpiry: { finished.succeed() })
         let counter = SessionCounter()
         let registry = IncomingRegistry()
+        // Without inotify (an exhausted instance limit) sessions run without a file cache.
+        let watches = try? FileWatches(limit: configuration.watchLimit)
+        if watches == nil { logger.warning("no inotify instance: sessions' files are not cached") }
+        defer { watches?.close() }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -53,7 +62,7 @@ public enum AgentServer {
                     try channel.pipeline.syncOperations.addHandler(
                         SessionHandler(
                             number: counter.next(), configuration: configuration, pool: pool, registry: registry,
-                            idle: idle, logger: logger))
+                            watches: watches, idle: idle, logger: logger))
                 }
             }
         let server: any Channel

@@ -1,5 +1,6 @@
 import AgentLink
 import AgentProtocol
+import LinuxSystem
 import Logging
 import NIOCore
 import NIOPosix
@@ -32,6 +33,10 @@ final class SessionHandler: ChannelInboundHandler {
     let configuration: AgentServer.Configuration
     let pool: NIOThreadPool
     let registry: IncomingRegistry
+    /// The agent's watches, for a session that keeps answers (`watch`); nil without inotify.
+    let watches: FileWatches?
+    /// The session's `watch` request, once it sent one: the paths it asks about are watched.
+    var watchRequest: UInt32?
     /// The session's incoming traffic, from its first `listen`.
     var incoming: IncomingSession?
     /// When the client was last heard from, and the check that ends a silent session with taken ports.
@@ -52,8 +57,9 @@ final class SessionHandler: ChannelInboundHandler {
 
     init(
         number: Int, configuration: AgentServer.Configuration, pool: NIOThreadPool, registry: IncomingRegistry,
-        idle: IdleTimer, logger: Logger
+        watches: FileWatches?, idle: IdleTimer, logger: Logger
     ) {
+        self.watches = watches
         self.number = number
         self.configuration = configuration
         self.pool = pool
@@ -85,6 +91,7 @@ final class SessionHandler: ChannelInboundHandler {
         datagramsWaiting = [:]
         cancelled.ids.withLock { $0 = [] }
         silenceCheck?.cancel()
+        if watchRequest != nil { watches?.end(session: number) }
         if let incoming { pool.submit { _ in incoming.end() } }
         if state == .stream {
             idle.execute { $0.sessionEnded() }
@@ -200,11 +207,16 @@ final class SessionHandler: ChannelInboundHandler {
         case .hostname:
             reply(context, id, .text(configuration.target.hostname()))
         case .stat(let path, let follow):
+            watch(path, following: follow, context: context)
             reply(context, id, target.stat(path, followSymlinks: follow))
         case .access(let path, let mode):
+            watch(path, following: true, context: context)
             reply(context, id, target.access(path, mode: mode))
         case .readlink(let path):
+            watch(path, following: false, context: context)
             reply(context, id, target.readlink(path))
+        case .watch:
+            startWatching(id, context: context)
         case .ping:
             reply(context, id, .done)
         case .resolve(let server, let questions):
@@ -221,7 +233,9 @@ final class SessionHandler: ChannelInboundHandler {
                 .failure(errno: EOPNOTSUPP, message: "sockets are passed on the socket channel (docs/protocol.md)"))
         case .open(let path, let flags, let mode):
             switch OpenIntent(flags: flags) {
-            case .read: openForReading(id, path: path, flags: flags, context: context)
+            case .read:
+                watch(path, following: flags & O_NOFOLLOW == 0, context: context)
+                openForReading(id, path: path, flags: flags, context: context)
             case .stream: openForWriting(id, path: path, flags: flags, mode: mode, context: context)
             case .readWrite:
                 switch target.openForReadWrite(path, flags: flags, mode: mode) {
@@ -370,4 +384,39 @@ struct FileStream: Sendable {
 /// Streams the client no longer wants, shared with the pool threads that stream.
 final class CancelledStreams: Sendable {
     let ids = Mutex<Set<UInt32>>([])
+}
+
+/// The session's file cache, kept true from here (FileWatches): what the session asks about is watched before
+/// it is answered, so a change after the answer is always told.
+extension SessionHandler {
+    func startWatching(_ id: UInt32, context: ChannelHandlerContext) {
+        guard let watches else {
+            return reply(context, id, .failure(errno: ENOSYS, message: "this agent cannot watch files (no inotify)"))
+        }
+        watchRequest = id
+        let channel = context.channel
+        watches.listen(session: number) { paths in
+            channel.writeAndFlush(Message.response(id: id, .invalidated(paths)), promise: nil)
+        }
+        reply(context, id, .done)
+    }
+
+    /// Watches `path` for a session that keeps answers; when it cannot, says so before the answer goes out.
+    func watch(_ path: [UInt8], following: Bool, context: ChannelHandlerContext) {
+        guard let request = watchRequest, let watches else { return }
+        let directoryPath =
+            path.lastIndex(of: UInt8(ascii: "/")).map { Array(path[..<max($0, 1)]) } ?? [UInt8(ascii: "/")]
+        let object = try? target.lookup(path, flags: GNU.openPath | (following ? 0 : O_NOFOLLOW)).get()
+        defer { try? object?.close() }
+        let reason: String?
+        switch target.lookup(directoryPath, flags: GNU.openPath | O_DIRECTORY) {
+        case .failure(let error): reason = "its directory: \(error.response)"
+        case .success(let directory):
+            defer { try? directory.close() }
+            reason = watches.watch(path, object: object, directory: directory, session: number)
+        }
+        if let reason {
+            context.write(wrapOutboundOut(.response(id: request, .unwatched(path: path, reason: reason))), promise: nil)
+        }
+    }
 }

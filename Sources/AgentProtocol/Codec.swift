@@ -82,9 +82,9 @@ public enum Frame {
         case hello = 0x01, welcome = 0x02, refused = 0x03, protocolError = 0x04
         case environment = 0x10, hostname = 0x11, open = 0x12, stat = 0x13, access = 0x14, readlink = 0x15
         case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A, ping = 0x1B
-        case stolenListener = 0x1C, resolve = 0x1D, datagrams = 0x1E
+        case stolenListener = 0x1C, resolve = 0x1D, datagrams = 0x1E, watch = 0x1F
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
-        case incoming = 0x86, mirror = 0x87, answers = 0x88
+        case incoming = 0x86, mirror = 0x87, answers = 0x88, invalidated = 0x89, unwatched = 0x8A
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2
     }
 
@@ -151,6 +151,12 @@ public enum Frame {
             return .request(id: id, .resolve(server: server, questions: questions))
         case .datagrams: return .request(id: id, .datagrams(family: try need(p.int32(), "datagrams")))
         case .answers: return .response(id: id, .answers(try p.lengthPrefixedList("answers")))
+        case .watch: return .request(id: id, .watch)
+        case .invalidated: return .response(id: id, .invalidated(try p.lengthPrefixedList("invalidated")))
+        case .unwatched:
+            let length = try need(p.uint16(), "unwatched")
+            let path = try need(p.bytes(Int(length)), "unwatched")
+            return .response(id: id, .unwatched(path: path, reason: p.restText()))
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
             return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
@@ -402,6 +408,7 @@ struct ByteWriter {
         case .datagrams(let family):
             header(.datagrams, id)
             integer(family)
+        case .watch: header(.watch, id)
         }
     }
 
@@ -424,6 +431,14 @@ struct ByteWriter {
         case .answers(let messages):
             header(.answers, id)
             lengthPrefixedList(messages)
+        case .invalidated(let paths):
+            header(.invalidated, id)
+            lengthPrefixedList(paths)
+        case .unwatched(let path, let reason):
+            header(.unwatched, id)
+            integer(UInt16(min(path.count, Int(UInt16.max))))
+            buffer.append(contentsOf: path.prefix(Int(UInt16.max)))
+            buffer.append(contentsOf: reason.utf8)
         case .text(let bytes):
             header(.text, id)
             buffer.append(contentsOf: bytes)

@@ -2,7 +2,7 @@ import NameResolution
 
 /// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
 /// with both numbers in the message.
-public let protocolVersion: UInt16 = 3
+public let protocolVersion: UInt16 = 4
 
 /// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
 ///
@@ -98,6 +98,11 @@ public enum Request: Sendable, Equatable {
     /// sockets: answered `done`, then the client's chunks are datagrams to send and the agent's chunks
     /// datagrams received, each a `Datagram`; the socket closes with the client's `cancel` or `end`.
     case datagrams(family: Int32)
+    /// The session keeps answers (its file cache): from now on the agent watches, inside the pod, every path
+    /// it answers `stat`, `access`, `readlink` or a read `open` of a regular file for, and says on this
+    /// request's stream when one changed (`invalidated`), or that it could not watch one (`unwatched`, sent
+    /// before that path's answer). Answered `done` first.
+    case watch
 }
 
 /// One datagram of a `datagrams` stream: where it goes (client → agent) or where it came from (agent →
@@ -183,6 +188,11 @@ public enum Response: Sendable, Equatable {
     case mirror([MirrorEvent])
     /// The answers to a `resolve`, each a whole DNS message, in no set order.
     case answers([[UInt8]])
+    /// On a `watch` stream: these paths (as the client asked for them) may have changed in the pod.
+    case invalidated([[UInt8]])
+    /// On a `watch` stream: this path's next answer cannot be kept (no watch: a limit, or a file system
+    /// without change events), with why.
+    case unwatched(path: [UInt8], reason: String)
 }
 
 /// One step of a mirrored connection's copy.

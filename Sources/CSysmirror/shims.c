@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -76,6 +77,11 @@ int sysm_pipe(int ends[2]) {
 
 int sysm_eventfd(void) {
     return eventfd(0, EFD_CLOEXEC);
+}
+
+long sysm_filesystem_type(int fd) {
+    struct statfs info;
+    return fstatfs(fd, &info) == 0 ? (long)info.f_type : -1;
 }
 
 int sysm_current_cpu(void) {

@@ -21,9 +21,11 @@ public struct SessionConfig: Decodable, Equatable, Sendable {
         public var readOnly: [String]?
         public var readWrite: [String]?
         public var notFound: [String]?
-        static let keys = ["mode", "local", "read_only", "read_write", "not_found"]
+        /// Whether the pod's file answers are kept (default true).
+        public var cache: Bool?
+        static let keys = ["mode", "local", "read_only", "read_write", "not_found", "cache"]
         enum CodingKeys: String, CodingKey {
-            case mode, local
+            case mode, local, cache
             case readOnly = "read_only"
             case readWrite = "read_write"
             case notFound = "not_found"

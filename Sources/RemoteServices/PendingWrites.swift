@@ -1,6 +1,6 @@
 import AgentLink
-import Logging
 import LinuxSystem
+import Logging
 import Synchronization
 import UserNotification
 
@@ -15,6 +15,8 @@ struct OpenContext: Sendable {
     let client: AgentClient
     let directories: RemoteDirectories
     let writes: PendingWrites
+    /// What the session keeps of the pod's answers; nil with `--fs-cache off`.
+    let cache: FileCache?
     let linkWarning: LinkWarning
 
     /// Where large files' contents go (see `ContentFile`).
@@ -49,8 +51,12 @@ final class PendingWrites: Sendable {
     /// Writes under way, for the end of the session to wait for.
     private let underWay: ActivityCount
 
-    init(client: AgentClient, loop: EventLoop, logger: Logger) throws(SystemCallError) {
+    /// What the session keeps of the pod's answers: a write that ended makes the path's stale.
+    let cache: FileCache?
+
+    init(client: AgentClient, cache: FileCache?, loop: EventLoop, logger: Logger) throws(SystemCallError) {
         self.client = client
+        self.cache = cache
         self.loop = loop
         self.logger = logger
         underWay = try ActivityCount()
@@ -98,6 +104,8 @@ final class PendingWrites: Sendable {
             if writes[write.path]!.isEmpty { writes[write.path] = nil }
             return true
         }
+        // Before the waiters go on: the agent's own word of the change may come after its `done`.
+        cache?.forget(write.path)
         write.finish()
         if removed { underWay.end() }
     }

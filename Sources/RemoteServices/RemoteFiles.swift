@@ -34,11 +34,11 @@ package final class RemoteFiles: Sendable {
 
     package init(
         client: AgentClient, listener: NotificationListener, directories: RemoteDirectories, hostname: [UInt8],
-        loop: EventLoop, logger: Logger
+        cache: FileCache? = nil, loop: EventLoop, logger: Logger
     ) throws(SystemCallError) {
         context = OpenContext(
             client: client, directories: directories,
-            writes: try PendingWrites(client: client, loop: loop, logger: logger),
+            writes: try PendingWrites(client: client, cache: cache, loop: loop, logger: logger), cache: cache,
             linkWarning: LinkWarning(logger: logger))
         self.listener = listener
         self.hostname = hostname
@@ -68,7 +68,8 @@ package final class RemoteFiles: Sendable {
 
     /// Serves one call routed remote; `done` is called exactly once, after the program has its answer.
     package func serve(
-        _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?, done: @escaping PendingCall.Completion
+        _ notification: Notification, call: DecodedSyscall?, file: FileCall?, path: [UInt8]?,
+        done: @escaping PendingCall.Completion
     ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         guard let file, let path else {
@@ -79,10 +80,15 @@ package final class RemoteFiles: Sendable {
             }
             return
         }
-        context.writes.afterClosedUploads(to: path) { [self] in serve(file.operation, path: path, isWriting: file.isWriting, answer) }
+        context.writes.afterClosedUploads(to: path) { [self] in
+            serve(file.operation, path: path, isWriting: file.isWriting, answer)
+        }
     }
 
     func serve(_ operation: FileOperation, path: [UInt8], isWriting: Bool, _ answer: PendingCall) {
+        let cache = context.cache
+        // A write through sysmirror makes what was kept of the path stale (the agent's own word may come later).
+        if isWriting { cache?.forget(path) }
         switch operation {
         case .open(let flags, _) where path == RoutingPolicy.hostnameFile:
             install(Array(hostname) + [UInt8(ascii: "\n")], flags: flags, name: path, answer)
@@ -93,35 +99,67 @@ package final class RemoteFiles: Sendable {
             case .readWrite: openForReading(path, flags: flags, mode: mode, answer)
             }
         case .stat(let follow, let buffer, let layout):
-            client.send(.stat(path: path, followSymlinks: follow)) { reply in
-                answer.expect(reply) { response in
-                    guard case .metadata(let metadata) = response else { return answer.unexpected(response) }
-                    let bytes = layout == .statx ? KernelStructures.statx(metadata) : KernelStructures.stat(metadata)
-                    answer.write(bytes, at: buffer, result: 0)
-                }
+            let write: @Sendable (FileMetadata) -> Void = { metadata in
+                let bytes = layout == .statx ? KernelStructures.statx(metadata) : KernelStructures.stat(metadata)
+                answer.write(bytes, at: buffer, result: 0)
             }
+            status(path, following: follow, answer) { metadata in write(metadata) }
         case .access(let mode):
+            if let kept = cache?.access(path, mode: mode) {
+                answer.markCached()
+                return kept == 0 ? answer.succeed(0) : answer.fail(kept)
+            }
+            let ticket = cache?.ticket()
             client.send(.access(path: path, mode: mode)) { reply in
-                answer.expect(reply) { response in
+                if case .response(let response) = reply { cache?.keepAccess(path, mode: mode, response, ticket) }
+                return answer.expect(reply) { response in
                     guard case .done = response else { return answer.unexpected(response) }
                     answer.succeed(0)
                 }
             }
         case .extendedAttributes(let follow, let list):
-            client.send(.stat(path: path, followSymlinks: follow)) { reply in
-                answer.expect(reply) { response in
-                    guard case .metadata = response else { return answer.unexpected(response) }
-                    if list { answer.succeed(0) } else { answer.fail(ENODATA) }
-                }
+            status(path, following: follow, answer) { _ in
+                if list { answer.succeed(0) } else { answer.fail(ENODATA) }
             }
         case .readlink(let buffer, let size):
             guard size > 0 else { return answer.fail(EINVAL) }
+            let write: @Sendable ([UInt8]) -> Void = { target in
+                let shown = Array(target.prefix(size))
+                answer.write(shown, at: buffer, result: Int64(shown.count))
+            }
+            if let kept = cache?.link(path) {
+                answer.markCached()
+                return write(kept)
+            }
+            let ticket = cache?.ticket()
             client.send(.readlink(path: path)) { reply in
-                answer.expect(reply) { response in
+                return answer.expect(reply) { response in
                     guard case .text(let target) = response else { return answer.unexpected(response) }
-                    let shown = Array(target.prefix(size))
-                    answer.write(shown, at: buffer, result: Int64(shown.count))
+                    cache?.keepLink(path, target, ticket)
+                    write(target)
                 }
+            }
+        }
+    }
+
+    /// stat's metadata for `found`, from the cache or the agent; a missing path fails with its errno.
+    private func status(
+        _ path: [UInt8], following: Bool, _ answer: PendingCall, _ found: @escaping @Sendable (FileMetadata) -> Void
+    ) {
+        let cache = context.cache
+        if let kept = cache?.status(path, following: following) {
+            answer.markCached()
+            switch kept {
+            case .metadata(let metadata): return found(metadata)
+            case .missing(let errno): return answer.fail(errno)
+            }
+        }
+        let ticket = cache?.ticket()
+        client.send(.stat(path: path, followSymlinks: following)) { reply in
+            if case .response(let response) = reply { cache?.keepStatus(path, following: following, response, ticket) }
+            return answer.expect(reply) { response in
+                guard case .metadata(let metadata) = response else { return answer.unexpected(response) }
+                found(metadata)
             }
         }
     }
@@ -137,7 +175,14 @@ package final class RemoteFiles: Sendable {
     /// A read, or a read-write open whose copy is written back at close (`OpenIntent`): the agent streams the
     /// content either way. The request's id reaches its owner before any reply can (`prepare`).
     func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
+        let keepable = OpenIntent(flags: flags) == .read && flags & (O_DIRECTORY | O_NOFOLLOW) == 0
+        if keepable, let kept = context.cache?.openContent(path) {
+            answer.markCached()
+            answer.install(fd: kept, flags: flags)
+            return
+        }
         let download = Download(path: path, flags: flags, answer: answer, context: context)
+        if keepable { download.ticket = context.cache?.ticket() }
         client.send(.open(path: path, flags: flags, mode: mode), prepare: { download.id = $0 }) { download.receive($0) }
     }
 
@@ -183,15 +228,24 @@ final class Countdown: Sendable {
 package final class PendingCall: Sendable {
     /// How a served call ended, for the log, and when it was answered (taken before the answer: the program
     /// may run on this CPU as soon as it has it).
-    package typealias Completion = @Sendable (_ outcome: Outcome, _ note: String?, _ answered: UInt64) -> Void
+    package typealias Completion =
+        @Sendable (_ outcome: Outcome, _ route: Route, _ note: String?, _ answered: UInt64) -> Void
 
     let notification: Notification
     let listener: NotificationListener
     let done: PendingCall.Completion
     private let answered = Atomic<Bool>(false)
+    private let fromCache = Atomic<Bool>(false)
     private let logger: Logger
 
-    init(notification: Notification, listener: NotificationListener, logger: Logger, done: @escaping PendingCall.Completion) {
+    /// The answer comes from the file cache: the log says `cached`.
+    func markCached() { fromCache.store(true, ordering: .relaxed) }
+    private var route: Route { fromCache.load(ordering: .relaxed) ? .cached : .remote }
+
+    init(
+        notification: Notification, listener: NotificationListener, logger: Logger,
+        done: @escaping PendingCall.Completion
+    ) {
         self.notification = notification
         self.listener = listener
         self.logger = logger
@@ -202,13 +256,16 @@ package final class PendingCall: Sendable {
     private func claim(_ how: String) -> Bool {
         guard answered.exchange(true, ordering: .acquiringAndReleasing) else { return true }
         logger.error(
-            "internal error: a second answer (\(how)) to call \(notification.id) of pid \(notification.pid) was refused")
+            "internal error: a second answer (\(how)) to call \(notification.id) of pid \(notification.pid) was refused"
+        )
         return false
     }
 
     func succeed(_ value: Int64, note: String? = nil) {
         guard claim("success") else { return }
-        respond(.returned(value), note: note) { () throws(SystemCallError) in try listener.succeed(notification.id, value: value) }
+        respond(.returned(value), note: note) { () throws(SystemCallError) in
+            try listener.succeed(notification.id, value: value)
+        }
     }
 
     func fail(_ errno: Int32, note: String? = nil) {
@@ -217,7 +274,9 @@ package final class PendingCall: Sendable {
     }
 
     private func respondFailure(_ errno: Int32, note: String?) {
-        respond(.failed(errno: errno), note: note) { () throws(SystemCallError) in try listener.fail(notification.id, errno: errno) }
+        respond(.failed(errno: errno), note: note) { () throws(SystemCallError) in
+            try listener.fail(notification.id, errno: errno)
+        }
     }
 
     /// Lets the kernel run the call (on what sysmirror put in place).
@@ -230,16 +289,16 @@ package final class PendingCall: Sendable {
         let answered = Clock.monotonic()
         do {
             try send()
-            done(outcome, note, answered)
+            done(outcome, route, note, answered)
         } catch {
-            done(.interrupted, note, answered)
+            done(.interrupted, route, note, answered)
         }
     }
 
     /// The call went away before it could be answered.
     func gone(_ note: String? = nil) {
         guard claim("gone") else { return }
-        done(.interrupted, note, Clock.monotonic())
+        done(.interrupted, route, note, Clock.monotonic())
     }
 
     /// Writes a result into the program's buffer, then answers `result`; the call is checked first, since it
@@ -277,10 +336,10 @@ package final class PendingCall: Sendable {
         let answered = Clock.monotonic()
         do {
             let number = try listener.answer(notification.id, installing: fd.raw, closeOnExec: flags & O_CLOEXEC != 0)
-            done(.returned(Int64(number)), note, answered)
+            done(.returned(Int64(number)), route, note, answered)
             return number
         } catch let error where error.errno == .noSuchFileOrDirectory {
-            done(.interrupted, note, answered)
+            done(.interrupted, route, note, answered)
         } catch {
             respondFailure(error.errno.rawValue, note: "\(error)")
         }
@@ -350,7 +409,10 @@ final class ContentFile: @unchecked Sendable {  // owned by one thread at a time
     ///   - size: the size the agent announced; the content may differ if the file changes meanwhile.
     ///   - scratch: a folder for large files.
     init(name: [UInt8], size: UInt64, scratch: String) throws(SystemCallError) {
-        if size >= Self.largeFile, let file = try? systemCall("open(O_TMPFILE)", { open(scratch, GNU.temporaryFile | O_RDWR | O_CLOEXEC, 0o600) }) {
+        if size >= Self.largeFile,
+            let file = try? systemCall(
+                "open(O_TMPFILE)", { open(scratch, GNU.temporaryFile | O_RDWR | O_CLOEXEC, 0o600) })
+        {
             descriptor = OwnedDescriptor(taking: file)
             pending.reserveCapacity(Self.writeSize)
             return

@@ -34,12 +34,16 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
     private var entries: [UInt8]?
     private var chunks = 0
     private var failure: SystemCallError?
+    /// Set for a read-only open whose content the cache may keep.
+    var ticket: FileCache.Ticket?
+    private var metadataSize: UInt64 = 0
     /// Checked every so many chunks: a program killed during a large download stops the stream.
     static let liveCheckInterval = 16
 
     func receive(_ reply: Reply) -> ReplyDisposition {
         switch reply {
         case .response(.opened(let metadata)):
+            metadataSize = metadata.size
             if metadata.isDirectory {
                 entries = []
             } else {
@@ -102,6 +106,11 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
                 context.writes.startWriteBack(content, path: path, flags: flags, answer)
             } else {
+                if let cache = context.cache, let ticket, (try? content.flush()) != nil,
+                    let kept = try? content.reopen(O_RDONLY)
+                {
+                    cache.keepContent(path, kept, size: Int(metadataSize), ticket)
+                }
                 answer.install(content: content, flags: flags)
             }
         } else {

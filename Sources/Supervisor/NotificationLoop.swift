@@ -171,11 +171,11 @@ public final class NotificationLoop: Sendable {
         _ notification: Notification, name: String, decoded: DecodedSyscall?, started: UInt64, notes: [String] = []
     ) -> PendingCall.Completion {
         inFlight.begin()
-        return { [self] outcome, note, answered in
+        return { [self] outcome, route, note, answered in
             log.record(
                 TraceEvent(
                     time: wallClock.wall(at: started), pid: notification.pid, syscall: name, arguments: decoded,
-                    route: .remote, outcome: outcome, durationNanos: answered - started,
+                    route: route, outcome: outcome, durationNanos: answered - started,
                     note: (notes + [note].compactMap { $0 }).joined(separator: "; ").nonEmpty))
             inFlight.end()
         }

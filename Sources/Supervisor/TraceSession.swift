@@ -60,6 +60,8 @@ public final class TraceSession: Sendable {
         public var incoming = IncomingRules.off
         /// Whether uname and /etc/hostname are the pod's (not for a targetless agent, whose pod is its own).
         public var servesHostname = true
+        /// Whether the pod's file answers are kept while the agent watches them (`--fs-cache`).
+        public var cachesFiles = true
 
         public init(
             address: AgentAddress, token: [UInt8], files: FileRules, environment: EnvironmentMerge?,
@@ -235,7 +237,9 @@ public final class TraceSession: Sendable {
         let remote = try link.map { link throws in
             try RemoteFiles(
                 client: link.client, listener: program.listener, directories: link.directories,
-                hostname: link.hostname, loop: link.loop, logger: logger)
+                hostname: link.hostname,
+                cache: options.remote?.cachesFiles == true ? FileCache(client: link.client, logger: logger) : nil,
+                loop: link.loop, logger: logger)
         }
         // The ends of the pod's TCP connections that the program holds itself, with no relay: outgoing ones,
         // and stolen ones taken from the pod's listening socket.

@@ -8,14 +8,17 @@ public enum Route: Sendable, Equatable {
     case notFound
     /// Answered with an error without running.
     case denied
+    /// Answered from what the session kept of the pod's answers (the file cache), with no round trip.
+    case cached
 
-    /// The name the log uses: `local`, `remote`, `not_found`, `denied`.
+    /// The name the log uses: `local`, `remote`, `not_found`, `denied`, `cached`.
     public var name: String {
         switch self {
         case .local: "local"
         case .remote: "remote"
         case .notFound: "not_found"
         case .denied: "denied"
+        case .cached: "cached"
         }
     }
 }

@@ -144,6 +144,7 @@ public enum TraceRecord {
         case .remote: 1
         case .notFound: 2
         case .denied: 3
+        case .cached: 4
         }
     }
 
@@ -153,6 +154,7 @@ public enum TraceRecord {
         case 1: .remote
         case 2: .notFound
         case 3: .denied
+        case 4: .cached
         default: nil
         }
     }

@@ -47,6 +47,13 @@ struct AgentCommand: ParsableCommand {
         help: ArgumentHelp("Exit after this many seconds without a session.", valueName: "S"))
     var idleTimeout: Int64 = AgentServer.defaultIdleTimeout
 
+    @Option(
+        name: .customLong("watch-limit"),
+        help: ArgumentHelp(
+            "Watch at most this many files and directories for the sessions' file caches (default: as many as the kernel allows); paths past it are not cached.",
+            valueName: "N"))
+    var watchLimit: Int?
+
     @Flag(help: "Log only warnings and errors.")
     var quiet = false
 
@@ -66,6 +73,9 @@ struct AgentCommand: ParsableCommand {
         default: break
         }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be a positive number of seconds.") }
+        if let watchLimit, watchLimit < 0 {
+            throw ValidationError("--watch-limit takes a number of watches, 0 or more.")
+        }
         do {
             _ = try AgentAddress(parsing: listen)
         } catch {
@@ -82,7 +92,7 @@ struct AgentCommand: ParsableCommand {
                 pid.map { .process(pid: $0) } ?? .directory(root: root!, environmentFile: environmentFile)
             let configuration = AgentServer.Configuration(
                 listen: try AgentAddress(parsing: listen), target: try Target(spec), token: token,
-                idleTimeout: .seconds(idleTimeout))
+                idleTimeout: .seconds(idleTimeout), watchLimit: watchLimit ?? .max)
             try AgentServer.run(configuration, logger: logger)
         } catch {
             logger.error("\(error)")

@@ -49,7 +49,8 @@ struct Trace: ParsableCommand {
     @Option(help: "The kubectl context to use (default: the current one).")
     var context: String?
 
-    @Option(help: ArgumentHelp("The kubeconfig kubectl reads (default: KUBECONFIG or ~/.kube/config).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp("The kubeconfig kubectl reads (default: KUBECONFIG or ~/.kube/config).", valueName: "FILE"))
     var kubeconfig: String?
 
     @Option(
@@ -72,6 +73,13 @@ struct Trace: ParsableCommand {
             "local: all files local; read (default): reads from the pod, writes local; write: reads and writes in the pod."
     )
     var fsMode: FileSystemMode?
+
+    @Option(
+        name: .customLong("fs-cache"),
+        help: ArgumentHelp(
+            "on (default): keep the pod's file answers while the agent watches them; off: ask the agent every time.",
+            valueName: "on|off"))
+    var fsCache: FileCacheSetting?
 
     @Flag(name: .customLong("no-remote-env"), help: "Keep the local environment; take nothing from the pod's.")
     var noRemoteEnv = false
@@ -236,7 +244,8 @@ struct Trace: ParsableCommand {
             }
         }
         if namespace != nil || context != nil || kubeconfig != nil || agentImage != nil || agentTimeout != nil {
-            throw ValidationError("-n/--namespace, --context, --kubeconfig, --agent-image and --agent-timeout go with --target.")
+            throw ValidationError(
+                "-n/--namespace, --context, --kubeconfig, --agent-image and --agent-timeout go with --target.")
         }
         guard let address = agent ?? settings.agent?.address else { return .none }
         guard let tokenPath = tokenFile ?? settings.agent?.tokenFile else {
@@ -255,11 +264,12 @@ struct Trace: ParsableCommand {
         var targetless = false
         switch source {
         case .none:
-            if fsMode != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty || tokenFile != nil
+            if fsMode != nil || fsCache != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty
+                || tokenFile != nil
                 || noOutgoing || incoming != nil || !portMap.isEmpty || stealHeader != nil || stealPath != nil
             {
                 throw ValidationError(
-                    "--fs-mode, --token-file, --no-outgoing, the --env options and the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent: add --target KIND/NAME or --agent ADDRESS (or kubernetes.target or agent.address in --config)."
+                    "--fs-mode, --fs-cache, --token-file, --no-outgoing, the --env options and the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent: add --target KIND/NAME or --agent ADDRESS (or kubernetes.target or agent.address in --config)."
                 )
             }
             return nil
@@ -300,6 +310,7 @@ struct Trace: ParsableCommand {
                 address: address, token: token, files: files,
                 environment: remoteEnvironment ? merge : nil, outgoing: outgoing)
             options.servesHostname = !targetless
+            options.cachesFiles = fsCache.map { $0 == .on } ?? settings.fs?.cache ?? true
             options.incoming = try incomingRules(settings, targetless: targetless)
             return options
         } catch {
@@ -314,7 +325,8 @@ struct Trace: ParsableCommand {
         guard targetless else { return rules }
         if incoming.map({ $0 != .off }) == true || stealHeader != nil || stealPath != nil || !portMap.isEmpty {
             throw ValidationError(
-                "a targetless agent has no application whose traffic to take: incoming traffic needs --target pod/NAME, deployment/NAME or statefulset/NAME")
+                "a targetless agent has no application whose traffic to take: incoming traffic needs --target pod/NAME, deployment/NAME or statefulset/NAME"
+            )
         }
         return .off
     }
@@ -380,4 +392,9 @@ enum HostResolver {
         }
         return addresses
     }
+}
+
+/// `--fs-cache`.
+enum FileCacheSetting: String, ExpressibleByArgument, CaseIterable {
+    case on, off
 }

@@ -140,7 +140,7 @@ struct PendingCallTests {
         let outcomes = Mutex<[Outcome]>([])
         let call = PendingCall(
             notification: UserNotification.Notification(seccomp_notif()), listener: listener, logger: .init(label: "test"),
-            done: { outcome, _, _ in outcomes.withLock { $0.append(outcome) } })
+            done: { outcome, _, _, _ in outcomes.withLock { $0.append(outcome) } })
         call.fail(EIO)
         call.succeed(0)
         call.proceed()

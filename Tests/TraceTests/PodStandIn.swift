@@ -320,13 +320,13 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
 
     /// Starts (or restarts) the agent in the pod's namespace, and hands its socket to the unprivileged user
     /// who runs the traced programs.
-    func startAgent(idleTimeout: Int = 120) throws {
+    func startAgent(idleTimeout: Int = 120, arguments: [String] = []) throws {
         try? FileManager.default.removeItem(atPath: socket)
         agent = try Self.start(
             [
                 "ip", "netns", "exec", podNamespace, Fixtures.shared.sysmirror, "agent", "--listen", "unix:\(socket)",
                 "--pid", "\(containerPID)", "--token-file", tokenFile, "--idle-timeout", "\(idleTimeout)",
-            ], log: agentLog)
+            ] + arguments, log: agentLog)
         try Self.waitUntil("the agent's sockets") {
             FileManager.default.fileExists(atPath: socket)
                 && FileManager.default.fileExists(atPath: socket + ".sockets")

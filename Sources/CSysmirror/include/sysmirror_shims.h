@@ -59,6 +59,9 @@ int sysm_memfd(const char *name);
 int sysm_eventfd(void);
 int sysm_pipe(int ends[2]);
 
+// <sys/vfs.h> is not in Swift's Glibc module. The file system type of fd (statfs's f_type), or -1.
+long sysm_filesystem_type(int fd);
+
 // sched_getcpu and CPU_SET need _GNU_SOURCE. Keeps the calling thread off one CPU (when there is another).
 int sysm_current_cpu(void);
 int sysm_avoid_cpu(int cpu);

@@ -9,6 +9,8 @@
 //	gofixture gets N URL         N GETs at once, each on a new connection; print "ok N" when all succeed
 //	gofixture lookup NAME        print how many addresses NAME resolves to (pure Go resolver)
 //	gofixture udp ADDRESS TEXT   send TEXT in a datagram on a connected UDP socket; print the answer
+//	gofixture rereads N FILE     read FILE N times (as client-go re-reads its token); print "ok N" and its
+//	                             first line when every read had the same content
 //	gofixture serve NAME ADDRESS an HTTP server on ADDRESS answering "NAME CLIENT-IP"; prints each
 //	                             request's path and X-Dev header
 package main
@@ -103,6 +105,19 @@ func main() {
 		addresses, err := net.LookupHost(os.Args[2])
 		check(err)
 		fmt.Println(len(addresses))
+	case "rereads":
+		n, _ := strconv.Atoi(os.Args[2])
+		first, err := os.ReadFile(os.Args[3])
+		check(err)
+		for i := 1; i < n; i++ {
+			data, err := os.ReadFile(os.Args[3])
+			check(err)
+			if string(data) != string(first) {
+				fmt.Fprintf(os.Stderr, "read %d differs: %q\n", i, data)
+				os.Exit(1)
+			}
+		}
+		fmt.Printf("ok %d %s\n", n, strings.SplitN(string(first), "\n", 2)[0])
 	case "udp":
 		connection, err := net.Dial("udp", os.Args[2])
 		check(err)

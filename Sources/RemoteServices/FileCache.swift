@@ -1,0 +1,209 @@
+import AgentLink
+import AgentProtocol
+import LinuxSystem
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The pod's file answers a session keeps, true because the agent watches every path it answered and says
+/// when one changed (`watch`, `invalidated`; docs/configuration.md, "The file cache"): metadata (stat,
+/// lstat, statx), access, readlink, missing paths (ENOENT, ENOTDIR), and the content of regular files
+/// opened to read, whose later read-only opens each get an open file description of their own on the kept
+/// content, with no round trip.
+///
+/// An answer is kept only when nothing was invalidated between its request and its arrival (`Ticket`): a
+/// change the agent told of meanwhile could be older or newer than the answer. Nothing is kept, or used,
+/// while the link is down or after it came back until the agent watches again.
+package final class FileCache: Sendable {
+    /// Taken when a request is sent; an answer is kept only if the ticket is still good when it comes.
+    struct Ticket {
+        let version: UInt64
+    }
+
+    struct Entry {
+        var metadata: [Bool: FileMetadata] = [:]
+        /// ENOENT or ENOTDIR, by whether symlinks were followed.
+        var missing: [Bool: Int32] = [:]
+        var access: [Int32: Int32] = [:]
+        var link: [UInt8]?
+        /// A read-only descriptor on a regular file's content; every open reopens it.
+        var content: SharedDescriptor?
+        var contentSize = 0
+        var lastUsed: UInt64 = 0
+    }
+
+    struct State {
+        var entries: [[UInt8]: Entry] = [:]
+        /// Bumped by every invalidation: answers asked for before it are not kept.
+        var version: UInt64 = 1
+        /// Whether the agent watches what it answers (its `watch` is `done`, and the link has not broken since).
+        var active = false
+        var contentBytes = 0
+        var unwatchedNoted = false
+    }
+
+    let client: AgentClient
+    let logger: Logger
+    /// Content kept beyond this many bytes pushes out what was least recently used.
+    let limit: Int
+    private let state = Mutex(State())
+    public static let defaultLimit = 256 << 20
+
+    package init(client: AgentClient, limit: Int = FileCache.defaultLimit, logger: Logger) {
+        self.client = client
+        self.limit = limit
+        self.logger = logger
+        startWatching()
+        // After a cut nothing kept is trusted: the pod may have changed meanwhile, unseen. The new connection
+        // is a new session in the agent, which watches again once asked.
+        client.whenLinkFails { [self] _ in state.withLock { $0 = State(version: $0.version + 1) } }
+        client.whenLinkIsBack { [self] in startWatching() }
+    }
+
+    private func startWatching() {
+        client.send(.watch) { [self] reply in
+            switch reply {
+            case .response(.done):
+                state.withLock { $0.active = true }
+                return .waitingOnClient
+            case .response(.invalidated(let paths)):
+                state.withLock { state in
+                    state.version += 1
+                    for path in paths { state.remove(path) }
+                }
+                return .waitingOnClient
+            case .response(.unwatched(let path, let reason)):
+                let first = state.withLock { state in
+                    state.version += 1
+                    defer { state.unwatchedNoted = true }
+                    return !state.unwatchedNoted
+                }
+                if first {
+                    logger.notice(
+                        "\(String(decoding: path, as: UTF8.self)) and paths like it are not cached: \(reason)")
+                }
+                return .waitingOnClient
+            case .response(.failure(_, let message)):
+                logger.notice("the agent keeps no file cache true (\(message)): every file call asks it")
+                return .complete
+            case .response, .chunk, .end, .linkFailure:
+                return .complete
+            }
+        }
+    }
+
+    /// For a request about to be sent; nil while nothing can be kept.
+    func ticket() -> Ticket? {
+        state.withLock { $0.active ? Ticket(version: $0.version) : nil }
+    }
+
+    /// Runs `update` on `path`'s entry if `ticket` is still good.
+    private func keep(_ path: [UInt8], _ ticket: Ticket?, _ update: (inout Entry) -> Void) {
+        guard let ticket else { return }
+        state.withLock { state in
+            guard state.active, state.version == ticket.version else { return }
+            update(&state.entries[path, default: Entry()])
+            state.entries[path]?.lastUsed = Clock.monotonic()
+        }
+    }
+
+    private func look<T>(_ path: [UInt8], _ read: (Entry) -> T?) -> T? {
+        state.withLock { state in
+            guard state.active, let entry = state.entries[path], let found = read(entry) else { return nil }
+            state.entries[path]?.lastUsed = Clock.monotonic()
+            return found
+        }
+    }
+
+    // MARK: Answers
+
+    enum Status {
+        case metadata(FileMetadata)
+        case missing(Int32)
+    }
+
+    func status(_ path: [UInt8], following: Bool) -> Status? {
+        look(path) { entry in
+            entry.metadata[following].map(Status.metadata) ?? entry.missing[following].map(Status.missing)
+        }
+    }
+
+    func keepStatus(_ path: [UInt8], following: Bool, _ response: Response, _ ticket: Ticket?) {
+        switch response {
+        case .metadata(let metadata): keep(path, ticket) { $0.metadata[following] = metadata }
+        case .failure(let errno, _) where errno == ENOENT || errno == ENOTDIR:
+            keep(path, ticket) { $0.missing[following] = errno }
+        default: break
+        }
+    }
+
+    /// 0 for an access that passes, else its errno.
+    func access(_ path: [UInt8], mode: Int32) -> Int32? { look(path) { $0.access[mode] } }
+
+    func keepAccess(_ path: [UInt8], mode: Int32, _ response: Response, _ ticket: Ticket?) {
+        switch response {
+        case .done: keep(path, ticket) { $0.access[mode] = 0 }
+        case .failure(let errno, _) where [ENOENT, ENOTDIR, EACCES].contains(errno):
+            keep(path, ticket) { $0.access[mode] = errno }
+        default: break
+        }
+    }
+
+    func link(_ path: [UInt8]) -> [UInt8]? { look(path) { $0.link } }
+
+    func keepLink(_ path: [UInt8], _ target: [UInt8], _ ticket: Ticket?) { keep(path, ticket) { $0.link = target } }
+
+    /// A new open file description on the kept content of `path`, read-only; nil when none is kept.
+    func openContent(_ path: [UInt8]) -> OwnedDescriptor? {
+        guard let content = look(path, { $0.content }) else { return nil }
+        return try? OwnedDescriptor(
+            taking: systemCall("open(kept content)") { open("/proc/self/fd/\(content.raw)", O_RDONLY | O_CLOEXEC) })
+    }
+
+    /// Keeps `content` (a read-only descriptor of its own) for `path`, pushing out the least recently used
+    /// contents past the limit.
+    func keepContent(_ path: [UInt8], _ content: consuming OwnedDescriptor, size: Int, _ ticket: Ticket?) {
+        guard size <= limit else { return }
+        let shared = SharedDescriptor(content)
+        guard let ticket else { return }
+        state.withLock { state in
+            guard state.active, state.version == ticket.version else { return }
+            state.remove(path, contentOnly: true)
+            state.entries[path, default: Entry()].content = shared
+            state.entries[path]?.contentSize = size
+            state.entries[path]?.lastUsed = Clock.monotonic()
+            state.contentBytes += size
+            while state.contentBytes > limit,
+                let oldest = state.entries.filter({ $0.value.content != nil }).min(by: {
+                    $0.value.lastUsed < $1.value.lastUsed
+                })?.key
+            {
+                state.remove(oldest, contentOnly: true)
+            }
+        }
+    }
+
+    /// The path was written through sysmirror (`--fs-mode write`): what was kept of it is stale.
+    func forget(_ path: [UInt8]) {
+        state.withLock { state in
+            state.version += 1
+            state.remove(path)
+        }
+    }
+}
+
+extension FileCache.State {
+    mutating func remove(_ path: [UInt8], contentOnly: Bool = false) {
+        guard let entry = entries[path] else { return }
+        contentBytes -= entry.contentSize
+        if contentOnly {
+            entries[path]?.content = nil
+            entries[path]?.contentSize = 0
+        } else {
+            entries[path] = nil
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import Foundation
+import Synchronization
+import Testing
+
+/// The file cache (docs/configuration.md, "The file cache"): answers the agent keeps true. A file changed in
+/// the pod, in every way a pod changes files, is seen changed by the next read within the bound; repeated
+/// reads are answered from the cache; what cannot be watched is not cached, and still right.
+@Suite("The file cache", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"), .serialized)
+final class FileCacheTests {
+    let pod: PodStandIn
+    let fixtures = Fixtures.shared
+    /// 50 ms plus a round trip (well under a millisecond here), plus the watching program's own 5 ms poll
+    /// and room for a loaded machine's scheduling.
+    static let bound = 0.150
+
+    init() throws { pod = try PodStandIn() }
+    deinit { pod.tearDown() }
+
+    func podFile(_ path: String) -> URL { pod.root.appendingPathComponent(path) }
+
+    /// A traced program that reads `path` every 5 ms and prints, with the wall time, each content (and mode)
+    /// it sees change, until `done` exists.
+    func watcher(_ path: String, started: String, done: String) -> [String] {
+        [
+            "/usr/bin/python3", "-c",
+            """
+            import os, time
+            last = None
+            open('\(started)', 'w').close()
+            while not os.path.exists('\(done)'):
+                try:
+                    seen = '%s %o' % (open('\(path)').read().strip(), os.stat('\(path)').st_mode & 0o777)
+                except OSError as error:
+                    seen = 'error %d' % error.errno
+                if seen != last:
+                    print('%.4f %s' % (time.time(), seen), flush=True)
+                    last = seen
+                time.sleep(0.005)
+            """,
+        ]
+    }
+
+    /// Runs `changes` (each a description, the change, and what the program must then see) against a watching
+    /// program; checks that each is seen within the bound and never undone.
+    func expectSeen(_ path: String, _ changes: [(String, () throws -> Void, String)]) throws {
+        let started = fixtures.path("cache-started-\(UUID().uuidString)"),
+            done = fixtures.path("cache-done-\(UUID().uuidString)")
+        defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
+        let traced = LinkCutTests.traceInBackground(
+            watcher(path, started: started, done: done), pod: pod, agentAddress: "unix:\(pod.socket)")
+        try PodStandIn.waitUntil("the watching program") { FileManager.default.fileExists(atPath: started) }
+        usleep(300_000)
+        var changedAt: [(String, Double, String)] = []
+        for (what, change, seen) in changes {
+            let time = Date().timeIntervalSince1970
+            try change()
+            changedAt.append((what, time, seen))
+            usleep(400_000)
+        }
+        FileManager.default.createFile(atPath: done, contents: nil)
+        let (outcome, log) = try #require(traced(30))
+        let lines = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ", maxSplits: 1) }
+        for (what, time, seen) in changedAt {
+            let first = lines.firstIndex { $0.count == 2 && $0[1] == seen && (Double($0[0]) ?? 0) >= time - 0.01 }
+            #expect(first != nil, "\(what): never saw \(seen): \(outcome.stdout)\(outcome.stderr)")
+            guard let first else { continue }
+            let delay = (Double(lines[first][0]) ?? 0) - time
+            #expect(delay <= Self.bound, "\(what): seen after \(Int(delay * 1000)) ms")
+        }
+        // Nothing old comes back: the program's last view is the last change's.
+        #expect(lines.last.map { String($0.last ?? "") } == changedAt.last?.2, "\(outcome.stdout)")
+        #expect(log.contains { $0.contains(path) && $0.contains("→ cached") }, "the reads were not cached")
+    }
+
+    @Test("A file written in place, replaced by rename, its mode changed, deleted and made again: each seen at once")
+    func changesInThePod() throws {
+        let file = podFile("config/app.yaml")
+        try expectSeen(
+            "/config/app.yaml",
+            [
+                (
+                    "written in place", { try "listen: 9090".write(to: file, atomically: false, encoding: .utf8) },
+                    "listen: 9090 644"
+                ),
+                (
+                    "replaced by rename", { try "listen: 7070".write(to: file, atomically: true, encoding: .utf8) },
+                    "listen: 7070 644"
+                ),
+                ("mode changed", { chmod(file.path, 0o600) }, "listen: 7070 600"),
+                ("deleted", { try FileManager.default.removeItem(at: file) }, "error 2"),
+                (
+                    "made again", { try "listen: 6060".write(to: file, atomically: false, encoding: .utf8) },
+                    "listen: 6060 644"
+                ),
+            ])
+    }
+
+    @Test("The kubelet's ConfigMap update (a new directory and the ..data symlink swapped) is seen at once")
+    func configMapSwap() throws {
+        let volume = podFile("mounted/config")
+        try FileManager.default.createDirectory(
+            at: volume.appendingPathComponent("..2026_12_01_a"), withIntermediateDirectories: true)
+        try "mode: first".write(
+            to: volume.appendingPathComponent("..2026_12_01_a/app.yaml"), atomically: false, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(
+            atPath: volume.appendingPathComponent("..data").path, withDestinationPath: "..2026_12_01_a")
+        try FileManager.default.createSymbolicLink(
+            atPath: volume.appendingPathComponent("app.yaml").path, withDestinationPath: "..data/app.yaml")
+        chmod(volume.appendingPathComponent("..2026_12_01_a/app.yaml").path, 0o644)
+        let update = {
+            // As the kubelet's atomic writer does it: the new timestamped directory, a new symlink, renamed over.
+            let next = volume.appendingPathComponent("..2026_12_01_b")
+            try FileManager.default.createDirectory(at: next, withIntermediateDirectories: true)
+            try "mode: second".write(to: next.appendingPathComponent("app.yaml"), atomically: false, encoding: .utf8)
+            chmod(next.appendingPathComponent("app.yaml").path, 0o644)
+            try FileManager.default.createSymbolicLink(
+                atPath: volume.appendingPathComponent("..data_tmp").path, withDestinationPath: "..2026_12_01_b")
+            guard
+                rename(volume.appendingPathComponent("..data_tmp").path, volume.appendingPathComponent("..data").path)
+                    == 0
+            else {
+                throw FixtureError(description: "rename ..data_tmp: \(errno)")
+            }
+        }
+        try expectSeen("/mounted/config/app.yaml", [("..data swapped", update, "mode: second 644")])
+    }
+
+    @Test("A static Go program re-reads its token 10,000 times: right each time, and nearly all from the cache")
+    func tokenRereads() throws {
+        let (outcome, log) = try pod.trace(
+            [fixtures.path("gofixture"), "rereads", "10000", "/var/run/secrets/kubernetes.io/serviceaccount/token"])
+        #expect(outcome.stdout == "ok 10000 eyJhbGciOiJSUzI1NiJ9.pod-token\n", "\(outcome.stderr)")
+        let opens = log.filter { $0.contains("serviceaccount/token") && $0.contains("openat(") }
+        #expect(opens.count == 10000)
+        #expect(opens.filter { $0.contains("→ cached") }.count >= 9990)
+    }
+
+    @Test("Python imports a package from the pod twice: the second process is answered from the cache")
+    func pythonImports() throws {
+        try FileManager.default.createDirectory(at: podFile("app/shop"), withIntermediateDirectories: true)
+        try "".write(to: podFile("app/shop/__init__.py"), atomically: false, encoding: .utf8)
+        try "PRICE = 42\n".write(to: podFile("app/shop/prices.py"), atomically: false, encoding: .utf8)
+        let script = """
+            import subprocess, sys
+            for _ in range(2):
+                subprocess.run([sys.executable, '-B', '-c', "import sys; sys.path.insert(0, '/app'); import shop.prices; print(shop.prices.PRICE)"], check=True)
+            """
+        // Python modules stay local by default (the developer's code); the pod's /app is asked for here.
+        let config = fixtures.path("cache-config-\(pod.name).yaml")
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        try "fs:\n  read_only: ['^/app/']\n".write(toFile: config, atomically: false, encoding: .utf8)
+        chmod(config, 0o644)
+        let (outcome, log) = try pod.trace(["/usr/bin/python3", "-c", script], options: ["--config", config])
+        #expect(outcome.stdout == "42\n42\n", "\(outcome.stderr)")
+        let reads = log.filter { $0.contains("/app/shop/prices.py") && $0.contains("openat(") }
+        #expect(reads.count == 2)
+        #expect(reads.last?.contains("→ cached") == true, "\(reads)")
+    }
+
+    @Test("--fs-mode write: a local write then a read gives what was written; a write in the pod, the pod's")
+    func writes() throws {
+        let wrote = fixtures.path("cache-wrote-\(pod.name)"), podWrote = fixtures.path("cache-pod-wrote-\(pod.name)")
+        defer { for file in [wrote, podWrote] { try? FileManager.default.removeItem(atPath: file) } }
+        let script = """
+            import os, time
+            print(open('/data/a.txt').read().strip())
+            with open('/data/a.txt', 'w') as f:
+                f.write('from the laptop')
+            print(open('/data/a.txt').read())
+            open('\(wrote)', 'w').close()
+            while not os.path.exists('\(podWrote)'):
+                time.sleep(0.01)
+            time.sleep(\(Self.bound))
+            print(open('/data/a.txt').read())
+            """
+        let traced = Mutex<(Outcome, [String])?>(nil)
+        let ended = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { [pod] in
+            traced.withLock {
+                $0 = try? pod.trace(["/usr/bin/python3", "-c", script], options: ["--fs-mode", "write"])
+            }
+            ended.signal()
+        }
+        try PodStandIn.waitUntil("the local write") { FileManager.default.fileExists(atPath: wrote) }
+        #expect(try String(contentsOf: podFile("data/a.txt"), encoding: .utf8) == "from the laptop")
+        try "from the pod".write(to: podFile("data/a.txt"), atomically: false, encoding: .utf8)
+        FileManager.default.createFile(atPath: podWrote, contents: nil)
+        #expect(ended.wait(timeout: .now() + 30) == .success)
+        let (outcome, _) = try #require(traced.withLock { $0 })
+        #expect(outcome.stdout == "alpha\nfrom the laptop\nfrom the pod\n", "\(outcome.stderr)")
+    }
+
+    @Test("Past the agent's watch limit nothing is cached, the log says so once, and reads stay right")
+    func watchLimit() throws {
+        pod.killAgent()
+        try pod.startAgent(arguments: ["--watch-limit", "0"])
+        let (outcome, log) = try pod.trace(
+            [fixtures.path("gofixture"), "rereads", "50", "/config/app.yaml"])
+        #expect(outcome.stdout == "ok 50 listen: 8080\n", "\(outcome.stderr)")
+        #expect(!log.contains { $0.contains("→ cached") })
+        #expect(outcome.stderr.components(separatedBy: "are not cached").count == 2, "\(outcome.stderr)")
+    }
+
+    @Test("--fs-cache off: every read asks the agent")
+    func cacheOff() throws {
+        let (outcome, log) = try pod.trace(
+            [fixtures.path("gofixture"), "rereads", "20", "/config/app.yaml"], options: ["--fs-cache", "off"])
+        #expect(outcome.stdout == "ok 20 listen: 8080\n", "\(outcome.stderr)")
+        #expect(log.filter { $0.contains("/config/app.yaml") && $0.contains("→ remote") }.count >= 20)
+        #expect(!log.contains { $0.contains("→ cached") })
+    }
+}
