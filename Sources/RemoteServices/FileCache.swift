@@ -49,12 +49,20 @@ package final class FileCache: Sendable {
     let logger: Logger
     /// Content kept beyond this many bytes pushes out what was least recently used.
     let limit: Int
+    /// Asked for as soon as the agent watches, before the program asks (`prefetch`).
+    let prefetched: [[UInt8]]
     private let state = Mutex(State())
     public static let defaultLimit = 256 << 20
+    /// What every lookup of glibc and musl reads again (stat and open of resolv.conf, open of hosts): one
+    /// round trip each per lookup, unless kept.
+    package static let resolverFiles = [Array("/etc/resolv.conf".utf8), Array("/etc/hosts".utf8)]
 
-    package init(client: AgentClient, limit: Int = FileCache.defaultLimit, logger: Logger) {
+    package init(
+        client: AgentClient, limit: Int = FileCache.defaultLimit, prefetching prefetched: [[UInt8]] = [], logger: Logger
+    ) {
         self.client = client
         self.limit = limit
+        self.prefetched = prefetched
         self.logger = logger
         startWatching()
         // After a cut nothing kept is trusted: the pod may have changed meanwhile, unseen. The new connection
@@ -68,6 +76,7 @@ package final class FileCache: Sendable {
             switch reply {
             case .response(.done):
                 state.withLock { $0.active = true }
+                for path in prefetched { prefetch(path) }
                 return .waitingOnClient
             case .response(.invalidated(let paths)):
                 state.withLock { state in
@@ -90,6 +99,47 @@ package final class FileCache: Sendable {
                 logger.notice("the agent keeps no file cache true (\(message)): every file call asks it")
                 return .complete
             case .response, .chunk, .end, .linkFailure:
+                return .complete
+            }
+        }
+    }
+
+    /// Asks for `path`'s metadata and content without a program asking (the session's start, a link that
+    /// came back), so that the program's first reads of it cost nothing.
+    private func prefetch(_ path: [UInt8]) {
+        let ticket = ticket()
+        client.send(.stat(path: path, followSymlinks: true)) { [self] reply in
+            if case .response(let response) = reply { keepStatus(path, following: true, response, ticket) }
+            return .complete
+        }
+        let download = Mutex<(id: UInt32, content: ContentFile?, size: Int)>((0, nil, 0))
+        client.send(.open(path: path, flags: O_RDONLY, mode: 0), prepare: { id in download.withLock { $0.id = id } }) {
+            [self] reply in
+            switch reply {
+            case .response(.opened(let metadata)) where metadata.isRegularFile && metadata.size < 1 << 20:
+                download.withLock {
+                    $0.content = try? ContentFile(name: path, size: metadata.size, scratch: "")
+                    $0.size = Int(metadata.size)
+                }
+                return .expectingMore
+            case .response(.opened):
+                // A directory or a large file: left for the program to ask for.
+                client.cancel(download.withLock { $0.id })
+                return .complete
+            case .chunk(let bytes):
+                download.withLock { state in
+                    if (try? state.content?.append(bytes)) == nil { state.content = nil }
+                }
+                return .expectingMore
+            case .end:
+                download.withLock { state in
+                    if let file = state.content, (try? file.flush()) != nil, let kept = try? file.reopen(O_RDONLY) {
+                        keepContent(path, kept, size: state.size, ticket)
+                    }
+                    state.content?.close()
+                }
+                return .complete
+            case .response, .linkFailure:
                 return .complete
             }
         }

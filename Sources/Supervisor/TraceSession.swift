@@ -238,7 +238,12 @@ public final class TraceSession: Sendable {
             try RemoteFiles(
                 client: link.client, listener: program.listener, directories: link.directories,
                 hostname: link.hostname,
-                cache: options.remote?.cachesFiles == true ? FileCache(client: link.client, logger: logger) : nil,
+                cache: options.remote?.cachesFiles == true
+                    ? FileCache(
+                        client: link.client,
+                        // Where the pod's DNS is the program's, each lookup re-reads these: kept from the start.
+                        prefetching: options.remote?.outgoing.enabled == true ? FileCache.resolverFiles : [],
+                        logger: logger) : nil,
                 loop: link.loop, logger: logger)
         }
         // The ends of the pod's TCP connections that the program holds itself, with no relay: outgoing ones,
