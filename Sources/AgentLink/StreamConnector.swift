@@ -13,10 +13,11 @@ import SystemPackage
 /// `takeIncoming`.
 ///
 /// Everything happens on the serving event loop, without blocking: a connection's connect, handshake and
-/// first request are registrations there, not a thread each. Two connections are kept past their
-/// handshake, waiting for their first request, so that a stream costs one round trip to the agent rather
-/// than a connect, a handshake and (through a port-forward) a new port-forward stream.
-public final class StreamConnector: @unchecked Sendable {  // `ready` and `filling` are touched only on `loop`
+/// first request are registrations there, not a thread each. Connections are kept past their handshake,
+/// waiting for their first request, so that a stream costs one round trip to the agent rather than a
+/// connect, a handshake and (through a port-forward) a new port-forward stream: two, or as many as the
+/// program has had opening at once (up to 32), so that a pool that warmed up once finds them ready.
+public final class StreamConnector: @unchecked Sendable {  // its counts and `ready` are touched only on `loop`
     public let address: AgentAddress
     let token: [UInt8]
     let loop: EventLoop
@@ -24,7 +25,10 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
     /// The agent's address, resolved once (a host name is looked up on the first connection only).
     private var resolved: SocketAddress?
     private var filling = 0
-    static let readyCount = 2
+    /// Opens under way, and the most there have been at once.
+    private var opening = 0
+    private var peak = 0
+    static let readyCount = 2, mostReady = 32
 
     public typealias Completion = (Result<SharedDescriptor, Errno>) -> Void
 
@@ -51,19 +55,25 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
     func open(_ request: Request, timeoutSeconds: UInt64, _ completion: @escaping Completion) {
         let frame = Frame.encode(.request(id: 1, request))
         let deadline = Clock.monotonic() + timeoutSeconds * 1_000_000_000
+        opening += 1
+        peak = max(peak, opening)
+        let finished: Completion = { [self] result in
+            opening -= 1
+            completion(result)
+        }
         defer { refill() }
         if let fd = nextReady() {
             Exchange.start(on: loop, fd, sending: frame, welcomeFirst: false, deadline: deadline) { [self] outcome in
                 switch outcome {
-                case .answered(let fd, .done): completion(.success(fd))
-                case .answered(_, .failure(let errno, _)): completion(.failure(Errno(rawValue: errno)))
+                case .answered(let fd, .done): finished(.success(fd))
+                case .answered(_, .failure(let errno, _)): finished(.failure(Errno(rawValue: errno)))
                 case .answered, .failed, .welcomed:
                     // The agent had closed it (an idle timeout): a new one, within the same deadline.
-                    openNew(frame, deadline: deadline, completion)
+                    openNew(frame, deadline: deadline, finished)
                 }
             }
         } else {
-            openNew(frame, deadline: deadline, completion)
+            openNew(frame, deadline: deadline, finished)
         }
     }
 
@@ -97,7 +107,7 @@ public final class StreamConnector: @unchecked Sendable {  // `ready` and `filli
 
     /// Brings the ready connections back to `readyCount`, each a handshake on the loop.
     private func refill() {
-        while ready.count + filling < Self.readyCount {
+        while ready.count + filling < min(max(Self.readyCount, peak), Self.mostReady) {
             guard let fd = startConnect() else { return }
             filling += 1
             let deadline = Clock.monotonic() + 10_000_000_000
