@@ -75,8 +75,9 @@ final class AgentRobustnessTests {
         try token.write(toFile: tokenFile, atomically: false, encoding: .utf8)
         agent = try PodStandIn.start(
             [
+                // A suite instance may wait its turn longer than the default idle timeout on a loaded machine.
                 fixtures.sysmirror, "agent", "--listen", "unix:\(socket)", "--root", root.path, "--token-file",
-                tokenFile,
+                tokenFile, "--idle-timeout", "600",
             ],
             log: log)
         try PodStandIn.waitUntil("the agent's socket") { FileManager.default.fileExists(atPath: socket) }

@@ -66,8 +66,20 @@ final class ForwardedAgent {
     func cut() {
         guard let hop = developerHop else { return }
         developerHop = nil
-        for child in Self.children(of: hop.pid) { kill(child, SIGKILL) }
+        let children = Self.children(of: hop.pid)
+        for child in children { kill(child, SIGKILL) }
         hop.stop()
+        // Gone, not just signalled: a relay still running on the other CPU could carry one more request.
+        let deadline = Date().addingTimeInterval(5)
+        while children.contains(where: Self.isRunning) && Date() < deadline { usleep(1_000) }
+    }
+
+    /// Whether `pid` still runs (not gone, not a zombie waiting to be reaped).
+    static func isRunning(_ pid: Int32) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let state = stat.split(separator: ")").last?.split(separator: " ").first
+        else { return false }
+        return state != "Z" && state != "X"
     }
 
     static func children(of pid: Int32) -> [Int32] {
