@@ -15,6 +15,20 @@ final class ForwardedAgent {
     private var podHop: SpawnedService?
     private var developerHop: SpawnedService?
     private let delayMilliseconds: Int?
+    /// Made for this agent (`init(podWithNetwork:)`): torn down with it.
+    private var ownsPod = false
+
+    /// In a pod stand-in of its own (with the pod's services: `network`), which `stop` tears down too.
+    convenience init(podWithNetwork network: Bool, delayMilliseconds: Int? = nil) throws {
+        let pod = try PodStandIn(network: network)
+        do {
+            try self.init(in: pod, delayMilliseconds: delayMilliseconds)
+        } catch {
+            pod.tearDown()
+            throw error
+        }
+        ownsPod = true
+    }
 
     init(in pod: PodStandIn, delayMilliseconds: Int? = nil) throws {
         self.pod = pod
@@ -96,6 +110,7 @@ final class ForwardedAgent {
             agent.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: relay)
+        if ownsPod { pod.tearDown() }
     }
 
     static func listening(_ namespace: String, port: Int) -> Bool {

@@ -59,20 +59,7 @@ final class OutgoingTests {
 
     @Test("UDP: sendto without connect, and recvfrom reports the pod's peer, not a relay")
     func udp() throws {
-        let script = """
-            import socket
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(5)
-            s.sendto(b'ping', ('\(Service.echo)', 7))
-            data, peer = s.recvfrom(100)
-            print(data.decode(), peer[0], peer[1])
-            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            c.settimeout(5)
-            c.connect((socket.gethostbyname('echo'), 7))
-            c.send(b'pong')
-            print(c.recv(100).decode(), c.getpeername()[0])
-            """
-        let (outcome, _) = try traced(["python3", "-c", script])
+        let (outcome, _) = try traced(["python3", "-c", PodStandIn.udpClient(showingPeerName: true)])
         #expect(outcome.stdout == "echo ping \(Service.echo) 7\necho pong \(Service.echo)\n", "\(outcome.stderr)")
     }
 

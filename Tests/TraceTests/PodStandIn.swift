@@ -187,6 +187,24 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         """
     }
 
+    /// Python: a datagram to the pod's UDP echo with sendto, its answer and sender from recvfrom; then a
+    /// socket connected to `echo` by name, its answer (and, `showingPeerName`, its getpeername).
+    static func udpClient(showingPeerName: Bool) -> String {
+        """
+        import socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.sendto(b'ping', ('\(Service.echo)', 7))
+        data, peer = s.recvfrom(100)
+        print(data.decode(), peer[0], peer[1])
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(5)
+        c.connect((socket.gethostbyname('echo'), 7))
+        c.send(b'pong')
+        print(c.recv(100).decode()\(showingPeerName ? ", c.getpeername()[0]" : ""))
+        """
+    }
+
     /// Python: connects to HOST:PORT, sends 1,000 bytes, ends its output (a half-close) and prints what
     /// comes back, to its end.
     static func halfClosingClient(_ host: String, _ port: Int) -> String {
@@ -278,7 +296,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         throws -> Process
     {
         var command = [
-            Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", agentAddress ?? "unix:\(socket)", "--token-file",
+            Fixtures.shared.sysmirror, "trace", "--log", log, "--agent", agentAddress ?? "unix:\(socket)",
+            "--token-file",
             tokenFile,
         ]
         command += options + ["--"] + program
