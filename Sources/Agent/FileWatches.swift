@@ -28,8 +28,11 @@ final class FileWatches: Sendable {
     /// At most this many watches (besides the kernel's own limit, fs.inotify.max_user_watches).
     let limit: Int
 
-    static let objectEvents = UInt32(IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF)
-    static let directoryEvents = UInt32(IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ATTRIB) | objectEvents
+    /// For what a path names and for the directory it is named in alike: a file's content and attributes, a
+    /// directory's entries (a listing is kept too), either one going away.
+    static let events = UInt32(
+        IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DELETE_SELF | IN_MOVE_SELF | IN_CREATE | IN_DELETE | IN_MOVED_FROM
+            | IN_MOVED_TO)
     /// File systems whose files change without inotify hearing of it: procfs, sysfs, NFS, SMB/CIFS, FUSE, 9p.
     static let silentFileSystems: Set<Int> = [
         0x9fa0, 0x6265_6572, 0x6969, 0xFF53_4D42, 0xFE53_4D42, 0x6573_5546, 0x0102_1997,
@@ -81,10 +84,10 @@ final class FileWatches: Sendable {
         // session added itself to it would otherwise be gone with that session's path still counted on it.
         return state.withLock { state -> String? in
             if state.paths.count + 2 > limit { return "the agent's watch limit (\(limit))" }
-            for (fd, events) in [(object, Self.objectEvents), (Optional(directory), Self.directoryEvents)] {
+            for fd in [object, directory] {
                 guard let fd else { continue }
                 let descriptor = inotify_add_watch(
-                    inotify.raw, "/proc/self/fd/\(fd.rawValue)", events | UInt32(IN_MASK_ADD))
+                    inotify.raw, "/proc/self/fd/\(fd.rawValue)", Self.events | UInt32(IN_MASK_ADD))
                 guard descriptor >= 0 else {
                     let errno = currentErrno()
                     return errno == .noSpace

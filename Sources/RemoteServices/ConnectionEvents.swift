@@ -100,7 +100,7 @@ package final class ConnectionEvents: Sendable {
             do throws(SystemCallError) {
                 buffer = try Sockets.receive(socket.raw, upTo: 64 << 10)
                 guard !buffer.isEmpty else { return }
-            } catch where error.errno == .noBufferSpace {
+            } catch  where error.errno == .noBufferSpace {
                 continue
             } catch {
                 return

@@ -10,9 +10,9 @@ import Synchronization
 
 /// The pod's file answers a session keeps, true because the agent watches every path it answered and says
 /// when one changed (`watch`, `invalidated`; docs/configuration.md, "The file cache"): metadata (stat,
-/// lstat, statx), access, readlink, missing paths (ENOENT, ENOTDIR), and the content of regular files
-/// opened to read, whose later read-only opens each get an open file description of their own on the kept
-/// content, with no round trip.
+/// lstat, statx), access, readlink, missing paths (ENOENT, ENOTDIR), directories' entries (a later listing
+/// gets a placeholder made from them), and the content of regular files opened to read, whose later
+/// read-only opens each get an open file description of their own on the kept content, with no round trip.
 ///
 /// An answer is kept only when nothing was invalidated between its request and its arrival (`Ticket`): a
 /// change the agent told of meanwhile could be older or newer than the answer. Nothing is kept, or used,
@@ -29,8 +29,10 @@ package final class FileCache: Sendable {
         var missing: [Bool: Int32] = [:]
         var access: [Int32: Int32] = [:]
         var link: [UInt8]?
-        /// A read-only descriptor on a regular file's content; every open reopens it.
-        var content: SharedDescriptor?
+        /// A directory's entries, for its next listing.
+        var entries: [DirectoryEntry]?
+        /// A regular file's content; every open gets an open file description of its own on it.
+        var content: KeptContent?
         var contentSize = 0
         var lastUsed: UInt64 = 0
     }
@@ -206,23 +208,25 @@ package final class FileCache: Sendable {
 
     func keepLink(_ path: [UInt8], _ target: [UInt8], _ ticket: Ticket?) { keep(path, ticket) { $0.link = target } }
 
-    /// A new open file description on the kept content of `path`, read-only; nil when none is kept.
-    func openContent(_ path: [UInt8]) -> OwnedDescriptor? {
-        guard let content = look(path, { $0.content }) else { return nil }
-        return try? OwnedDescriptor(
-            taking: systemCall("open(kept content)") { open("/proc/self/fd/\(content.raw)", O_RDONLY | O_CLOEXEC) })
+    func entries(_ path: [UInt8]) -> [DirectoryEntry]? { look(path) { $0.entries } }
+
+    func keepEntries(_ path: [UInt8], _ entries: [DirectoryEntry], _ ticket: Ticket?) {
+        keep(path, ticket) { $0.entries = entries }
     }
+
+    /// The kept content of `path`; nil when none is kept.
+    func content(_ path: [UInt8]) -> KeptContent? { look(path) { $0.content } }
 
     /// Keeps `content` (a read-only descriptor of its own) for `path`, pushing out the least recently used
     /// contents past the limit.
     func keepContent(_ path: [UInt8], _ content: consuming OwnedDescriptor, size: Int, _ ticket: Ticket?) {
         guard size <= limit else { return }
-        let shared = SharedDescriptor(content)
+        let kept = KeptContent(content)
         guard let ticket else { return }
         state.withLock { state in
             guard state.active, state.version == ticket.version else { return }
             state.remove(path, contentOnly: true)
-            state.entries[path, default: Entry()].content = shared
+            state.entries[path, default: Entry()].content = kept
             state.entries[path]?.contentSize = size
             state.entries[path]?.lastUsed = Clock.monotonic()
             state.contentBytes += size
@@ -255,5 +259,35 @@ extension FileCache.State {
         } else {
             entries[path] = nil
         }
+    }
+}
+
+/// A kept file's content, and a few open file descriptions on it made ahead: an open of kept content then
+/// costs no path walk through /proc on the program's path (`replenish` runs after the answer).
+final class KeptContent: Sendable {
+    private let file: OwnedDescriptor
+    private let spares = Mutex<[Int32]>([])
+    static let spareCount = 2
+
+    init(_ file: consuming OwnedDescriptor) { self.file = file }
+
+    deinit { for spare in spares.withLock({ $0 }) { close(spare) } }
+
+    /// A spare, or a new open file description when none is left.
+    func take() -> OwnedDescriptor? {
+        if let spare = spares.withLock({ $0.popLast() }) { return OwnedDescriptor(taking: spare) }
+        return try? reopen()
+    }
+
+    func replenish() {
+        while spares.withLock({ $0.count }) < Self.spareCount, let opened = try? reopen() {
+            let raw = opened.release()
+            spares.withLock { $0.append(raw) }
+        }
+    }
+
+    private func reopen() throws(SystemCallError) -> OwnedDescriptor {
+        OwnedDescriptor(
+            taking: try systemCall("open(kept content)") { open("/proc/self/fd/\(file.raw)", O_RDONLY | O_CLOEXEC) })
     }
 }

@@ -19,7 +19,7 @@ final class LoopbackPairing: @unchecked Sendable {  // `listeners` is touched on
         let listener = try self.listener(for: family)
         do {
             try Sockets.connect(socket, to: listener.address)
-        } catch where error.errno == .nowInProgress {
+        } catch  where error.errno == .nowInProgress {
             // On loopback the handshake is over at once, or nearly.
             guard readiness(of: socket, for: Int16(POLLOUT), milliseconds: 1000) != 0 else {
                 throw SystemCallError("connect(loopback)", .timedOut)

@@ -125,7 +125,7 @@ final class MirrorFeed: @unchecked Sendable {  // `copies` is touched only on `l
         while copy.written < copy.output.count {
             do throws(SystemCallError) {
                 copy.written += try Sockets.send(copy.fd.raw, copy.output[copy.written...])
-            } catch where error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted {
+            } catch  where error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted {
                 break
             } catch {
                 return finish(id, reset: false)

@@ -42,7 +42,8 @@ package final class RemoteDirectories: Sendable {
         let fd: OwnedDescriptor
         do throws(SystemCallError) {
             _ = try systemCall("mkdir") { mkdir(directory, 0o700) }
-            fd = OwnedDescriptor(taking: try systemCall("open") { Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+            fd = OwnedDescriptor(
+                taking: try systemCall("open") { Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
         } catch {
             return .failure(error.errno)
         }
@@ -55,7 +56,9 @@ package final class RemoteDirectories: Sendable {
             case DirectoryEntry.directory: _ = mkdirat(folder, name, 0o700)
             case DirectoryEntry.symbolicLink: _ = symlinkat(".", folder, name)
             default:
-                if let file = try? systemCall("openat", { openat(folder, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) }) {
+                if let file = try? systemCall(
+                    "openat", { openat(folder, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) })
+                {
                     OwnedDescriptor(taking: file).close()
                 }
             }

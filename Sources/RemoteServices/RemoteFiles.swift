@@ -175,10 +175,21 @@ package final class RemoteFiles: Sendable {
     /// A read, or a read-write open whose copy is written back at close (`OpenIntent`): the agent streams the
     /// content either way. The request's id reaches its owner before any reply can (`prepare`).
     func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
-        let keepable = OpenIntent(flags: flags) == .read && flags & (O_DIRECTORY | O_NOFOLLOW) == 0
-        if keepable, let kept = context.cache?.openContent(path) {
+        // O_NOFOLLOW's ELOOP on a symlink is the agent's to say.
+        let keepable = OpenIntent(flags: flags) == .read && flags & O_NOFOLLOW == 0
+        if keepable, flags & O_DIRECTORY == 0, let content = context.cache?.content(path), let opened = content.take() {
             answer.markCached()
-            answer.install(fd: kept, flags: flags)
+            answer.install(fd: opened, flags: flags)
+            content.replenish()  // with SYNC_WAKE_UP the program runs meanwhile: this is off its path
+            return
+        }
+        if keepable, let entries = context.cache?.entries(path) {
+            answer.markCached()
+            switch context.directories.open(path, entries: entries) {
+            case .success(let fd): answer.install(fd: fd, flags: flags)
+            case .failure(let errno):
+                answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
+            }
             return
         }
         let download = Download(path: path, flags: flags, answer: answer, context: context)

@@ -90,6 +90,7 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
         if let entries {
             do {
                 let decoded = try DirectoryEntryCodec.decode(entries)
+                if let ticket { context.cache?.keepEntries(path, decoded, ticket) }
                 switch context.directories.open(path, entries: decoded) {
                 case .success(let fd): answer.install(fd: fd, flags: flags)
                 case .failure(let errno):

@@ -54,7 +54,7 @@ final class UploadPump: @unchecked Sendable {  // created on any thread, then to
         let piece: [UInt8]
         do throws(SystemCallError) {
             piece = try Sockets.read(source.raw, upTo: Frame.chunkSize)
-        } catch where error.errno == .resourceTemporarilyUnavailable {
+        } catch  where error.errno == .resourceTemporarilyUnavailable {
             return  // a pipe with nothing yet: its readiness calls again
         } catch {
             return end()  // a failed read ends the upload where it is, as the end of the file would

@@ -19,9 +19,13 @@ final class FileCacheTests {
     func podFile(_ path: String) -> URL { pod.root.appendingPathComponent(path) }
 
     /// A traced program that reads `path` every 5 ms and prints, with the wall time, each content (and mode)
-    /// it sees change, until `done` exists.
-    func watcher(_ path: String, started: String, done: String) -> [String] {
-        [
+    /// it sees change, until `done` exists; `listing`: the directory's sorted names instead.
+    func watcher(_ path: String, listing: Bool, started: String, done: String) -> [String] {
+        let seen =
+            listing
+            ? "' '.join(sorted(os.listdir('\(path)')))"
+            : "'%s %o' % (open('\(path)').read().strip(), os.stat('\(path)').st_mode & 0o777)"
+        return [
             "/usr/bin/python3", "-c",
             """
             import os, time
@@ -29,7 +33,7 @@ final class FileCacheTests {
             open('\(started)', 'w').close()
             while not os.path.exists('\(done)'):
                 try:
-                    seen = '%s %o' % (open('\(path)').read().strip(), os.stat('\(path)').st_mode & 0o777)
+                    seen = \(seen)
                 except OSError as error:
                     seen = 'error %d' % error.errno
                 if seen != last:
@@ -42,12 +46,12 @@ final class FileCacheTests {
 
     /// Runs `changes` (each a description, the change, and what the program must then see) against a watching
     /// program; checks that each is seen within the bound and never undone.
-    func expectSeen(_ path: String, _ changes: [(String, () throws -> Void, String)]) throws {
+    func expectSeen(_ path: String, listing: Bool = false, _ changes: [(String, () throws -> Void, String)]) throws {
         let started = fixtures.path("cache-started-\(UUID().uuidString)"),
             done = fixtures.path("cache-done-\(UUID().uuidString)")
         defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
         let traced = LinkCutTests.traceInBackground(
-            watcher(path, started: started, done: done), pod: pod, agentAddress: "unix:\(pod.socket)")
+            watcher(path, listing: listing, started: started, done: done), pod: pod, agentAddress: "unix:\(pod.socket)")
         try PodStandIn.waitUntil("the watching program") { FileManager.default.fileExists(atPath: started) }
         usleep(300_000)
         var changedAt: [(String, Double, String)] = []
@@ -92,6 +96,20 @@ final class FileCacheTests {
                     "made again", { try "listen: 6060".write(to: file, atomically: false, encoding: .utf8) },
                     "listen: 6060 644"
                 ),
+            ])
+    }
+
+    @Test("A directory's listing is kept, and a name made or removed in the pod is seen by the next one")
+    func listings() throws {
+        let made = podFile("data/made.txt")
+        try expectSeen(
+            "/data", listing: true,
+            [
+                (
+                    "a file made", { try "new".write(to: made, atomically: false, encoding: .utf8) },
+                    "a.txt b.txt made.txt nested"
+                ),
+                ("a file removed", { try FileManager.default.removeItem(at: made) }, "a.txt b.txt nested"),
             ])
     }
 
