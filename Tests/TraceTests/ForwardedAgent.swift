@@ -63,13 +63,13 @@ final class ForwardedAgent {
                 inDeveloper + [
                     "python3", script.path, "--listen", "127.0.0.1:7001", "--connect", "unix:\(relay)", "--delay-ms",
                     "\(delayMilliseconds)",
-                ])
+                ], ownGroup: true)
         } else {
             developerHop = try SpawnedService(
                 inDeveloper + [
                     "socat", "TCP-LISTEN:7001,bind=127.0.0.1,fork,backlog=1024,reuseaddr,nodelay",
                     "UNIX-CONNECT:\(relay)",
-                ])
+                ], ownGroup: true)
         }
         try PodStandIn.waitUntil("the port-forward stand-in") {
             Self.listening(pod.developerNamespace, port: 7001) && FileManager.default.fileExists(atPath: relay)
@@ -80,25 +80,10 @@ final class ForwardedAgent {
     func cut() {
         guard let hop = developerHop else { return }
         developerHop = nil
-        let children = Self.children(of: hop.pid)
-        for child in children { kill(child, SIGKILL) }
-        hop.stop()
-        // Gone, not just signalled: a relay still running on the other CPU could carry one more request.
-        let deadline = Date().addingTimeInterval(5)
-        while children.contains(where: Self.isRunning) && Date() < deadline { usleep(1_000) }
-    }
-
-    /// Whether `pid` still runs (not gone, not a zombie waiting to be reaped).
-    static func isRunning(_ pid: Int32) -> Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let state = stat.split(separator: ")").last?.split(separator: " ").first
-        else { return false }
-        return state != "Z" && state != "X"
-    }
-
-    static func children(of pid: Int32) -> [Int32] {
-        let listed = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
-        return listed.split(separator: " ").compactMap { Int32($0) }
+        // The whole group, and gone before this returns: a relay forked while the listener was being killed
+        // would keep the listening socket (and a connection) alive, and one still running on the other CPU
+        // could carry one more request.
+        hop.stopGroup()
     }
 
     func stop() {

@@ -453,17 +453,26 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
 final class SpawnedService: @unchecked Sendable {  // pid set once
     let pid: pid_t
 
-    init(_ arguments: [String]) throws {
+    /// `ownGroup`: in a process group of its own, whose every process `stopGroup` ends (a forking server's
+    /// children too, including one forked while it is being stopped).
+    init(_ arguments: [String], ownGroup: Bool = false) throws {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        if ownGroup {
+            posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+            posix_spawnattr_setpgroup(&attributes, 0)
+        }
         for fd: Int32 in [0, 1, 2] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_RDWR, 0) }
         // Nothing but 0-2 is inherited (Tests/Fixtures/unblocked.c says why).
         let command = [Fixtures.shared.path("unblocked"), "--close-fds"] + arguments
         let argv = command.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawnp(&pid, command[0], &actions, nil, argv, environ)
+        let result = posix_spawnp(&pid, command[0], &actions, &attributes, argv, environ)
         guard result == 0 else { throw FixtureError(description: "cannot start \(arguments[0]): \(result)") }
         self.pid = pid
     }
@@ -472,5 +481,17 @@ final class SpawnedService: @unchecked Sendable {  // pid set once
         kill(pid, SIGKILL)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
+    }
+
+    /// Ends every process of its group (started with `ownGroup`) and waits, up to 5 s, until none is left.
+    func stopGroup() {
+        kill(-pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let deadline = Date().addingTimeInterval(5)
+        while kill(-pid, 0) == 0 && Date() < deadline {
+            kill(-pid, SIGKILL)
+            usleep(1_000)
+        }
     }
 }
