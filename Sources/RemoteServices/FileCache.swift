@@ -262,32 +262,15 @@ extension FileCache.State {
     }
 }
 
-/// A kept file's content, and a few open file descriptions on it made ahead: an open of kept content then
-/// costs no path walk through /proc on the program's path (`replenish` runs after the answer).
+/// A kept file's content: each open of it gets an open file description of its own (its own offset),
+/// through /proc.
 final class KeptContent: Sendable {
     private let file: OwnedDescriptor
-    private let spares = Mutex<[Int32]>([])
-    static let spareCount = 2
 
     init(_ file: consuming OwnedDescriptor) { self.file = file }
 
-    deinit { for spare in spares.withLock({ $0 }) { close(spare) } }
-
-    /// A spare, or a new open file description when none is left.
-    func take() -> OwnedDescriptor? {
-        if let spare = spares.withLock({ $0.popLast() }) { return OwnedDescriptor(taking: spare) }
-        return try? reopen()
-    }
-
-    func replenish() {
-        while spares.withLock({ $0.count }) < Self.spareCount, let opened = try? reopen() {
-            let raw = opened.release()
-            spares.withLock { $0.append(raw) }
-        }
-    }
-
-    private func reopen() throws(SystemCallError) -> OwnedDescriptor {
-        OwnedDescriptor(
-            taking: try systemCall("open(kept content)") { open("/proc/self/fd/\(file.raw)", O_RDONLY | O_CLOEXEC) })
+    func open() -> OwnedDescriptor? {
+        try? OwnedDescriptor(
+            taking: systemCall("open(kept content)") { Glibc.open("/proc/self/fd/\(file.raw)", O_RDONLY | O_CLOEXEC) })
     }
 }

@@ -177,10 +177,9 @@ package final class RemoteFiles: Sendable {
     func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
         // O_NOFOLLOW's ELOOP on a symlink is the agent's to say.
         let keepable = OpenIntent(flags: flags) == .read && flags & O_NOFOLLOW == 0
-        if keepable, flags & O_DIRECTORY == 0, let content = context.cache?.content(path), let opened = content.take() {
+        if keepable, flags & O_DIRECTORY == 0, let opened = context.cache?.content(path)?.open() {
             answer.markCached()
             answer.install(fd: opened, flags: flags)
-            content.replenish()  // with SYNC_WAKE_UP the program runs meanwhile: this is off its path
             return
         }
         if keepable, let entries = context.cache?.entries(path) {
