@@ -142,14 +142,16 @@ public final class AgentClient: Sendable {
         .client
     }
 
-    /// Connects and authenticates, with `first` sent beside the hello in one write: over a link of some
-    /// latency, a session's first requests then cost no round trip beyond the handshake's. Blocks until the
-    /// session is open and `first` are answered (or have failed).
+    /// Connects and authenticates, with `first` and `alsoSending` sent beside the hello in one write: over a
+    /// link of some latency, a session's first requests then cost no round trip beyond the handshake's.
+    /// Blocks until the session is open and `first` are answered (or have failed); `alsoSending`'s handlers
+    /// hear their replies as any request's do.
     public static func connect(
         to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, resumption: Resumption? = nil,
-        logger: Logger, asking first: [Request]
+        logger: Logger, asking first: [Request], alsoSending others: [(Request, Handler)] = []
     ) throws(AgentConnectError) -> (client: AgentClient, answers: [Result<Response, AgentCallError>]) {
-        let pipelined = first.enumerated().flatMap { Frame.encode(.request(id: UInt32($0.offset + 1), $0.element)) }
+        let requests = first + others.map(\.0)
+        let pipelined = requests.enumerated().flatMap { Frame.encode(.request(id: UInt32($0.offset + 1), $0.element)) }
         let (socket, welcome, buffer) = try LinkSocket.openSession(
             to: address, token: token, timeoutSeconds: timeoutSeconds, pipelined: pipelined)
         let wakeUp = sysm_eventfd()
@@ -158,7 +160,13 @@ public final class AgentClient: Sendable {
             logger: logger)
         // Their ids were taken above; their answers may be in `buffer` already, so they wait before the reader starts.
         let calls = first.indices.map { client.expect(id: UInt32($0 + 1)) }
-        client.requests.withLock { $0.nextID = UInt32(first.count + 1) }
+        client.requests.withLock { state in
+            for (offset, (_, handler)) in others.enumerated() {
+                state.pending[UInt32(first.count + offset + 1)] = Pending(
+                    handler: handler, lastHeard: Clock.monotonic())
+            }
+            state.nextID = UInt32(requests.count + 1)
+        }
         do {
             let handshakeRest = buffer
             var thread: ThreadHandle? = try ThreadHandle.start(name: "sysmirror-link") {

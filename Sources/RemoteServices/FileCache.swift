@@ -47,7 +47,8 @@ package final class FileCache: Sendable {
         var unwatchedNoted = false
     }
 
-    let client: AgentClient
+    /// Set once the session's link is up (`attach`).
+    private let link = Mutex<AgentClient?>(nil)
     let logger: Logger
     /// Content kept beyond this many bytes pushes out what was least recently used.
     let limit: Int
@@ -59,75 +60,93 @@ package final class FileCache: Sendable {
     /// round trip each per lookup, unless kept.
     package static let resolverFiles = [Array("/etc/resolv.conf".utf8), Array("/etc/hosts".utf8)]
 
-    package init(
-        client: AgentClient, limit: Int = FileCache.defaultLimit, prefetching prefetched: [[UInt8]] = [], logger: Logger
-    ) {
-        self.client = client
+    /// A cache whose first requests (`firstRequests`) go out with the session's hello, and which then
+    /// works on the link it is attached to.
+    package init(limit: Int = FileCache.defaultLimit, prefetching prefetched: [[UInt8]] = [], logger: Logger) {
         self.limit = limit
         self.prefetched = prefetched
         self.logger = logger
-        startWatching()
+    }
+
+    var client: AgentClient? { link.withLock { $0 } }
+
+    /// `watch`, then the prefetched paths' stat and open, for the hello's write: the agent reads them in
+    /// order, so it watches before it answers the others, whose answers can be kept.
+    package func firstRequests() -> [(Request, AgentClient.Handler)] {
+        let ticket = Ticket(version: state.withLock { $0.version })
+        let watch: AgentClient.Handler = { [self] in watchReply($0, thenPrefetch: false) }
+        return [(.watch, watch)] + prefetched.flatMap { prefetchRequests($0, ticket: ticket) }
+    }
+
+    /// The session's link, once it is open.
+    package func attach(_ client: AgentClient) {
+        link.withLock { $0 = client }
         // After a cut nothing kept is trusted: the pod may have changed meanwhile, unseen. The new connection
         // is a new session in the agent, which watches again once asked.
         client.whenLinkFails { [self] _ in state.withLock { $0 = State(version: $0.version + 1) } }
-        client.whenLinkIsBack { [self] in startWatching() }
-    }
-
-    private func startWatching() {
-        client.send(.watch) { [self] reply in
-            switch reply {
-            case .response(.done):
-                state.withLock { $0.active = true }
-                for path in prefetched { prefetch(path) }
-                return .waitingOnClient
-            case .response(.invalidated(let paths)):
-                state.withLock { state in
-                    state.version += 1
-                    for path in paths { state.remove(path) }
-                }
-                return .waitingOnClient
-            case .response(.unwatched(let path, let reason)):
-                let first = state.withLock { state in
-                    state.version += 1
-                    defer { state.unwatchedNoted = true }
-                    return !state.unwatchedNoted
-                }
-                if first {
-                    logger.notice(
-                        "\(String(decoding: path, as: UTF8.self)) and paths like it are not cached: \(reason)")
-                }
-                return .waitingOnClient
-            case .response(.failure(_, let message)):
-                logger.notice("the agent keeps no file cache true (\(message)): every file call asks it")
-                return .complete
-            case .response, .chunk, .end, .linkFailure:
-                return .complete
-            }
+        client.whenLinkIsBack { [self] in
+            client.send(.watch) { [self] in watchReply($0, thenPrefetch: true) }
         }
     }
 
-    /// Asks for `path`'s metadata and content without a program asking (the session's start, a link that
-    /// came back), so that the program's first reads of it cost nothing.
-    private func prefetch(_ path: [UInt8]) {
-        let ticket = ticket()
-        client.send(.stat(path: path, followSymlinks: true)) { [self] reply in
+    private func watchReply(_ reply: Reply, thenPrefetch: Bool) -> ReplyDisposition {
+        switch reply {
+        case .response(.done):
+            let ticket = state.withLock { state in
+                state.active = true
+                return Ticket(version: state.version)
+            }
+            if thenPrefetch, let client {
+                for path in prefetched {
+                    for (request, handler) in prefetchRequests(path, ticket: ticket) {
+                        client.send(request, handler: handler)
+                    }
+                }
+            }
+            return .waitingOnClient
+        case .response(.invalidated(let paths)):
+            state.withLock { state in
+                state.version += 1
+                for path in paths { state.remove(path) }
+            }
+            return .waitingOnClient
+        case .response(.unwatched(let path, let reason)):
+            let first = state.withLock { state in
+                state.version += 1
+                defer { state.unwatchedNoted = true }
+                return !state.unwatchedNoted
+            }
+            if first {
+                logger.notice("\(String(decoding: path, as: UTF8.self)) and paths like it are not cached: \(reason)")
+            }
+            return .waitingOnClient
+        case .response(.failure(_, let message)):
+            logger.notice("the agent keeps no file cache true (\(message)): every file call asks it")
+            return .complete
+        case .response, .chunk, .end, .linkFailure:
+            return .complete
+        }
+    }
+
+    /// `path`'s metadata and content asked for without a program asking (the session's start, a link that
+    /// came back), so that the program's first reads of it cost nothing. A directory or a file of 1 MiB or
+    /// more is not kept.
+    private func prefetchRequests(_ path: [UInt8], ticket: Ticket) -> [(Request, AgentClient.Handler)] {
+        let download = Mutex<(content: ContentFile?, size: Int)>((nil, 0))
+        let stat: AgentClient.Handler = { [self] reply in
             if case .response(let response) = reply { keepStatus(path, following: true, response, ticket) }
             return .complete
         }
-        let download = Mutex<(id: UInt32, content: ContentFile?, size: Int)>((0, nil, 0))
-        client.send(.open(path: path, flags: O_RDONLY, mode: 0), prepare: { id in download.withLock { $0.id = id } }) {
-            [self] reply in
+        let open: AgentClient.Handler = { [self] reply in
             switch reply {
-            case .response(.opened(let metadata)) where metadata.isRegularFile && metadata.size < 1 << 20:
-                download.withLock {
-                    $0.content = try? ContentFile(name: path, size: metadata.size, scratch: "")
-                    $0.size = Int(metadata.size)
+            case .response(.opened(let metadata)):
+                if metadata.isRegularFile && metadata.size < 1 << 20 {
+                    download.withLock {
+                        $0.content = try? ContentFile(name: path, size: metadata.size, scratch: "")
+                        $0.size = Int(metadata.size)
+                    }
                 }
                 return .expectingMore
-            case .response(.opened):
-                // A directory or a large file: left for the program to ask for.
-                client.cancel(download.withLock { $0.id })
-                return .complete
             case .chunk(let bytes):
                 download.withLock { state in
                     if (try? state.content?.append(bytes)) == nil { state.content = nil }
@@ -145,6 +164,7 @@ package final class FileCache: Sendable {
                 return .complete
             }
         }
+        return [(.stat(path: path, followSymlinks: true), stat), (.open(path: path, flags: O_RDONLY, mode: 0), open)]
     }
 
     /// For a request about to be sent; nil while nothing can be kept.

@@ -86,6 +86,8 @@ public final class TraceSession: Sendable {
         let connections: SharedDescriptor?
         /// The serving half's one event loop: relays, copies, waits, pumps, refills and pings.
         let loop: EventLoop
+        /// What the session keeps of the pod's file answers; nil with `--fs-cache off`.
+        let cache: FileCache?
     }
 
     /// Signals sysmirror forwards to the program when they are sent to sysmirror itself.
@@ -166,13 +168,19 @@ public final class TraceSession: Sendable {
     private func connect(_ remote: RemoteOptions, environment: inout [String]) throws(TraceFailure) -> Link {
         let client: AgentClient
         let answers: [Result<Response, AgentCallError>]
+        // Where the pod's DNS is the program's, each lookup re-reads resolv.conf and hosts: kept from the start.
+        let cache =
+            remote.cachesFiles
+            ? FileCache(prefetching: remote.outgoing.enabled ? FileCache.resolverFiles : [], logger: logger) : nil
         do {
             // Over TCP (a port-forward, which drops and is restarted), a broken link is connected again.
             var resumption: AgentClient.Resumption?
             if case .tcp = remote.address { resumption = AgentClient.Resumption(token: remote.token) }
             (client, answers) = try AgentClient.connect(
                 to: remote.address, token: remote.token, resumption: resumption, logger: logger,
-                asking: [.hostname] + (remote.environment != nil ? [.environment] : []))
+                asking: [.hostname] + (remote.environment != nil ? [.environment] : []),
+                alsoSending: cache?.firstRequests() ?? [])
+            cache?.attach(client)
         } catch {
             throw .agent(error.description)
         }
@@ -195,7 +203,7 @@ public final class TraceSession: Sendable {
             logger.notice("connected to the \(client.agentDescription) at \(remote.address)")
             return Link(
                 client: client, hostname: name, directories: try RemoteDirectories(), sockets: sockets,
-                connections: connections, loop: loop)
+                connections: connections, loop: loop, cache: cache)
         } catch let error as AgentConnectError {
             client.close()
             throw .agent(error.description)
@@ -238,13 +246,7 @@ public final class TraceSession: Sendable {
             try RemoteFiles(
                 client: link.client, listener: program.listener, directories: link.directories,
                 hostname: link.hostname,
-                cache: options.remote?.cachesFiles == true
-                    ? FileCache(
-                        client: link.client,
-                        // Where the pod's DNS is the program's, each lookup re-reads these: kept from the start.
-                        prefetching: options.remote?.outgoing.enabled == true ? FileCache.resolverFiles : [],
-                        logger: logger) : nil,
-                loop: link.loop, logger: logger)
+                cache: link.cache, loop: link.loop, logger: logger)
         }
         // The ends of the pod's TCP connections that the program holds itself, with no relay: outgoing ones,
         // and stolen ones taken from the pod's listening socket.

@@ -134,7 +134,7 @@ final class DistantClusterTests {
             print(s.recvfrom(100))
             print(urllib.request.urlopen('http://web:8080/').read().decode(), end='')
             """
-        let (python, _) = try pod.trace(["python3", "-c", script], agentAddress: forwarded.address)
+        let (python, log) = try pod.trace(["python3", "-c", script], agentAddress: forwarded.address)
         #expect(
             python.stdout == """
                 listen: 8080
@@ -143,6 +143,12 @@ final class DistantClusterTests {
                 (b'echo ping', ('\(Service.echo)', 7))
                 \(Service.webBody)
                 """, "\(python.stderr)")
+        // The pod's resolv.conf and hosts came with the session's first round trip: glibc's reads of them
+        // cost none.
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            let opens = log.filter { $0.contains("\"\(file)\"") && $0.contains("openat(") }
+            #expect(!opens.isEmpty && opens.allSatisfy { $0.contains("→ cached") }, "\(opens)")
+        }
         let (go, _) = try pod.trace(
             [fixtures.path("gofixture"), "gets", "50", "http://web.default.svc.cluster.local:8080/"],
             agentAddress: forwarded.address)
