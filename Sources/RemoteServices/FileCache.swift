@@ -56,9 +56,9 @@ package final class FileCache: Sendable {
     let prefetched: [[UInt8]]
     private let state = Mutex(State())
     public static let defaultLimit = 256 << 20
-    /// What every lookup of glibc and musl reads again (stat and open of resolv.conf, open of hosts): one
-    /// round trip each per lookup, unless kept.
-    package static let resolverFiles = [Array("/etc/resolv.conf".utf8), Array("/etc/hosts".utf8)]
+    /// What glibc's and musl's lookups read (resolv.conf and hosts at every lookup; gai.conf, which pods
+    /// seldom have, at the first): one round trip each, unless kept.
+    package static let resolverFiles = ["/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf"].map { Array($0.utf8) }
 
     /// A cache whose first requests (`firstRequests`) go out with the session's hello, and which then
     /// works on the link it is attached to.

@@ -182,6 +182,11 @@ package final class RemoteFiles: Sendable {
             answer.install(fd: opened, flags: flags)
             return
         }
+        // A path the pod does not have fails to open as it failed to stat.
+        if keepable, case .missing(let errno)? = context.cache?.status(path, following: true) {
+            answer.markCached()
+            return answer.fail(errno)
+        }
         if keepable, let entries = context.cache?.entries(path) {
             answer.markCached()
             switch context.directories.open(path, entries: entries) {

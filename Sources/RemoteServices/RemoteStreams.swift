@@ -73,6 +73,10 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             return .complete
         case .response(.failure(let errno, let message)):
             content?.close()
+            // A path the pod does not have is kept missing, as a stat's answer would be.
+            if let ticket {
+                context.cache?.keepStatus(path, following: true, .failure(errno: errno, message: message), ticket)
+            }
             answer.fail(errno, note: message.isEmpty ? nil : message)
             return .complete
         case .response(let other):

@@ -153,6 +153,24 @@ final class FileCacheTests {
         #expect(opens.filter { $0.contains("→ cached") }.count >= 9990)
     }
 
+    @Test("A missing path is kept missing: its second open fails from the cache with the pod's errno")
+    func missingPaths() throws {
+        let script = """
+            import os
+            for _ in range(2):
+                try:
+                    open('/data/missing.txt')
+                except OSError as error:
+                    print(error.errno)
+            """
+        let (outcome, log) = try pod.trace(["/usr/bin/python3", "-c", script])
+        #expect(outcome.stdout == "2\n2\n", "\(outcome.stderr)")
+        let opens = log.filter { $0.contains("/data/missing.txt") && $0.contains("openat(") }
+        #expect(
+            opens.count == 2 && opens.last?.contains("ENOENT") == true && opens.last?.contains("→ cached") == true,
+            "\(opens)")
+    }
+
     @Test("Python imports a package from the pod twice: the second process is answered from the cache")
     func pythonImports() throws {
         try FileManager.default.createDirectory(at: podFile("app/shop"), withIntermediateDirectories: true)
