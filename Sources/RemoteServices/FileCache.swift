@@ -56,9 +56,12 @@ package final class FileCache: Sendable {
     let prefetched: [[UInt8]]
     private let state = Mutex(State())
     public static let defaultLimit = 256 << 20
-    /// What glibc's and musl's lookups read (resolv.conf and hosts at every lookup; gai.conf, which pods
-    /// seldom have, at the first): one round trip each, unless kept.
-    package static let resolverFiles = ["/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf"].map { Array($0.utf8) }
+    /// What glibc's and musl's lookups read (resolv.conf and hosts at every lookup; gai.conf and host.conf,
+    /// which pods seldom have, at the first; glibc's NSS also stats "/" to notice a chroot): one round trip
+    /// each, unless kept. A directory's prefetch is its metadata only.
+    package static let resolverFiles = ["/", "/etc/resolv.conf", "/etc/hosts", "/etc/gai.conf", "/etc/host.conf"].map {
+        Array($0.utf8)
+    }
 
     /// A cache whose first requests (`firstRequests`) go out with the session's hello, and which then
     /// works on the link it is attached to.
@@ -129,8 +132,8 @@ package final class FileCache: Sendable {
     }
 
     /// `path`'s metadata and content asked for without a program asking (the session's start, a link that
-    /// came back), so that the program's first reads of it cost nothing. A directory or a file of 1 MiB or
-    /// more is not kept.
+    /// came back), so that the program's first reads of it cost nothing. A path ending in "/" is asked for its
+    /// metadata only; a directory's listing or a file of 1 MiB or more is not kept.
     private func prefetchRequests(_ path: [UInt8], ticket: Ticket) -> [(Request, AgentClient.Handler)] {
         let download = Mutex<(content: ContentFile?, size: Int)>((nil, 0))
         let stat: AgentClient.Handler = { [self] reply in
@@ -164,7 +167,9 @@ package final class FileCache: Sendable {
                 return .complete
             }
         }
-        return [(.stat(path: path, followSymlinks: true), stat), (.open(path: path, flags: O_RDONLY, mode: 0), open)]
+        let statOnly = path.last == UInt8(ascii: "/")
+        return [(.stat(path: path, followSymlinks: true), stat)]
+            + (statOnly ? [] : [(.open(path: path, flags: O_RDONLY, mode: 0), open)])
     }
 
     /// For a request about to be sent; nil while nothing can be kept.

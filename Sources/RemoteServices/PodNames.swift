@@ -32,23 +32,27 @@ package final class PodNames: Sendable {
         var cache = AnswerCache()
         /// Questions asked of the agent and not yet answered, with the queries waiting for them.
         var asked: [AnswerCache.Key: [Waiter]] = [:]
-        var searchList = SearchList(domains: [])
+        /// Nil until the pod's resolv.conf is read.
+        var searchList: SearchList?
     }
 
     let client: AgentClient
+    /// Where the pod's resolv.conf may be kept already (fetched with the session's hello).
+    let files: FileCache?
     let logger: Logger
     private let state = Mutex(State())
     static let resolverConfiguration = Array("/etc/resolv.conf".utf8)
 
-    package init(client: AgentClient, logger: Logger) {
+    package init(client: AgentClient, files: FileCache?, logger: Logger) {
         self.client = client
+        self.files = files
         self.logger = logger
         readSearchList()
         // After a cut, what was kept may be stale: the pod may have changed meanwhile.
         client.whenLinkFails { [self] _ in state.withLock { $0.cache.removeAll() } }
     }
 
-    /// The pod's search list, read once at the start, beside the session's other first requests; until it
+    /// The pod's search list, read once at the start (the file cache has it sooner, when it is on); until it
     /// comes, a lookup asks for its own name only.
     private func readSearchList() {
         let content = Mutex<[UInt8]>([])
@@ -60,7 +64,7 @@ package final class PodNames: Sendable {
                 return .expectingMore
             case .end:
                 let list = SearchList(resolverConfiguration: String(decoding: content.withLock { $0 }, as: UTF8.self))
-                state.withLock { $0.searchList = list }
+                state.withLock { $0.searchList = $0.searchList ?? list }
                 return .complete
             case .response, .linkFailure:
                 return .complete
@@ -75,6 +79,9 @@ package final class PodNames: Sendable {
         guard let query = DNSMessage.query(message) else { return false }
         let key = AnswerCache.Key(server: server.bytes, question: query.question)
         let now = Clock.monotonic()
+        if state.withLock({ $0.searchList == nil }), let kept = keptSearchList() {
+            state.withLock { $0.searchList = $0.searchList ?? kept }
+        }
         enum Step {
             case kept([UInt8], age: UInt32)
             case waiting
@@ -87,7 +94,8 @@ package final class PodNames: Sendable {
                 state.asked[key]!.append(waiter)
                 return .waiting
             }
-            let questions = state.searchList.questions(for: query.question).filter { question in
+            let questions = (state.searchList ?? SearchList(domains: [])).questions(for: query.question).filter {
+                question in
                 let other = AnswerCache.Key(server: key.server, question: question)
                 return other == key || state.asked[other] == nil
             }
@@ -104,6 +112,14 @@ package final class PodNames: Sendable {
             ask(questions, server: key.server)
         }
         return true
+    }
+
+    /// The search list from the pod's resolv.conf as the file cache keeps it, if it does.
+    private func keptSearchList() -> SearchList? {
+        guard let file = files?.content(Self.resolverConfiguration)?.open() else { return nil }
+        var text: [UInt8] = []
+        while let piece = try? Sockets.read(file.raw, upTo: 4096), !piece.isEmpty { text += piece }
+        return SearchList(resolverConfiguration: String(decoding: text, as: UTF8.self))
     }
 
     private func ask(_ questions: [DNSQuestion], server: [UInt8]) {

@@ -266,7 +266,8 @@ public final class TraceSession: Sendable {
                     ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
                 datagrams: throughLink
                     ? RemoteDatagrams(
-                        client: link.client, names: PodNames(client: link.client, logger: logger), loop: link.loop,
+                        client: link.client, names: PodNames(client: link.client, files: link.cache, logger: logger),
+                        loop: link.loop,
                         listener: program.listener, logger: logger) : nil,
                 listener: program.listener, loop: link.loop, logger: logger, connections: connections,
                 linkIsUp: { [client = link.client] in client.isActive })
