@@ -173,9 +173,24 @@ struct Trace: ParsableCommand {
         case cluster(KubernetesSession.Request)
     }
 
+    /// A problem found before the program starts that is not a misuse of the command line (an unreadable
+    /// config or token file, a log that cannot be written): said as an error, without the usage.
+    struct SetupFailure: Error {
+        let message: String
+    }
+
     func run() throws {
         Sysmirror.bootstrapLogging(quiet: quiet)
         let logger = Logger(label: "sysmirror")
+        do {
+            try runSession(logger: logger)
+        } catch let failure as SetupFailure {
+            logger.error("\(failure.message) The program was not started.")
+            throw ExitCode(1)
+        }
+    }
+
+    func runSession(logger: Logger) throws {
         let settings = try loadSettings()
         let source = try agentSource(settings)
         let environment = currentEnvironment()
@@ -214,7 +229,7 @@ struct Trace: ParsableCommand {
         do {
             return try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
         } catch {
-            throw ValidationError(error.message)
+            throw SetupFailure(message: "\(error.message).")
         }
     }
 
@@ -275,9 +290,14 @@ struct Trace: ParsableCommand {
             return nil
         case .given(let text, let tokenPath):
             do {
-                (address, token) = (try AgentAddress(parsing: text), try TokenFile.read(tokenPath))
+                address = try AgentAddress(parsing: text)
             } catch {
                 throw ValidationError("\(error)")
+            }
+            do {
+                token = try TokenFile.read(tokenPath)
+            } catch {
+                throw SetupFailure(message: "\(error)")
             }
         case .cluster(let request):
             (address, token) = (.tcp(host: "127.0.0.1", port: 1), [])
@@ -343,7 +363,10 @@ struct Trace: ParsableCommand {
                     permissions: [.ownerReadWrite, .groupRead, .otherRead])
                 return (fd, true)
             } catch {
-                throw ValidationError("Cannot write the trace log to \(path): \(error)")
+                throw SetupFailure(
+                    message:
+                        "cannot write the trace log to \(path): \(error). Give --log a path you can write, or - for standard error."
+                )
             }
         }
     }

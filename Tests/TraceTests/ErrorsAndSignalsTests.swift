@@ -99,8 +99,11 @@ struct ErrorsAndSignalsTests {
             ], unprivileged: true)
         #expect(outcome.status == 64, "\(outcome.stderr)")
         #expect(outcome.stderr.contains(message), "\(outcome.stderr)")
-        let alone = try Run.process([fixtures.sysmirror, "trace", "--incoming", "steal", "--", "true"], unprivileged: true)
-        #expect(alone.stderr.contains("the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent"))
+        let alone = try Run.process(
+            [fixtures.sysmirror, "trace", "--incoming", "steal", "--", "true"], unprivileged: true)
+        #expect(
+            alone.stderr.contains(
+                "the incoming options (--incoming, --port-map, --steal-header, --steal-path) need an agent"))
     }
 
     @Test("Unknown flags and a missing program are usage errors")
@@ -119,11 +122,25 @@ struct ErrorsAndSignalsTests {
         #expect(!FileManager.default.fileExists(atPath: fixtures.path("x")))
     }
 
-    @Test("A log that cannot be written is a clear error before the program runs")
+    @Test(
+        "A log that cannot be written, a missing config or token file: a clear error, no usage, before the program runs"
+    )
     func unwritableLog() throws {
         let outcome = try trace(["/bin/busybox", "true"], options: ["--log", "/proc/version/x"])
-        #expect(outcome.status == 64)
-        #expect(outcome.stderr.contains("Cannot write the trace log to /proc/version/x"))
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("cannot write the trace log to /proc/version/x"))
+        // A runtime problem, not a misuse of the command line: no usage after it.
+        #expect(!outcome.stderr.contains("Usage:"), "\(outcome.stderr)")
+        for options in [
+            ["--config", "/nonexistent/sysmirror.yaml"],
+            ["--agent", "unix:/nonexistent.sock", "--token-file", "/nonexistent/token"],
+        ] {
+            let failed = try trace(["/bin/busybox", "true"], options: options)
+            #expect(failed.status == 1 && failed.stderr.contains("/nonexistent/"), "\(failed.stderr)")
+            #expect(
+                failed.stderr.contains("The program was not started") && !failed.stderr.contains("Usage:"),
+                "\(failed.stderr)")
+        }
     }
 
     @Test("doctor reports the kernel features and that trace can run")
