@@ -229,7 +229,7 @@ struct Trace: ParsableCommand {
         do {
             return try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
         } catch {
-            throw SetupFailure(message: "\(error.message).")
+            throw SetupFailure(message: error.message.hasSuffix(".") ? error.message : error.message + ".")
         }
     }
 
