@@ -143,6 +143,22 @@ struct ErrorsAndSignalsTests {
         }
     }
 
+    @Test("Shell completions for bash, zsh and fish name the subcommands and their options; bash's parses")
+    func completions() throws {
+        for shell in ["bash", "zsh", "fish"] {
+            let script = try Run.process(
+                [fixtures.sysmirror, "--generate-completion-script", shell], unprivileged: true)
+            #expect(script.status == 0, "\(script.stderr)")
+            for word in ["trace", "agent", "doctor", "fs-cache", "watch-limit"] {
+                #expect(script.stdout.contains(word), "\(shell) completions lack \(word)")
+            }
+            if shell == "bash" {
+                let checked = try Run.process(["bash", "-n"], stdin: script.stdout, unprivileged: true)
+                #expect(checked.status == 0, "\(checked.stderr)")
+            }
+        }
+    }
+
     @Test("doctor reports the kernel features and that trace can run")
     func doctor() throws {
         let outcome = try Run.process([fixtures.sysmirror, "doctor"], unprivileged: true)
