@@ -2,6 +2,7 @@ import AgentLink
 import AgentProtocol
 import LinuxSystem
 import Logging
+import Routing
 import Synchronization
 import SyscallDecoding
 import UserNotification
@@ -142,7 +143,7 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
             case .response, .end:
                 break
             }
-            loop.execute { if flow.stream != nil { flow.stream = nil } }
+            loop.execute { flow.stream = nil }
             return .complete
         }
         return id
@@ -204,19 +205,36 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     /// Whether any program socket is relayed: until one is, a routed recvfrom is let go at once.
     package var isRelaying: Bool { !senders.withLock { $0.isEmpty } }
 
+    /// A program socket this session relays, and the pod peers its relays stand for; nil for any other
+    /// socket, found with one getsockname (recvfrom is routed for every socket, most of them not relayed).
+    package struct RelayedSocket: Sendable {
+        let socket: ProgramSocket
+        let peers: [UInt16: SocketAddress]
+    }
+
+    package func relayedSocket(pid: Int32, number: Int32) -> RelayedSocket? {
+        guard let fd = ProgramDescriptor.duplicate(pid: pid, number: number),
+            let local = try? Sockets.localAddress(fd.raw), let port = local.port,
+            let peers = senders.withLock({ $0[FlowKey(family: local.family, port: port)] }),
+            (try? Sockets.option(fd.raw, SO_TYPE)) == Int32(SOCK_DGRAM.rawValue)
+        else { return nil }
+        let nonBlocking = ((try? fd.statusFlags()) ?? 0) & O_NONBLOCK != 0
+        let facts = SocketFacts(family: local.family, transport: .udp, connected: false, inPod: false)
+        let socket = ProgramSocket(
+            fd: fd, number: number, facts: facts, type: Int32(SOCK_DGRAM.rawValue), socketProtocol: Int32(IPPROTO_UDP),
+            nonBlocking: nonBlocking)
+        return RelayedSocket(socket: socket, peers: peers)
+    }
+
     /// Serves recvfrom with an address on a relayed socket: the datagram, and the pod peer's address for the
-    /// relay's. False for any other socket: the kernel runs the call.
+    /// relay's.
     package func serveReceive(
-        _ notification: Notification, socket: ProgramSocket, done: @escaping PendingCall.Completion
-    ) -> Bool {
-        guard let local = try? Sockets.localAddress(socket.fd.raw),
-            let peers = senders.withLock({ $0[FlowKey(family: socket.facts.family, port: local.port ?? 0)] })
-        else { return false }
+        _ notification: Notification, _ relayed: RelayedSocket, done: @escaping PendingCall.Completion
+    ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
         let flags = Int32(truncatingIfNeeded: notification.arguments[3])
-        let waits = !socket.nonBlocking && flags & Int32(MSG_DONTWAIT) == 0
-        receive(notification, socket: socket, peers: peers, flags: flags, waits: waits, answer)
-        return true
+        let waits = !relayed.socket.nonBlocking && flags & Int32(MSG_DONTWAIT) == 0
+        receive(notification, socket: relayed.socket, peers: relayed.peers, flags: flags, waits: waits, answer)
     }
 
     private func receive(

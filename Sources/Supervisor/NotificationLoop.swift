@@ -199,14 +199,13 @@ public final class NotificationLoop: Sendable {
         _ notification: Notification, _ call: DecodedSyscall, _ datagrams: RemoteDatagrams, started: UInt64
     ) -> Bool {
         guard
-            let socket = sockets?.inspect(
+            let relayed = datagrams.relayedSocket(
                 pid: notification.pid, number: Int32(truncatingIfNeeded: notification.arguments[0])),
-            socket.facts.transport == .udp, listener.isPending(notification.id)
+            listener.isPending(notification.id)
         else { return false }
         let done = completion(notification, name: call.spec.name, decoded: call, started: started)
-        let taken = datagrams.serveReceive(notification, socket: socket, done: done)
-        if !taken { inFlight.end() }  // not counted: `done` never runs
-        return taken
+        datagrams.serveReceive(notification, relayed, done: done)
+        return true
     }
 
     private func foreignName(_ notification: Notification) -> String {
