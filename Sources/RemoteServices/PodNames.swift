@@ -34,6 +34,8 @@ package final class PodNames: Sendable {
         var asked: [AnswerCache.Key: [Waiter]] = [:]
         /// Nil until the pod's resolv.conf is read.
         var searchList: SearchList?
+        /// Whether this service asked the agent for resolv.conf itself.
+        var readingSearchList = false
     }
 
     let client: AgentClient
@@ -47,14 +49,20 @@ package final class PodNames: Sendable {
         self.client = client
         self.files = files
         self.logger = logger
-        readSearchList()
+        // The file cache fetches resolv.conf with the session's hello; without it, it is read here.
+        if files == nil { readSearchList() }
         // After a cut, what was kept may be stale: the pod may have changed meanwhile.
         client.whenLinkFails { [self] _ in state.withLock { $0.cache.removeAll() } }
     }
 
-    /// The pod's search list, read once at the start (the file cache has it sooner, when it is on); until it
-    /// comes, a lookup asks for its own name only.
+    /// The pod's search list, read once: at the start without a file cache, else at the first lookup that
+    /// finds the cache without it; until it comes, a lookup asks for its own name only.
     private func readSearchList() {
+        let first = state.withLock { state in
+            defer { state.readingSearchList = true }
+            return !state.readingSearchList
+        }
+        guard first else { return }
         let content = Mutex<[UInt8]>([])
         client.send(.open(path: Self.resolverConfiguration, flags: O_RDONLY, mode: 0)) { [self] reply in
             switch reply {
@@ -79,8 +87,12 @@ package final class PodNames: Sendable {
         guard let query = DNSMessage.query(message) else { return false }
         let key = AnswerCache.Key(server: server.bytes, question: query.question)
         let now = Clock.monotonic()
-        if state.withLock({ $0.searchList == nil }), let kept = keptSearchList() {
-            state.withLock { $0.searchList = $0.searchList ?? kept }
+        if state.withLock({ $0.searchList == nil }) {
+            if let kept = keptSearchList() {
+                state.withLock { $0.searchList = $0.searchList ?? kept }
+            } else {
+                readSearchList()
+            }
         }
         enum Step {
             case kept([UInt8], age: UInt32)

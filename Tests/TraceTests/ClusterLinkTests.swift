@@ -64,6 +64,11 @@ final class ClusterLinkTests {
         }
         let (musl, _) = try traced([fixtures.path("musl-lookup"), "web", "echo.default.svc.cluster.local"])
         #expect(musl.stdout == "web 1\necho.default.svc.cluster.local 1\n", "\(musl.stderr)")
+        // Without the file cache, sysmirror reads the pod's search list itself.
+        let (uncached, _) = try pod.trace(
+            ["python3", "-c", "import socket; print(socket.getaddrinfo('web', 80, socket.AF_INET)[0][4][0])"],
+            options: ["--fs-cache", "off"], agentAddress: forwarded.address)
+        #expect(uncached.stdout == "\(Service.web)\n", "\(uncached.stderr)")
         let (busybox, _) = try traced(["/bin/busybox", "nslookup", "web.default.svc.cluster.local"])
         #expect(busybox.stdout.contains("Address: \(Service.web)"), "\(busybox.stdout)\(busybox.stderr)")
     }
