@@ -21,8 +21,7 @@ final class SessionHandler: ChannelInboundHandler {
     typealias InboundIn = Message
     typealias OutboundOut = Message
 
-    /// `stream`: after a `connect`, the connection relays a TCP connection's bytes (StreamRelay.swift).
-    enum State { case handshake, open, stream, closed }
+    enum State { case handshake, open, closed }
 
     /// An upload in progress: the file opened for writing in the pod.
     struct Upload {
@@ -50,6 +49,8 @@ final class SessionHandler: ChannelInboundHandler {
     var datagramSockets: [UInt32: any Channel] = [:]
     /// Datagrams that came while their request's socket was being bound: sent once it is.
     var datagramsWaiting: [UInt32: [[UInt8]]] = [:]
+    /// The connections relayed on the link, by request (`connect`, `take incoming`: StreamRelay.swift).
+    var streams: [UInt32: LinkStreamEnd] = [:]
     private let cancelled = CancelledStreams()
     private var handshakeDeadline: Scheduled<Void>?
     private var requests = 0
@@ -89,13 +90,13 @@ final class SessionHandler: ChannelInboundHandler {
         for (_, socket) in datagramSockets { socket.close(promise: nil) }
         datagramSockets = [:]
         datagramsWaiting = [:]
+        for (_, stream) in streams { stream.clientCancelled() }
+        streams = [:]
         cancelled.ids.withLock { $0 = [] }
         silenceCheck?.cancel()
         if watchRequest != nil { watches?.end(session: number) }
         if let incoming { pool.submit { _ in incoming.end() } }
-        if state == .stream {
-            idle.execute { $0.sessionEnded() }
-        } else if state == .open {
+        if state == .open {
             logger.info("session closed after \(requests) request(s)")
             idle.execute { $0.sessionEnded() }
         }
@@ -113,7 +114,6 @@ final class SessionHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if state == .stream { return context.fireChannelRead(data) }
         lastHeard = .now()
         let message = unwrapInboundIn(data)
         switch (state, message) {
@@ -121,10 +121,10 @@ final class SessionHandler: ChannelInboundHandler {
             handshake(context: context, version: version, token: token)
         case (.handshake, _):
             violation(context: context, "expected hello, got \(message.kind)")
-        case (.open, .request(let id, .connect(let address))) where requests == 0:
+        case (.open, .request(let id, .connect(let address))):
             requests += 1
             connectStream(id, to: address, context: context)
-        case (.open, .request(let id, .takeIncoming(let connection))) where requests == 0:
+        case (.open, .request(let id, .takeIncoming(let connection))):
             requests += 1
             takeIncoming(id, connection, context: context)
         case (.open, .request(let id, .listen(let subscription))):
@@ -134,7 +134,9 @@ final class SessionHandler: ChannelInboundHandler {
             requests += 1
             serve(id, request, context: context)
         case (.open, .chunk(let id, let bytes)):
-            if let socket = datagramSockets[id] {
+            if let stream = streams[id] {
+                stream.received(bytes)
+            } else if let socket = datagramSockets[id] {
                 sendDatagram(bytes, on: socket)
             } else if datagramsWaiting[id] != nil {
                 datagramsWaiting[id]!.append(bytes)
@@ -142,20 +144,27 @@ final class SessionHandler: ChannelInboundHandler {
                 write(bytes, to: id, context: context)
             }
         case (.open, .end(let id)):
+            streams[id]?.clientEnd()
             datagramsWaiting[id] = nil
             datagramSockets.removeValue(forKey: id)?.close(promise: nil)
             finishUpload(id, context: context)
         case (.open, .cancel(let id)):
-            datagramsWaiting[id] = nil
-            datagramSockets.removeValue(forKey: id)?.close(promise: nil)
-            cancelled.ids.withLock { _ = $0.insert(id) }
-            if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
-            if let incoming { pool.submit { _ in incoming.unsubscribe(request: id) } }
+            if let stream = streams[id] {
+                stream.clientCancelled()
+            } else {
+                datagramsWaiting[id] = nil
+                datagramSockets.removeValue(forKey: id)?.close(promise: nil)
+                cancelled.ids.withLock { _ = $0.insert(id) }
+                if let upload = uploads.removeValue(forKey: id) { try? upload.fd.close() }
+                if let incoming { pool.submit { _ in incoming.unsubscribe(request: id) } }
+            }
+        case (.open, .credit(let id, let bytes)):
+            streams[id]?.credited(Int(bytes))
         case (.open, .unknown(_, let id)):
             reply(context, id, .failure(errno: ENOSYS, message: "this agent does not know \(message.kind)"))
         case (.open, _):
             violation(context: context, "a client may not send a \(message.kind)")
-        case (.closed, _), (.stream, _):
+        case (.closed, _):
             break
         }
     }
@@ -223,9 +232,7 @@ final class SessionHandler: ChannelInboundHandler {
             resolve(id, server: server, questions: questions, context: context)
         case .datagrams(let family):
             openDatagrams(id, family: family, context: context)
-        case .connect, .takeIncoming:
-            reply(context, id, .failure(errno: EINVAL, message: "this request comes first on a connection of its own"))
-        case .listen:
+        case .connect, .takeIncoming, .listen:
             break  // served in channelRead
         case .socket, .connectionEvents, .stolenListener:
             reply(

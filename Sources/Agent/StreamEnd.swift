@@ -3,152 +3,171 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// One end of a byte stream the agent relays: the first handler of a channel's pipeline, so that bytes
-/// pass any message codec by. What it reads goes to `onEvent` on the channel's event loop; `write`,
-/// `flush`, `closeOutput`, `close` and `setPaused` may be called from any thread, and are carried out on
-/// that loop. `glue` joins two ends (on the same loop or not) with backpressure and half-close. A framed end
-/// (a link connection, which may pass a port-forward that carries no half-close) speaks `StreamFraming`:
-/// its pieces are unwrapped as they are read, what is written to it is wrapped, and its ends of input and
-/// output are pieces; closed before its client's end, it was cut, and the other end is reset.
-final class StreamEnd: ChannelDuplexHandler, Sendable {
+/// What one side of a relayed byte stream tells the relay (`StreamEnd.glue`), on that side's loop.
+enum RelayEvent: Sendable {
+    case bytes(ByteBuffer)
+    case readComplete
+    /// The peer closed its side (half-close).
+    case inputClosed
+    /// The side was cut (a reset, a link gone): the other side is reset, as the cut would have done.
+    case cut
+    case closed
+    /// The side can take more again.
+    case writable
+}
+
+/// One side of a byte stream the agent relays, as `StreamEnd.glue` drives it: a TCP connection
+/// (`StreamEnd`), or a connection relayed on a session's link (`LinkStreamEnd`). Its methods may be called
+/// from any thread and are carried out on the side's loop, except `pause`, which its own events call.
+protocol RelaySide: AnyObject, Sendable {
+    var loop: any EventLoop { get }
+    /// Bytes the side brought, for the log (read from the other side's loop).
+    var bytesRead: Int { get }
+    /// On the side's loop: whether it failed (a reset, an error) rather than ended.
+    var failed: Bool { get }
+    /// Whether it takes more now; once it does not, it tells `writable` when it does again.
+    var canTakeMore: Bool { get }
+    /// On the side's loop: events go to `onEvent` from now on; returns those that came before.
+    func listen(_ onEvent: @escaping @Sendable (RelayEvent) -> Void) -> [RelayEvent]
+    func write(_ buffer: ByteBuffer, flush: Bool)
+    func flush()
+    /// The end of output: the side's input may go on.
+    func closeOutput()
+    /// Closes once what was written is out.
+    func close()
+    /// Closes with a reset.
+    func reset()
+    func setPaused(_ paused: Bool)
+    /// On the side's loop: stops reading until `setPaused(false)`.
+    func pause()
+}
+
+extension RelaySide {
+    /// Starts telling `onEvent` what happens (what came meanwhile first), and reading.
+    func start(_ onEvent: @escaping @Sendable (RelayEvent) -> Void) {
+        onLoop { [self] in
+            for event in listen(onEvent) { onEvent(event) }
+            setPaused(false)
+        }
+    }
+
+    /// Runs `body` on the side's loop: now when already there.
+    func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if loop.inEventLoop { body() } else { loop.execute(body) }
+    }
+}
+
+/// One end of a byte stream the agent relays, on a channel: the first handler of its pipeline, so that
+/// bytes pass any message codec by. What it reads goes to the relay on the channel's event loop. `glue` joins
+/// two sides (on the same loop or not) with backpressure and half-close.
+final class StreamEnd: ChannelDuplexHandler, RelaySide {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    enum Event {
-        case bytes(ByteBuffer)
-        case readComplete
-        /// The peer closed its side (half-close).
-        case inputClosed
-        /// A framed end closed before its peer's end: the other end is reset, as the cut would have done.
-        case cut
-        case closed
-        /// The channel can take more again.
-        case writable
-    }
-
     let channel: any Channel
-    let framed: Bool
     var loop: any EventLoop { channel.eventLoop }
     /// What the end knows and does, on its channel's loop only (the box checks it).
     private let state: NIOLoopBoundBox<State>
     /// Bytes read from the channel, for the log (read from the other end's loop).
     private let read = Atomic<Int>(0)
     var bytesRead: Int { read.load(ordering: .relaxed) }
+    var failed: Bool { state.value.failed }
+    var canTakeMore: Bool { channel.isWritable }
 
     private struct State {
-        var onEvent: @Sendable (Event) -> Void
+        var onEvent: @Sendable (RelayEvent) -> Void
         var context: ChannelHandlerContext?
         var paused = false
         var readPending = false
-        /// What came while the end was held (`hold`).
-        var held: [Event] = []
-        var reader = StreamFraming.Reader()
-        /// A framed end: whether its end piece went out.
-        var endSent = false
+        /// What came before `start`.
+        var held: [RelayEvent] = []
         /// Whether the channel failed (a reset, an error) rather than ended.
         var failed = false
     }
 
     /// From any thread: the end does nothing until `attach` puts it in its channel's pipeline.
-    private init(_ channel: any Channel, framed: Bool = false, _ onEvent: @escaping @Sendable (Event) -> Void) {
+    private init(_ channel: any Channel) {
         self.channel = channel
-        self.framed = framed
-        state = .makeBoxSendingValue(State(onEvent: onEvent), eventLoop: channel.eventLoop)
-    }
-
-    /// Adds the end first in `channel`'s pipeline (on its loop) and starts reading.
-    static func install(
-        on channel: any Channel, framed: Bool = false, _ onEvent: @escaping @Sendable (Event) -> Void
-    ) -> StreamEnd {
-        let end = StreamEnd(channel, framed: framed, onEvent)
-        end.attach(closingOnFailure: [channel])
-        return end
+        state = .makeBoxSendingValue(State(onEvent: { _ in }), eventLoop: channel.eventLoop)
     }
 
     /// Relays `first` and `second` to each other; `ended` runs once both are closed, with the bytes each read.
-    /// `secondIsFramed`: `second` is a link connection that speaks StreamFraming.
     static func glue(
-        _ first: any Channel, _ second: any Channel, secondIsFramed: Bool = false,
+        _ first: any Channel, _ second: any Channel,
         ended: @escaping @Sendable (_ firstRead: Int, _ secondRead: Int) -> Void = { _, _ in }
     ) {
-        glue(hold(first), second, secondIsFramed: secondIsFramed, ended: ended)
+        glue(hold(first), hold(second), ended: ended)
     }
 
-    /// `glue` for an end that holds what its channel brought meanwhile (`hold`).
+    /// Relays two sides, each holding what came before (`hold`), to each other.
     static func glue(
-        _ first: StreamEnd, _ second: any Channel, secondIsFramed: Bool = false,
+        _ first: any RelaySide, _ second: any RelaySide,
         ended: @escaping @Sendable (_ firstRead: Int, _ secondRead: Int) -> Void = { _, _ in }
     ) {
-        let pair = Pair(first, StreamEnd(second, framed: secondIsFramed) { _ in }, ended: ended)
-        pair.second.release(to: pair.relay(from: pair.second, to: pair.first))
-        pair.second.attach(closingOnFailure: [first.channel, second])
-        first.release(to: pair.relay(from: pair.first, to: pair.second))
+        let pair = Pair(first, second, ended: ended)
+        second.start(pair.relay(from: second, to: first))
+        first.start(pair.relay(from: first, to: second))
     }
 
-    /// An end on `channel` from now on, holding what the channel brings until `glue` joins it: a stolen
+    /// An end on `channel` from now on, holding what the channel brings until `start`: a stolen
     /// connection's client may send, and even end its input, before anyone takes it, and NIO reads what is
     /// left at an end of input whether asked to or not. At most one read is held: reading waits meanwhile.
     static func hold(_ channel: any Channel) -> StreamEnd {
-        let end = StreamEnd(channel) { _ in }
-        end.onLoop { end in
+        let end = StreamEnd(channel)
+        end.onLoop {
             end.state.value.paused = true
             end.state.value.onEvent = { [unowned end] event in end.state.value.held.append(event) }
         }
-        end.attach(closingOnFailure: [channel])
+        end.attach()
         return end
     }
 
-    /// On the loop: what was held goes to `onEvent`, then what comes; reading goes on.
-    private func release(to onEvent: @escaping @Sendable (Event) -> Void) {
-        onLoop { end in
-            end.state.value.onEvent = onEvent
-            let held = end.state.value.held
-            end.state.value.held = []
-            for event in held { onEvent(event) }
-            end.setPaused(false)
-        }
+    func listen(_ onEvent: @escaping @Sendable (RelayEvent) -> Void) -> [RelayEvent] {
+        state.value.onEvent = onEvent
+        defer { state.value.held = [] }
+        return state.value.held
     }
 
     /// At once when on the channel's loop: bytes read before the end is in place would reach the codec.
-    private func attach(closingOnFailure channels: [any Channel]) {
-        onLoop { end in
+    private func attach() {
+        onLoop { [self] in
             do {
-                try end.channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
-                try end.channel.pipeline.syncOperations.addHandler(end, position: .first)
-                try end.channel.syncOptions?.setOption(.autoRead, value: true)
+                try channel.syncOptions?.setOption(.allowRemoteHalfClosure, value: true)
+                try channel.pipeline.syncOperations.addHandler(self, position: .first)
+                try channel.syncOptions?.setOption(.autoRead, value: true)
             } catch {
-                for channel in channels { channel.close(promise: nil) }
+                channel.close(promise: nil)
             }
         }
     }
 
-    /// Two glued ends, and how many of them have closed (`lock`).
+    /// Two glued sides, and how many of them have closed (`lock`).
     final class Pair: Sendable {
-        let first: StreamEnd
-        let second: StreamEnd
+        let first: any RelaySide
+        let second: any RelaySide
         let ended: @Sendable (Int, Int) -> Void
         private let lock = Mutex<Int>(0)
 
-        init(_ first: StreamEnd, _ second: StreamEnd, ended: @escaping @Sendable (Int, Int) -> Void) {
+        init(_ first: any RelaySide, _ second: any RelaySide, ended: @escaping @Sendable (Int, Int) -> Void) {
             self.first = first
             self.second = second
             self.ended = ended
         }
 
-        func relay(from source: StreamEnd, to target: StreamEnd) -> @Sendable (Event) -> Void {
+        func relay(from source: any RelaySide, to target: any RelaySide) -> @Sendable (RelayEvent) -> Void {
             { [unowned source, target] event in
                 switch event {
                 case .bytes(let buffer):
-                    target.write(buffer)
-                    if !target.channel.isWritable { source.pause() }
+                    target.write(buffer, flush: false)
+                    if !target.canTakeMore { source.pause() }
                 case .readComplete: target.flush()
                 case .inputClosed: target.closeOutput()
                 case .cut: target.reset()
                 case .writable: target.setPaused(false)
                 case .closed:
-                    // A failed end's far side learns it as a cut: no end piece, which its reader takes as one.
-                    if source.state.value.failed && target.framed { target.cutOff() } else { target.close() }
+                    // A failed side's far side learns it as a reset, as it would have without the relay.
+                    if source.failed { target.reset() } else { target.close() }
                     let both = self.lock.withLock { closed in
                         closed += 1
                         return closed == 2
@@ -162,26 +181,16 @@ final class StreamEnd: ChannelDuplexHandler, Sendable {
     // MARK: Any thread
 
     func write(_ buffer: ByteBuffer, flush: Bool = false) {
-        onLoop { end in
-            let context = end.state.value.context
-            if end.framed {
-                let header = ByteBuffer(bytes: StreamFraming.dataHeader(count: buffer.readableBytes))
-                context?.write(end.wrapOutboundOut(header), promise: nil)
-            }
-            context?.write(end.wrapOutboundOut(buffer), promise: nil)
+        onLoop { [self] in
+            let context = state.value.context
+            context?.write(wrapOutboundOut(buffer), promise: nil)
             if flush { context?.flush() }
         }
     }
 
-    func flush() { onLoop { $0.state.value.context?.flush() } }
+    func flush() { onLoop { [self] in state.value.context?.flush() } }
 
-    /// The end of output: a shutdown, or on a framed end a piece (the connection stays open for the rest).
-    func closeOutput() {
-        onLoop { end in
-            guard end.framed else { return end.afterWrites { $0.close(mode: .output, promise: nil) } }
-            end.sendEnd(promise: nil)
-        }
-    }
+    func closeOutput() { onLoop { [self] in afterWrites { $0.close(mode: .output, promise: nil) } } }
 
     /// On the loop: `body` once what was written so far is out. A channel whose input has ended closes whole
     /// at a close of its output, and NIO drops the writes still pending at a close.
@@ -193,49 +202,29 @@ final class StreamEnd: ChannelDuplexHandler, Sendable {
         written.futureResult.whenComplete { _ in body(bound.value) }
     }
 
-    /// Closes; a framed end sends its end piece first, if it has not (a channel that closes whole, as NIO
-    /// closes one whose input ends after its output did, ended cleanly).
-    func close() {
-        onLoop { end in
-            if end.framed { end.sendEnd(promise: nil) }
-            end.afterWrites { $0.close(promise: nil) }
-        }
-    }
-
-    /// Closes a framed end without its end piece: the far side takes it as a cut.
-    func cutOff() { onLoop { $0.state.value.context?.close(promise: nil) } }
-
-    /// On the loop: the end piece, once.
-    private func sendEnd(promise: EventLoopPromise<Void>?) {
-        guard !state.value.endSent, let context = state.value.context else { return promise?.succeed(()) ?? () }
-        state.value.endSent = true
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: StreamFraming.end)), promise: promise)
-    }
+    func close() { onLoop { [self] in afterWrites { $0.close(promise: nil) } } }
 
     /// Closes with a reset (SO_LINGER 0), as a connection whose far end was cut.
     func reset() {
-        onLoop { end in
-            guard let provider = end.channel as? any SocketOptionProvider else { return end.cutOff() }
-            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in end.cutOff() }
-        }
-    }
-
-    func setPaused(_ paused: Bool) {
-        onLoop { end in
-            end.state.value.paused = paused
-            if !paused && end.state.value.readPending {
-                end.state.value.readPending = false
-                end.state.value.context?.read()
+        onLoop { [self] in
+            guard let provider = channel as? any SocketOptionProvider else { return channel.close(promise: nil) }
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { [channel] _ in
+                channel.close(promise: nil)
             }
         }
     }
 
-    fileprivate func onLoop(_ body: @escaping @Sendable (StreamEnd) -> Void) {
-        if loop.inEventLoop { body(self) } else { loop.execute { body(self) } }
+    func setPaused(_ paused: Bool) {
+        onLoop { [self] in
+            state.value.paused = paused
+            if !paused && state.value.readPending {
+                state.value.readPending = false
+                state.value.context?.read()
+            }
+        }
     }
 
-    /// On the loop: stop reading until `setPaused(false)`.
-    private func pause() { state.value.paused = true }
+    func pause() { state.value.paused = true }
 
     // MARK: The channel's events
 
@@ -243,27 +232,12 @@ final class StreamEnd: ChannelDuplexHandler, Sendable {
 
     func handlerRemoved(context: ChannelHandlerContext) { state.value.context = nil }
 
-    private func emit(_ event: Event) { state.value.onEvent(event) }
+    private func emit(_ event: RelayEvent) { state.value.onEvent(event) }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
-        guard framed else {
-            read.add(buffer.readableBytes, ordering: .relaxed)
-            return emit(.bytes(buffer))
-        }
-        guard !state.value.reader.ended else { return context.close(promise: nil) }  // bytes after the end
-        var bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-        do throws(StreamFraming.Reader.Failure) {
-            let count = try state.value.reader.extract(&bytes, count: bytes.count)
-            if count > 0 {
-                read.add(count, ordering: .relaxed)
-                emit(.bytes(ByteBuffer(bytes: bytes[..<count])))
-            }
-            if state.value.reader.ended { emit(.inputClosed) }
-        } catch {
-            emit(.cut)
-            context.close(promise: nil)
-        }
+        let buffer = unwrapInboundIn(data)
+        read.add(buffer.readableBytes, ordering: .relaxed)
+        emit(.bytes(buffer))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) { emit(.readComplete) }
@@ -274,10 +248,7 @@ final class StreamEnd: ChannelDuplexHandler, Sendable {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event {
-            // A framed end's input ends with its end piece; a close before that is a cut.
-            if !framed { emit(.inputClosed) } else if !state.value.reader.ended { emit(.cut) }
-        }
+        if let event = event as? ChannelEvent, case .inputClosed = event { emit(.inputClosed) }
         context.fireUserInboundEventTriggered(event)
     }
 

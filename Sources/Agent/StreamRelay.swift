@@ -7,17 +7,16 @@ import NIOPosix
     import Glibc
 #endif
 
-/// Outgoing TCP for clients that cannot take a socket from the agent (they reach it through a
-/// port-forward): a session whose first request is `connect` gets a connection from the target's network
-/// namespace, and from then on its own connection carries that connection's bytes, both ways, with
-/// half-close (in `StreamFraming`'s pieces) and backpressure.
+/// Connections relayed on the link, for clients that cannot take a socket from the agent (they reach it
+/// through a port-forward): `connect` makes a connection from the target's network namespace, `take
+/// incoming` takes a stolen one, and from then on the connection's bytes travel as the request's chunks, both
+/// ways, with half-close and a window each way (`LinkStreamEnd`).
 extension SessionHandler {
     func connectStream(_ id: UInt32, to address: [UInt8], context: ChannelHandlerContext) {
         guard isInTargetNetwork(id, context: context) else { return }
         guard let destination = Self.socketAddress(address) else {
             return reply(context, id, .failure(errno: EAFNOSUPPORT, message: "not an IPv4 or IPv6 address"))
         }
-        let inbound = context.channel
         // The connection completes on this loop, where the handler and its context live.
         let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
@@ -30,19 +29,27 @@ extension SessionHandler {
                 switch result {
                 case .failure(let error):
                     let code = Self.errno(of: error)
-                    handler.logger.info("stream to \(destination) failed: \(error)")
+                    handler.logger.info("connection to \(destination) failed: \(error)")
                     handler.reply(context, id, .failure(errno: code, message: "\(error)"))
                 case .success(let outbound):
-                    guard inbound.isActive else {
+                    guard let stream = handler.openStream(id, context: context) else {
                         outbound.close(promise: nil)
                         return
                     }
-                    handler.reply(context, id, .done)
-                    handler.state = .stream
-                    StreamEnd.glue(outbound, inbound, secondIsFramed: true)
-                    handler.logger.debug("stream to \(destination)")
+                    StreamEnd.glue(StreamEnd.hold(outbound), stream)
+                    handler.logger.debug("connection to \(destination)")
                 }
             }
+    }
+
+    /// Answers `done` and opens the request's stream; nil when the session is gone.
+    func openStream(_ id: UInt32, context: ChannelHandlerContext) -> LinkStreamEnd? {
+        guard state == .open else { return nil }
+        reply(context, id, .done)
+        let session = NIOLoopBound(self, eventLoop: context.eventLoop)  // the stream calls back on this loop
+        let stream = LinkStreamEnd(id: id, channel: context.channel) { session.value.streams[id] = nil }
+        streams[id] = stream
+        return stream
     }
 
     /// Whether the agent is in the target's network namespace, where the pod's traffic is; answers the
@@ -55,7 +62,8 @@ extension SessionHandler {
             context, id,
             .failure(
                 errno: ENETUNREACH,
-                message: "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
+                message:
+                    "this agent is not in the target's network namespace; run it in the pod (an ephemeral container)"
             ))
         return false
     }
@@ -84,6 +92,7 @@ extension SessionHandler {
         default:
             return nil
         }
-        return try? SocketAddress(ipAddress: String(decoding: text.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self), port: port)
+        return try? SocketAddress(
+            ipAddress: String(decoding: text.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self), port: port)
     }
 }

@@ -109,6 +109,8 @@ public final class AgentClient: Sendable {
         let handler: Handler
         /// Nil while the client has the next step.
         var lastHeard: UInt64?
+        /// A relayed connection's stream hears the agent's `credit` here (`LinkStream`).
+        var credit: (@Sendable (Int) -> Void)? = nil
     }
 
     struct Outbound {
@@ -188,10 +190,24 @@ public final class AgentClient: Sendable {
     /// request leaves, so a handler never sees a reply before its owner knows the id.
     @discardableResult
     public func send(_ request: Request, prepare: (UInt32) -> Void = { _ in }, handler: @escaping Handler) -> UInt32 {
+        send(request, prepare: prepare, pending: Pending(handler: handler, lastHeard: Clock.monotonic()))
+    }
+
+    /// Sends a request that opens a relayed connection's stream (`LinkStream`): `credit` hears the agent's
+    /// credits for it. It never times out here: its opener keeps a deadline of its own (a pod's connect may
+    /// take 30 s), and an open connection may stay quiet for hours.
+    func openStream(
+        _ request: Request, credit: @escaping @Sendable (Int) -> Void, handler: @escaping Handler
+    ) -> UInt32 {
+        send(request, prepare: { _ in }, pending: Pending(handler: handler, lastHeard: nil, credit: credit))
+    }
+
+    private func send(_ request: Request, prepare: (UInt32) -> Void, pending: Pending) -> UInt32 {
+        let handler = pending.handler
         let (id, failure) = requests.withLock { state -> (UInt32, String?) in
             let id = state.nextID
             state.nextID = state.nextID == .max ? 1 : state.nextID + 1
-            if state.failure == nil { state.pending[id] = Pending(handler: handler, lastHeard: Clock.monotonic()) }
+            if state.failure == nil { state.pending[id] = pending }
             return (id, state.failure)
         }
         prepare(id)
@@ -219,6 +235,16 @@ public final class AgentClient: Sendable {
         if requests.withLock({ $0.pending.removeValue(forKey: id) != nil }) {
             enqueue(Frame.encode(.cancel(id: id)))
         }
+    }
+
+    /// The request is over on both sides (a relayed connection ended both ways): its handler hears no more.
+    public func forget(_ id: UInt32) {
+        _ = requests.withLock { $0.pending.removeValue(forKey: id) }
+    }
+
+    /// Tells the agent that `bytes` more of request `id`'s stream were passed on (`StreamWindow`).
+    public func grant(_ id: UInt32, _ bytes: UInt32) {
+        enqueue(Frame.encode(.credit(id: id, bytes: bytes)))
     }
 
     /// Sends `request` and waits for its single response (for the session's start, not the hot path).
@@ -428,6 +454,7 @@ public final class AgentClient: Sendable {
         case .response(let id, let response): deliver(.response(response), to: id)
         case .chunk(let id, let bytes): deliver(.chunk(bytes), to: id)
         case .end(let id): deliver(.end, to: id)
+        case .credit(let id, let bytes): requests.withLock { $0.pending[id]?.credit }?(Int(bytes))
         case .protocolError(let text): failAll("the agent reported a protocol error: \(text)")
         case .hello, .welcome, .refused, .request, .cancel, .unknown:
             logger.warning("ignored an unexpected \(message.kind) from the agent")

@@ -62,7 +62,7 @@ enum LinkSocket {
         }
     }
 
-    /// A non-blocking socket whose connect to the agent is under way (or done), for the event loop.
+    /// A non-blocking socket whose connect to the agent is under way (or done).
     static func startConnect(to address: SocketAddress) throws(Failure) -> OwnedDescriptor {
         do throws(SystemCallError) {
             let fd = try Sockets.make(

@@ -85,7 +85,7 @@ public enum Frame {
         case stolenListener = 0x1C, resolve = 0x1D, datagrams = 0x1E, watch = 0x1F
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
         case incoming = 0x86, mirror = 0x87, answers = 0x88, invalidated = 0x89, unwatched = 0x8A
-        case chunk = 0xA0, end = 0xA1, cancel = 0xA2
+        case chunk = 0xA0, end = 0xA1, cancel = 0xA2, credit = 0xA3
     }
 
     static func decode(type: UInt8, id: UInt32, payload p: inout ByteReader) throws(ProtocolViolation) -> Message {
@@ -185,6 +185,7 @@ public enum Frame {
         case .chunk: return .chunk(id: id, p.rest())
         case .end: return .end(id: id)
         case .cancel: return .cancel(id: id)
+        case .credit: return .credit(id: id, bytes: try need(p.uint32(), "credit"))
         }
     }
 }
@@ -348,6 +349,9 @@ struct ByteWriter {
             buffer.append(contentsOf: bytes)
         case .end(let id): header(.end, id)
         case .cancel(let id): header(.cancel, id)
+        case .credit(let id, let bytes):
+            header(.credit, id)
+            integer(bytes)
         case .unknown(let type, let id):
             buffer.append(type)
             integer(id)

@@ -2,7 +2,7 @@ import NameResolution
 
 /// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
 /// with both numbers in the message.
-public let protocolVersion: UInt16 = 4
+public let protocolVersion: UInt16 = 5
 
 /// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
 ///
@@ -25,8 +25,12 @@ public enum Message: Sendable, Equatable {
     case chunk(id: UInt32, [UInt8])
     /// The stream of request `id` is complete.
     case end(id: UInt32)
-    /// Client → agent: the program's call went away; stop the stream of request `id`.
+    /// Client → agent: the program's call went away; stop the stream of request `id` (a relayed TCP
+    /// connection: reset it).
     case cancel(id: UInt32)
+    /// Either side, on a relayed TCP connection's stream: the sender passed on this many more of the
+    /// receiver's bytes, which may send that many more (`StreamWindow`).
+    case credit(id: UInt32, bytes: UInt32)
     /// A message type this build does not know (sent by a newer peer); the agent answers ENOSYS.
     case unknown(type: UInt8, id: UInt32)
 }
@@ -44,6 +48,7 @@ extension Message {
         case .chunk: "chunk"
         case .end: "end"
         case .cancel: "cancel"
+        case .credit: "credit"
         case .unknown(let type, _): "message type 0x\(String(type, radix: 16))"
         }
     }

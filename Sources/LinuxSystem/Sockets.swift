@@ -248,12 +248,4 @@ public enum Sockets {
         defer { if received >= 0 { descriptor = OwnedDescriptor(taking: received) } }
         return try systemCall("recvmsg") { sysm_receive_with_fd(fd, buffer.baseAddress, buffer.count, &received) }
     }
-
-    /// Whether a connected stream socket is still open at the other end, without reading: nothing to read
-    /// yet (an idle connection) says it is.
-    public static func isIdleAndOpen(_ fd: Int32) -> Bool {
-        var byte: UInt8 = 0
-        let peeked = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
-        return peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)
-    }
 }

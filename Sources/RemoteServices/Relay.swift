@@ -1,4 +1,3 @@
-import AgentProtocol
 import LinuxSystem
 import UserNotification
 
@@ -9,9 +8,7 @@ import UserNotification
 /// Two connected stream sockets glued together on the serving event loop: what one end reads, the other
 /// writes, with back-pressure (an end is not read while the other has not taken its last piece), half-close
 /// (an end's EOF becomes a shutdown of the other's output), and resets passed on (an end that fails resets
-/// the other). Non-blocking sockets only; no thread. An end may speak `StreamFraming` (a link connection
-/// through a port-forward, which cannot carry a half-close itself): its pieces are unwrapped, the other
-/// end's bytes wrapped, and ends of input travel as pieces.
+/// the other). Non-blocking sockets only; no thread.
 public final class Relay {
     private let loop: EventLoop
     private let ends: [SharedDescriptor]
@@ -27,29 +24,25 @@ public final class Relay {
     private var reading = [true, true]
     /// Whether end i's output was shut down (the other end's EOF passed on).
     private var shutDown = [false, false]
-    /// Bytes read from each end (data only, for a framed end).
+    /// Bytes read from each end.
     private var counts = [0, 0]
-    /// The end that speaks `StreamFraming`, if one does, and what has come from it so far.
-    private let framed: Int?
-    private var reader = StreamFraming.Reader()
     private var finished: ((_ fromFirst: Int, _ fromSecond: Int) -> Void)?
     static let pieceSize = 64 << 10
 
-    private init(loop: EventLoop, ends: [SharedDescriptor], framed: Int?, finished: @escaping (Int, Int) -> Void) {
+    private init(loop: EventLoop, ends: [SharedDescriptor], finished: @escaping (Int, Int) -> Void) {
         self.loop = loop
         self.ends = ends
-        self.framed = framed
         self.finished = finished
     }
 
     /// On the loop: relays `first` and `second` (both non-blocking) until both directions end or one fails
     /// (then both are reset before `finished` hears of it); `finished` hears the bytes each end brought. The
-    /// descriptors close when their last holder lets go. `secondIsFramed`: `second` speaks StreamFraming.
+    /// descriptors close when their last holder lets go.
     public static func start(
-        on loop: EventLoop, _ first: SharedDescriptor, _ second: SharedDescriptor, secondIsFramed: Bool = false,
+        on loop: EventLoop, _ first: SharedDescriptor, _ second: SharedDescriptor,
         finished: @escaping (_ fromFirst: Int, _ fromSecond: Int) -> Void
     ) {
-        let relay = Relay(loop: loop, ends: [first, second], framed: secondIsFramed ? 1 : nil, finished: finished)
+        let relay = Relay(loop: loop, ends: [first, second], finished: finished)
         for end in 0..<2 {
             do {
                 relay.registrations[end] = try loop.register(relay.ends[end].raw, for: .readable) {
@@ -72,58 +65,32 @@ public final class Relay {
             case .waiting: break
             case .ended:
                 reading[end] = false
-            case .read, .lastRead:
-                if case .lastRead = outcome { reading[end] = false }
+            case .read:
                 if !flush(into: other) { return finish(reset: true) }
             }
         }
         for side in 0..<2 where !reading[side] && !hasPending(side) && !shutDown[1 - side] {
             shutDown[1 - side] = true
-            if framed == 1 - side {
-                // The end of input as a piece: a port-forward would close both directions at a shutdown.
-                if buffers[side].isEmpty { buffers[side] = [UInt8](repeating: 0, count: StreamFraming.headerSize) }
-                buffers[side].replaceSubrange(0..<StreamFraming.headerSize, with: StreamFraming.end)
-                (filled[side], taken[side]) = (StreamFraming.headerSize, 0)
-                if !flush(into: 1 - side) { return finish(reset: true) }
-            } else {
-                try? Sockets.shutdownOutput(ends[1 - side].raw)  // a peer already gone: the reads say so
-            }
+            try? Sockets.shutdownOutput(ends[1 - side].raw)  // a peer already gone: the reads say so
         }
         if !reading[0] && !reading[1] && !hasPending(0) && !hasPending(1) { return finish(reset: false) }
         for side in 0..<2 { update(side) }
     }
 
-    /// `lastRead`: bytes, and the end of that end's input with them.
-    private enum Read { case read, lastRead, waiting, ended, failed }
+    private enum Read { case read, waiting, ended, failed }
 
     /// Whether bytes from end i still wait for the other end.
     private func hasPending(_ end: Int) -> Bool { taken[end] < filled[end] }
 
     private func read(_ end: Int) -> Read {
-        // Bytes for a framed end are read behind room for their piece's header.
-        let headroom = framed == 1 - end ? StreamFraming.headerSize : 0
-        if buffers[end].isEmpty { buffers[end] = [UInt8](repeating: 0, count: headroom + Self.pieceSize) }
+        if buffers[end].isEmpty { buffers[end] = [UInt8](repeating: 0, count: Self.pieceSize) }
         do throws(SystemCallError) {
-            var count = try Sockets.receive(ends[end].raw, into: &buffers[end], at: headroom)
-            if framed == end {
-                // Closed before its sender's end: the connection was cut, and is passed on as a reset.
-                guard count > 0 else { return reader.ended ? .ended : .failed }
-                do throws(StreamFraming.Reader.Failure) {
-                    count = try reader.extract(&buffers[end], count: count)
-                } catch {
-                    return .failed
-                }
-                (filled[end], taken[end]) = (count, 0)
-                counts[end] += count
-                if reader.ended { return count > 0 ? .lastRead : .ended }
-                return count > 0 ? .read : .waiting
-            }
+            let count = try Sockets.receive(ends[end].raw, into: &buffers[end], at: 0)
             guard count > 0 else {
                 (filled[end], taken[end]) = (0, 0)
                 return .ended
             }
-            if headroom > 0 { StreamFraming.writeDataHeader(count: count, into: &buffers[end]) }
-            (filled[end], taken[end]) = (headroom + count, 0)
+            (filled[end], taken[end]) = (count, 0)
             counts[end] += count
             return .read
         } catch {

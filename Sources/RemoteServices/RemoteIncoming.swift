@@ -33,7 +33,6 @@ package final class RemoteIncoming: Sendable {
     }
 
     let client: AgentClient
-    let streams: StreamConnector
     /// A unix-socket agent's socket channel, which hands stolen ports' listening sockets over.
     let sockets: SocketChannel?
     /// Where the ends of the pod's sockets the program holds itself are logged.
@@ -72,7 +71,7 @@ package final class RemoteIncoming: Sendable {
     static let restartSystemCall: Int32 = 512
 
     package init(
-        client: AgentClient, streams: StreamConnector, sockets: SocketChannel?, connections: ConnectionEvents?,
+        client: AgentClient, sockets: SocketChannel?, connections: ConnectionEvents?,
         rules: IncomingRules, listener: NotificationListener, log: @escaping RecordEvent, loop: EventLoop,
         logger: Logger
     ) throws(SystemCallError) {
@@ -82,7 +81,6 @@ package final class RemoteIncoming: Sendable {
         feed = MirrorFeed(loop: loop)
         relaying = try ActivityCount()
         self.client = client
-        self.streams = streams
         self.rules = rules
         self.listener = listener
         self.log = log
@@ -214,11 +212,19 @@ package final class RemoteIncoming: Sendable {
                 giveBack(inode: inode, request: request, podPort: entry.podPort)
                 return relaying.end()
             }
-            streams.take(incoming: connection.id) { [self] result in
+            LinkStream.take(incoming: connection.id, through: self.client, on: loop) { [self] result in
                 switch result {
                 case .success(let pod):
-                    try? Sockets.setNoDelay(pod.raw)  // fails only on a unix socket, which has no delay to lose
-                    relay(pod, local, port: port, from: client, to: entry, framed: true)
+                    pod.relay(with: local) { [self] outcome in
+                        forget(port)
+                        let end = outcome.cut.map {
+                            "cut after \(outcome.fromPod) bytes in, \(outcome.fromSocket) out: \($0)"
+                        }
+                        logEnd(
+                            of: client, podPort: entry.podPort,
+                            end ?? "stolen, \(outcome.fromPod) bytes in, \(outcome.fromSocket) out")
+                        relaying.end()
+                    }
                 case .failure(let error):
                     forget(port)
                     logger.warning("could not take an incoming connection from \(Self.describe(client)): \(error)")
@@ -228,14 +234,12 @@ package final class RemoteIncoming: Sendable {
         }
     }
 
-    /// On the loop: relays the pod's connection and the loopback one to the program until both end.
-    /// `framed`: `pod` is a link connection, which speaks StreamFraming.
+    /// On the loop: relays the pod's connection (from the socket channel) and the loopback one to the program
+    /// until both end.
     private func relay(
-        _ pod: SharedDescriptor, _ local: SharedDescriptor, port: UInt16?, from client: SocketAddress?,
-        to entry: Listening, framed: Bool = false
+        _ pod: SharedDescriptor, _ local: SharedDescriptor, from client: SocketAddress?, to entry: Listening
     ) {
-        Relay.start(on: loop, local, pod, secondIsFramed: framed) { [self] sent, received in
-            if let port { forget(port) }
+        Relay.start(on: loop, local, pod) { [self] sent, received in
             logEnd(of: client, podPort: entry.podPort, "stolen, \(received) bytes in, \(sent) out")
             relaying.end()
         }
@@ -304,7 +308,7 @@ package final class RemoteIncoming: Sendable {
         // The peer's address is of the socket's family (an IPv4 client of a dual-stack one comes mapped).
         guard peer?.family == entry.family else {
             relaying.begin()
-            loop.execute { [self] in relay(pod, local, port: nil, from: client, to: entry) }
+            loop.execute { [self] in relay(pod, local, from: client, to: entry) }
             answer.install(fd: woken, flags: closeOnExec, note: note + ")")
             return
         }

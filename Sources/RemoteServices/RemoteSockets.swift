@@ -43,8 +43,8 @@ package final class ProgramSocket: Sendable {
 package final class RemoteSockets: Sendable {
     /// Sockets of the pod, ready; nil when the agent cannot pass them (it is not on this machine).
     let pool: SocketPool?
-    /// Without a pool: TCP connections made by the agent, each a link connection of its own.
-    let streams: StreamConnector?
+    /// Without a pool: the link that TCP connections made by the agent are relayed on (`LinkStream`).
+    let streams: AgentClient?
     /// Without a pool: UDP, and the pod's DNS, on the link.
     package let datagrams: RemoteDatagrams?
     let listener: NotificationListener
@@ -63,7 +63,7 @@ package final class RemoteSockets: Sendable {
     private let pairing = LoopbackPairing()
 
     package init(
-        channel: SocketChannel?, streams: StreamConnector?, datagrams: RemoteDatagrams?, listener: NotificationListener,
+        channel: SocketChannel?, streams: AgentClient?, datagrams: RemoteDatagrams?, listener: NotificationListener,
         loop: EventLoop,
         logger: Logger, connections: ConnectionEvents?, linkIsUp: @escaping @Sendable () -> Bool
     ) throws(SystemCallError) {
@@ -135,9 +135,10 @@ package final class RemoteSockets: Sendable {
                 }
             }
             loop.execute { [self] in
-                streams.open(destination) { [self] result in
+                LinkStream.connect(to: destination, through: streams, on: loop) { [self] result in
                     switch result {
-                    case .success(let stream): serveStream(socket: socket, stream: stream, through: streams, answer)
+                    case .success(let stream):
+                        serveStream(socket: socket, to: destination, stream: stream, through: streams, answer)
                     case .failure(let errno): answer.fail(errno.rawValue)
                     }
                 }
@@ -191,23 +192,33 @@ package final class RemoteSockets: Sendable {
         }
     }
 
-    /// A TCP connect through the agent's stream: once the pod's end is connected, the program's socket is
-    /// connected to a loopback listener of sysmirror's, and a relay joins that connection to the stream,
-    /// whose bytes travel in StreamFraming's pieces (a port-forward carries no half-close; the pieces do).
-    /// The connect succeeds at once, also for a non-blocking socket (Go and others take an immediate
-    /// success). Its peer, as getpeername tells, is sysmirror's loopback listener.
+    /// A TCP connect relayed on the link: once the pod's end is connected, the program's socket is connected
+    /// to a loopback listener of sysmirror's, and that connection is joined to the link's stream. The
+    /// connect succeeds at once, also for a non-blocking socket (Go and others take an immediate success).
+    /// Its peer, as getpeername tells, is sysmirror's loopback listener.
     private func serveStream(
-        socket: ProgramSocket, stream: SharedDescriptor, through streams: StreamConnector, _ answer: PendingCall
+        socket: ProgramSocket, to destination: SocketAddress, stream: LinkStream, through link: AgentClient,
+        _ answer: PendingCall
     ) {
-        guard listener.isPending(answer.notification.id) else { return answer.gone() }
+        guard listener.isPending(answer.notification.id) else {
+            stream.abandon()
+            return answer.gone()
+        }
         let ours: SharedDescriptor
         do throws(SystemCallError) {
             ours = try pairing.connect(socket.fd.raw, family: socket.facts.family)
         } catch {
+            stream.abandon()
             return answer.fail(EIO, note: "could not connect the program's socket to sysmirror's relay: \(error)")
         }
-        Relay.start(on: loop, ours, stream, secondIsFramed: true) { _, _ in }
-        answer.succeed(0, note: "through \(streams.address)")
+        let pid = answer.notification.pid
+        stream.relay(with: ours) { [logger] outcome in
+            guard let reason = outcome.cut else { return }
+            logger.warning(
+                "connection to \(destination) (pid \(pid)) reset after \(outcome.fromSocket) bytes out, \(outcome.fromPod) in: \(reason)"
+            )
+        }
+        answer.succeed(0, note: "through \(link.address)")
     }
 
     /// A TCP connection to a name server of the pod: sysmirror answers it itself (DNSStream), from the pod's

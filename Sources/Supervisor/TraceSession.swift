@@ -258,12 +258,11 @@ public final class TraceSession: Sendable {
         }
         let sockets = try link.flatMap { link throws -> RemoteSockets? in
             guard let remoteOptions = options.remote, remoteOptions.outgoing.enabled else { return nil }
-            // Without the socket channel (a port-forward), TCP travels on link connections, UDP and DNS on the link.
+            // Without the socket channel (a port-forward), TCP, UDP and DNS travel on the link.
             let throughLink = link.sockets == nil
             return try RemoteSockets(
                 channel: link.sockets,
-                streams: throughLink
-                    ? StreamConnector(address: link.client.address, token: remoteOptions.token, loop: link.loop) : nil,
+                streams: throughLink ? link.client : nil,
                 datagrams: throughLink
                     ? RemoteDatagrams(
                         client: link.client, names: PodNames(client: link.client, files: link.cache, logger: logger),
@@ -281,7 +280,6 @@ public final class TraceSession: Sendable {
             guard let remote = options.remote, remote.incoming.mode != .off else { return nil }
             return try RemoteIncoming(
                 client: link.client,
-                streams: StreamConnector(address: link.client.address, token: remote.token, loop: link.loop),
                 sockets: link.sockets, connections: connections, rules: remote.incoming, listener: program.listener,
                 log: log.record, loop: link.loop, logger: logger)
         }

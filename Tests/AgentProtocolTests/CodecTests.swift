@@ -67,6 +67,7 @@ let everyMessage: [Message] = [
     .chunk(id: 14, []),
     .end(id: 15),
     .cancel(id: 16),
+    .credit(id: 17, bytes: 128 << 10),
     .unknown(type: 0x7E, id: 17),
 ]
 

@@ -8,7 +8,6 @@ import SystemPackage
 import Testing
 
 @testable import RemoteServices
-import AgentProtocol
 @testable import Supervisor
 @testable import UserNotification
 
@@ -29,54 +28,13 @@ struct RelayTests {
 
     /// Two loopback connections relayed to each other on `loop`: the test holds the outside ends, the relay
     /// alone the inside ones (so that its close is the last).
-    /// `serverFramed`: the server's end speaks StreamFraming (a link connection).
     func relayed(
-        on loop: EventLoop, serverFramed: Bool = false, finished: @escaping @Sendable (Int, Int) -> Void
+        on loop: EventLoop, finished: @escaping @Sendable (Int, Int) -> Void
     ) throws -> (client: SharedDescriptor, server: SharedDescriptor) {
         let client = try tcpPair(), server = try tcpPair()
         let (clientSide, serverSide) = (client.inside, server.inside)
-        loop.execute { Relay.start(on: loop, clientSide, serverSide, secondIsFramed: serverFramed, finished: finished) }
+        loop.execute { Relay.start(on: loop, clientSide, serverSide, finished: finished) }
         return (client.outside, server.outside)
-    }
-
-    @Test("A framed end: the other end's bytes and end of input arrive as pieces, and its pieces' data and end come out plain")
-    func framedEnd() throws {
-        let loop = try EventLoop(name: "test-relay")
-        defer { loop.close() }
-        let counts = Mutex<(Int, Int)?>(nil)
-        let (client, link) = try relayed(on: loop, serverFramed: true) { a, b in counts.withLock { $0 = (a, b) } }
-        let request = [UInt8](repeating: 7, count: 1000)
-        _ = try Sockets.send(client.raw, request[...])
-        try Sockets.shutdownOutput(client.raw)
-        // The link's side: the request in pieces, then the end piece; the connection stays open.
-        var reader = StreamFraming.Reader()
-        var received: [UInt8] = []
-        while !reader.ended {
-            var piece = try Sockets.receive(link.raw, upTo: 4096)
-            #expect(!piece.isEmpty, "the link closed before the end piece")
-            if piece.isEmpty { break }
-            let count = try reader.extract(&piece, count: piece.count)
-            received += piece[..<count]
-        }
-        #expect(received == request)
-        // The answer, then the end piece: the client reads it, then its end.
-        let answer = Array("got 1000 bytes".utf8)
-        _ = try Sockets.send(link.raw, (StreamFraming.dataHeader(count: answer.count) + answer + StreamFraming.end)[...])
-        #expect(try readAll(client.raw, count: 100) == answer)
-        #expect(eventually { counts.withLock { $0 } != nil })
-        #expect(counts.withLock { $0 }.map { [$0.0, $0.1] } == [1000, answer.count])
-    }
-
-    @Test("A framed end that closes before its end piece was cut: the other end is reset")
-    func framedEndCut() throws {
-        let loop = try EventLoop(name: "test-relay")
-        defer { loop.close() }
-        let (client, link) = try relayed(on: loop, serverFramed: true) { _, _ in }
-        _ = try Sockets.send(link.raw, (StreamFraming.dataHeader(count: 2) + [1, 2])[...])
-        #expect(try readAll(client.raw, count: 2) == [1, 2])
-        try Sockets.resetOnClose(link.raw)
-        try Sockets.disconnect(link.raw)
-        #expect(throws: SystemCallError.self) { _ = try readAll(client.raw, count: 1) }
     }
 
     func readAll(_ fd: Int32, count: Int) throws -> [UInt8] {
@@ -139,7 +97,8 @@ struct PendingCallTests {
         let listener = NotificationListener(descriptor: try .open("/dev/null", .readOnly))
         let outcomes = Mutex<[Outcome]>([])
         let call = PendingCall(
-            notification: UserNotification.Notification(seccomp_notif()), listener: listener, logger: .init(label: "test"),
+            notification: UserNotification.Notification(seccomp_notif()), listener: listener,
+            logger: .init(label: "test"),
             done: { outcome, _, _, _ in outcomes.withLock { $0.append(outcome) } })
         call.fail(EIO)
         call.succeed(0)

@@ -113,6 +113,39 @@ final class ClusterLinkTests {
         let (outcome, _) = try traced([fixtures.path("gofixture"), "gets", "200", "http://web:8080/"])
         #expect(outcome.stdout == "ok 200\n", "\(outcome.stderr)")
     }
+
+    @Test("Connections share the link: one whose reader lags holds up only itself, and each carries every byte")
+    func laggingReader() throws {
+        // 24 MiB: many windows' worth, so the pod's side must stop and go again many times.
+        let big = pod.root.appendingPathComponent("srv/web/big.bin")
+        try Data((0..<(24 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 13) }).write(to: big)
+        let digest = try Run.process(["sha256sum", big.path]).stdout.prefix(64)
+        let script = """
+            import hashlib, socket, time
+            lagging = socket.create_connection(('\(Service.web)', 8080))
+            lagging.sendall(b'GET /big.bin HTTP/1.0\\r\\n\\r\\n')
+            time.sleep(0.3)  # its answer fills its window, unread
+            for i in range(20):
+                c = socket.create_connection(('\(Service.web)', 8080))
+                c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')
+                answer = b''
+                while chunk := c.recv(65536):
+                    answer += chunk
+                assert answer.endswith(b"\(Service.webBody.dropLast())\\n"), answer
+            print('20 answered')
+            counter = socket.create_connection(('\(Service.echo)', 7))
+            counter.sendall(bytes(range(256)) * (32 << 10))
+            counter.shutdown(socket.SHUT_WR)
+            print(counter.recv(100).decode())
+            answer = b''
+            while chunk := lagging.recv(1 << 16):
+                answer += chunk
+            body = answer.split(b'\\r\\n\\r\\n', 1)[1]
+            print(len(body), hashlib.sha256(body).hexdigest())
+            """
+        let (outcome, _) = try traced(["python3", "-c", script], checkDirect: false)
+        #expect(outcome.stdout == "20 answered\ngot \(8 << 20) bytes\n\(24 << 20) \(digest)\n", "\(outcome.stderr)")
+    }
 }
 
 /// The same through a link 10 ms away each way (the delaying port-forward stand-in): correct under latency,

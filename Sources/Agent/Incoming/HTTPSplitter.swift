@@ -15,7 +15,7 @@ final class HTTPSplitter: ChannelInboundHandler {
     enum Upstream {
         /// Writes wait for the connection.
         case connecting([ByteBuffer])
-        case open(StreamEnd)
+        case open(any RelaySide)
     }
 
     /// The request on its way and its answer.
@@ -160,7 +160,7 @@ final class HTTPSplitter: ChannelInboundHandler {
             let splitter = NIOLoopBound(self, eventLoop: loop)  // the connection completes on this loop
             session.connectToPod(from: channel, podPort: podPort).whenComplete { result in
                 switch result {
-                case .success(let upstream): splitter.value.connected(.pod, upstream)
+                case .success(let upstream): splitter.value.connected(.pod, StreamEnd.hold(upstream))
                 case .failure(let error): splitter.value.fail("cannot reach the pod's application: \(error)")
                 }
             }
@@ -169,29 +169,30 @@ final class HTTPSplitter: ChannelInboundHandler {
             let splitter = NIOLoopBound(self, eventLoop: loop)
             session.offer(
                 request, client: client, on: loop,
-                take: { link in loop.execute { splitter.value.connected(.program, link) } },
+                take: { stream in loop.execute { splitter.value.connected(.program, stream) } },
                 abandon: { loop.execute { splitter.value.programDidNotTake() } })
         }
     }
 
-    private func connected(_ route: Route, _ channel: any Channel) {
+    /// `upstream` holds what came before: the pod's application may speak first, and the program's stream
+    /// may have bytes already.
+    private func connected(_ route: Route, _ upstream: any RelaySide) {
         guard context != nil, case .connecting(let queued)? = upstreams[route] else {
-            channel.close(promise: nil)
+            upstream.close()
             return
         }
         let loop = context!.eventLoop
-        // The program's requests come over a link connection, which speaks StreamFraming.
         let splitter = NIOLoopBound(self, eventLoop: loop)
-        let end = StreamEnd.install(on: channel, framed: route == .program) { event in
+        upstream.start { event in
             if loop.inEventLoop {
                 splitter.value.upstream(route, event)
             } else {
                 loop.execute { splitter.value.upstream(route, event) }
             }
         }
-        upstreams[route] = .open(end)
-        for buffer in queued { end.write(buffer) }
-        end.flush()
+        upstreams[route] = .open(upstream)
+        for buffer in queued { upstream.write(buffer, flush: false) }
+        upstream.flush()
     }
 
     /// The developer's program did not take the connection in time: its requests go to the pod instead.
@@ -199,7 +200,8 @@ final class HTTPSplitter: ChannelInboundHandler {
         guard case .connecting(let queued)? = upstreams[.program] else { return }
         upstreams[.program] = nil
         session.logger.warning(
-            "incoming connection from \(client) to port \(podPort): the developer's program did not take it in time; its requests go to the pod's application")
+            "incoming connection from \(client) to port \(podPort): the developer's program did not take it in time; its requests go to the pod's application"
+        )
         if exchange?.route == .program { exchange?.route = .pod }
         if tunnel == .program { tunnel = .pod }
         for buffer in queued { send(Array(buffer.readableBytesView)[...], to: .pod) }
@@ -207,7 +209,7 @@ final class HTTPSplitter: ChannelInboundHandler {
 
     // MARK: Answers
 
-    private func upstream(_ route: Route, _ event: StreamEnd.Event) {
+    private func upstream(_ route: Route, _ event: RelayEvent) {
         switch event {
         case .bytes(let buffer): received(Array(buffer.readableBytesView), from: route)
         case .readComplete: context?.flush()

@@ -1,15 +1,16 @@
 import Incoming
-import struct LinuxSystem.OwnedDescriptor
 import Logging
 import NIOCore
 import Synchronization
 
-/// The pod's connections waiting for a client to take them (`takeIncoming` arrives on a link connection of
-/// its own, so this is shared by the agent's sessions), and what incoming traffic needs agent-wide.
+import struct LinuxSystem.OwnedDescriptor
+
+/// The pod's connections waiting for a client to take them (agent-wide: their ids are unique across
+/// sessions), and what incoming traffic needs agent-wide.
 final class IncomingRegistry: Sendable {
     struct Waiting: Sendable {
-        /// Given its id and the link connection that took it, on that connection's loop.
-        let take: @Sendable (UInt64, any Channel) -> Void
+        /// Given its id and the stream of the session that took it, on that session's loop.
+        let take: @Sendable (UInt64, LinkStreamEnd) -> Void
         /// Not taken in time, or its session ended or stopped listening; given its id.
         let abandon: @Sendable (UInt64) -> Void
     }
@@ -65,7 +66,9 @@ extension Endpoint {
     init?(_ address: SocketAddress?) {
         switch address {
         case .v4(let v4)?:
-            self.init(address: withUnsafeBytes(of: v4.address.sin_addr) { Array($0) }, port: UInt16(v4.address.sin_port.bigEndian))
+            self.init(
+                address: withUnsafeBytes(of: v4.address.sin_addr) { Array($0) },
+                port: UInt16(v4.address.sin_port.bigEndian))
         case .v6(let v6)?:
             let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
             let port = UInt16(v6.address.sin6_port.bigEndian)

@@ -1,14 +1,15 @@
 import AgentProtocol
 import Incoming
-import class LinuxSystem.SharedDescriptor
-import struct LinuxSystem.OwnedDescriptor
-import enum LinuxSystem.Sockets
-import struct LinuxSystem.SystemCallError
 import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
 import SyscallDecoding
+
+import struct LinuxSystem.OwnedDescriptor
+import class LinuxSystem.SharedDescriptor
+import enum LinuxSystem.Sockets
+import struct LinuxSystem.SystemCallError
 
 #if canImport(Glibc)
     import Glibc
@@ -156,7 +157,8 @@ final class IncomingSession: Sendable {
             if !state.plan.isEmpty {
                 do {
                     try netfilter.run(["-f", "-"], script: NetfilterPlan.deletion(of: state.plan.table))
-                    logger.info("removed the netfilter table \(state.plan.table): the pod serves its ports itself again")
+                    logger.info(
+                        "removed the netfilter table \(state.plan.table): the pod serves its ports itself again")
                 } catch {
                     logger.warning("could not remove the netfilter table \(state.plan.table): \(error)")
                 }
@@ -179,7 +181,8 @@ final class IncomingSession: Sendable {
     static func explain(_ error: any Error) -> String {
         let text = "\(error)"
         if text.contains("Operation not permitted") || text.contains("EPERM") {
-            return "\(text). Incoming traffic needs CAP_NET_ADMIN in the pod (`trace --target` adds it when --incoming is not off)"
+            return
+                "\(text). Incoming traffic needs CAP_NET_ADMIN in the pod (`trace --target` adds it when --incoming is not off)"
         }
         return text
     }
@@ -223,13 +226,13 @@ final class IncomingSession: Sendable {
     /// Registers a stolen connection for the client to take, and announces it on `request`.
     func offer(
         _ request: UInt32, client: Endpoint, on loop: any EventLoop,
-        take: @escaping @Sendable (any Channel) -> Void, abandon: @escaping @Sendable () -> Void
+        take: @escaping @Sendable (LinkStreamEnd) -> Void, abandon: @escaping @Sendable () -> Void
     ) {
         let id = registry.add(
             IncomingRegistry.Waiting(
-                take: { [self] id, channel in
+                take: { [self] id, stream in
                     _ = state.withLock { state in state.waiting.removeValue(forKey: id) }
-                    take(channel)
+                    take(stream)
                 },
                 abandon: { [self] id in
                     _ = state.withLock { state in state.waiting.removeValue(forKey: id) }
@@ -273,7 +276,9 @@ final class IncomingSession: Sendable {
                 let v4 = try Self.listeningSocket(family: AF_INET, port: 0)
                 let port = try Sockets.localAddress(v4.raw).port ?? 0
                 do throws(SystemCallError) {
-                    sockets = [(AF_INET, v4), (AF_INET6, try Self.listeningSocket(family: AF_INET6, port: port, v6Only: true))]
+                    sockets = [
+                        (AF_INET, v4), (AF_INET6, try Self.listeningSocket(family: AF_INET6, port: port, v6Only: true)),
+                    ]
                     break
                 } catch {
                     sockets = [(AF_INET, v4)]
@@ -330,10 +335,11 @@ final class IncomingSession: Sendable {
         let end = StreamEnd.hold(channel)
         offer(
             subscription.request, client: client, on: channel.eventLoop,
-            take: { [logger] link in
-                StreamEnd.glue(end, link, secondIsFramed: true) { received, sent in
+            take: { [logger] stream in
+                StreamEnd.glue(end, stream) { received, sent in
                     logger.info(
-                        "incoming connection from \(client) to port \(podPort): stolen, \(received) bytes in, \(sent) out")
+                        "incoming connection from \(client) to port \(podPort): stolen, \(received) bytes in, \(sent) out"
+                    )
                 }
             },
             abandon: { [self] in
@@ -349,13 +355,14 @@ final class IncomingSession: Sendable {
         connectToPod(from: channel, podPort: podPort).whenComplete { [logger] result in
             switch result {
             case .success(let upstream):
-                StreamEnd.glue(end, upstream) { received, sent in
+                StreamEnd.glue(end, StreamEnd.hold(upstream)) { received, sent in
                     logger.info(
                         "incoming connection from \(client.map { "\($0)" } ?? "?") to port \(podPort): passed through (\(reason)), \(received) bytes in, \(sent) out"
                     )
                 }
             case .failure(let error):
-                logger.warning("could not pass a connection to port \(podPort) through to the pod's application: \(error)")
+                logger.warning(
+                    "could not pass a connection to port \(podPort) through to the pod's application: \(error)")
                 channel.close(promise: nil)
             }
         }
@@ -364,7 +371,8 @@ final class IncomingSession: Sendable {
     /// A connection to the pod's application on `podPort`, at the address `channel` reached; marked, so
     /// that no rule of sysmirror's redirects it again.
     func connectToPod(from channel: any Channel, podPort: UInt16) -> EventLoopFuture<any Channel> {
-        guard var target = Endpoint(channel.localAddress), target.address.count == 4 || target.address.count == 16 else {
+        guard var target = Endpoint(channel.localAddress), target.address.count == 4 || target.address.count == 16
+        else {
             return channel.eventLoop.makeFailedFuture(IncomingError("no local address"))
         }
         target.port = podPort
@@ -373,7 +381,9 @@ final class IncomingSession: Sendable {
         }
         return ClientBootstrap(group: channel.eventLoop)
             .connectTimeout(.seconds(10))
-            .channelOption(.socketOption(.init(rawValue: SO_MARK)), value: SocketOptionValue(NetfilterPlan.passThroughMark))
+            .channelOption(
+                .socketOption(.init(rawValue: SO_MARK)), value: SocketOptionValue(NetfilterPlan.passThroughMark)
+            )
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(.autoRead, value: false)

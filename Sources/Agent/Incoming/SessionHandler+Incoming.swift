@@ -7,7 +7,7 @@ import NIOCore
 #endif
 
 /// Incoming traffic on the link: `listen` subscribes a port of the pod for the session. A stolen
-/// connection comes over a link connection of its own, opened with `takeIncoming`; mirrored ones' copies
+/// connection is relayed on the link, taken with `takeIncoming`; mirrored ones' copies
 /// come on the listen stream itself.
 extension SessionHandler {
     func listen(_ id: UInt32, _ subscription: IncomingSubscription, context: ChannelHandlerContext) {
@@ -17,7 +17,8 @@ extension SessionHandler {
                 context, id,
                 .failure(
                     errno: EOPNOTSUPP,
-                    message: "incoming traffic needs nft (Debian's nftables) beside the agent, and it is not installed"))
+                    message: "incoming traffic needs nft (Debian's nftables) beside the agent, and it is not installed")
+            )
         }
         let channel = context.channel
         let session =
@@ -52,11 +53,11 @@ extension SessionHandler {
                 context, id,
                 .failure(
                     errno: ENOENT,
-                    message: "connection \(connection) is not waiting any more (after \(IncomingRegistry.takeTimeout.nanoseconds / 1_000_000_000) s it goes to the pod's application)"
+                    message:
+                        "connection \(connection) is not waiting any more (after \(IncomingRegistry.takeTimeout.nanoseconds / 1_000_000_000) s it goes to the pod's application)"
                 ))
         }
-        reply(context, id, .done)
-        state = .stream
-        waiting.take(connection, context.channel)
+        guard let stream = openStream(id, context: context) else { return waiting.abandon(connection) }
+        waiting.take(connection, stream)
     }
 }
