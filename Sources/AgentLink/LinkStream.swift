@@ -17,19 +17,34 @@ import SystemPackage
 public final class LinkStream: @unchecked Sendable {  // its state is touched only on `loop`
     public typealias Opened = (Result<LinkStream, Errno>) -> Void
 
-    /// How a relay ended: the bytes each way, and why the pod's side cut the connection (a reset there, or
-    /// the link gone), if it did.
+    /// How a relay ended: the bytes each way, and who cut the connection (reset it), if anyone did.
     public struct Outcome: Sendable {
         public let fromSocket: Int
         public let fromPod: Int
-        public let cut: String?
+        public let cut: Cut?
+    }
+
+    public enum Cut: Sendable, CustomStringConvertible {
+        /// The pod's end was reset (the agent says how).
+        case pod(String)
+        /// The link failed under it (dropped, or broke the protocol).
+        case link(String)
+        /// The program's end was reset, or went.
+        case program
+
+        public var description: String {
+            switch self {
+            case .pod(let reason), .link(let reason): reason
+            case .program: "the program's end was reset"
+            }
+        }
     }
 
     private enum Phase {
         case opening(Opened, EventLoop.Timer?)
         case open
         /// Cut before a socket was joined to it: `relay` resets that socket at once.
-        case cutEarly(String)
+        case cutEarly(Cut)
         case ended
     }
 
@@ -99,7 +114,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
     public func relay(with socket: SharedDescriptor, _ finished: @escaping (Outcome) -> Void) {
         self.socket = socket
         self.finished = finished
-        if case .cutEarly(let reason) = phase { return cut(reason) }
+        if case .cutEarly(let cause) = phase { return cut(cause) }
         progress()
     }
 
@@ -132,7 +147,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
                 try window.received(bytes.count)
             } catch {
                 client.cancel(id)
-                return cut("the agent sent past the connection's window")
+                return cut(.link("the agent sent past the connection's window"))
             }
             inbound += bytes
             fromPod += bytes.count
@@ -141,12 +156,12 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
             podEnded = true
             progress()
         case (.open, .response(.failure(_, let message))):
-            cut(message.isEmpty ? "the pod's end was reset" : message)
+            cut(.pod(message.isEmpty ? "the pod's end was reset" : message))
         case (.open, .linkFailure(let reason)):
-            cut(reason)
+            cut(.link(reason))
         case (.open, .response):
             client.cancel(id)
-            cut("the agent answered a relayed connection with something else than its bytes")
+            cut(.link("the agent answered a relayed connection with something else than its bytes"))
         case (.cutEarly, _), (.ended, _):
             break
         }
@@ -158,7 +173,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
             try window.granted(bytes)
         } catch {
             client.cancel(id)
-            return cut("the agent granted more than the connection's window")
+            return cut(.link("the agent granted more than the connection's window"))
         }
         progress()
     }
@@ -169,7 +184,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
         guard let socket else { return }
         if events.contains(.error) {
             client.cancel(id)
-            return cut(nil)  // the program's end was reset: the pod's end is, by the cancel
+            return cut(.program)  // the pod's end is reset by the cancel
         }
         if !socketEnded && !events.isDisjoint(with: [.readable, .hangUp]) {
             // A few pieces a turn, so that one busy connection does not keep the loop from the others.
@@ -184,7 +199,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
                 } catch {
                     if error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted { break }
                     client.cancel(id)
-                    return cut(nil)
+                    return cut(.program)
                 }
             }
         }
@@ -203,7 +218,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
             } catch {
                 if error.errno == .resourceTemporarilyUnavailable || error.errno == .interrupted { break }
                 client.cancel(id)
-                return cut(nil)
+                return cut(.program)
             }
         }
         if inboundTaken == inbound.count {
@@ -236,24 +251,23 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
                 registration = try loop.register(socket.raw, for: wanted) { [self] in ready($0) }
             } catch {
                 client.cancel(id)
-                cut("the serving loop could not watch the connection: \(error)")
+                cut(.link("the serving loop could not watch the connection: \(error)"))
             }
         }
     }
 
-    /// Resets the socket, as the pod's end was (or the link that carried it went: `reason`; nil when the
-    /// program's end was reset), and ends.
-    private func cut(_ reason: String?) {
+    /// Resets the socket, as the pod's end was (or the link that carried it went), and ends.
+    private func cut(_ cause: Cut) {
         guard let socket else {
-            phase = .cutEarly(reason ?? "the program's end was reset")
+            phase = .cutEarly(cause)
             return
         }
         try? Sockets.resetOnClose(socket.raw)  // best effort: a socket that failed resets anyway
         try? Sockets.disconnect(socket.raw)
-        end(cut: reason)
+        end(cut: cause)
     }
 
-    private func end(cut reason: String?) {
+    private func end(cut cause: Cut?) {
         if let registration { loop.deregister(registration) }
         registration = nil
         phase = .ended
@@ -262,6 +276,6 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
         inbound = []
         let finished = self.finished
         self.finished = nil
-        finished?(Outcome(fromSocket: fromSocket, fromPod: fromPod, cut: reason))
+        finished?(Outcome(fromSocket: fromSocket, fromPod: fromPod, cut: cause))
     }
 }

@@ -213,10 +213,13 @@ package final class RemoteSockets: Sendable {
         }
         let pid = answer.notification.pid
         stream.relay(with: ours) { [logger] outcome in
-            guard let reason = outcome.cut else { return }
-            logger.warning(
-                "connection to \(destination) (pid \(pid)) reset after \(outcome.fromSocket) bytes out, \(outcome.fromPod) in: \(reason)"
-            )
+            let what =
+                "connection to \(destination) (pid \(pid)) reset after \(outcome.fromSocket) bytes out, \(outcome.fromPod) in"
+            switch outcome.cut {
+            case .link(let reason): logger.warning("\(what): \(reason)")  // a cut the user should hear of
+            case .pod(let reason): logger.info("\(what): \(reason)")
+            case .program, nil: break
+            }
         }
         answer.succeed(0, note: "through \(link.address)")
     }

@@ -16,8 +16,8 @@ final class LinkCutTests {
         for pod in pods { pod.tearDown() }
     }
 
-    func forwardedAgent() throws -> ForwardedAgent {
-        let pod = try PodStandIn()
+    func forwardedAgent(network: Bool = false) throws -> ForwardedAgent {
+        let pod = try PodStandIn(network: network)
         pods.append(pod)
         let agent = try ForwardedAgent(in: pod)
         agents.append(agent)
@@ -88,6 +88,45 @@ final class LinkCutTests {
         #expect(outcome.stderr.contains("connecting again for up to 30 s"), "\(outcome.stderr)")
         #expect(outcome.stderr.contains("is back"), "\(outcome.stderr)")
         #expect(!log.isEmpty)
+    }
+
+    @Test("A connection relayed at the cut is reset, and the log names it; a new one after the cut works")
+    func connectionAtTheCut() throws {
+        let forwarded = try forwardedAgent(network: true)
+        let started = fixtures.path("started-\(UUID().uuidString)"), flag = fixtures.path("cut-\(UUID().uuidString)")
+        defer { for file in [started, flag] { try? FileManager.default.removeItem(atPath: file) } }
+        let redis = PodStandIn.Service.redis
+        let program = [
+            "/usr/bin/python3", "-c",
+            """
+            import os, socket, time
+            def ping(c):
+                c.sendall(b'PING\\r\\n')
+                return c.recv(100).decode().strip()
+            kept = socket.create_connection(('\(redis)', 6379))
+            print('before', ping(kept), flush=True)
+            open('\(started)', 'w').close()
+            while not os.path.exists('\(flag)'):
+                time.sleep(0.05)
+            try:
+                print('kept', ping(kept) or 'closed')
+            except (ConnectionResetError, BrokenPipeError):
+                print('kept reset')
+            print('after', ping(socket.create_connection(('\(redis)', 6379))))
+            """,
+        ]
+        let traced = Self.traceInBackground(program, pod: forwarded.pod, agentAddress: forwarded.address)
+        try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
+        forwarded.cut()
+        usleep(500_000)
+        try forwarded.restore()
+        FileManager.default.createFile(atPath: flag, contents: nil)
+        let (outcome, _) = try #require(traced(60))
+        #expect(
+            outcome.stdout == "before +PONG\nkept reset\nafter +PONG\n",
+            "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("connection to \(redis):6379"), "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("reset after"), "\(outcome.stderr)")
     }
 
     @Test("Never back: the reads fail with EIO after the wait, and the program ends")
