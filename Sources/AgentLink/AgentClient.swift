@@ -118,6 +118,8 @@ public final class AgentClient: Sendable {
         var socket: Int32
         var queued: [UInt8] = []
         var closing = false
+        /// Why the agent is gone for good (`abandon`): the link does not come back.
+        var abandoned: String?
     }
 
     init(
@@ -306,6 +308,13 @@ public final class AgentClient: Sendable {
         _ = write(wakeUp, &one, 8)
     }
 
+    /// The agent is gone for good (its pod was deleted, and nothing follows it): calls waiting for the link
+    /// to come back, and every later one, fail now with `reason`.
+    public func abandon(_ reason: String) {
+        outbound.withLock { $0.abandoned = reason }
+        signalReader()
+    }
+
     /// Whether the link is still up: once it has failed, no request can succeed.
     public var isActive: Bool { requests.withLock { $0.failure == nil } }
 
@@ -348,8 +357,9 @@ public final class AgentClient: Sendable {
         // Answers to requests sent with the hello may have come in the welcome's read.
         guard deliverBuffered() else { return }
         while true {
-            let closing = outbound.withLock { $0.closing }
+            let (closing, abandoned) = outbound.withLock { ($0.closing, $0.abandoned) }
             if closing { return failAll("the session closed") }
+            if let abandoned { return failAll(abandoned) }
             let hasQueued = outbound.withLock { !$0.queued.isEmpty }
             var fds = [
                 pollfd(fd: socket, events: Int16(POLLIN) | (hasQueued ? Int16(POLLOUT) : 0), revents: 0),
@@ -411,7 +421,7 @@ public final class AgentClient: Sendable {
         let deadline = Clock.monotonic() + patience * 1_000_000_000
         var delay: UInt64 = 100_000_000
         while Clock.monotonic() < deadline {
-            if outbound.withLock({ $0.closing }) { break }
+            if outbound.withLock({ $0.closing || $0.abandoned != nil }) { break }
             if let (socket, _, buffer) = try? LinkSocket.openSession(
                 to: address, token: resumption.token, timeoutSeconds: 5)
             {
@@ -433,8 +443,9 @@ public final class AgentClient: Sendable {
             }
             delay = min(delay * 2, 2_000_000_000)
         }
-        let closing = outbound.withLock { $0.closing }
-        failAll(closing ? "the session closed" : "\(reason), and it did not come back within \(patience) s")
+        let (closing, abandoned) = outbound.withLock { ($0.closing, $0.abandoned) }
+        failAll(
+            closing ? "the session closed" : abandoned ?? "\(reason), and it did not come back within \(patience) s")
         return nil
     }
 

@@ -100,9 +100,10 @@ public struct Kubectl: Sendable {
     public func portForward(pod: String, port: UInt16, localPort: UInt16? = nil) throws(KubernetesFailure)
         -> (HelperProcess, UInt16)
     {
-        let arguments = [path] + settings.flags + [
-            "port-forward", "pod/\(pod)", "\(localPort.map(String.init) ?? ""):\(port)", "--address", "127.0.0.1",
-        ]
+        let arguments =
+            [path] + settings.flags + [
+                "port-forward", "pod/\(pod)", "\(localPort.map(String.init) ?? ""):\(port)", "--address", "127.0.0.1",
+            ]
         let forward: HelperProcess
         do {
             forward = try HelperProcess(path: path, arguments: arguments, environment: environment)

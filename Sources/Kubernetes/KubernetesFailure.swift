@@ -92,7 +92,8 @@ public enum KubernetesFailure: Error, Equatable, Sendable, CustomStringConvertib
         if text.contains("ephemeral containers are disabled for this cluster") {
             return .ephemeralContainersUnsupported(message)
         }
-        if text.contains("context was not found for specified context") || text.contains("no context exists with the name")
+        if text.contains("context was not found for specified context")
+            || text.contains("no context exists with the name")
             || (text.contains("context \"") && text.contains("does not exist"))
         {
             let name = context ?? text.split(separator: ":").last.map { $0.trimmingWhitespace } ?? "?"
@@ -105,7 +106,8 @@ public enum KubernetesFailure: Error, Equatable, Sendable, CustomStringConvertib
         if text.contains("Unauthorized") || text.contains("You must be logged in to the server") {
             return .unauthorized
         }
-        if text.contains("Unable to connect to the server") || text.contains("was refused - did you specify the right host")
+        if text.contains("Unable to connect to the server")
+            || text.contains("was refused - did you specify the right host")
             || text.contains("dial tcp") || text.contains("no such host") || text.contains("TLS handshake timeout")
         {
             return .unreachable(message)
@@ -155,7 +157,8 @@ public enum KubernetesFailure: Error, Equatable, Sendable, CustomStringConvertib
     /// `kubectl auth can-i patch pods/ephemeralcontainers` asks about the pod named "ephemeralcontainers".
     static func canI(verb: String, resource: String, namespace: String?) -> String {
         let parts = resource.split(separator: "/", maxSplits: 1)
-        return (["kubectl", "auth", "can-i", verb, String(parts.first ?? "")]
+        return
+            (["kubectl", "auth", "can-i", verb, String(parts.first ?? "")]
             + (parts.count == 2 ? ["--subresource=\(parts[1])"] : []) + (namespace.map { ["-n", $0] } ?? []))
             .joined(separator: " ")
     }

@@ -40,14 +40,14 @@ public final class KubernetesSession {
 
     /// The port-forward's end on this machine.
     public let address: AgentAddress
-    /// The session's token: random, made for this session only.
+    /// The session's token: random, made for this session only (an agent added to a workload's new pod
+    /// takes the same).
     public let token: [UInt8]
-    /// `namespace/pod`, for messages.
-    public let podDescription: String
     /// The processes the session runs beside the program (its port-forward, whichever runs now).
     public var helpers: @Sendable () -> Set<Int32> { { [forward] in [forward.pid] } }
     private let kubectl: Kubectl
     private let forward: PortForward
+    private let follower: PodFollower
     /// Starts the port-forward again whenever it ends before the session does.
     private var keeper: ThreadHandle?
     /// The targetless pod to delete at the end.
@@ -80,27 +80,12 @@ public final class KubernetesSession {
             let pod: Pod
             switch request.target {
             case .workload(let kind, let name, let container):
-                step("finding \(kind.rawValue)/\(name)" + (request.kubectl.namespace.map { " in namespace \($0)" } ?? ""))
-                pod = try findPod(kind: kind, name: name, kubectl: kubectl)
-                let target = try PodSelection.container(in: pod, named: container)
-                if pod.spec.shareProcessNamespace == true {
-                    throw KubernetesFailure.notReady(
-                        "the pod \(pod.metadata.name) shares one process namespace among its containers, where the container's main process is not PID 1; sysmirror cannot tell it apart yet. Run `sysmirror agent --pid PID` in the pod yourself and use --agent."
-                    )
-                }
-                plan = AgentPlan.random(
-                    image: request.image, tokenDigest: digest, idleTimeout: request.idleTimeout,
-                    features: .init(
-                        targetFiles: true, writesFiles: request.writesFiles, takesIncoming: request.takesIncoming))
                 step(
-                    "pod \(pod.metadata.namespace ?? "?")/\(pod.metadata.name), container \(target); adding the agent as ephemeral container \(plan.containerName) (\(plan.image))"
+                    "finding \(kind.rawValue)/\(name)" + (request.kubectl.namespace.map { " in namespace \($0)" } ?? "")
                 )
-                let custom = NSTemporaryDirectory() + "sysmirror-custom-\(getpid()).json"
-                _ = FileManager.default.createFile(atPath: custom, contents: Data(plan.customProfile.utf8))
-                defer { try? FileManager.default.removeItem(atPath: custom) }
-                _ = try kubectl.run(
-                    plan.debugArguments(pod: pod.metadata.name, container: target, customFile: custom),
-                    about: ("pod", pod.metadata.name))
+                pod = try findPod(kind: kind, name: name, kubectl: kubectl)
+                plan = try addAgent(
+                    to: pod, container: container, request: request, digest: digest, kubectl: kubectl, step: step)
             case .targetless:
                 plan = AgentPlan.random(
                     image: request.image, tokenDigest: digest, idleTimeout: request.idleTimeout,
@@ -118,7 +103,8 @@ public final class KubernetesSession {
                 plan, in: podName, ephemeral: ownPod == nil, kubectl: kubectl, deadline: deadline,
                 timeout: request.readyTimeout, step: step)
             step("agent running; port-forward to 127.0.0.1:\(plan.port) in the pod")
-            let forward = try PortForward.start(kubectl: kubectl, pod: podName, port: plan.port)
+            let forward = try PortForward.start(
+                kubectl: kubectl, pod: podName, namespace: pod.metadata.namespace ?? "?", port: plan.port)
             let address = AgentAddress.tcp(host: "127.0.0.1", port: Int(forward.localPort))
             do {
                 try waitForAnswer(
@@ -130,8 +116,7 @@ public final class KubernetesSession {
             }
             step("agent answering at 127.0.0.1:\(forward.localPort)")
             let session = KubernetesSession(
-                address: address, token: token, podDescription: "\(pod.metadata.namespace ?? "?")/\(podName)",
-                kubectl: kubectl, forward: forward, ownPod: ownPod)
+                request: request, address: address, token: token, kubectl: kubectl, forward: forward, ownPod: ownPod)
             session.keepPortForwardUp(logger: logger)
             return session
         } catch {
@@ -141,13 +126,13 @@ public final class KubernetesSession {
     }
 
     private init(
-        address: AgentAddress, token: [UInt8], podDescription: String, kubectl: Kubectl, forward: PortForward,
+        request: Request, address: AgentAddress, token: [UInt8], kubectl: Kubectl, forward: PortForward,
         ownPod: String?
     ) {
         self.address = address
         self.token = token
-        self.podDescription = podDescription
         self.kubectl = kubectl
+        follower = PodFollower(request: request, token: token, kubectl: kubectl)
         self.forward = forward
         self.ownPod = ownPod
     }
@@ -161,11 +146,44 @@ public final class KubernetesSession {
     }
 
     /// kubectl port-forward ends when the kubelet's stream idle timeout passes, the API server drops the
-    /// stream, or the pod goes away: it is started again on the same port, and the link comes back.
+    /// stream, or the pod goes away: it is started again on the same port, and the link comes back; to the
+    /// workload's new pod, with an agent of its own, when a rollout replaced the pod.
     private func keepPortForwardUp(logger: Logger) {
-        keeper = try? ThreadHandle.start(name: "sysmirror-forward") { [forward, podDescription] in
-            forward.keepUp(describing: podDescription, logger: logger)
+        keeper = try? ThreadHandle.start(name: "sysmirror-forward") { [forward, follower] in
+            forward.keepUp(logger: logger) { follower.successor(of: $0, described: $1, logger: logger) }
         }
+    }
+
+    /// Registers what to tell (on the port-forward's thread) when the session's pod is gone and nothing
+    /// follows it.
+    public var whenLost: @Sendable (@escaping @Sendable (String) -> Void) -> Void {
+        { [follower] in follower.whenLost($0) }
+    }
+
+    /// Adds the agent to `pod`, beside the container to serve, as an ephemeral container; returns its plan.
+    static func addAgent(
+        to pod: Pod, container: String?, request: Request, digest: String, kubectl: Kubectl,
+        step: (String) -> Void
+    ) throws(KubernetesFailure) -> AgentPlan {
+        let target = try PodSelection.container(in: pod, named: container)
+        if pod.spec.shareProcessNamespace == true {
+            throw KubernetesFailure.notReady(
+                "the pod \(pod.metadata.name) shares one process namespace among its containers, where the container's main process is not PID 1; sysmirror cannot tell it apart yet. Run `sysmirror agent --pid PID` in the pod yourself and use --agent."
+            )
+        }
+        let plan = AgentPlan.random(
+            image: request.image, tokenDigest: digest, idleTimeout: request.idleTimeout,
+            features: .init(targetFiles: true, writesFiles: request.writesFiles, takesIncoming: request.takesIncoming))
+        step(
+            "pod \(pod.metadata.namespace ?? "?")/\(pod.metadata.name), container \(target); adding the agent as ephemeral container \(plan.containerName) (\(plan.image))"
+        )
+        let custom = NSTemporaryDirectory() + "sysmirror-custom-\(getpid()).json"
+        _ = FileManager.default.createFile(atPath: custom, contents: Data(plan.customProfile.utf8))
+        defer { try? FileManager.default.removeItem(atPath: custom) }
+        _ = try kubectl.run(
+            plan.debugArguments(pod: pod.metadata.name, container: target, customFile: custom),
+            about: ("pod", pod.metadata.name))
+        return plan
     }
 
     static func findPod(kind: KubernetesTarget.Kind, name: String, kubectl: Kubectl) throws(KubernetesFailure) -> Pod {
@@ -178,7 +196,8 @@ public final class KubernetesSession {
             let workload = try get(
                 Workload.self, ["get", kind.rawValue, name, "-o", "json"], kind: kind.rawValue, name: name,
                 kubectl: kubectl)
-            let pods = try kubectl.json(PodList.self, ["get", "pods", "-l", workload.spec.selector.query, "-o", "json"])
+            let pods = try kubectl.json(
+                PodList.self, ["get", "pods", "-l", workload.spec.selector.query, "-o", "json"])
             return try PodSelection.pod(of: "\(kind.rawValue)/\(name)", from: pods.items)
         }
     }
@@ -263,7 +282,8 @@ public final class KubernetesSession {
             try pause(milliseconds: 200)
             if forward.hasExited {
                 // A cluster that refuses it (RBAC, a pod gone) makes the restart fail, with kubectl's reason.
-                logger.debug("kubectl port-forward ended while the agent started (\(forward.errors())); starting it again")
+                logger.debug(
+                    "kubectl port-forward ended while the agent started (\(forward.errors())); starting it again")
                 try forward.restart()
             }
         }

@@ -54,7 +54,8 @@ public enum KubernetesTarget: Equatable, Sendable, CustomStringConvertible {
     static func isName(_ name: String, maximum: Int, dots: Bool) -> Bool {
         let bytes = Array(name.utf8)
         func alphanumeric(_ byte: UInt8) -> Bool {
-            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+            (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte)
+                || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
         }
         guard let first = bytes.first, let last = bytes.last, bytes.count <= maximum else { return false }
         return alphanumeric(first) && alphanumeric(last)

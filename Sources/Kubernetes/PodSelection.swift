@@ -9,7 +9,9 @@ public enum PodSelection {
     /// when two were created in the same second.
     public static func pod(of workload: String, from pods: [Pod]) throws(KubernetesFailure) -> Pod {
         let ready = pods.filter(\.isReady).sorted {
-            ($0.metadata.creationTimestamp ?? "", $1.metadata.name) > ($1.metadata.creationTimestamp ?? "", $0.metadata.name)
+            ($0.metadata.creationTimestamp ?? "", $1.metadata.name) > (
+                $1.metadata.creationTimestamp ?? "", $0.metadata.name
+            )
         }
         if let pod = ready.first { return pod }
         guard !pods.isEmpty else {
@@ -17,7 +19,8 @@ public enum PodSelection {
         }
         let states = pods.prefix(5).map { "\($0.metadata.name): \(summary(of: $0))" }.joined(separator: "; ")
         throw .notReady(
-            "\(workload) has no ready pod (\(states)). Wait for it to become ready; `kubectl get pods` shows why it is not.")
+            "\(workload) has no ready pod (\(states)). Wait for it to become ready; `kubectl get pods` shows why it is not."
+        )
     }
 
     /// A pod named by `pod/NAME` must be running and ready.

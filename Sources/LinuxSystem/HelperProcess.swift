@@ -1,4 +1,5 @@
 import CSysmirror
+import Synchronization
 import SystemPackage
 
 #if canImport(Glibc)
@@ -52,14 +53,16 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
-        let pid = path.withCString { path in
-            argv.withUnsafeBufferPointer { argv in
-                envp.withUnsafeBufferPointer { envp in
-                    var request = sysm_helper_request(
-                        path: path, argv: argv.baseAddress, envp: envp.baseAddress,
-                        fds: (input?.rawValue ?? null, stdout.write, stderr.write), report: report.write,
-                        parent: getpid())
-                    return sysm_spawn_helper(&request)
+        let pid = HelperStatuses.spawning {
+            path.withCString { path in
+                argv.withUnsafeBufferPointer { argv in
+                    envp.withUnsafeBufferPointer { envp in
+                        var request = sysm_helper_request(
+                            path: path, argv: argv.baseAddress, envp: envp.baseAddress,
+                            fds: (input?.rawValue ?? null, stdout.write, stderr.write), report: report.write,
+                            parent: getpid())
+                        return sysm_spawn_helper(&request)
+                    }
                 }
             }
         }
@@ -202,9 +205,12 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
     public var hasExited: Bool {
         if status != nil { return true }
         var raw: Int32 = 0
-        guard waitpid(pid, &raw, WNOHANG) == pid else { return false }
-        status = shellExitStatus(raw)
-        return true
+        switch waitpid(pid, &raw, WNOHANG) {
+        case pid: status = HelperStatuses.waited(pid, raw)
+        case 0: return false
+        default: status = HelperStatuses.take(pid)  // reaped by the session's reaper: known once it says so
+        }
+        return status != nil
     }
 
     /// Waits for it to end; its exit status, or 128+N when signal N ended it.
@@ -214,9 +220,58 @@ public final class HelperProcess: @unchecked Sendable {  // pid set once; `statu
         var raw: Int32 = 0
         var result: Int32
         repeat { result = waitpid(pid, &raw, 0) } while result < 0 && currentErrno() == .interrupted
-        let decoded = result == pid ? shellExitStatus(raw) : -1  // -1: reaped elsewhere (a subreaper's wait)
+        let decoded = result == pid ? HelperStatuses.waited(pid, raw) : HelperStatuses.awaitReaped(pid)
         status = decoded
         return decoded
+    }
+}
+
+/// The exit statuses of helpers that the session's reaper (`waitpid(-1)`, as a subreaper must) reaped
+/// before their owner waited: each child is reaped once, and its owner still learns how it ended.
+public enum HelperStatuses {
+    /// Helpers not waited for yet, by pid: their raw wait status once the reaper took them.
+    private static let helpers = Mutex<[pid_t: Int32?]>([:])
+
+    /// Spawns a helper under the lock, so that a reaper that reaps its pid finds it registered.
+    static func spawning(_ spawn: () -> pid_t) -> pid_t {
+        helpers.withLock { helpers in
+            let pid = spawn()
+            if pid > 0 { helpers[pid] = .some(nil) }
+            return pid
+        }
+    }
+
+    /// For the session's reaper: `pid` ended with `status`; true when it is a helper's, kept for its owner.
+    public static func reaped(_ pid: pid_t, status: Int32) -> Bool {
+        helpers.withLock { helpers in
+            guard helpers[pid] != nil else { return false }
+            helpers[pid] = .some(status)
+            return true
+        }
+    }
+
+    /// The owner reaped it itself.
+    static func waited(_ pid: pid_t, _ status: Int32) -> Int32 {
+        _ = helpers.withLock { $0.removeValue(forKey: pid) }
+        return shellExitStatus(status)
+    }
+
+    /// Its status if the reaper took it and said so; nil otherwise.
+    static func take(_ pid: pid_t) -> Int32? {
+        helpers.withLock { helpers in
+            guard case .some(.some(let status)) = helpers[pid] else { return nil }
+            helpers[pid] = nil
+            return shellExitStatus(status)
+        }
+    }
+
+    /// Once waitpid said it is gone: the reaper records it right after its own waitpid returns.
+    static func awaitReaped(_ pid: pid_t) -> Int32 {
+        for _ in 0..<1000 {
+            if let status = take(pid) { return status }
+            usleep(1_000)
+        }
+        return -1  // reaped by someone who did not say: unknown
     }
 }
 

@@ -58,6 +58,9 @@ public final class TraceSession: Sendable {
         public var outgoing: OutgoingRules
         /// Which listening ports take the pod's incoming traffic, and how.
         public var incoming = IncomingRules.off
+        /// Registers what to do when the agent is gone for good (a `pod/NAME` target's pod deleted): the link
+        /// then stops waiting to come back, and remote calls fail at once.
+        public var whenAgentIsLost: (@Sendable (@escaping @Sendable (String) -> Void) -> Void)?
         /// Whether uname and /etc/hostname are the pod's (not for a targetless agent, whose pod is its own).
         public var servesHostname = true
         /// Whether the pod's file answers are kept while the agent watches them (`--fs-cache`).
@@ -181,6 +184,7 @@ public final class TraceSession: Sendable {
                 asking: [.hostname] + (remote.environment != nil ? [.environment] : []),
                 alsoSending: cache?.firstRequests() ?? [])
             cache?.attach(client)
+            remote.whenAgentIsLost?({ [client] reason in client.abandon(reason) })
         } catch {
             throw .agent(error.description)
         }
@@ -337,6 +341,8 @@ public final class TraceSession: Sendable {
             if reaped == pid {
                 exitStatus = shellExitStatus(status)
                 program.withLock { $0.exited = true }
+            } else if HelperStatuses.reaped(reaped, status: status) {
+                continue  // a kubectl of the session's, whose owner waits for it
             }
             guard program.withLock({ $0.exited }) else { continue }
             let remaining = ProcessTree.descendants(of: getpid(), excluding: options.helpers())

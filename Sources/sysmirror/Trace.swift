@@ -205,6 +205,7 @@ struct Trace: ParsableCommand {
                 cluster = session
                 remote?.address = session.address
                 remote?.token = session.token
+                remote?.whenAgentIsLost = session.whenLost
             } catch {
                 logger.error("\(error)")
                 throw ExitCode(error == .interrupted ? 130 : 1)

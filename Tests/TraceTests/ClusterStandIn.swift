@@ -5,15 +5,25 @@ import Testing
 /// under a kubelet) behind Fixtures/kube-apiserver, an API server and kubelet double that the real kubectl
 /// talks to over HTTPS, and that starts the real agent when an ephemeral container is added and serves
 /// port-forward (WebSocket or SPDY) into the pod's network namespace. The machine's own kubectl is first on
-/// PATH. Needs root; `tearDown` removes all.
-final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
+/// PATH. A test may replace the ready pod with a second pod stand-in (`rollOut`) or delete it (`deletePod`).
+/// Needs root; `tearDown` removes all.
+final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it; rollOut runs on the test's thread
     let pod: PodStandIn
     let directory: URL
     let kubeconfig: String
     let calls: String
     private var server: SpawnedService?
+    /// The double's control socket (apiserver.py, SOCKET).
+    private var controlSocket = ""
+    /// The ready pod's successor, once `rollOut` made it.
+    private(set) var replacement: PodStandIn?
 
     static let readyPod = "web-7d9f8b-x2x4q"
+    /// The pod a rollout puts in the ready pod's place (its hostname too).
+    static let replacementPod = "web-7d9f8b-r2new"
+    /// Which pod a program reads from: "1" in the ready pod, "2" in its replacement. Under /config: /etc
+    /// is the laptop's by default (docs/configuration.md).
+    static let generationFile = "/config/pod-generation"
     static let unreadyPod = "web-7d9f8b-zz9kq"
     static let image = "ghcr.io/sysmirror/agent:0.1.0"
     static let slowImage = "ghcr.io/sysmirror/agent:slow"
@@ -64,9 +74,11 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
     /// nobody cannot enter). Found once.
     static let machineKubectl: Result<String, FixtureError> = {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        guard let found = path.split(separator: ":").map({ "\($0)/kubectl" }).first(where: {
-            FileManager.default.isExecutableFile(atPath: $0)
-        }) else { return .failure(FixtureError(description: "no kubectl on PATH (scripts/test installs one)")) }
+        guard
+            let found = path.split(separator: ":").map({ "\($0)/kubectl" }).first(where: {
+                FileManager.default.isExecutableFile(atPath: $0)
+            })
+        else { return .failure(FixtureError(description: "no kubectl on PATH (scripts/test installs one)")) }
         if (try? Run.process(["test", "-x", found], unprivileged: true))?.status == 0 { return .success(found) }
         let copy = Fixtures.shared.path("kubectl")
         do {
@@ -89,14 +101,15 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         }
         try """
-            #!/bin/sh
-            echo '{"clientVersion": {"major": "1", "minor": "29", "gitVersion": "v1.29.4", "platform": "linux/amd64"}}'
-            """.write(to: old.appendingPathComponent("kubectl"), atomically: false, encoding: .utf8)
+        #!/bin/sh
+        echo '{"clientVersion": {"major": "1", "minor": "29", "gitVersion": "v1.29.4", "platform": "linux/amd64"}}'
+        """.write(to: old.appendingPathComponent("kubectl"), atomically: false, encoding: .utf8)
         for path in [directory.path, bin, old.path, directory.appendingPathComponent("empty").path] {
             chmod(path, 0o755)
         }
         chmod(old.appendingPathComponent("kubectl").path, 0o755)
         chown(home.path, 65534, 65534)
+        try Self.writeGeneration(1, in: pod)
 
         let statePath = directory.appendingPathComponent("state.json").path
         try JSONSerialization.data(withJSONObject: state).write(to: URL(fileURLWithPath: statePath))
@@ -124,9 +137,86 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         }
         let answer = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: ready)))
         guard let answer = answer as? [String: Any], let authority = answer["ca"] as? String,
-            let servers = answer["servers"] as? [String: String]
+            let servers = answer["servers"] as? [String: String], let control = answer["control"] as? String
         else { throw FixtureError(description: "unreadable \(ready)") }
+        controlSocket = control
         try writeKubeconfig(authority: authority, servers: servers)
+    }
+
+    private static func writeGeneration(_ generation: Int, in pod: PodStandIn) throws {
+        try "\(generation)\n".write(
+            to: pod.root.appendingPathComponent(String(generationFile.dropFirst())), atomically: false, encoding: .utf8)
+    }
+
+    /// The ready pod of deployment/web on a pod stand-in, as the double's state or a control request has it.
+    private static func readyPodObject(_ name: String, on pod: PodStandIn, created: String? = nil) -> [String: Any] {
+        var object: [String: Any] = [
+            "name": name, "namespace": "default", "labels": ["app": "web"], "containers": ["istio-proxy", "app"],
+            "netns": pod.podNamespace, "pid": pod.containerPID, "owner": ["kind": "ReplicaSet", "name": "web-7d9f8b"],
+        ]
+        object["created"] = created
+        return object
+    }
+
+    /// A rollout as kubectl sees one: a new ready pod of deployment/web (`replacementPod`, a pod stand-in of
+    /// its own, generation 2), then the ready pod Terminating for `terminating` seconds and gone (`deletePod`).
+    /// Returns once the old pod is gone.
+    func rollOut(terminating: TimeInterval = 1) throws {
+        let next = try PodStandIn(kubelet: true, hostname: Self.replacementPod)
+        replacement = next
+        try Self.writeGeneration(2, in: next)
+        try control(["add_pod": Self.readyPodObject(Self.replacementPod, on: next)])
+        try deletePod(terminating: terminating)
+    }
+
+    /// The ready pod deleted as a controller deletes it: Terminating for `terminating` seconds (its agents
+    /// sent SIGTERM), then gone (404, its sandbox too) and its container stopped. Returns once it is gone.
+    func deletePod(terminating: TimeInterval = 1) throws {
+        try control([
+            "delete_pod": ["namespace": "default", "name": Self.readyPod, "terminating_seconds": terminating]
+        ])
+        try PodStandIn.waitUntil("the pod to be deleted", timeout: terminating + 10) {
+            recorded.contains { $0["removed_pod"] as? String == Self.readyPod }
+        }
+        pod.stopContainer()
+    }
+
+    /// One request on the double's control socket: a JSON line, answered with one; throws its error.
+    private func control(_ request: [String: Any]) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw FixtureError(description: "socket: errno \(errno)") }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        guard controlSocket.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw FixtureError(description: "the control socket's path is too long: \(controlSocket)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in controlSocket.utf8.enumerated() { raw[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else { throw FixtureError(description: "connect \(controlSocket): errno \(errno)") }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let line = try JSONSerialization.data(withJSONObject: request) + Data("\n".utf8)
+        guard line.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == line.count else {
+            throw FixtureError(description: "cannot write to \(controlSocket): errno \(errno)")
+        }
+        var answer = Data()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while !answer.contains(UInt8(ascii: "\n")) {
+            let count = read(fd, &chunk, chunk.count)
+            guard count > 0 else { break }
+            answer.append(contentsOf: chunk[..<count])
+        }
+        guard (try? JSONSerialization.jsonObject(with: answer) as? [String: Any])?["ok"] as? Bool == true else {
+            throw FixtureError(
+                description: "the API server double refused \(request): \(String(decoding: answer, as: UTF8.self))")
+        }
     }
 
     /// The cluster: pods on the pod stand-in, a namespace under Pod Security "baseline", users and what they
@@ -153,11 +243,7 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
             ],
             "agent_binary": Fixtures.shared.sysmirror,
             "pods": [
-                [
-                    "name": Self.readyPod, "namespace": "default", "labels": ["app": "web"], "created": created,
-                    "containers": ["istio-proxy", "app"], "netns": pod.podNamespace, "pid": pod.containerPID,
-                    "owner": ["kind": "ReplicaSet", "name": "web-7d9f8b"],
-                ],
+                Self.readyPodObject(Self.readyPod, on: pod, created: created),
                 [
                     "name": Self.unreadyPod, "namespace": "default", "labels": ["app": "web"],
                     "created": "2026-11-27T05:10:00Z", "containers": ["app"], "ready": false,
@@ -242,13 +328,16 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         return (outcome, text.split(separator: "\n").map(String.init))
     }
 
-    /// `sysmirror trace ...` as `trace` runs it, left running; its output goes to `output` (or nowhere).
-    func startTrace(_ arguments: [String], output: String?) throws -> Process {
-        try PodStandIn.start(
+    /// `sysmirror trace ...` as `trace` runs it, left running; its output goes to `output` (or nowhere), its
+    /// stderr with it or, given `errors`, there. The process is sysmirror's (each command before it execs).
+    func startTrace(_ arguments: [String], output: String?, errors: String? = nil) throws -> Process {
+        let command =
             [
                 "ip", "netns", "exec", pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
                 "--clear-groups", "--", "/usr/bin/env",
-            ] + environment() + [Fixtures.shared.sysmirror, "trace"] + arguments, log: output)
+            ] + environment() + [Fixtures.shared.sysmirror, "trace"] + arguments
+        guard let errors else { return try PodStandIn.start(command, log: output) }
+        return try PodStandIn.start(["/bin/sh", "-c", #"exec "$@" 2> "$0""#, errors] + command, log: output)
     }
 
     /// A command as nobody in the developer's namespace, with `trace`'s environment: kubectl as sysmirror
@@ -287,6 +376,7 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         }
         // Port-forwards that outlived a failing test.
         for pid in portForwards where kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        replacement?.tearDown()
         pod.tearDown()
         try? FileManager.default.removeItem(at: directory)
     }

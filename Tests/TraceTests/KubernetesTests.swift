@@ -292,6 +292,126 @@ final class KubernetesTests {
     }
 }
 
+/// The target pod replaced or deleted mid-session (a rollout, a `kubectl delete`): the cluster stand-in's
+/// second pod and its deletion, as kubectl sees them. Each test has a cluster of its own.
+@Suite(
+    "Kubernetes targets: the pod replaced mid-session", .enabled(if: PodStandIn.isAvailable, "needs root"),
+    .serialized)
+final class KubernetesRolloutTests {
+    let cluster: ClusterStandIn
+    let fixtures = Fixtures.shared
+
+    init() throws { cluster = try ClusterStandIn() }
+    deinit { cluster.tearDown() }
+
+    @Test("deployment/web follows a rollout to the new ready pod: the next remote read comes from there")
+    func rollout() throws {
+        let name = "rollout-\(UUID().uuidString)"
+        let output = fixtures.path("\(name).out"), errors = fixtures.path("\(name).err")
+        let log = fixtures.path("\(name).log")
+        defer { for file in [output, errors, log] { try? FileManager.default.removeItem(atPath: file) } }
+        let trace = try cluster.startTrace(
+            ["--target", "deployment/web", "--log", log, "--"] + Self.generationReader(endingAtAnError: false),
+            output: output, errors: errors)
+        defer { Self.stop(trace) }
+        try Self.waitForLine("1", in: output, errors: errors, of: trace)
+        try cluster.rollOut()
+        let ended = Self.ends(trace, within: 60)
+        let said = Self.text(errors)
+        #expect(ended, "the trace still ran 60 s after the rollout: \(said)")
+        #expect(Self.text(output) == "1\n2\n", "\(said)")
+        if ended { #expect(trace.terminationStatus == 0, "\(said)") }
+        #expect(said.contains(ClusterStandIn.replacementPod) && said.contains("replaced"), "\(said)")
+        // A new agent, added to the new pod.
+        #expect(
+            cluster.recorded.contains {
+                $0["ephemeral_container"] != nil && $0["pod"] as? String == ClusterStandIn.replacementPod
+            })
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5), "port-forward \(pid) outlived sysmirror") }
+    }
+
+    @Test("pod/NAME whose pod is deleted: the program's next remote read fails with EIO, and sysmirror says why")
+    func podDeleted() throws {
+        let name = "deleted-\(UUID().uuidString)"
+        let output = fixtures.path("\(name).out"), errors = fixtures.path("\(name).err")
+        let log = fixtures.path("\(name).log")
+        defer { for file in [output, errors, log] { try? FileManager.default.removeItem(atPath: file) } }
+        let trace = try cluster.startTrace(
+            ["--target", "pod/\(ClusterStandIn.readyPod)", "--log", log, "--"]
+                + Self.generationReader(endingAtAnError: true),
+            output: output, errors: errors)
+        defer { Self.stop(trace) }
+        try Self.waitForLine("1", in: output, errors: errors, of: trace)
+        try cluster.deletePod()
+        // sysmirror gives the link up at once: the next read fails with EIO.
+        let ended = Self.ends(trace, within: 40)
+        let said = Self.text(errors)
+        #expect(ended, "the trace still ran 40 s after the pod was deleted: \(said)")
+        #expect(Self.text(output) == "1\nEIO\n", "\(said)")
+        if ended { #expect(trace.terminationStatus == 3, "the program's own status: \(said)") }
+        #expect(said.contains("is gone") && said.contains("deployment/"), "\(said)")
+        for pid in cluster.portForwards { #expect(exits(pid, within: 5), "port-forward \(pid) outlived sysmirror") }
+    }
+
+    /// Python: reads the pod's generation file every 100 ms for up to 40 s and prints each value that differs
+    /// from the one before (a failed read as its errno's name). Exits 0 once it read 2, 1 at 40 s, and with
+    /// `endingAtAnError` 3 at the first failed read.
+    static func generationReader(endingAtAnError: Bool) -> [String] {
+        let script = """
+            import errno, sys, time
+            seen, deadline = None, time.monotonic() + 40
+            while time.monotonic() < deadline:
+                try:
+                    with open('\(ClusterStandIn.generationFile)') as f:
+                        value = f.read().strip()
+                except OSError as error:
+                    value = errno.errorcode.get(error.errno, str(error.errno))
+                    if \(endingAtAnError ? "True" : "False"):
+                        print(value, flush=True)
+                        sys.exit(3)
+                if value != seen:
+                    print(value, flush=True)
+                    seen = value
+                if value == '2':
+                    sys.exit(0)
+                time.sleep(0.1)
+            sys.exit(1)
+            """
+        return ["/usr/bin/python3", "-c", script]
+    }
+
+    static func text(_ file: String) -> String { (try? String(contentsOfFile: file, encoding: .utf8)) ?? "" }
+
+    /// Waits up to 60 s until the program printed `line`; throws (with what sysmirror said) if it does not.
+    static func waitForLine(_ line: String, in output: String, errors: String, of trace: Process) throws {
+        let printed = { text(output).split(separator: "\n").contains(Substring(line)) }
+        try? PodStandIn.waitUntil("the program's \(line)", timeout: 60) { printed() || !trace.isRunning }
+        guard printed() else {
+            throw FixtureError(description: "the program never printed \(line): \(text(output))\(text(errors))")
+        }
+    }
+
+    /// Whether a started trace ends within `seconds`.
+    static func ends(_ trace: Process, within seconds: TimeInterval) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while trace.isRunning && Date() < deadline { usleep(50_000) }
+        return !trace.isRunning
+    }
+
+    /// Ends a trace that still runs (a failed test): its children (the program, kubectl) and sysmirror.
+    static func stop(_ trace: Process) {
+        guard trace.isRunning else { return }
+        let pid = trace.processIdentifier
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        for task in tasks {
+            let children = text("/proc/\(pid)/task/\(task)/children")
+            for child in children.split(separator: " ").compactMap({ Int32($0) }) { kill(child, SIGKILL) }
+        }
+        kill(pid, SIGKILL)
+        trace.waitUntilExit()
+    }
+}
+
 /// Outgoing connections through the port-forward: the agent connects from the pod and relays.
 @Suite("Kubernetes targets: outgoing TCP", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
 final class KubernetesOutgoingTests {

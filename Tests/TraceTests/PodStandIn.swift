@@ -16,6 +16,8 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     static var isAvailable: Bool { getuid() == 0 }
 
     let name: String
+    /// The container's hostname (`PodStandIn.hostname` unless given).
+    let hostname: String
     let podNamespace: String
     let developerNamespace: String
     /// With `incoming`: the pod's clients, joined to the pod by a veth pair.
@@ -50,9 +52,13 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
     ///     started: the cluster stand-in starts one when asked (KubernetesTests).
     ///   - incoming: a client namespace joined to the pod by a veth pair, and the pod's application: an HTTP
     ///     server on :8080 answering "pod CLIENT-IP" (gofixture serve).
-    init(network: Bool = false, kubelet: Bool = false, incoming: Bool = false) throws {
+    ///   - hostname: another pod's name (a second pod of a cluster stand-in).
+    init(network: Bool = false, kubelet: Bool = false, incoming: Bool = false, hostname: String = PodStandIn.hostname)
+        throws
+    {
         let fixtures = Fixtures.shared
         name = "\(getpid())-\(Self.counter.next())"
+        self.hostname = hostname
         podNamespace = "sysm-pod-\(name)"
         developerNamespace = "sysm-dev-\(name)"
         clientNamespace = "sysm-cli-\(name)"
@@ -83,7 +89,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
             "config/app.yaml": "listen: 8080\nmode: pod\n",
             "var/run/secrets/kubernetes.io/serviceaccount/token": "eyJhbGciOiJSUzI1NiJ9.pod-token",
             "data/a.txt": "alpha\n", "data/b.txt": "bravo bravo\n", "data/nested/c.txt": "charlie\n",
-            "etc/hostname": "\(Self.hostname)\n", "etc/shadow": "pod-shadow-file\n",
+            "etc/hostname": "\(hostname)\n", "etc/shadow": "pod-shadow-file\n",
             "etc/hosts": "127.0.0.1 localhost\n10.96.0.99 hosts-only.example\n",
             "etc/resolv.conf":
                 "nameserver \(Service.dns)\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
@@ -312,7 +318,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 "/usr/bin/unshare", "--mount", "--uts",
             ] + (ownProcessNamespace ? ["--pid", "--fork"] : []) + [
                 "--root=\(root.path)", "/bin/busybox", "sh", "-c",
-                "/bin/busybox hostname \(Self.hostname) && exec /bin/busybox sleep 600",
+                "/bin/busybox hostname \(hostname) && exec /bin/busybox sleep 600",
             ], log: nil)
         if ownProcessNamespace {
             try Self.waitUntil("the container's main process") {
@@ -330,7 +336,7 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         }
         try Self.waitUntil("the container's hostname") {
             let result = try? Run.process(["nsenter", "-t", "\(containerPID)", "--uts", "hostname"], directory: root)
-            return result?.stdout == "\(Self.hostname)\n"
+            return result?.stdout == "\(hostname)\n"
         }
     }
 
@@ -351,6 +357,16 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
                 && FileManager.default.fileExists(atPath: socket + ".sockets")
         }
         try Self.command(["chown", "65534:65534", socket, socket + ".sockets"])
+    }
+
+    /// Ends the container and whatever runs in its process namespace (an agent a cluster stand-in started
+    /// there too), as a kubelet does for a deleted pod; `tearDown` then has no process of it left to end.
+    func stopContainer() {
+        if containerInit > 0 { kill(containerInit, SIGKILL) }
+        containerInit = 0
+        guard let container, container.isRunning else { return }
+        kill(container.processIdentifier, SIGKILL)
+        container.waitUntilExit()
     }
 
     /// Kills the agent with SIGKILL, as a crash would.

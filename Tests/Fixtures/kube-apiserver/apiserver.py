@@ -29,15 +29,26 @@ STATE_JSON: "clusters" {NAME: {"ephemeral_containers", "version", "portforward":
 "namespace", "labels", "annotations", "created", "containers" [NAME], "ready", "phase", "owner" {"kind",
 "name"}, "shareProcessNamespace", "restartPolicy", "netns", "pid"}], "deployments" and "statefulsets"
 [{"name", "namespace", "selector", "replicas"}].
-READY_JSON, written once every cluster listens: {"ca": CA_FILE, "servers": {NAME: "https://127.0.0.1:PORT"}}.
+READY_JSON, written once every cluster listens: {"ca": CA_FILE, "servers": {NAME: "https://127.0.0.1:PORT"},
+"control": SOCKET}.
+
+SOCKET (control.sock beside STATE_JSON, root's only) changes the cluster as its controllers would, for tests: a
+connection sends one JSON object on a line and gets {"ok": true} or {"error": MESSAGE} back.
+  {"add_pod": POD}  a new pod stand-in (POD as in "pods"; "created" defaults to now), Running from the start;
+  {"delete_pod": {"namespace", "name", "terminating_seconds"}}  a controller's graceful deletion, answered once
+      it has begun: the pod shows deletionTimestamp (its 30 s grace), its kubelet sends SIGTERM to the agents it
+      started there and starts no more, and `terminating_seconds` later the pod is gone (404), what still runs
+      of it killed, and new port-forward streams to it fail as for a removed sandbox. The calls log records
+      {"terminating_pod": NAME} and then {"removed_pod": NAME}.
 
 Known infidelities: no watch, no Table output (kubectl's human `get` output differs; -o json/name/yaml do
 not), no server-side apply, no field validation of bodies (unknown fields are kept, not refused), only the
 pod field selectors listed in POD_FIELDS, only the capability and privileged checks of Pod Security
 "baseline", forbid rules instead of RBAC objects (an allowed access review gives no reason), a request
 without a token is refused as Unauthorized (a real server calls it system:anonymous), one node, one pod IP
-for all the state's pods, image pulls that fail at once with NotFound for any image not listed as present, and the
-kubelet's back-off steps (10 s doubling to 300 s) without its jitter. HTTP/1.1 only (no HTTP/2).
+for all the state's pods, image pulls that fail at once with NotFound for any image not listed as present, the
+kubelet's back-off steps (10 s doubling to 300 s) without its jitter, and a controller's deletion (SOCKET) that
+removes the pod after a set time rather than once its containers have stopped. HTTP/1.1 only (no HTTP/2).
 """
 import ctypes
 import datetime
@@ -84,6 +95,11 @@ def now():
 
 def pod_uid(namespace, name):
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "pod/%s/%s" % (namespace, name)))
+
+
+def ending(pod):
+    """Whether the pod is being deleted or is gone: its kubelet starts nothing more in it."""
+    return bool(pod.get("deletionTimestamp") or pod.get("gone"))
 
 
 class ApiError(Exception):
@@ -225,10 +241,15 @@ class Cluster:
         self.forwarders = set()  # pids of the kubectl port-forwards recorded
         self.namespaces = self.state.get("namespaces", {"default": {}})
         for pod in self.state.get("pods", []):
-            pod.setdefault("uid", pod_uid(pod["namespace"], pod["name"]))
-            pod.setdefault("ephemeral", [])
-            pod.setdefault("statuses", {})
-            pod["resourceVersion"] = self.next_revision()
+            self.admit(pod)
+
+    def admit(self, pod):
+        """A stand-in pod of the state or of a control request, with what the API server adds."""
+        pod.setdefault("uid", pod_uid(pod["namespace"], pod["name"]))
+        pod.setdefault("created", now())
+        pod.setdefault("ephemeral", [])
+        pod.setdefault("statuses", {})
+        pod["resourceVersion"] = self.next_revision()
 
     def next_revision(self):
         with self.lock:
@@ -488,14 +509,14 @@ class Cluster:
             return
         update({"waiting": {"reason": "ContainerCreating"}})
         self.emit(pod, field_path, "Normal", "Pulled", 'Container image "%s" already present on machine' % image)
-        if self.stopping.wait(options.get("start_seconds", 0)) or pod.get("gone"):
+        if self.stopping.wait(options.get("start_seconds", 0)) or ending(pod):
             return
         container_id = "containerd://" + uuid.uuid4().hex + uuid.uuid4().hex
         self.emit(pod, field_path, "Normal", "Created", "Created container: %s" % name)
         self.emit(pod, field_path, "Normal", "Started", "Started container %s" % name)
         update({"running": {"startedAt": now()}}, containerID=container_id,
                imageID="%s@sha256:%s" % (image_reference(image).rsplit(":", 1)[0], uuid.uuid4().hex * 2))
-        if self.stopping.wait(options.get("listen_delay_seconds", 0)) or pod.get("gone"):
+        if self.stopping.wait(options.get("listen_delay_seconds", 0)) or ending(pod):
             return
         self.start_agent(pod, container, start_prefix)
 
@@ -508,18 +529,18 @@ class Cluster:
         backoff = 10.0
         while True:
             self.emit(pod, field_path, "Normal", "Pulling", 'Pulling image "%s"' % image)
-            if self.stopping.wait(PULL_SECONDS) or pod.get("gone"):
+            if self.stopping.wait(PULL_SECONDS) or ending(pod):
                 return
             self.emit(pod, field_path, "Warning", "Failed", 'Failed to pull image "%s": %s' % (image, error))
             self.emit(pod, field_path, "Warning", "Failed", "Error: ErrImagePull")
             update({"waiting": {"reason": "ErrImagePull", "message": error}})
-            if self.stopping.wait(SYNC_SECONDS) or pod.get("gone"):
+            if self.stopping.wait(SYNC_SECONDS) or ending(pod):
                 return
             self.emit(pod, field_path, "Normal", "BackOff", 'Back-off pulling image "%s"' % image)
             self.emit(pod, field_path, "Warning", "Failed", "Error: ImagePullBackOff")
             update({"waiting": {"reason": "ImagePullBackOff",
                                 "message": 'Back-off pulling image "%s": ErrImagePull: %s' % (image, error)}})
-            if self.stopping.wait(backoff - SYNC_SECONDS) or pod.get("gone"):
+            if self.stopping.wait(backoff - SYNC_SECONDS) or ending(pod):
                 return
             backoff = min(backoff * 2, 300.0)
 
@@ -529,7 +550,7 @@ class Cluster:
         command = container.get("command", []) + container.get("args", [])
         log = os.path.join(self.directory, "agent-%s-%s.log" % (pod["name"], name))
         with self.lock:
-            if self.stopping.is_set() or pod.get("gone"):
+            if self.stopping.is_set() or ending(pod):
                 return
             with open(log, "w") as out:
                 process = subprocess.Popen(prefix + [self.state["agent_binary"]] + command[1:],
@@ -547,7 +568,7 @@ class Cluster:
 
     def schedule(self, pod):
         """The scheduler's binding and the kubelet's start of a created pod, in a network namespace of its own."""
-        if self.stopping.wait(0.05) or pod.get("gone"):
+        if self.stopping.wait(0.05) or ending(pod):
             return
         with self.lock:
             pod["scheduled"] = now()
@@ -573,6 +594,49 @@ class Cluster:
             subprocess.run(["ip", "netns", "delete", pod["netns"]], stderr=subprocess.DEVNULL)
             self.created_netns.remove(pod["netns"])
 
+    def add_pod(self, pod):
+        """A pod a controller created (a rollout's new pod), already scheduled and running."""
+        with self.lock:
+            if pod["namespace"] not in self.namespaces:
+                raise ApiError.not_found("namespaces", pod["namespace"])
+            if any(p["name"] == pod["name"] for p in self.pods(pod["namespace"])):
+                raise ApiError(409, "AlreadyExists", 'pods "%s" already exists' % pod["name"],
+                               details(pod["name"], "", "pods"))
+            self.admit(pod)
+            self.state["pods"].append(pod)
+        self.record({"added_pod": pod["name"]})
+
+    def terminate(self, namespace, name, seconds):
+        """A controller's graceful deletion of a stand-in pod: Terminating at once (the API server sets
+        deletionTimestamp to the end of the spec's grace period), its kubelet stopping the containers (SIGTERM
+        to the agents; the stand-in's own container is the test's to stop), and the pod gone `seconds` later."""
+        with self.lock:
+            pod = self.pod(namespace, name)
+            grace = 30  # standin_pod_object's terminationGracePeriodSeconds
+            pod["deletionTimestamp"] = datetime.datetime.fromtimestamp(
+                time.time() + grace, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            pod["deletionGracePeriodSeconds"] = grace
+            pod["resourceVersion"] = self.next_revision()
+            for container in pod["containers"]:
+                self.emit(pod, "spec.containers{%s}" % container, "Normal", "Killing", "Stopping container " + container)
+            for container in pod["ephemeral"]:
+                record = pod["statuses"].get(container["name"], {})
+                if "running" in record.get("state", {}):
+                    self.emit(pod, "spec.ephemeralContainers{%s}" % container["name"], "Normal", "Killing",
+                              "Stopping container " + container["name"])
+                process = record.get("process")
+                if process is not None and process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+        self.record({"terminating_pod": name})
+
+        def remove():
+            if self.stopping.wait(seconds):
+                return
+            with self.lock:
+                self.stop_pod(pod)
+            self.record({"removed_pod": name})
+        threading.Thread(target=remove, daemon=True).start()
+
     def stop_all(self):
         self.stopping.set()
         with self.lock:
@@ -586,6 +650,8 @@ class Cluster:
     def dial(self, pod, port):
         """A connection to 127.0.0.1:port inside the pod's network namespace, made on a fresh thread (setns
         moves only the calling thread)."""
+        if pod.get("gone"):
+            raise portforward.SandboxGone()
         result = queue.Queue()
 
         def connect():
@@ -865,7 +931,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         labels = label_matcher(query.get("labelSelector"))
         fields = field_matcher(query.get("fieldSelector"), POD_FIELDS, "pods")
         items = []
-        for pod in self.cluster.pods(namespace):
+        for pod in sorted(self.cluster.pods(namespace), key=lambda p: p["name"]):  # etcd's key order
             item = self.cluster.pod_object(pod)
             if labels(pod.get("labels") or {}) and fields(item):
                 item.pop("kind")
@@ -1148,6 +1214,36 @@ def make_certificates(directory):
     return path("apiserver-ca.crt"), path("apiserver.crt"), path("apiserver.key")
 
 
+class ControlHandler(socketserver.StreamRequestHandler):
+    """One request on the control socket (the module's SOCKET): a JSON object on a line, answered on one."""
+    cluster: Cluster
+
+    def handle(self):
+        try:
+            request = json.loads(self.rfile.readline())
+            if "add_pod" in request:
+                self.cluster.add_pod(request["add_pod"])
+            elif "delete_pod" in request:
+                deletion = request["delete_pod"]
+                self.cluster.terminate(deletion["namespace"], deletion["name"], deletion["terminating_seconds"])
+            else:
+                raise ValueError("unknown request: %s" % sorted(request))
+            answer = {"ok": True}
+        except ApiError as error:
+            answer = {"error": error.status["message"]}
+        except (ValueError, KeyError, TypeError) as error:
+            answer = {"error": "%s: %s" % (type(error).__name__, error)}
+        self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+
+def serve_control(cluster, path):
+    """The control socket, only root's, on a thread of its own."""
+    server = socketserver.ThreadingUnixStreamServer(path, type("Control", (ControlHandler,), {"cluster": cluster}))
+    server.daemon_threads = True
+    os.chmod(path, 0o600)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
 def serve(state_path, log_path, ready_path):
     cluster = Cluster(state_path, log_path)
     ca, certificate, key = make_certificates(os.path.dirname(os.path.abspath(state_path)))
@@ -1160,11 +1256,13 @@ def serve(state_path, log_path, ready_path):
         server = TLSServer(context, handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers[name] = "https://127.0.0.1:%d" % server.server_address[1]
+    control = os.path.join(os.path.dirname(os.path.abspath(state_path)), "control.sock")
+    serve_control(cluster, control)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with open(ready_path + ".tmp", "w") as f:
-        json.dump({"ca": ca, "servers": servers}, f)
+        json.dump({"ca": ca, "servers": servers, "control": control}, f)
     os.rename(ready_path + ".tmp", ready_path)
     while not stop.wait(3600):
         pass

@@ -10,7 +10,9 @@ stream to 127.0.0.1:PORT in the pod. What the tests rely on is modelled on the r
   honours it, so windows are not enforced here either (kubectl would stall after 64 KiB if they were).
   Backpressure is TCP's, as in spdystream: reading stops while too much data waits for the pod.
 * A refused port: containerd closes the data stream, then the kubelet writes its error text on the error
-  stream and closes it (kubectl 1.32 then drops the whole connection: "lost connection to pod").
+  stream and closes it (kubectl 1.32 then drops the whole connection: "lost connection to pod"). A deleted
+  pod: the port-forward connection stays, but each new stream gets the kubelet's "failed to find sandbox"
+  error instead, which kubectl takes the same way.
 * No half-close is carried: once either direction ends (the client's FIN on the data stream, or EOF from
   the pod), the other one goes on for `half_close_linger` seconds, then both are closed (containerd's
   forwarder waits one second). The pod never sees a shutdown(SHUT_WR).
@@ -22,7 +24,8 @@ Events given to `record` (always with "portforward": "websocket" or "spdy"):
   {"event": "open", "namespace", "pod"}                    upgrade answered with 101
   {"event": "refused", "status": 403, "upgrade": ...}      upgrade refused (Options.websocket is False)
   {"event": "stream", "requestid", "port"}                 a stream pair is complete; forwarding starts
-  {"event": "refused", "requestid", "port", "message"}     the pod's port refused; message as sent
+  {"event": "refused", "requestid", "port", "message"}     the pod's port refused, or the pod is gone
+                                                           (`dial` raised SandboxGone); message as sent
   {"event": "refused", "stream", "reason"}                 a stream with bad headers was reset
   {"event": "closed", "requestid", "port", "first"}        a pair ended; first: "client" or "pod"
   {"event": "idle-timeout", "idle"}                        the idle timeout fired
@@ -223,6 +226,10 @@ def _valid_key(key):
         return False
 
 
+class SandboxGone(Exception):
+    """What `dial` raises once the pod is deleted: containerd no longer has its sandbox."""
+
+
 class _Sandbox:
     """The containerd names the kubelet's error text shows: the pod sandbox id and its network namespace."""
 
@@ -230,6 +237,11 @@ class _Sandbox:
         digest = hashlib.sha256(f"{namespace}/{pod}".encode()).digest()
         self.id = digest.hex()
         self.netns = f"/var/run/netns/cni-{uuid.UUID(bytes=digest[:16], version=4)}"
+
+    def gone(self, port):
+        """The kubelet's error text for a stream to a pod whose sandbox containerd has removed."""
+        return (f"error forwarding port {port} to pod {self.id}, uid : failed to find sandbox \"{self.id}\" in "
+                f"store: not found")
 
     def refusal(self, port, error):
         """The text the kubelet writes on the error stream when containerd cannot connect to the port."""
@@ -709,6 +721,15 @@ class _Session:
         self.log({"event": "stream", "requestid": pair.request_id, "port": port})
         try:
             pod = self.dial(port)
+        except SandboxGone:
+            # The kubelet writes the error, then closes the error stream and the data stream.
+            self.send(pair.error, self.sandbox.gone(port).encode())
+            self.finish(pair.error)
+            self.finish(pair.data)
+            self.discard(pair.data)
+            self.log({"event": "refused", "requestid": pair.request_id, "port": port,
+                      "message": self.sandbox.gone(port)})
+            return
         except OSError as error:
             message = self.sandbox.refusal(port, error)
             self.finish(pair.data)  # containerd closes the data stream before the error is reported

@@ -4,8 +4,9 @@
 Each test runs kubectl as sysmirror does against the double and compares its output and exit status with
 what kubectl prints against a real 1.32 cluster. The pod stand-in is a network namespace made here with a
 `sleep` as its container's main process (PID 1 of a process namespace of its own); the "agent" is a small
-script that listens where sysmirror's agent would and says who it is. All traffic stays on 127.0.0.1
-inside this machine or that namespace, which is deleted at the end.
+script that listens where sysmirror's agent would and says who it is; `Rollout` adds a second such pod
+through the double's control socket. All traffic stays on 127.0.0.1 inside this machine or those
+namespaces, which are deleted at the end.
 """
 import json
 import os
@@ -189,12 +190,59 @@ class Double:
         assert answer.returncode == 0, answer.stderr
         return json.loads(answer.stdout)["items"]
 
+    def control(self, request):
+        """One request on the double's control socket; its answer."""
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.settimeout(10)
+            connection.connect(self.ready["control"])
+            connection.sendall(json.dumps(request).encode() + b"\n")
+            return json.loads(connection.makefile().readline())
+
     def stop(self):
         self.server.send_signal(signal.SIGTERM)
         return self.server.wait(timeout=10)
 
 
-class KubectlAgainstTheDouble(unittest.TestCase):
+class KubectlChecks:
+    """Checks through kubectl shared by the test classes; `self.double` is the double they talk to."""
+
+    def assertFails(self, answer, stderr):
+        self.assertEqual((answer.returncode, answer.stdout, answer.stderr), (1, "", stderr))
+
+    def agent_process(self, launcher):
+        """The agent under nsenter (which forks into the pod's process namespace)."""
+        return wait_until("the agent process", lambda: children(launcher))[0]
+
+    def forward(self, pod, port, *flags):
+        """One connection through `kubectl port-forward` (as sysmirror starts it); what the agent said. The
+        port-forward is recorded with kubectl's pid, and ends when that pid is killed."""
+        with subprocess.Popen([KUBECTL, *flags, "port-forward", "pod/" + pod, ":%d" % port, "--address", "127.0.0.1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=self.double.environment) as forward:
+            return self.forward_once(forward, pod, port)
+
+    def forward_once(self, forward, pod, port):
+        try:
+            line = forward.stdout.readline()
+            match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> %d$" % port, line.strip())
+            self.assertTrue(match, line + forward.stderr.read() if forward.poll() is not None else line)
+            reply = b""
+            with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10) as connection:
+                while not reply.endswith(b"\n"):
+                    data = connection.recv(1024)
+                    if not data:
+                        break
+                    reply += data
+            forwards = [r["forwarding"] for r in self.double.recorded() if "forwarding" in r]
+            self.assertEqual([f for f in forwards if f["pid"] == forward.pid],
+                             [{"pid": forward.pid, "pod": pod, "namespace": "default"}])
+            return reply.decode()
+        finally:
+            os.kill(forward.pid, signal.SIGKILL)
+            forward.wait()
+
+
+class KubectlAgainstTheDouble(KubectlChecks, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.scratch = tempfile.mkdtemp(prefix="apiserver-test-")
@@ -207,9 +255,6 @@ class KubectlAgainstTheDouble(unittest.TestCase):
         cls.double.stop()
         cls.pod_standin.remove()
         shutil.rmtree(cls.scratch)
-
-    def assertFails(self, answer, stderr):
-        self.assertEqual((answer.returncode, answer.stdout, answer.stderr), (1, "", stderr))
 
     # ---- reading ----
 
@@ -321,38 +366,6 @@ class KubectlAgainstTheDouble(unittest.TestCase):
                          ["agent", "uid=0"])
         self.assertTrue(any(r.get("portforward") == "spdy" and r.get("event") == "open" for r in self.double.recorded()))
 
-    def agent_process(self, launcher):
-        """The agent under nsenter (which forks into the pod's process namespace)."""
-        return wait_until("the agent process", lambda: children(launcher))[0]
-
-    def forward(self, pod, port, *flags):
-        """One connection through `kubectl port-forward` (as sysmirror starts it); what the agent said. The
-        port-forward is recorded with kubectl's pid, and ends when that pid is killed."""
-        with subprocess.Popen([KUBECTL, *flags, "port-forward", "pod/" + pod, ":%d" % port, "--address", "127.0.0.1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=self.double.environment) as forward:
-            return self.forward_once(forward, pod, port)
-
-    def forward_once(self, forward, pod, port):
-        try:
-            line = forward.stdout.readline()
-            match = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> %d$" % port, line.strip())
-            self.assertTrue(match, line + forward.stderr.read() if forward.poll() is not None else line)
-            reply = b""
-            with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10) as connection:
-                while not reply.endswith(b"\n"):
-                    data = connection.recv(1024)
-                    if not data:
-                        break
-                    reply += data
-            forwards = [r["forwarding"] for r in self.double.recorded() if "forwarding" in r]
-            self.assertEqual([f for f in forwards if f["pid"] == forward.pid],
-                             [{"pid": forward.pid, "pod": pod, "namespace": "default"}])
-            return reply.decode()
-        finally:
-            os.kill(forward.pid, signal.SIGKILL)
-            forward.wait()
-
     def test_agent_that_listens_late(self):
         name = "sysmirror-agent-d00001"
         self.assertEqual(self.double.debug(POD, name, image=LATE_IMAGE,
@@ -448,6 +461,115 @@ class KubectlAgainstTheDouble(unittest.TestCase):
         self.assertEqual((clean.returncode, clean.stdout), (0, 'pod "%s" deleted\n' % failed))
         self.assertFails(self.double.kubectl("get", "pod", failed, "-o", "json"),
                          'Error from server (NotFound): pods "%s" not found\n' % failed)
+
+
+class Rollout(KubectlChecks, unittest.TestCase):
+    """A controller replacing the ready pod mid-session, through the double's control socket: the new pod
+    first, then the old one Terminating, then gone, as kubectl sees a rollout."""
+    NEW = "web-7d9f8b-r2new"
+
+    def setUp(self):
+        scratch = tempfile.mkdtemp(prefix="apiserver-test-")
+        self.addCleanup(shutil.rmtree, scratch)
+        os.chmod(scratch, 0o755)
+        self.old = PodStandIn("sysm-selftest-%d-o" % os.getpid())
+        self.addCleanup(self.old.remove)
+        self.new = PodStandIn("sysm-selftest-%d-n" % os.getpid())
+        self.addCleanup(self.new.remove)
+        self.double = Double(os.path.join(scratch, "double"), self.old)
+        self.addCleanup(self.double.stop)
+
+    def names(self):
+        answer = self.double.kubectl("get", "pods", "-l", "app=web", "-o", "json")
+        self.assertEqual(answer.returncode, 0, answer.stderr)
+        return sorted(p["metadata"]["name"] for p in json.loads(answer.stdout)["items"])
+
+    @staticmethod
+    def end(process):
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+    def test_the_ready_pod_replaced(self):
+        old_agent, new_agent = "sysmirror-agent-o00001", "sysmirror-agent-n00001"
+        command = ["/usr/local/bin/sysmirror", "agent", "--listen", "127.0.0.1:24690"]
+        self.assertEqual(self.double.debug(POD, old_agent, command=command).returncode, 0)
+        wait_until("the first agent", lambda: any(r.get("started_agent") == old_agent for r in self.double.recorded()))
+        # A port-forward to the old pod, open across the rollout, as a session's is.
+        forward = subprocess.Popen([KUBECTL, "port-forward", "pod/" + POD, ":24690", "--address", "127.0.0.1"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=self.double.environment)
+        self.addCleanup(self.end, forward)
+        local = int(re.match(r"Forwarding from 127\.0\.0\.1:(\d+) ", forward.stdout.readline()).group(1))
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as connection:
+            self.assertEqual(connection.makefile().readline().split()[:2], ["agent", "uid=0"])
+
+        # The new pod: Running and Ready beside the old one, owned by the same ReplicaSet.
+        pod = {"name": self.NEW, "namespace": "default", "labels": {"app": "web"}, "containers": ["istio-proxy", "app"],
+               "netns": self.new.netns, "pid": self.new.pid, "owner": {"kind": "ReplicaSet", "name": "web-7d9f8b"}}
+        self.assertEqual(self.double.control({"add_pod": pod}), {"ok": True})
+        self.assertEqual(self.double.control({"add_pod": pod}), {"error": 'pods "%s" already exists' % self.NEW})
+        self.assertEqual(self.names(), sorted([POD, self.NEW, "web-7d9f8b-zz9kq"]))
+        added = self.double.pod(self.NEW)
+        self.assertEqual(added["status"]["phase"], "Running")
+        self.assertIn({"type": "Ready", "status": "True"},
+                      [{"type": c["type"], "status": c["status"]} for c in added["status"]["conditions"]])
+        self.assertEqual([(o["kind"], o["name"], o["controller"]) for o in added["metadata"]["ownerReferences"]],
+                         [("ReplicaSet", "web-7d9f8b", True)])
+        self.assertNotIn("deletionTimestamp", added["metadata"])
+
+        # The old pod Terminating: still listed and Running, its deletion under way; the agent got SIGTERM.
+        deletion = {"namespace": "default", "name": POD, "terminating_seconds": 2}
+        self.assertEqual(self.double.control({"delete_pod": deletion}), {"ok": True})
+        terminating = self.double.pod(POD)
+        self.assertEqual(terminating["metadata"]["deletionGracePeriodSeconds"], 30)
+        self.assertIn("deletionTimestamp", terminating["metadata"])
+        self.assertEqual(terminating["status"]["phase"], "Running")
+        self.assertEqual(self.names(), sorted([POD, self.NEW, "web-7d9f8b-zz9kq"]))
+        state = wait_until("the first agent to stop",
+                           lambda: self.double.container_state(POD, old_agent).get("terminated"))
+        self.assertEqual((state["exitCode"], state["reason"]), (143, "Error"))
+        self.assertEqual(sorted(e["message"] for e in self.double.events(POD) if e["reason"] == "Killing"),
+                         ["Stopping container app", "Stopping container istio-proxy",
+                          "Stopping container " + old_agent])
+
+        # Gone: not found, not listed, no port-forward to it; a new stream on the open one gets the kubelet's
+        # error, and kubectl ends.
+        wait_until("the old pod to go", lambda: {"removed_pod": POD} in self.double.recorded())
+        self.assertFails(self.double.kubectl("get", "pod", POD, "-o", "json"),
+                         'Error from server (NotFound): pods "%s" not found\n' % POD)
+        self.assertEqual(self.names(), [self.NEW, "web-7d9f8b-zz9kq"])
+        deployment = self.double.kubectl("get", "deployment", "web", "-o", "json")
+        self.assertEqual(json.loads(deployment.stdout)["spec"]["selector"], {"matchLabels": {"app": "web"}})
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as connection:
+            self.assertEqual(connection.recv(100), b"")
+        self.assertEqual(forward.wait(timeout=10), 1)
+        said = forward.stderr.read()
+        self.assertIn("failed to find sandbox", said)
+        self.assertTrue(said.endswith("error: lost connection to pod\n"), said)
+        self.assertTrue(any(r.get("event") == "refused" and "failed to find sandbox" in r.get("message", "")
+                            for r in self.double.recorded()))
+        self.assertFails(self.double.kubectl("port-forward", "pod/" + POD, ":24690", "--address", "127.0.0.1"),
+                         'Error from server (NotFound): pods "%s" not found\n' % POD)
+        self.assertFails(self.double.debug(POD, "sysmirror-agent-o00002", command=command),
+                         'Error from server (NotFound): pods "%s" not found\n' % POD)
+
+        # An agent in the new pod runs in its process namespace, and its port-forward reaches it there.
+        self.assertEqual(self.double.debug(self.NEW, new_agent, command=command).returncode, 0)
+        started = wait_until("the new agent", lambda: [r for r in self.double.recorded()
+                                                       if r.get("started_agent") == new_agent])
+        self.assertEqual(started[0]["pod"], self.NEW)
+        self.assertEqual(os.readlink("/proc/%d/ns/pid" % self.agent_process(started[0]["pid"])),
+                         os.readlink("/proc/%d/ns/pid" % self.new.pid))
+        self.assertEqual(self.forward(self.NEW, 24690).split()[:2], ["agent", "uid=0"])
+
+    def test_deleting_a_pod_with_no_replacement(self):
+        deletion = {"namespace": "default", "name": POD, "terminating_seconds": 0.5}
+        self.assertEqual(self.double.control({"delete_pod": deletion}), {"ok": True})
+        wait_until("the pod to go", lambda: {"removed_pod": POD} in self.double.recorded())
+        self.assertEqual(self.names(), ["web-7d9f8b-zz9kq"])
+        self.assertEqual(self.double.control({"delete_pod": deletion}), {"error": 'pods "%s" not found' % POD})
+        self.assertEqual(self.double.control({"scale": {}}), {"error": "ValueError: unknown request: ['scale']"})
 
 
 class Shutdown(unittest.TestCase):
