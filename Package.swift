@@ -122,7 +122,8 @@ let package = Package(
         .executableTarget(
             name: "sysmirror",
             dependencies: [
-                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "Configuration", "Routing", "Kubernetes", "Incoming",
+                "Supervisor", "SyscallDecoding", "Agent", "AgentLink", "AgentProtocol", "Configuration", "Routing", "Kubernetes",
+                "Incoming",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -10,7 +10,7 @@ struct Sysmirror: ParsableCommand {
             intercepts. No root, no LD_PRELOAD: static and Go binaries are covered, and every child process.
             """,
         version: "0.1.0",
-        subcommands: [Trace.self, AgentCommand.self, Doctor.self]
+        subcommands: [Trace.self, EnvCommand.self, AgentCommand.self, Doctor.self]
     )
 
     /// Logging for sysmirror's own messages (not the trace log): standard error, `sysmirror: ` first.

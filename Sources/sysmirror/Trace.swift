@@ -1,4 +1,3 @@
-import Agent
 import AgentLink
 import ArgumentParser
 import Configuration
@@ -29,43 +28,7 @@ struct Trace: ParsableCommand {
             """
     )
 
-    @Option(
-        help: ArgumentHelp(
-            "The agent serving the pod's files and environment: unix:/path, HOST:PORT or PORT.", valueName: "ADDRESS"))
-    var agent: String?
-
-    @Option(name: .customLong("token-file"), help: ArgumentHelp("The agent's session token.", valueName: "FILE"))
-    var tokenFile: String?
-
-    @Option(
-        help: ArgumentHelp(
-            "Run as if in this Kubernetes pod: pod/NAME, deployment/NAME or statefulset/NAME, optionally followed by /container/NAME; or targetless (outgoing traffic only). The agent is started through your kubectl (docs/kubernetes.md).",
-            valueName: "TARGET"))
-    var target: String?
-
-    @Option(name: .shortAndLong, help: "The target's namespace (default: the kubectl context's).")
-    var namespace: String?
-
-    @Option(help: "The kubectl context to use (default: the current one).")
-    var context: String?
-
-    @Option(
-        help: ArgumentHelp("The kubeconfig kubectl reads (default: KUBECONFIG or ~/.kube/config).", valueName: "FILE"))
-    var kubeconfig: String?
-
-    @Option(
-        name: .customLong("agent-image"),
-        help: ArgumentHelp("The agent's container image (default: \(Trace.defaultImage)).", valueName: "IMAGE"))
-    var agentImage: String?
-
-    @Option(
-        name: .customLong("agent-timeout"),
-        help: ArgumentHelp(
-            "Seconds the agent may take to start and answer (default \(Trace.defaultAgentTimeout)).", valueName: "S"))
-    var agentTimeout: Int?
-
-    @Option(help: ArgumentHelp("Settings in YAML or JSON (docs/configuration.md); flags win.", valueName: "FILE"))
-    var config: String?
+    @OptionGroup var session: SessionOptions
 
     @Option(
         name: .customLong("fs-mode"),
@@ -84,15 +47,7 @@ struct Trace: ParsableCommand {
     @Flag(name: .customLong("no-remote-env"), help: "Keep the local environment; take nothing from the pod's.")
     var noRemoteEnv = false
 
-    @Option(
-        name: .customLong("env-include"),
-        help: ArgumentHelp("Take only the pod's variables matching this glob (repeatable).", valueName: "PATTERN"))
-    var envInclude: [String] = []
-
-    @Option(
-        name: .customLong("env-exclude"),
-        help: ArgumentHelp("Do not take the pod's variables matching this glob (repeatable).", valueName: "PATTERN"))
-    var envExclude: [String] = []
+    @OptionGroup var environmentOptions: EnvironmentOptions
 
     @Flag(
         name: .customLong("no-outgoing"),
@@ -148,68 +103,38 @@ struct Trace: ParsableCommand {
             "The program and its arguments, after --: everything after -- is the program's.", valueName: "PROGRAM"))
     var command: [String] = []
 
-    static let defaultImage = "ghcr.io/sysmirror/agent:\(Sysmirror.configuration.version)"
-    static let defaultAgentTimeout = 60
-
     mutating func validate() throws {
         guard !command.isEmpty else {
             throw ValidationError(
                 "Missing the program to run. Put it after --: sysmirror trace [options] -- PROGRAM [ARGS...]")
         }
-        if agent != nil && target != nil {
-            throw ValidationError(
-                "--agent and --target both say where the agent is: give --agent for one you started, or --target for one sysmirror starts in the cluster."
-            )
-        }
-        if let agentTimeout, agentTimeout <= 0 {
-            throw ValidationError("--agent-timeout must be a positive number of seconds.")
-        }
-    }
-
-    /// Where the session's agent comes from.
-    enum AgentSource {
-        case none
-        case given(address: String, tokenFile: String)
-        case cluster(KubernetesSession.Request)
-    }
-
-    /// A problem found before the program starts that is not a misuse of the command line (an unreadable
-    /// config or token file, a log that cannot be written): said as an error, without the usage.
-    struct SetupFailure: Error {
-        let message: String
     }
 
     func run() throws {
         Sysmirror.bootstrapLogging(quiet: quiet)
         let logger = Logger(label: "sysmirror")
-        do {
+        try SetupFailure.reported(by: logger, consequence: " The program was not started.") {
             try runSession(logger: logger)
-        } catch let failure as SetupFailure {
-            logger.error("\(failure.message) The program was not started.")
-            throw ExitCode(1)
         }
     }
 
     func runSession(logger: Logger) throws {
-        let settings = try loadSettings()
-        let source = try agentSource(settings)
+        let settings = try session.loadSettings()
+        let source = try session.agentSource(settings) { targetless in
+            SessionOptions.ClusterFeatures(
+                writesFiles: (try? fsMode ?? settings.fileSystemMode()) == .write,
+                takesIncoming: (try? incomingRules(settings, targetless: targetless))?.mode ?? .off != .off)
+        }
         let environment = currentEnvironment()
         var remote = try remoteOptions(source, settings: settings, environment: environment)
         var cluster: KubernetesSession?
         defer { cluster?.end() }
         if case .cluster(let request) = source {
-            do {
-                let session = try KubernetesSession.start(request, environment: environment, logger: logger) {
-                    logger.notice("\($0)")
-                }
-                cluster = session
-                remote?.address = session.address
-                remote?.token = session.token
-                remote?.whenAgentIsLost = session.whenLost
-            } catch {
-                logger.error("\(error)")
-                throw ExitCode(error == .interrupted ? 130 : 1)
-            }
+            let started = try AgentSource.startCluster(request, environment: environment, logger: logger)
+            cluster = started
+            remote?.address = started.address
+            remote?.token = started.token
+            remote?.whenAgentIsLost = started.whenLost
         }
         let (sink, ownsSink) = try openLog()
         var options = TraceSession.Options(
@@ -226,50 +151,6 @@ struct Trace: ParsableCommand {
         throw ExitCode(status)
     }
 
-    func loadSettings() throws -> SessionConfig {
-        do {
-            return try config.map { path throws(ConfigError) in try SessionConfig.load(path: path) } ?? SessionConfig()
-        } catch {
-            throw SetupFailure(message: error.message.hasSuffix(".") ? error.message : error.message + ".")
-        }
-    }
-
-    /// The agent the flags (over the config file) name: one already running, one to start in the cluster,
-    /// or none.
-    func agentSource(_ settings: SessionConfig) throws -> AgentSource {
-        let kubernetes = settings.kubernetes
-        if let text = target ?? (agent == nil ? kubernetes?.target : nil) {
-            if tokenFile != nil {
-                throw ValidationError("--token-file goes with --agent; with --target each session makes its own token.")
-            }
-            do {
-                return .cluster(
-                    KubernetesSession.Request(
-                        target: try KubernetesTarget(parsing: text),
-                        kubectl: Kubectl.Settings(
-                            kubeconfig: kubeconfig ?? kubernetes?.kubeconfig, context: context ?? kubernetes?.context,
-                            namespace: namespace ?? kubernetes?.namespace),
-                        image: agentImage ?? kubernetes?.agentImage ?? Self.defaultImage,
-                        readyTimeout: agentTimeout ?? kubernetes?.agentTimeout ?? Self.defaultAgentTimeout,
-                        idleTimeout: Int(AgentServer.defaultIdleTimeout),
-                        writesFiles: (try? fsMode ?? settings.fileSystemMode()) == .write,
-                        takesIncoming: (try? incomingRules(settings, targetless: text == "targetless"))?.mode ?? .off
-                            != .off))
-            } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-        if namespace != nil || context != nil || kubeconfig != nil || agentImage != nil || agentTimeout != nil {
-            throw ValidationError(
-                "-n/--namespace, --context, --kubeconfig, --agent-image and --agent-timeout go with --target.")
-        }
-        guard let address = agent ?? settings.agent?.address else { return .none }
-        guard let tokenPath = tokenFile ?? settings.agent?.tokenFile else {
-            throw ValidationError("--agent needs --token-file FILE, the same token the agent was started with.")
-        }
-        return .given(address: address, tokenFile: tokenPath)
-    }
-
     /// The rules for what the agent serves; nil without an agent. A cluster's address and token are filled
     /// in once its agent answers.
     func remoteOptions(_ source: AgentSource, settings: SessionConfig, environment: [String]) throws
@@ -280,8 +161,8 @@ struct Trace: ParsableCommand {
         var targetless = false
         switch source {
         case .none:
-            if fsMode != nil || fsCache != nil || noRemoteEnv || !envInclude.isEmpty || !envExclude.isEmpty
-                || tokenFile != nil
+            if fsMode != nil || fsCache != nil || noRemoteEnv || !environmentOptions.isEmpty
+                || session.tokenFile != nil
                 || noOutgoing || incoming != nil || !portMap.isEmpty || stealHeader != nil || stealPath != nil
             {
                 throw ValidationError(
@@ -290,16 +171,7 @@ struct Trace: ParsableCommand {
             }
             return nil
         case .given(let text, let tokenPath):
-            do {
-                address = try AgentAddress(parsing: text)
-            } catch {
-                throw ValidationError("\(error)")
-            }
-            do {
-                token = try TokenFile.read(tokenPath)
-            } catch {
-                throw SetupFailure(message: "\(error)")
-            }
+            (address, token) = try AgentSource.endpoint(address: text, tokenFile: tokenPath)
         case .cluster(let request):
             (address, token) = (.tcp(host: "127.0.0.1", port: 1), [])
             targetless = request.target == .targetless
@@ -321,9 +193,7 @@ struct Trace: ParsableCommand {
                 mode: mode, overrides: overrides, home: variable("HOME"),
                 workingDirectory: WorkingDirectory.current(), program: program)
             let remoteEnvironment = !noRemoteEnv && settings.env?.remote != false && !targetless
-            let merge = EnvironmentMerge(
-                include: envInclude.isEmpty ? settings.env?.include ?? [] : envInclude,
-                exclude: envExclude + (settings.env?.exclude ?? []))
+            let merge = environmentOptions.merge(settings)
             let outgoing = try OutgoingRules(
                 enabled: !noOutgoing && settings.outgoing?.enabled != false, local: settings.outgoing?.local ?? [],
                 remote: settings.outgoing?.remote ?? [], resolve: HostResolver.addresses)
@@ -370,16 +240,6 @@ struct Trace: ParsableCommand {
                 )
             }
         }
-    }
-
-    func currentEnvironment() -> [String] {
-        var result: [String] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            result.append(String(cString: entry))
-            cursor += 1
-        }
-        return result
     }
 }
 
