@@ -177,6 +177,9 @@ static _Noreturn void sysm_child(const struct sysm_spawn_request *request) {
     if (sigprocmask(SIG_SETMASK, request->mask, NULL) != 0) sysm_fail(channel, SYSM_STAGE_SIGNALS);
 
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) sysm_fail(channel, SYSM_STAGE_NO_NEW_PRIVS);
+    // Yama (ptrace_scope 1) lets only ancestors attach unless the tracee names its tracer; the exception
+    // survives exec. Without Yama the call fails with EINVAL, and nothing needs allowing.
+    if (request->allow_any_tracer) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
 
     struct sock_fprog program = {
         .len = request->filter_length,

@@ -59,7 +59,7 @@ public enum Spawner {
     ///   - prepare: runs while the child waits before exec; when it throws, the child is killed.
     public static func spawn(
         path: String?, arguments: [String], environment: [String], filter: FilterProgram,
-        signals: InheritedSignals, prepare: (SpawnedProgram) throws -> Void
+        signals: InheritedSignals, allowsAnyTracer: Bool = false, prepare: (SpawnedProgram) throws -> Void
     ) throws -> SpawnedProgram {
         var channel: [Int32] = [-1, -1]
         _ = try systemCall("socketpair") {
@@ -78,7 +78,8 @@ public enum Spawner {
                                     path: cPath, argv: argv, envp: envp, filter: instructions.baseAddress,
                                     filter_length: UInt16(instructions.count),
                                     filter_flags: UInt32(SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV),
-                                    channel: channel[1], parent_channel: channel[0], ignored: ignored, mask: mask)
+                                    channel: channel[1], parent_channel: channel[0], ignored: ignored, mask: mask,
+                                    allow_any_tracer: allowsAnyTracer ? 1 : 0)
                                 return try systemCall("fork") { sysm_spawn(&request) }
                             }
                         }

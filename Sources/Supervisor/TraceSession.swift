@@ -33,6 +33,8 @@ public final class TraceSession: Sendable {
         /// Children sysmirror runs beside the program (kubectl port-forward, which may be restarted): not the
         /// program's, so neither waited for nor served.
         public var helpers: @Sendable () -> Set<Int32> = { [] }
+        /// Any process of the user may attach a debugger to the program, also under Yama's ptrace_scope 1.
+        public var allowsAttach = false
 
         public init(
             command: [String], environment: [String], logSink: FileDescriptor?, closesLogSink: Bool,
@@ -149,7 +151,7 @@ public final class TraceSession: Sendable {
         do {
             spawned = try Spawner.spawn(
                 path: path, arguments: options.command, environment: environment, filter: filter,
-                signals: inherited
+                signals: inherited, allowsAnyTracer: options.allowsAttach
             ) { program in
                 try prepare(program, log: log, link: link)
             }

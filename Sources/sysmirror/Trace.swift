@@ -97,6 +97,12 @@ struct Trace: ParsableCommand {
         help: "Leave sendmsg unrouted: it cannot be filtered by destination, so each call costs a round trip.")
     var noTraceSendmsg = false
 
+    @Flag(
+        help:
+            "Let a debugger started elsewhere attach to the program (gdb -p, dlv attach), also where Yama's ptrace_scope is 1 (docs/debugging.md)."
+    )
+    var allowAttach = false
+
     @Argument(
         parsing: .postTerminator,
         help: ArgumentHelp(
@@ -141,6 +147,7 @@ struct Trace: ParsableCommand {
             command: command, environment: environment, logSink: sink, closesLogSink: ownsSink,
             logFormat: logFormat, routeSendmsg: !noTraceSendmsg, remote: remote)
         if let helpers = cluster?.helpers { options.helpers = helpers }
+        options.allowsAttach = allowAttach
         let status: Int32
         do {
             status = try TraceSession(options: options, logger: logger).run()

@@ -112,6 +112,7 @@ struct sysm_spawn_request {
     int parent_channel;          // the parent's end, closed in the child
     const sigset_t *ignored;     // signals ignored when sysmirror started: the program inherits them ignored
     const sigset_t *mask;        // the signal mask sysmirror started with: the program gets it
+    int allow_any_tracer;        // PR_SET_PTRACER_ANY: a debugger started elsewhere may attach under Yama
 };
 
 /// Forks a child that installs the filter, reports its listener's fd number on `channel`, waits for one byte
