@@ -201,3 +201,39 @@ public final class EventLoop: @unchecked Sendable {  // `handlers` and `timers` 
         return nextDeadline <= now ? 0 : Int32(min((nextDeadline - now + 999_999) / 1_000_000, 60_000))
     }
 }
+
+extension EventLoop {
+    /// A descriptor's registration that waits for what its owner wants now, and nothing else: none while
+    /// nothing is wanted (epoll would still report a hang-up, again and again), changed only when what is
+    /// wanted changes (each change is a syscall). On the loop's thread only.
+    public struct Interest {
+        private var registration: Registration?
+        private var events: Events = []
+
+        public init() {}
+
+        /// Waits for `wanted` on `fd` from now on, calling `handler` when it is ready.
+        public mutating func want(
+            _ wanted: Events, on fd: Int32, in loop: EventLoop, _ handler: @escaping (Events) -> Void
+        ) throws(SystemCallError) {
+            if let registration {
+                if wanted.isEmpty {
+                    loop.deregister(registration)
+                    self.registration = nil
+                } else if wanted != events {
+                    loop.change(registration, to: wanted)
+                }
+            } else if !wanted.isEmpty {
+                registration = try loop.register(fd, for: wanted, handler)
+            }
+            events = wanted
+        }
+
+        /// Waits for nothing more (before the descriptor closes).
+        public mutating func end(in loop: EventLoop) {
+            if let registration { loop.deregister(registration) }
+            registration = nil
+            events = []
+        }
+    }
+}

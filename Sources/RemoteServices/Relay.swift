@@ -12,9 +12,7 @@ import UserNotification
 public final class Relay {
     private let loop: EventLoop
     private let ends: [SharedDescriptor]
-    private var registrations: [EventLoop.Registration?] = [nil, nil]
-    /// What each registration waits for now: changed only when it must be (each change is a syscall).
-    private var interests: [EventLoop.Events] = [.readable, .readable]
+    private var interests = [EventLoop.Interest(), EventLoop.Interest()]
     /// What end i brought: its buffer, read into again and again (a relay allocates nothing per piece), how
     /// much of it holds bytes, and how much of those the other end has taken.
     private var buffers: [[UInt8]] = [[], []]
@@ -44,13 +42,8 @@ public final class Relay {
     ) {
         let relay = Relay(loop: loop, ends: [first, second], finished: finished)
         for end in 0..<2 {
-            do {
-                relay.registrations[end] = try loop.register(relay.ends[end].raw, for: .readable) {
-                    relay.ready(end, $0)
-                }
-            } catch {
-                return relay.finish(reset: true)
-            }
+            relay.update(end)
+            if relay.finished == nil { return }
         }
     }
 
@@ -117,21 +110,10 @@ public final class Relay {
         var wanted: EventLoop.Events = []
         if reading[end] && !hasPending(end) { wanted.insert(.readable) }
         if hasPending(1 - end) { wanted.insert(.writable) }
-        defer { interests[end] = wanted }
-        if let registration = registrations[end] {
-            if wanted.isEmpty {
-                // Nothing to do with it until the other end moves; epoll would still report its hang-up.
-                loop.deregister(registration)
-                registrations[end] = nil
-            } else if wanted != interests[end] {
-                loop.change(registration, to: wanted)
-            }
-        } else if !wanted.isEmpty {
-            do {
-                registrations[end] = try loop.register(ends[end].raw, for: wanted) { [self] in ready(end, $0) }
-            } catch {
-                finish(reset: true)
-            }
+        do throws(SystemCallError) {
+            try interests[end].want(wanted, on: ends[end].raw, in: loop) { [self] in ready(end, $0) }
+        } catch {
+            finish(reset: true)
         }
     }
 
@@ -139,8 +121,7 @@ public final class Relay {
         guard let finished else { return }
         self.finished = nil
         for end in 0..<2 {
-            if let registration = registrations[end] { loop.deregister(registration) }
-            registrations[end] = nil
+            interests[end].end(in: loop)
             // A failed end's peer learns it as a reset, as it would from the far end directly: now for TCP
             // (connect with AF_UNSPEC), and at the close for any socket that cannot be disconnected.
             if reset {
