@@ -41,7 +41,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
     }
 
     private enum Phase {
-        case opening(Opened, EventLoop.Timer?)
+        case opening(Opened)
         case open
         /// Cut before a socket was joined to it: `relay` resets that socket at once.
         case cutEarly(Cut)
@@ -52,10 +52,11 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
     let loop: EventLoop
     private var id: UInt32 = 0
     private var phase: Phase
+    /// Fails the open if the agent has not answered by then.
+    private var openDeadline: EventLoop.Timer?
     private var window = StreamWindow()
     private var socket: SharedDescriptor?
-    private var registration: EventLoop.Registration?
-    private var interest: EventLoop.Events = []
+    private var interest = EventLoop.Interest()
     /// The pod's bytes the socket has not taken yet (at most a window's worth), and how many it has.
     private var inbound: [UInt8] = []
     private var inboundTaken = 0
@@ -71,7 +72,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
     private init(client: AgentClient, loop: EventLoop, opened: @escaping Opened) {
         self.client = client
         self.loop = loop
-        phase = .opening(opened, nil)
+        phase = .opening(opened)
     }
 
     /// On the loop: a connection from the pod to `destination`; fails with the errno the pod's connect got
@@ -100,13 +101,12 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
                 loop.execute { stream.heard(reply) }
                 return .waitingOnClient
             })
-        let timer = loop.schedule(in: timeoutSeconds * 1_000_000_000) { [stream] in
-            guard case .opening(let opened, _) = stream.phase else { return }
+        stream.openDeadline = loop.schedule(in: timeoutSeconds * 1_000_000_000) { [stream] in
+            guard case .opening(let opened) = stream.phase else { return }
             stream.phase = .ended
             client.cancel(stream.id)
             opened(.failure(.timedOut))
         }
-        if case .opening(let opened, nil) = stream.phase { stream.phase = .opening(opened, timer) }
     }
 
     /// Joins `socket` (non-blocking, connected) to the pod's connection until both directions end or one is
@@ -129,12 +129,12 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
 
     private func heard(_ reply: Reply) {
         switch (phase, reply) {
-        case (.opening(let opened, let timer), .response(.done)):
-            if let timer { loop.cancel(timer) }
+        case (.opening(let opened), .response(.done)):
+            endOpening()
             phase = .open
             opened(.success(self))
-        case (.opening(let opened, let timer), _):
-            if let timer { loop.cancel(timer) }
+        case (.opening(let opened), _):
+            endOpening()
             phase = .ended
             client.forget(id)
             switch reply {
@@ -165,6 +165,11 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
         case (.cutEarly, _), (.ended, _):
             break
         }
+    }
+
+    private func endOpening() {
+        if let openDeadline { loop.cancel(openDeadline) }
+        openDeadline = nil
     }
 
     private func granted(_ bytes: Int) {
@@ -233,26 +238,11 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
         var wanted: EventLoop.Events = []
         if !socketEnded && window.sendable > 0 { wanted.insert(.readable) }
         if inboundTaken < inbound.count { wanted.insert(.writable) }
-        watch(socket, for: wanted)
-    }
-
-    /// Registers for `wanted` only: with nothing wanted, epoll would still report a hang-up, again and again.
-    private func watch(_ socket: SharedDescriptor, for wanted: EventLoop.Events) {
-        defer { interest = wanted }
-        if let registration {
-            if wanted.isEmpty {
-                loop.deregister(registration)
-                self.registration = nil
-            } else if wanted != interest {
-                loop.change(registration, to: wanted)
-            }
-        } else if !wanted.isEmpty {
-            do {
-                registration = try loop.register(socket.raw, for: wanted) { [self] in ready($0) }
-            } catch {
-                client.cancel(id)
-                cut(.link("the serving loop could not watch the connection: \(error)"))
-            }
+        do throws(SystemCallError) {
+            try interest.want(wanted, on: socket.raw, in: loop) { [self] in ready($0) }
+        } catch {
+            client.cancel(id)
+            cut(.link("the serving loop could not watch the connection: \(error)"))
         }
     }
 
@@ -268,8 +258,7 @@ public final class LinkStream: @unchecked Sendable {  // its state is touched on
     }
 
     private func end(cut cause: Cut?) {
-        if let registration { loop.deregister(registration) }
-        registration = nil
+        interest.end(in: loop)
         phase = .ended
         client.forget(id)
         socket = nil
