@@ -179,11 +179,18 @@ package final class FileCache: Sendable {
 
     /// Runs `update` on `path`'s entry if `ticket` is still good.
     private func keep(_ path: [UInt8], _ ticket: Ticket?, _ update: (inout Entry) -> Void) {
+        ifStillGood(ticket) { state in
+            update(&state.entries[path, default: Entry()])
+            state.entries[path]?.lastUsed = Clock.monotonic()
+        }
+    }
+
+    /// Runs `body` on the state, under its lock, if `ticket` is still good: nothing changed since it was taken.
+    private func ifStillGood(_ ticket: Ticket?, _ body: (inout State) -> Void) {
         guard let ticket else { return }
         state.withLock { state in
             guard state.active, state.version == ticket.version else { return }
-            update(&state.entries[path, default: Entry()])
-            state.entries[path]?.lastUsed = Clock.monotonic()
+            body(&state)
         }
     }
 
@@ -233,8 +240,6 @@ package final class FileCache: Sendable {
 
     func keepLink(_ path: [UInt8], _ target: [UInt8], _ ticket: Ticket?) { keep(path, ticket) { $0.link = target } }
 
-    func entries(_ path: [UInt8]) -> [DirectoryEntry]? { look(path) { $0.entries } }
-
     func keepEntries(_ path: [UInt8], _ entries: [DirectoryEntry], _ ticket: Ticket?) {
         keep(path, ticket) { $0.entries = entries }
     }
@@ -242,14 +247,30 @@ package final class FileCache: Sendable {
     /// The kept content of `path`; nil when none is kept.
     func content(_ path: [UInt8]) -> KeptContent? { look(path) { $0.content } }
 
+    /// What a read open of `path` can be answered with, in one look.
+    enum KeptOpen {
+        /// A regular file's content (not for an open with O_DIRECTORY).
+        case content(KeptContent)
+        /// The pod does not have it: the open fails as its stat did.
+        case missing(Int32)
+        /// A directory's entries.
+        case entries([DirectoryEntry])
+    }
+
+    func forReadOpen(_ path: [UInt8], directoryOnly: Bool) -> KeptOpen? {
+        look(path) { entry in
+            if !directoryOnly, let content = entry.content { return .content(content) }
+            if entry.metadata[true] == nil, let errno = entry.missing[true] { return .missing(errno) }
+            return entry.entries.map(KeptOpen.entries)
+        }
+    }
+
     /// Keeps `content` (a read-only descriptor of its own) for `path`, pushing out the least recently used
     /// contents past the limit.
     func keepContent(_ path: [UInt8], _ content: consuming OwnedDescriptor, size: Int, _ ticket: Ticket?) {
         guard size <= limit else { return }
         let kept = KeptContent(content)
-        guard let ticket else { return }
-        state.withLock { state in
-            guard state.active, state.version == ticket.version else { return }
+        ifStillGood(ticket) { state in
             state.remove(path, contentOnly: true)
             state.entries[path, default: Entry()].content = kept
             state.entries[path]?.contentSize = size

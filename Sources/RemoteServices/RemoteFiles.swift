@@ -177,17 +177,16 @@ package final class RemoteFiles: Sendable {
     func openForReading(_ path: [UInt8], flags: Int32, mode: UInt32, _ answer: PendingCall) {
         // O_NOFOLLOW's ELOOP on a symlink is the agent's to say.
         let keepable = OpenIntent(flags: flags) == .read && flags & O_NOFOLLOW == 0
-        if keepable, flags & O_DIRECTORY == 0, let opened = context.cache?.content(path)?.open() {
+        switch keepable ? context.cache?.forReadOpen(path, directoryOnly: flags & O_DIRECTORY != 0) : nil {
+        case .content(let content)?:
+            guard let opened = content.open() else { break }  // cannot reopen it: downloaded again
             answer.markCached()
             answer.install(fd: opened, flags: flags)
             return
-        }
-        // A path the pod does not have fails to open as it failed to stat.
-        if keepable, case .missing(let errno)? = context.cache?.status(path, following: true) {
+        case .missing(let errno)?:
             answer.markCached()
             return answer.fail(errno)
-        }
-        if keepable, let entries = context.cache?.entries(path) {
+        case .entries(let entries)?:
             answer.markCached()
             switch context.directories.open(path, entries: entries) {
             case .success(let fd): answer.install(fd: fd, flags: flags)
@@ -195,6 +194,8 @@ package final class RemoteFiles: Sendable {
                 answer.fail(errno.rawValue, note: "could not make the placeholder directory: \(errno)")
             }
             return
+        case nil:
+            break
         }
         let download = Download(path: path, flags: flags, answer: answer, context: context)
         if keepable { download.ticket = context.cache?.ticket() }
