@@ -50,11 +50,12 @@ let package = Package(
         .target(name: "Routing", dependencies: ["SyscallDecoding"]),
         // Pure: DNS messages as far as sysmirror reads and writes them, the pod's search list, kept answers.
         .target(name: "NameResolution"),
-        // Pure: the supervisor↔agent wire protocol (frames, messages, their codec).
+        // Pure: the supervisor↔agent wire protocol (frames, messages, their codec), and what agents of one
+        // pod say to each other.
         .target(name: "AgentProtocol", dependencies: ["NameResolution"]),
         // Pure: incoming traffic's policy and parsing (netfilter rules, copied packets put back in order,
-        // HTTP framing and the steal filter).
-        .target(name: "Incoming"),
+        // HTTP framing and the steal filter, who may share a stolen port and who gets a request).
+        .target(name: "Incoming", dependencies: ["AgentProtocol"]),
         // The config file (YAML or JSON, one Codable model) and how it turns into rules.
         .target(
             name: "Configuration",
@@ -134,7 +135,7 @@ let package = Package(
         .testTarget(name: "AgentProtocolTests", dependencies: ["AgentProtocol", "NameResolution"]),
         .testTarget(name: "NameResolutionTests", dependencies: ["NameResolution"]),
         .testTarget(name: "AgentLinkTests", dependencies: ["AgentLink"]),
-        .testTarget(name: "IncomingTests", dependencies: ["Incoming"]),
+        .testTarget(name: "IncomingTests", dependencies: ["Incoming", "AgentProtocol"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes"]),
         .testTarget(
             name: "SupervisorTests",

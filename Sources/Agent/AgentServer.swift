@@ -48,7 +48,7 @@ public enum AgentServer {
         let idle = IdleTimer(
             loop: group.next(), timeout: configuration.idleTimeout, logger: logger, onExpiry: { finished.succeed() })
         let counter = SessionCounter()
-        let registry = IncomingRegistry()
+        let registry = IncomingRegistry(pool: pool, logger: logger)
         // Without inotify (an exhausted instance limit) sessions run without a file cache.
         let watches = try? FileWatches(limit: configuration.watchLimit)
         if watches == nil { logger.warning("no inotify instance: sessions' files are not cached") }

@@ -113,11 +113,13 @@ final class StreamEnd: ChannelDuplexHandler, RelaySide {
     /// An end on `channel` from now on, holding what the channel brings until `start`: a stolen
     /// connection's client may send, and even end its input, before anyone takes it, and NIO reads what is
     /// left at an end of input whether asked to or not. At most one read is held: reading waits meanwhile.
-    static func hold(_ channel: any Channel) -> StreamEnd {
+    /// `read`: what an earlier handler of the channel read past its own part (a delivery's first frame).
+    static func hold(_ channel: any Channel, read: ByteBuffer? = nil) -> StreamEnd {
         let end = StreamEnd(channel)
         end.onLoop {
             end.state.value.paused = true
             end.state.value.onEvent = { [unowned end] event in end.state.value.held.append(event) }
+            if let read, read.readableBytes > 0 { end.state.value.held = [.bytes(read), .readComplete] }
         }
         end.attach()
         return end

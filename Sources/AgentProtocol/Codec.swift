@@ -84,7 +84,7 @@ public enum Frame {
         case socket = 0x16, connectionEvents = 0x17, connect = 0x18, listen = 0x19, takeIncoming = 0x1A, ping = 0x1B
         case stolenListener = 0x1C, resolve = 0x1D, datagrams = 0x1E, watch = 0x1F
         case failure = 0x80, done = 0x81, opened = 0x82, metadata = 0x83, environmentValue = 0x84, text = 0x85
-        case incoming = 0x86, mirror = 0x87, answers = 0x88, invalidated = 0x89, unwatched = 0x8A
+        case incoming = 0x86, mirror = 0x87, answers = 0x88, invalidated = 0x89, unwatched = 0x8A, notice = 0x8B
         case chunk = 0xA0, end = 0xA1, cancel = 0xA2, credit = 0xA3
     }
 
@@ -133,7 +133,8 @@ public enum Frame {
                 id: id,
                 .listen(
                     IncomingSubscription(
-                        port: port, mode: mode, headerPattern: header, pathPattern: path, family: family)))
+                        port: port, mode: mode, headerPattern: header, pathPattern: path, family: family,
+                        developer: p.restText())))
         case .takeIncoming: return .request(id: id, .takeIncoming(connection: try need(p.uint64(), "take")))
         case .ping: return .request(id: id, .ping)
         case .stolenListener:
@@ -157,6 +158,7 @@ public enum Frame {
             let length = try need(p.uint16(), "unwatched")
             let path = try need(p.bytes(Int(length)), "unwatched")
             return .response(id: id, .unwatched(path: path, reason: p.restText()))
+        case .notice: return .response(id: id, .notice(p.restText()))
         case .incoming:
             let connection = try need(p.uint64(), "incoming")
             return .response(id: id, .incoming(IncomingConnection(id: connection, client: p.rest())))
@@ -392,6 +394,7 @@ struct ByteWriter {
             text(subscription.headerPattern)
             text(subscription.pathPattern)
             integer(subscription.family)
+            buffer.append(contentsOf: subscription.developer.utf8)
         case .takeIncoming(let connection):
             header(.takeIncoming, id)
             integer(connection)
@@ -446,6 +449,9 @@ struct ByteWriter {
         case .text(let bytes):
             header(.text, id)
             buffer.append(contentsOf: bytes)
+        case .notice(let text):
+            header(.notice, id)
+            buffer.append(contentsOf: text.utf8)
         case .incoming(let connection):
             header(.incoming, id)
             integer(connection.id)

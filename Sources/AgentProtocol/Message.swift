@@ -2,7 +2,7 @@ import NameResolution
 
 /// The protocol version this build speaks. Both sides name theirs in the handshake; a mismatch is refused
 /// with both numbers in the message.
-public let protocolVersion: UInt16 = 5
+public let protocolVersion: UInt16 = 6
 
 /// Every message of the supervisor↔agent link. docs/protocol.md describes the bytes.
 ///
@@ -149,13 +149,19 @@ public struct IncomingSubscription: Sendable, Equatable {
     /// The family of the program's listening socket (AF_INET, AF_INET6): a stolen connection the client
     /// accepts itself is of this family where it can be.
     public var family: Int32
+    /// Who steals, as `user@machine`: other sessions' refusals and notices name them so.
+    public var developer: String
 
-    public init(port: UInt16, mode: Mode, headerPattern: String = "", pathPattern: String = "", family: Int32 = 10) {
+    public init(
+        port: UInt16, mode: Mode, headerPattern: String = "", pathPattern: String = "", family: Int32 = 10,
+        developer: String = ""
+    ) {
         self.port = port
         self.mode = mode
         self.headerPattern = headerPattern
         self.pathPattern = pathPattern
         self.family = family
+        self.developer = developer
     }
 
     /// Whether requests are split by an HTTP filter, rather than whole connections taken.
@@ -198,6 +204,9 @@ public enum Response: Sendable, Equatable {
     /// On a `watch` stream: this path's next answer cannot be kept (no watch: a limit, or a file system
     /// without change events), with why.
     case unwatched(path: [UInt8], reason: String)
+    /// On a `listen` stream: something its developer should hear of, such as a request that matched their
+    /// filter and went to a session that shares the port and took it first.
+    case notice(String)
 }
 
 /// One step of a mirrored connection's copy.

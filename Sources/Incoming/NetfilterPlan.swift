@@ -1,13 +1,14 @@
-/// The netfilter rules of one agent session, as nft scripts: a table of its own, `sysmirror_PID_N`
-/// (the agent's pid and the session's number), so that removing the table removes everything the session
-/// added, and a table whose agent is gone can be told and removed by the next agent.
+/// The netfilter rules of one agent session, as nft scripts: a table of its own, `sysmirror_AGENT_N` (the
+/// agent's name, unique in the pod, and the session's number), so that removing the table removes
+/// everything the session added, and a table whose agent is gone can be told and removed by another agent.
 ///
 /// - steal: in `prerouting` at the nat hook, connections to the port are redirected to the agent's port
-///   for it, through a chain named `steal_PORT` (how another session tells the port is taken). Only new
+///   for it, through a chain named `steal_PORT`. Only new
 ///   connections are NATed: connections open before the session keep their course. Packets with the agent's
 ///   mark (its own connections to the pod's application) are left alone, so pass-through never loops.
 /// - mirror: in `prerouting` before conntrack, a copy of every packet to the port goes to the agent's
-///   NFLOG group; the packet itself goes on untouched.
+///   NFLOG group (except the agents' own, marked, which repeat a copied client's requests); the packet
+///   itself goes on untouched.
 ///
 /// Chains, once made, stay until the session ends, and changes flush and refill their rules: deleting the
 /// rule that redirected a connection makes the kernel drop that connection's translation, and connections
@@ -17,6 +18,8 @@ public struct NetfilterPlan: Equatable, Sendable {
     public static let tablePrefix = "sysmirror_"
     /// SO_MARK of the agent's own connections to the pod's application ("SYM" and 1).
     public static let passThroughMark: UInt32 = 0x5359_4d01
+    /// The rule that leaves those connections alone.
+    static let skipsPassedThrough = "meta mark 0x\(String(passThroughMark, radix: 16)) return"
 
     public let table: String
     /// Pod port → the agent's port that takes its stolen connections.
@@ -32,8 +35,8 @@ public struct NetfilterPlan: Equatable, Sendable {
     public private(set) var hasStolen = false
     public private(set) var hasMirrored = false
 
-    public init(agentPID: Int32, session: Int) {
-        table = "\(Self.tablePrefix)\(agentPID)_\(session)"
+    public init(agent: String, session: Int) {
+        table = "\(Self.tablePrefix)\(agent)_\(session)"
     }
 
     /// Nothing was ever set up.
@@ -54,9 +57,11 @@ public struct NetfilterPlan: Equatable, Sendable {
         if hasStolen {
             lines += [
                 "flush chain \(name) steal",
-                "add rule \(name) steal meta mark 0x\(String(Self.passThroughMark, radix: 16)) return",
+                "add rule \(name) steal \(Self.skipsPassedThrough)",
             ]
-            for port in steals.keys.sorted() { lines.append("add rule \(name) steal tcp dport \(port) jump steal_\(port)") }
+            for port in steals.keys.sorted() {
+                lines.append("add rule \(name) steal tcp dport \(port) jump steal_\(port)")
+            }
             for (port, target) in steals.sorted(by: { $0.key < $1.key }) {
                 lines += [
                     "flush chain \(name) steal_\(port)",
@@ -71,6 +76,9 @@ public struct NetfilterPlan: Equatable, Sendable {
             lines.append("flush chain \(name) mirror")
             if !mirrors.isEmpty {
                 let ports = mirrors.sorted().map(String.init).joined(separator: ", ")
+                // An agent's own connections to the pod's application (requests a filter passed through)
+                // come back through loopback: the client's connection was copied already.
+                lines.append("add rule \(name) mirror \(Self.skipsPassedThrough)")
                 // Pure ACKs carry nothing to copy and are a third of a short connection's packets: skipped
                 // when the lengths show no payload (20- and 32-byte TCP headers: timestamps off and on).
                 for (family, doff, length) in [("ip", 5, 40), ("ip", 8, 52), ("ip6", 5, 20), ("ip6", 8, 32)] {
@@ -104,14 +112,9 @@ public struct NetfilterPlan: Equatable, Sendable {
         return tables
     }
 
-    /// The pid in a session table's name.
-    public static func owner(of table: String) -> Int32? {
+    /// The agent's name in a session table's name.
+    public static func owner(of table: String) -> String? {
         guard table.hasPrefix(tablePrefix) else { return nil }
-        return table.dropFirst(tablePrefix.count).split(separator: "_").first.flatMap { Int32($0) }
-    }
-
-    /// The pod port a chain named `steal_PORT` takes.
-    public static func stolenPort(chain: String) -> UInt16? {
-        chain.hasPrefix("steal_") ? UInt16(chain.dropFirst(6)) : nil
+        return table.dropFirst(tablePrefix.count).split(separator: "_").first.map(String.init)
     }
 }

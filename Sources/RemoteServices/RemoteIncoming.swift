@@ -132,7 +132,8 @@ package final class RemoteIncoming: Sendable {
         let subscription = IncomingSubscription(
             port: entry.podPort, mode: entry.mode == .steal ? .steal : .mirror,
             headerPattern: entry.mode == .steal ? rules.headerPattern : "",
-            pathPattern: entry.mode == .steal ? rules.pathPattern : "", family: entry.family)
+            pathPattern: entry.mode == .steal ? rules.pathPattern : "", family: entry.family,
+            developer: Self.developer)
         let answered = Atomic<Bool>(false)
         let request = Atomic<UInt32>(0)
         let how = entry.mode == .steal ? "stolen" : "mirrored"
@@ -152,6 +153,9 @@ package final class RemoteIncoming: Sendable {
                 } else {
                     logger.notice("port \(entry.podPort) of the pod is \(how) again")
                 }
+                return .waitingOnClient
+            case .response(.notice(let note)):
+                logger.notice("port \(entry.podPort) of the pod: \(note)")
                 return .waitingOnClient
             case .response(.mirror(let events)):
                 mirror(events, to: entry, inode: inode, request: request.load(ordering: .relaxed))
@@ -180,6 +184,8 @@ package final class RemoteIncoming: Sendable {
 
     private let pinging = Atomic<Bool>(false)
     static let pingInterval: UInt64 = 5_000_000_000
+    /// Who steals, as the pod's other sessions hear of it.
+    static let developer = UserIdentity.describe()
 
     /// Once a port is taken: a `ping` every 5 s, so that the agent can tell a live session from a link
     /// that died without a close, and give the ports back after 15 s of silence.

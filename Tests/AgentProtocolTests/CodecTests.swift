@@ -29,7 +29,8 @@ let everyMessage: [Message] = [
         id: 21,
         .listen(
             IncomingSubscription(
-                port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/", family: 2))),
+                port: 65535, mode: .steal, headerPattern: "^X-Dev: ä$", pathPattern: "^/api/", family: 2,
+                developer: "alice@laptop-a"))),
     .request(id: 1, .takeIncoming(connection: .max)),
     .request(id: 2, .stolenListener(port: 8080, family: 10)),
     .request(id: 22, .ping),
@@ -46,6 +47,7 @@ let everyMessage: [Message] = [
     .request(id: 26, .watch),
     .response(id: 26, .invalidated([Array("/etc/config/app.yaml".utf8), [0xff, 0], []])),
     .response(id: 26, .unwatched(path: [0x2f, 0xfe], reason: "the inotify watch limit (fs.inotify.max_user_watches)")),
+    .response(id: 27, .notice("GET /cart from 10.1.2.3:5000 matched your filter and went to bob@laptop-b's session")),
     .response(id: 23, .answers([[1, 2, 3], [], Array(repeating: 7, count: 700)])),
     .response(id: 23, .answers([])),
     .response(id: 20, .incoming(IncomingConnection(id: 7, client: [2, 0, 0xa4, 0x10, 10, 250, 0, 2]))),

@@ -14,58 +14,17 @@ final class IncomingTrafficTests {
     init() throws { pod = try PodStandIn(incoming: true) }
 
     deinit {
-        for server in servers { end(server, with: SIGKILL) }
+        servers.endAll()
         pod.tearDown()
     }
 
-    private var servers: [LocalServer] = []
+    private lazy var servers = TracedServers(pod: pod)
 
-    /// A traced local server, once the pod's port is its (or refused): its output file and trace log.
-    struct LocalServer {
-        let process: Process
-        let output: String
-        let log: String
-        var outputText: String { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
-        var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-        /// The requests the server printed (path and X-Dev), one a line.
-        var requests: String { outputText.split(separator: "\n").filter { $0.hasPrefix("/") }.map { $0 + "\n" }.joined() }
-        /// The server's own pid, from its listen in the log.
-        var programPID: Int32? {
-            logText.split(separator: "\n").first { $0.contains("] listen(") }.flatMap {
-                Int32($0.dropFirst("[pid ".count).prefix { $0 != "]" })
-            }
-        }
+    func startLocal(_ options: [String], port: Int = 8080, program: [String]? = nil) throws -> TracedServers.Server {
+        try servers.start(options, port: port, program: program)
     }
 
-    func startLocal(_ options: [String], port: Int = 8080, program: [String]? = nil) throws -> LocalServer {
-        let name = UUID().uuidString
-        let server = LocalServer(
-            process: try pod.startTrace(
-                program ?? [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:\(port)"], options: options,
-                output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log")),
-            output: fixtures.path("local-\(name).out"), log: fixtures.path("local-\(name).log"))
-        servers.append(server)
-        // The call's own line: a Python program's execve line shows its script, listen( included.
-        try PodStandIn.waitUntil("the local server's listen") {
-            server.logText.contains("] listen(") || !server.process.isRunning
-        }
-        return server
-    }
-
-    /// Sends `signal` to sysmirror and waits for it; after 10 s, or when sysmirror is killed and its program
-    /// left behind, the program is killed too (Foundation waits for every process holding the output).
-    func end(_ server: LocalServer, with signal: Int32 = SIGTERM) {
-        guard servers.contains(where: { $0.process === server.process }) else { return }
-        servers.removeAll { $0.process === server.process }
-        kill(server.process.processIdentifier, signal)
-        // Killed, sysmirror leaves its program behind, and Foundation waits for it (it holds the output).
-        if signal == SIGKILL, let program = server.programPID { kill(program, SIGKILL) }
-        let deadline = Date().addingTimeInterval(10)
-        while server.process.isRunning && Date() < deadline { usleep(10_000) }
-        if server.process.isRunning, let program = server.programPID { kill(program, SIGKILL) }
-        if server.process.isRunning { kill(server.process.processIdentifier, SIGKILL) }
-        server.process.waitUntilExit()
-    }
+    func end(_ server: TracedServers.Server, with signal: Int32 = SIGTERM) { servers.end(server, with: signal) }
 
     /// A POST of `megabytes` MiB to the pod from its client, on a connection of its own.
     func uploadToPod(megabytes: Int) throws -> Outcome {
@@ -102,15 +61,19 @@ final class IncomingTrafficTests {
         #expect(try !sessionTables.contains("sysmirror_999999_1"))
         #expect(pod.agentLogText.contains("removed the netfilter table sysmirror_999999_1"))
         let answers = try pod.client(["GET /one", "GET /two"])
-        #expect(answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == Array(repeating: "local \(client)", count: 2))
+        #expect(
+            answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") }
+                == Array(repeating: "local \(client)", count: 2))
         #expect(server.requests == "/one \n/two \n")
         try PodStandIn.waitUntil("the connections' ends in the log") { server.logText.contains("bytes in") }
         let log = server.logText
         // With the agent on this machine, the program holds the pod's socket itself.
         #expect(
-            log.contains("accept4(") && log.contains("from \(client):") && log.contains("(stolen; the pod's own socket)"),
+            log.contains("accept4(") && log.contains("from \(client):")
+                && log.contains("(stolen; the pod's own socket)"),
             "\(log)")
-        #expect(log.contains("incoming connection from \(client):") && log.contains("stolen, ") && log.contains("bytes in"))
+        #expect(
+            log.contains("incoming connection from \(client):") && log.contains("stolen, ") && log.contains("bytes in"))
 
         end(server)
         // SIGTERM reached the program through sysmirror (none of sysmirror's threads takes it itself).
@@ -144,7 +107,9 @@ final class IncomingTrafficTests {
         #expect(server.logText.contains("port 8080 of the pod: stolen"), "\(server.logText)")
         // Two requests on one connection, then a second connection.
         let answers = try pod.client(["GET /one", "GET /two"]) + pod.client(["GET /three"])
-        #expect(answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") } == Array(repeating: "local \(client)", count: 3))
+        #expect(
+            answers.map { $0.split(separator: " ").prefix(2).joined(separator: " ") }
+                == Array(repeating: "local \(client)", count: 3))
         #expect(server.requests == "/one \n/two \n/three \n")
         // The ends come from the pod's kernel (sock_diag), as no relay counts the bytes.
         try PodStandIn.waitUntil("the connections' ends in the log") {
@@ -161,7 +126,8 @@ final class IncomingTrafficTests {
     func stealFiltered() throws {
         let server = try startLocal(["--incoming", "steal", "--steal-header", "^X-Dev: me$"])
         let answers = try pod.client([
-            "GET /a|X-Dev: me", "GET /b", "POST /c|X-Dev: me", "GET /d|X-Dev: someone-else", "POST /e", "GET /f|X-Dev: me",
+            "GET /a|X-Dev: me", "GET /b", "POST /c|X-Dev: me", "GET /d|X-Dev: someone-else", "POST /e",
+            "GET /f|X-Dev: me",
         ])
         let bodies = answers.map { $0.split(separator: " ")[0] }
         #expect(bodies == ["local", "pod", "local", "pod", "pod", "local"], "\(answers)")
@@ -183,7 +149,9 @@ final class IncomingTrafficTests {
             usleep(20_000)
         }
         #expect(answer.hasPrefix("pod \(client)"), "still \(answer) after 5 s; the agent: \(pod.agentLogText)")
-        try PodStandIn.waitUntil("the table's removal", timeout: 5) { (try? self.sessionTables.contains("sysmirror_")) == false }
+        try PodStandIn.waitUntil("the table's removal", timeout: 5) {
+            (try? self.sessionTables.contains("sysmirror_")) == false
+        }
     }
 
     @Test("A program that stops listening gives the port back, and the connection that found it gone")
@@ -209,7 +177,9 @@ final class IncomingTrafficTests {
             #expect(try pod.client(["GET \(path)"]).first?.hasPrefix("pod \(client)") == true)
         }
         // The copy of /1 was the program's one connection; the copy of /2 found no listener.
-        try PodStandIn.waitUntil("the copy's rule to go", timeout: 10) { (try? mirrorRules().contains("log group")) == false }
+        try PodStandIn.waitUntil("the copy's rule to go", timeout: 10) {
+            (try? mirrorRules().contains("log group")) == false
+        }
         #expect(server.outputText.contains("the program no longer listens: port 8080 of the pod is the pod's again"))
         end(server)
     }
@@ -235,7 +205,9 @@ final class IncomingTrafficTests {
         #expect(uploaded.stdout.hasPrefix("pod \(client)"), "\(uploaded.stderr)")
         #expect(try pod.client(["GET /after"]).first?.hasPrefix("pod \(client)") == true)
         try PodStandIn.waitUntil("the later copy", timeout: 10) { server.outputText.contains("GET /after HTTP/1.1") }
-        try PodStandIn.waitUntil("the cut copy in the log", timeout: 10) { server.logText.contains("mirrored (cut short)") }
+        try PodStandIn.waitUntil("the cut copy in the log", timeout: 10) {
+            server.logText.contains("mirrored (cut short)")
+        }
         end(server)
     }
 
@@ -269,7 +241,8 @@ final class IncomingTrafficTests {
             s.sendall(b'GET /held HTTP/1.1\\r\\nHost: pod\\r\\n')
             time.sleep(30)
             """
-        let client = try PodStandIn.start(["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", holding], log: nil)
+        let client = try PodStandIn.start(
+            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", holding], log: nil)
         defer {
             client.terminate()
             client.waitUntilExit()

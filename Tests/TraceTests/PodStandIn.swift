@@ -369,6 +369,28 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         container.waitUntilExit()
     }
 
+    /// Another agent in the pod, as a second developer's ephemeral container holds one: the pod's network
+    /// namespace, a process namespace of its own (where it is PID 1, as agents in containers often are) and a
+    /// socket of its own, which `address` names for `trace --agent`.
+    func startExtraAgent() throws -> (process: Process, address: String) {
+        let number = extraAgents.count + 1
+        let path = Fixtures.shared.path("agent-\(name)-\(number).sock")
+        let process = try Self.start(
+            [
+                "ip", "netns", "exec", podNamespace, "unshare", "--pid", "--fork", "--kill-child",
+                Fixtures.shared.sysmirror, "agent", "--listen", "unix:\(path)", "--pid", "\(containerPID)",
+                "--token-file", tokenFile, "--idle-timeout", "120",
+            ], log: Fixtures.shared.path("agent-\(name)-\(number).log"))
+        extraAgents.append((process, path))
+        try Self.waitUntil("the extra agent's sockets") {
+            FileManager.default.fileExists(atPath: path) && FileManager.default.fileExists(atPath: path + ".sockets")
+        }
+        try Self.command(["chown", "65534:65534", path, path + ".sockets"])
+        return (process, "unix:\(path)")
+    }
+
+    private var extraAgents: [(process: Process, socket: String)] = []
+
     /// Kills the agent with SIGKILL, as a crash would.
     func killAgent() {
         guard let agent else { return }
@@ -407,14 +429,16 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
         // First the container's own PID 1 (only SIGKILL ends it from outside): while it runs it holds what
         // Foundation's Process watches of its parent, which would then never be seen to exit.
         if containerInit > 0 { kill(containerInit, SIGKILL) }
-        for process in [agent, container].compactMap({ $0 }) where process.isRunning {
+        for process in [agent, container].compactMap({ $0 }) + extraAgents.map(\.process) where process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
         for namespace in [podNamespace, developerNamespace, clientNamespace] {
             _ = try? Run.process(["ip", "netns", "delete", namespace], directory: Fixtures.shared.directory)
         }
-        for path in [root.path, socket, tokenFile, agentLog] { try? FileManager.default.removeItem(atPath: path) }
+        for path in [root.path, socket, tokenFile, agentLog] + extraAgents.map(\.socket) {
+            try? FileManager.default.removeItem(atPath: path)
+        }
     }
 
     static func command(_ arguments: [String]) throws {

@@ -1,16 +1,22 @@
+import AgentProtocol
 import Incoming
 import NIOCore
 
-/// A stolen connection under an HTTP filter: each request goes to the developer's program when it matches
-/// the filter, else to the pod's application, as sent; the answers come back to the client in order, also
-/// when both kinds share one keep-alive connection. Requests are passed one at a time: the next one leaves
+/// A stolen connection under HTTP filters: each request goes to the session of the first claim of the port
+/// whose filter it matches (this agent's or another's: `PortShares`), else to the pod's application, as
+/// sent; the answers come back to the client in order, also when several kinds share one keep-alive
+/// connection. Requests are passed one at a time: the next one leaves
 /// when the answer to the last is complete (pipelined requests wait here). Something that is not HTTP/1.x,
 /// and what follows an upgrade (101), is relayed whole to where it was going.
 final class HTTPSplitter: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    enum Route: Hashable { case program, pod }
+    enum Route: Hashable {
+        case pod
+        /// A developer's session, by its claim.
+        case claim(PortClaim)
+    }
 
     enum Upstream {
         /// Writes wait for the connection.
@@ -30,10 +36,8 @@ final class HTTPSplitter: ChannelInboundHandler {
     }
 
     let session: IncomingSession
-    let request: UInt32
     let podPort: UInt16
     let client: Endpoint
-    let filter: HTTPFilter
     private var context: ChannelHandlerContext?
     private var pending: [UInt8] = []
     private var answer: [UInt8] = []
@@ -44,12 +48,10 @@ final class HTTPSplitter: ChannelInboundHandler {
     private var clientEnded = false
     private var counts: [Route: Int] = [:]
 
-    init(session: IncomingSession, request: UInt32, podPort: UInt16, client: Endpoint, filter: HTTPFilter) {
+    init(session: IncomingSession, podPort: UInt16, client: Endpoint) {
         self.session = session
-        self.request = request
         self.podPort = podPort
         self.client = client
-        self.filter = filter
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -71,8 +73,9 @@ final class HTTPSplitter: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         for case .open(let end) in upstreams.values { end.close() }
         upstreams = [:]
+        let passed = counts[.pod] ?? 0
         session.logger.info(
-            "incoming connection from \(client) to port \(podPort): HTTP, \(counts[.program] ?? 0) request(s) stolen, \(counts[.pod] ?? 0) passed through"
+            "incoming connection from \(client) to port \(podPort): HTTP, \(counts.values.reduce(0, +) - passed) request(s) stolen, \(passed) passed through"
         )
         self.context = nil
         context.fireChannelInactive()
@@ -131,7 +134,15 @@ final class HTTPSplitter: ChannelInboundHandler {
             tunnel = .pod
             return true
         }
-        let route: Route = filter.matches(head) ? .program : .pod
+        let (winner, missed) = session.registry.shares.route(podPort, head)
+        let route: Route = winner.map(Route.claim) ?? .pod
+        if let winner, !missed.isEmpty {
+            let request = String(decoding: head.method + [0x20] + head.path, as: UTF8.self)
+            session.registry.shares.tellMissed(
+                missed,
+                "\(request) from \(client) matched your filter and went to \(winner.developer)'s session, which stole port \(podPort) first"
+            )
+        }
         counts[route, default: 0] += 1
         exchange = Exchange(route: route, method: head.method, request: BodyReader(body))
         send(pending[..<head.length], to: route)
@@ -164,13 +175,13 @@ final class HTTPSplitter: ChannelInboundHandler {
                 case .failure(let error): splitter.value.fail("cannot reach the pod's application: \(error)")
                 }
             }
-        case .program:
+        case .claim(let claim):
             // Taken or abandoned on another thread: back on this loop, where the splitter lives.
             let splitter = NIOLoopBound(self, eventLoop: loop)
-            session.offer(
-                request, client: client, on: loop,
-                take: { stream in loop.execute { splitter.value.connected(.program, stream) } },
-                abandon: { loop.execute { splitter.value.programDidNotTake() } })
+            session.registry.shares.open(
+                claim, client: client, on: loop,
+                connected: { side in loop.execute { splitter.value.connected(route, side) } },
+                failed: { loop.execute { splitter.value.didNotTake(route) } })
         }
     }
 
@@ -195,15 +206,16 @@ final class HTTPSplitter: ChannelInboundHandler {
         upstream.flush()
     }
 
-    /// The developer's program did not take the connection in time: its requests go to the pod instead.
-    private func programDidNotTake() {
-        guard case .connecting(let queued)? = upstreams[.program] else { return }
-        upstreams[.program] = nil
+    /// A developer's session did not take the connection (in time, or at all: it ended): its requests go to
+    /// the pod's application instead.
+    private func didNotTake(_ route: Route) {
+        guard case .claim(let claim) = route, case .connecting(let queued)? = upstreams[route] else { return }
+        upstreams[route] = nil
         session.logger.warning(
-            "incoming connection from \(client) to port \(podPort): the developer's program did not take it in time; its requests go to the pod's application"
+            "incoming connection from \(client) to port \(podPort): \(claim.developer)'s session did not take it; its requests go to the pod's application"
         )
-        if exchange?.route == .program { exchange?.route = .pod }
-        if tunnel == .program { tunnel = .pod }
+        if exchange?.route == route { exchange?.route = .pod }
+        if tunnel == route { tunnel = .pod }
         for buffer in queued { send(Array(buffer.readableBytesView)[...], to: .pod) }
     }
 

@@ -1,6 +1,7 @@
 import Incoming
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 
 import struct LinuxSystem.OwnedDescriptor
@@ -18,13 +19,20 @@ final class IncomingRegistry: Sendable {
     /// How long a connection waits to be taken before it goes to the pod's application instead.
     static let takeTimeout = TimeAmount.seconds(10)
 
-    let netfilter = Netfilter.locate()
+    let netfilter: Netfilter?
+    /// The pod's stolen ports as all its agents claim them.
+    let shares: PortShares
     private let waiting = Mutex<[UInt64: Waiting]>([:])
     /// The sessions that steal a port whole, by the pod's port (one session a port): the socket channel
     /// hands their listening sockets over.
     private let stealers = Mutex<[UInt16: IncomingSession]>([:])
     private let nextID = Atomic<UInt64>(0)
     private let cleanedUp = Atomic<Bool>(false)
+
+    init(pool: NIOThreadPool, logger: Logger) {
+        netfilter = Netfilter.locate()
+        shares = PortShares(netfilter: netfilter, pool: pool, logger: logger)
+    }
 
     /// Registers a connection; nobody taking it within `takeTimeout` abandons it.
     func add(_ entry: Waiting, on loop: any EventLoop) -> UInt64 {
@@ -52,10 +60,13 @@ final class IncomingRegistry: Sendable {
         stealers.withLock { $0[port] }?.handOver(port: port, family: family)
     }
 
-    /// Once per agent, before its first rules: tables left by killed agents go.
-    func removeStaleTables(logger: Logger) {
+    /// Before a session's first rules: the agent's beacon goes up (once), and tables left by agents that
+    /// are gone (killed before they could remove their own) go.
+    func prepare(on loop: any EventLoop, logger: Logger) throws {
+        try shares.start(on: loop)
         guard let netfilter, !cleanedUp.exchange(true, ordering: .relaxed) else { return }
-        for table in netfilter.removeStaleTables() {
+        let running = shares.runningAgents()
+        for table in netfilter.removeStaleTables(isAlive: running.contains) {
             logger.notice("removed the netfilter table \(table), left by an agent that is gone")
         }
     }

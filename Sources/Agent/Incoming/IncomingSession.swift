@@ -6,6 +6,7 @@ import NIOPosix
 import Synchronization
 import SyscallDecoding
 
+import enum LinuxSystem.Clock
 import struct LinuxSystem.OwnedDescriptor
 import class LinuxSystem.SharedDescriptor
 import enum LinuxSystem.Sockets
@@ -38,6 +39,8 @@ final class IncomingSession: Sendable {
     }
 
     let loop: any EventLoop
+    /// The session's number in its agent.
+    let number: Int
     let registry: IncomingRegistry
     let netfilter: Netfilter
     let logger: Logger
@@ -57,11 +60,12 @@ final class IncomingSession: Sendable {
 
     init(session: Int, link: any Channel, registry: IncomingRegistry, netfilter: Netfilter, logger: Logger) {
         self.link = link
+        number = session
         loop = link.eventLoop
         self.registry = registry
         self.netfilter = netfilter
         self.logger = logger
-        state = Mutex(State(plan: NetfilterPlan(agentPID: getpid(), session: session)))
+        state = Mutex(State(plan: NetfilterPlan(agent: registry.shares.agent, session: session)))
     }
 
     // MARK: Subscriptions
@@ -75,24 +79,27 @@ final class IncomingSession: Sendable {
         } catch {
             return .failure(errno: EINVAL, message: error.description)
         }
-        registry.removeStaleTables(logger: logger)
-        return state.withLock { state -> Response in
+        do {
+            try registry.prepare(on: loop, logger: logger)
+        } catch {
+            return .failure(errno: EIO, message: "cannot tell the pod's other agents of the port: \(error)")
+        }
+        guard self.subscription(for: port) == nil else {
+            return .failure(errno: EADDRINUSE, message: "this session takes port \(port) already")
+        }
+        // Claimed before the session's lock is taken: a claim waits for the pod's other agents, whose
+        // deliveries to this session need that lock meanwhile.
+        let claim = subscription.mode == .steal ? makeClaim(subscription) : nil
+        if let claim, let refusal = registry.shares.claim(claim, by: self) {
+            return .failure(errno: EADDRINUSE, message: refusal)
+        }
+        let response = state.withLock { state -> Response in
             guard !state.ended else { return .failure(errno: ECONNRESET, message: "the session has ended") }
-            guard state.subscriptions[port] == nil else {
-                return .failure(errno: EADDRINUSE, message: "this session takes port \(port) already")
-            }
             var next = state.plan
             var listeners: [Listener] = []
             do {
                 switch subscription.mode {
                 case .steal:
-                    if let other = try netfilter.tableStealing(port, excluding: state.plan.table) {
-                        return .failure(
-                            errno: EADDRINUSE,
-                            message:
-                                "port \(port) of the pod is already stolen by another sysmirror session (netfilter table \(other)); end that session, or mirror the port instead (--incoming mirror)"
-                        )
-                    }
                     let bound = try bindListeners(podPort: port, family: subscription.family)
                     listeners = bound.listeners
                     next.steals[port] = bound.port
@@ -116,6 +123,16 @@ final class IncomingSession: Sendable {
             logger.info("port \(port) of the pod is \(how) for this session (netfilter table \(state.plan.table))")
             return .done
         }
+        if let claim, response != .done { registry.shares.release(port, by: claim.owner) }
+        return response
+    }
+
+    private func makeClaim(_ subscription: IncomingSubscription) -> PortClaim {
+        PortClaim(
+            owner: owner, port: subscription.port, registeredAt: Clock.monotonic(),
+            headerPattern: subscription.headerPattern, pathPattern: subscription.pathPattern,
+            developer: subscription.developer.isEmpty ? "an unnamed developer" : subscription.developer,
+            table: state.withLock { $0.plan.table })
     }
 
     /// The listen request `request` was cancelled (the program stopped listening): the port goes back to
@@ -136,6 +153,7 @@ final class IncomingSession: Sendable {
                 logger.warning("could not give port \(port) back: \(error)")
             }
             registry.stoppedStealing(port, by: self)
+            registry.shares.release(port, by: owner)
             for listener in subscription.listeners {
                 listener.channel?.close(promise: nil)
                 passThroughWaiting(listener.socket, podPort: port)
@@ -165,6 +183,7 @@ final class IncomingSession: Sendable {
             }
             for (port, subscription) in state.subscriptions {
                 registry.stoppedStealing(port, by: self)
+                registry.shares.release(port, by: owner)
                 for listener in subscription.listeners {
                     listener.channel?.close(promise: nil)
                     passThroughWaiting(listener.socket, podPort: port)
@@ -188,6 +207,16 @@ final class IncomingSession: Sendable {
     }
 
     func subscription(for port: UInt16) -> Subscription? { state.withLock { state in state.subscriptions[port] } }
+
+    /// The session as its claims name it.
+    var owner: PortClaim.Owner { PortClaim.Owner(agent: registry.shares.agent, session: UInt32(number)) }
+
+    /// Tells the developer something about their port `port` (on its listen stream).
+    func notice(_ port: UInt16, _ note: String) {
+        guard let request = subscription(for: port)?.request else { return }
+        logger.info("port \(port): \(note)")
+        send([.response(id: request, .notice(note))], size: note.utf8.count)
+    }
 
     /// Gives stolen `port`'s listening socket to a client that accepts the pod's connections itself (a
     /// unix-socket client, which then hands the program the pod's socket, with no relay in between). The
@@ -222,6 +251,16 @@ final class IncomingSession: Sendable {
     }
 
     // MARK: Connections
+
+    /// Registers a stolen connection (or the requests of one) to `port` for the client to take; abandoned
+    /// at once when the session no longer takes the port.
+    func offer(
+        _ port: UInt16, client: Endpoint, on loop: any EventLoop,
+        take: @escaping @Sendable (any RelaySide) -> Void, abandon: @escaping @Sendable () -> Void
+    ) {
+        guard let request = subscription(for: port)?.request else { return abandon() }
+        offer(request, client: client, on: loop, take: { take($0) }, abandon: abandon)
+    }
 
     /// Registers a stolen connection for the client to take, and announces it on `request`.
     func offer(
@@ -325,9 +364,8 @@ final class IncomingSession: Sendable {
         guard let client = Endpoint(channel.remoteAddress), let subscription = subscription(for: podPort) else {
             return passThrough(StreamEnd.hold(channel), podPort: podPort, reason: "its port is no longer stolen")
         }
-        if let filter = subscription.filter {
-            let splitter = HTTPSplitter(
-                session: self, request: subscription.request, podPort: podPort, client: client, filter: filter)
+        if subscription.filter != nil {
+            let splitter = HTTPSplitter(session: self, podPort: podPort, client: client)
             try? channel.pipeline.syncOperations.addHandler(splitter)
             try? channel.syncOptions?.setOption(.autoRead, value: true)
             return

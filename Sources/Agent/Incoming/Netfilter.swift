@@ -43,28 +43,18 @@ struct Netfilter: Sendable {
         NetfilterPlan.sessionTables(inListing: try run(["list", "chains"]))
     }
 
-    /// Removes the tables of agents that are gone (killed before they could remove their own); returns them.
-    func removeStaleTables() -> [String] {
+    /// Removes the tables of agents that are gone (killed before they could remove their own), as
+    /// `isAlive` tells by an agent's name; returns them.
+    func removeStaleTables(isAlive: (String) -> Bool) -> [String] {
         guard let tables = try? sessionTables() else { return [] }
-        let stale = tables.keys.filter { table in
-            NetfilterPlan.owner(of: table).map { !Self.isAgentRunning($0) } ?? false
-        }
-        for table in stale { _ = try? run(["-f", "-"], script: NetfilterPlan.deletion(of: table)) }
+        let stale = tables.keys.filter { table in NetfilterPlan.owner(of: table).map { !isAlive($0) } ?? false }
+        for table in stale { removeTable(table) }
         return stale.sorted()
     }
 
-    /// The table (of another session) that steals `port`, if any.
-    func tableStealing(_ port: UInt16, excluding table: String) throws(IncomingError) -> String? {
-        try sessionTables().first { name, chains in
-            name != table && chains.contains { NetfilterPlan.stolenPort(chain: $0) == port }
-        }?.key
-    }
-
-    static func isAgentRunning(_ pid: Int32) -> Bool {
-        if pid == getpid() { return true }
-        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        let name = (try? readFile("/proc/\(pid)/comm")).map { String(decoding: $0, as: UTF8.self) } ?? ""
-        return name.hasPrefix("sysmirror")
+    /// Removes `table` if it is there.
+    func removeTable(_ table: String) {
+        _ = try? run(["-f", "-"], script: NetfilterPlan.deletion(of: table))
     }
 }
 

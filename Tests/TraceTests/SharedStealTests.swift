@@ -1,0 +1,151 @@
+import Foundation
+import Testing
+
+/// Several developers steal one pod port, each the requests that carry their mark (docs/incoming.md,
+/// "Sharing a port"): alice's and bob's programs are static Go servers answering "alice CLIENT-IP" and
+/// "bob CLIENT-IP", each traced through an agent of its own in the pod stand-in (the second in a process
+/// namespace of its own, as a second ephemeral container), and the pod's application answers "pod CLIENT-IP".
+@Suite("Sharing a stolen port", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class SharedStealTests {
+    let pod: PodStandIn
+    let servers: TracedServers
+
+    init() throws {
+        pod = try PodStandIn(incoming: true)
+        servers = TracedServers(pod: pod)
+    }
+
+    deinit {
+        servers.endAll()
+        pod.tearDown()
+    }
+
+    /// `name`'s program on local port `port`, stealing the pod's 8080 for `X-Dev: NAME` (or `filter`).
+    func steal(as name: String, port: Int, agent: String? = nil, filter: String? = nil) throws -> TracedServers.Server {
+        let server = try servers.start(
+            ["--steal-header", filter ?? "^X-Dev: \(name)$", "--port-map", "\(port):8080"], port: port, name: name,
+            agent: agent)
+        try PodStandIn.waitUntil("\(name)'s steal") {
+            server.logText.contains("port 8080 of the pod: stolen") || server.outputText.contains("stays the pod's")
+        }
+        return server
+    }
+
+    /// Who answered each request (the first word of each answer), on one keep-alive connection.
+    func answers(_ requests: [String]) throws -> [String] {
+        try pod.client(requests).map { String($0.split(separator: " ")[0]) }
+    }
+
+    var tables: String {
+        (try? Run.process(["ip", "netns", "exec", pod.podNamespace, "/usr/sbin/nft", "list", "tables"]).stdout) ?? ""
+    }
+
+    @Test("Two filtered sessions and the pod share a port, per request, also on one connection; a mirror sees all")
+    func share() throws {
+        let alice = try steal(as: "alice", port: 18081)
+        let other = try pod.startExtraAgent()
+        let bob = try steal(as: "bob", port: 18082, agent: other.address)
+        let mirror = try servers.start(["--incoming", "mirror", "--port-map", "18083:8080"], port: 18083, name: "copy")
+        try PodStandIn.waitUntil("the mirror") { mirror.logText.contains("port 8080 of the pod: mirrored") }
+
+        // Fresh connections, then all three kinds mixed on one keep-alive connection, twice over.
+        for request in ["GET /1|X-Dev: alice", "GET /2|X-Dev: bob", "GET /3", "GET /4|X-Dev: carol"] {
+            let who = try answers([request])
+            #expect(
+                who == [request.contains("alice") ? "alice" : request.contains("bob") ? "bob" : "pod"], "\(request)")
+        }
+        let mixed = try answers([
+            "GET /5|X-Dev: bob", "POST /6|X-Dev: alice", "GET /7", "GET /8|X-Dev: bob", "POST /9",
+            "GET /10|X-Dev: alice",
+        ])
+        #expect(mixed == ["bob", "alice", "pod", "bob", "pod", "alice"])
+        #expect(alice.requests == "/1 alice\n/6 alice\n/10 alice\n")
+        #expect(bob.requests == "/2 bob\n/5 bob\n/8 bob\n")
+        // The mirror got a copy of every request, whoever answered it.
+        try PodStandIn.waitUntil("the copies", timeout: 10) { mirror.requests.contains("/10 ") }
+        #expect(mirror.requests.split(separator: "\n").map { $0.split(separator: " ")[0] } == (1...10).map { "/\($0)" })
+        for server in [alice, bob] { #expect(!server.logText.contains("missed"), "\(server.logText)") }
+
+        servers.end(bob)
+        servers.end(alice)
+        servers.end(mirror)
+        #expect(!tables.contains("sysmirror_"), "\(tables)")
+        #expect(try answers(["GET /11|X-Dev: alice"]) == ["pod"])
+    }
+
+    @Test("The first session leaves, cleanly and then by its agent's SIGKILL: the others keep their requests")
+    func firstLeaves() throws {
+        let second = try pod.startExtraAgent()
+        let third = try pod.startExtraAgent()
+        let alice = try steal(as: "alice", port: 18081)
+        let bob = try steal(as: "bob", port: 18082, agent: second.address)
+        #expect(try answers(["GET /a|X-Dev: alice", "GET /b|X-Dev: bob"]) == ["alice", "bob"])
+
+        // Alice's session ends: her table goes, bob's redirect takes the port's new connections.
+        servers.end(alice)
+        #expect(try answers(["GET /c|X-Dev: bob", "GET /d|X-Dev: alice", "GET /e"]) == ["bob", "pod", "pod"])
+
+        // Carol comes in third; bob's agent, now the first, is killed. Its table would send the port's
+        // connections to no one: carol's agent removes it.
+        let carol = try steal(as: "carol", port: 18083, agent: third.address)
+        #expect(try answers(["GET /f|X-Dev: carol", "GET /g|X-Dev: bob"]) == ["carol", "bob"])
+        kill(second.process.processIdentifier, SIGKILL)
+        second.process.waitUntilExit()
+        try PodStandIn.waitUntil("carol's agent to remove bob's table", timeout: 5) {
+            (try? answers(["GET /h|X-Dev: carol"])) == ["carol"]
+        }
+        #expect(try answers(["GET /i|X-Dev: bob", "GET /j|X-Dev: carol", "GET /k"]) == ["pod", "carol", "pod"])
+        #expect(carol.requests.hasSuffix("/j carol\n"), "\(carol.requests)")
+        servers.end(bob, with: SIGKILL)
+
+        // The last session ends: no table is left, and the port is the pod's.
+        servers.end(carol)
+        #expect(!tables.contains("sysmirror_"), "\(tables)")
+        #expect(try answers(["GET /l|X-Dev: carol", "GET /m"]) == ["pod", "pod"])
+    }
+
+    @Test("Overlapping filters: the session that registered first wins, and the other's log says what it missed")
+    func overlapping() throws {
+        let anyone = try steal(as: "anyone", port: 18081, filter: "^X-Dev: ")
+        let other = try pod.startExtraAgent()
+        let bob = try steal(as: "bob", port: 18082, agent: other.address)
+        #expect(try answers(["GET /x|X-Dev: bob", "GET /y"]) == ["anyone", "pod"])
+        try PodStandIn.waitUntil("bob's notice") { bob.outputText.contains("matched your filter") }
+        #expect(
+            bob.outputText.contains(
+                "port 8080 of the pod: GET /x from \(PodStandIn.clientAddress):"),
+            "\(bob.outputText)")
+        #expect(bob.outputText.contains("matched your filter and went to nobody@"), "\(bob.outputText)")
+        #expect(bob.outputText.contains("'s session, which stole port 8080 first"), "\(bob.outputText)")
+        #expect(bob.requests.isEmpty && anyone.requests == "/x bob\n")
+    }
+
+    @Test("A whole steal beside filtered ones is refused, and a filtered one beside a whole steal, each saying why")
+    func refusals() throws {
+        let alice = try steal(as: "alice", port: 18081)
+        let other = try pod.startExtraAgent()
+        let whole = try servers.start(
+            ["--incoming", "steal", "--port-map", "18082:8080"], port: 18082, agent: other.address)
+        try PodStandIn.waitUntil("the refusal") { whole.outputText.contains("stays the pod's") }
+        #expect(
+            whole.outputText.contains(
+                "port 8080 of the pod is shared by sessions that steal only the requests their filter matches: nobody@"),
+            "\(whole.outputText)")
+        #expect(whole.outputText.contains("(--steal-header '^X-Dev: alice$')"))
+        #expect(whole.outputText.contains("Steal with a filter of your own to share it (--steal-header, --steal-path)"))
+        #expect(try answers(["GET /a|X-Dev: alice", "GET /b"]) == ["alice", "pod"])
+        servers.end(whole)
+        servers.end(alice)
+
+        let everything = try servers.start(["--incoming", "steal", "--port-map", "18083:8080"], port: 18083)
+        try PodStandIn.waitUntil("the whole steal") { everything.logText.contains("port 8080 of the pod: stolen") }
+        let bob = try steal(as: "bob", port: 18084, agent: other.address)
+        #expect(
+            bob.outputText.contains("port 8080 of the pod is already stolen by another sysmirror session, nobody@"),
+            "\(bob.outputText)")
+        #expect(
+            bob.outputText.contains(
+                "which takes every request; a filtered steal shares a port only with other filtered steals"))
+        #expect(try answers(["GET /c|X-Dev: bob"]) == ["local"])
+    }
+}
