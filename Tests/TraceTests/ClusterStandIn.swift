@@ -140,6 +140,7 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
             let servers = answer["servers"] as? [String: String], let control = answer["control"] as? String
         else { throw FixtureError(description: "unreadable \(ready)") }
         controlSocket = control
+        serverPorts = servers.values.compactMap { URL(string: $0)?.port }
         try writeKubeconfig(authority: authority, servers: servers)
     }
 
@@ -330,10 +331,13 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
 
     /// `sysmirror trace ...` as `trace` runs it, left running; its output goes to `output` (or nowhere), its
     /// stderr with it or, given `errors`, there. The process is sysmirror's (each command before it execs).
-    func startTrace(_ arguments: [String], output: String?, errors: String? = nil) throws -> Process {
+    /// `machine`: another developer's network namespace (`addMachine`), rather than the first's.
+    func startTrace(_ arguments: [String], output: String?, errors: String? = nil, machine: String? = nil) throws
+        -> Process
+    {
         let command =
             [
-                "ip", "netns", "exec", pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
+                "ip", "netns", "exec", machine ?? pod.developerNamespace, "setpriv", "--reuid=65534", "--regid=65534",
                 "--clear-groups", "--", "/usr/bin/env",
             ] + environment() + [Fixtures.shared.sysmirror, "trace"] + arguments
         guard let errors else { return try PodStandIn.start(command, log: output) }
@@ -365,7 +369,46 @@ final class ClusterStandIn: @unchecked Sendable {  // set up before tests use it
         recorded.filter { $0["event"] as? String == "open" }.compactMap { $0["portforward"] as? String }
     }
 
+    /// The API server double's ports (on 127.0.0.1 of the developer's namespace).
+    private(set) var serverPorts: [Int] = []
+    private var machines: [String] = []
+    private var bridges: [SpawnedService] = []
+
+    /// A second developer's machine: a network namespace of its own, loopback only, whose 127.0.0.1 has the
+    /// API server double's ports too, bridged over unix sockets to the first's (as a laptop reaches the
+    /// same API server), so that the same kubeconfig works there. Returns its namespace.
+    func addMachine() throws -> String {
+        let machine = "sysm-dev\(machines.count + 2)-\(pod.name)"
+        try PodStandIn.command(["ip", "netns", "add", machine])
+        machines.append(machine)
+        try PodStandIn.command(["ip", "-n", machine, "link", "set", "lo", "up"])
+        for port in serverPorts {
+            let bridge = directory.appendingPathComponent("\(machine)-\(port).sock").path
+            bridges.append(
+                try SpawnedService(
+                    [
+                        "ip", "netns", "exec", pod.developerNamespace, "socat", "UNIX-LISTEN:\(bridge),fork",
+                        "TCP:127.0.0.1:\(port)",
+                    ], ownGroup: true))
+            try PodStandIn.waitUntil("the API server's bridge") { FileManager.default.fileExists(atPath: bridge) }
+            bridges.append(
+                try SpawnedService(
+                    [
+                        "ip", "netns", "exec", machine, "socat", "TCP-LISTEN:\(port),bind=127.0.0.1,reuseaddr,fork",
+                        "UNIX-CONNECT:\(bridge)",
+                    ], ownGroup: true))
+            let listening = String(format: "0100007F:%04X 00000000:0000 0A", port)
+            try PodStandIn.waitUntil("the API server's port on the second machine") {
+                (try? Run.process(["ip", "netns", "exec", machine, "cat", "/proc/net/tcp"]))?.stdout.contains(listening)
+                    == true
+            }
+        }
+        return machine
+    }
+
     func tearDown() {
+        for bridge in bridges { bridge.stopGroup() }
+        for machine in machines { _ = try? Run.process(["ip", "netns", "delete", machine]) }
         if let server {
             // SIGTERM: the double stops the agents it started and removes the namespaces it made.
             // SIGKILL only if that takes more than 10 s.

@@ -149,3 +149,57 @@ final class SharedStealTests {
         #expect(try answers(["GET /c|X-Dev: bob"]) == ["local"])
     }
 }
+
+/// Two developers' machines (two network namespaces, each with the machine's kubectl and the same
+/// kubeconfig) steal one pod's port by filter with `--target`: each session adds an agent container of its
+/// own to the pod, and the two agents share the port.
+@Suite("Sharing a stolen port with --target", .enabled(if: PodStandIn.isAvailable, "needs root for namespaces"))
+final class KubernetesSharedStealTests {
+    let cluster: ClusterStandIn
+    private var traces: [Process] = []
+
+    init() throws { cluster = try ClusterStandIn(incoming: true) }
+
+    deinit {
+        for trace in traces where trace.isRunning {
+            kill(trace.processIdentifier, SIGTERM)
+            if !exits(trace.processIdentifier, within: 10) { kill(trace.processIdentifier, SIGKILL) }
+            trace.waitUntilExit()
+        }
+        cluster.tearDown()
+    }
+
+    func steal(as name: String, machine: String?) throws -> String {
+        let output = Fixtures.shared.path("shared-\(name)-\(UUID().uuidString).out")
+        let server = [Fixtures.shared.path("gofixture"), "serve", name, "127.0.0.1:8080"]
+        traces.append(
+            try cluster.startTrace(
+                ["--target", "deployment/web", "--steal-header", "^X-Dev: \(name)$", "--"] + server, output: output,
+                machine: machine))
+        try PodStandIn.waitUntil("\(name)'s steal", timeout: 60) {
+            let said = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            return (try? cluster.pod.client(["GET /probe|X-Dev: \(name)"]))?.first?.hasPrefix(name) == true
+                || said.contains("stays the pod's")
+        }
+        return output
+    }
+
+    @Test("Alice's and Bob's machines each get their marked requests, and the pod the rest")
+    func twoMachines() throws {
+        let alice = try steal(as: "alice", machine: nil)
+        let bob = try steal(as: "bob", machine: try cluster.addMachine())
+        let answers = try cluster.pod.client([
+            "GET /1|X-Dev: bob", "GET /2|X-Dev: alice", "GET /3", "GET /4|X-Dev: bob",
+        ]).map { $0.split(separator: " ")[0] }
+        #expect(answers == ["bob", "alice", "pod", "bob"])
+        let requests = { (file: String) in
+            ((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").filter {
+                $0.hasPrefix("/") && !$0.hasPrefix("/probe")
+            }
+        }
+        #expect(requests(alice) == ["/2 alice"])
+        #expect(requests(bob) == ["/1 bob", "/4 bob"])
+        // Two agent containers, one a session.
+        #expect(cluster.recorded.filter { $0["ephemeral_container"] != nil }.count == 2)
+    }
+}
