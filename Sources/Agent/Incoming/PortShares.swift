@@ -143,8 +143,8 @@ final class PortShares: Sendable {
             guard let peer = peer(named: name) else { continue }
             let answered = peer.eventLoop.makePromise(of: Void.self)
             state.withLock { state in state.queries[name, default: [:]][port] = answered }
-            peer.eventLoop.scheduleTask(in: Self.answerTimeout) {
-                answered.fail(ChannelError.connectTimeout(Self.answerTimeout))
+            peer.eventLoop.scheduleTask(in: Self.answerTimeout) { [self] in
+                answerQuery(from: name, port: port)?.fail(IncomingError("no answer"))
             }
             peer.writeAndFlush(ByteBuffer(bytes: PeerMessage.query(port: port).encoded), promise: nil)
             answers.append(answered.futureResult)
@@ -285,17 +285,21 @@ final class PortShares: Sendable {
                 ByteBuffer(bytes: PeerMessage.claims(port: port, ownClaims(of: port)).encoded), promise: nil)
         case .claims(let port, let claims):
             guard let name else { return }
-            let answered = state.withLock { state in
+            state.withLock { state in
                 state.theirs[name, default: [:]][port] = claims
                 reorder(port, &state)
-                return state.queries[name]?.removeValue(forKey: port)
             }
-            answered?.succeed()
+            answerQuery(from: name, port: port)?.succeed()
         case .missed(let owner, let port, let note):
             session(owner.session)?.notice(port, note)
         case .deliver:
             break  // PeerConnection hands deliveries over itself
         }
+    }
+
+    /// The query of `port` waiting for agent `name`'s answer, taken: it is answered once.
+    private func answerQuery(from name: String, port: UInt16) -> EventLoopPromise<Void>? {
+        state.withLock { state in state.queries[name]?.removeValue(forKey: port) }
     }
 
     /// A delivery for `session`'s claim of `port`: its requests, from `client`.
