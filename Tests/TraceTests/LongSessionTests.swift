@@ -23,6 +23,8 @@ final class LongSessionTests {
     static let vmRSSToleranceKB = 5 * 1024
     static let stolenConnections = 3_000
     static let mirroredConnections = 1_000
+    /// Connections marked for a session whose agent is not the one that receives them.
+    static let sharedConnections = 1_000
     /// Outgoing connections through the TCP agent (a port-forward stand-in, two socat hops).
     static let outgoingConnections = 10_000
 
@@ -69,7 +71,8 @@ final class LongSessionTests {
         let seconds = Date().timeIntervalSince(connecting)
 
         check(
-            "steal on \(address)", connections: Self.stolenConnections, seconds: seconds, total: Date().timeIntervalSince(started),
+            "steal on \(address)", connections: Self.stolenConnections, seconds: seconds,
+            total: Date().timeIntervalSince(started),
             before: before, after: after)
         end(session)
     }
@@ -103,6 +106,49 @@ final class LongSessionTests {
             "mirror", connections: Self.mirroredConnections, seconds: seconds,
             total: Date().timeIntervalSince(started), before: before, after: after)
         end(session)
+    }
+
+    /// Alice's session, on the pod's agent, took the port first: its agent gets every connection and passes
+    /// bob's requests to bob's agent, a connection between the agents for each.
+    @Test(
+        "shared steal: 1,000 connections for a session of a second agent, passed on by the first; both agents and sysmirror stay flat"
+    )
+    func sharedMany() throws {
+        let started = Date()
+        let pod = try makePod(incoming: true)
+        var sessions: [TracedSession] = []
+        for (name, port, agent) in [("alice", 18081, nil), ("bob", 18082, try pod.startExtraAgent())] {
+            let session = try startLocal(
+                pod, ["--steal-header", "^X-Dev: \(name)$", "--port-map", "\(port):8080"],
+                program: [fixtures.path("gofixture"), "serve", name, "127.0.0.1:\(port)"], agent: agent?.address)
+            #expect(session.logText.contains("port 8080 of the pod: stolen"), "\(session.outputText)")
+            sessions.append(session)
+        }
+        let agents = try [#require(pod.agent?.processIdentifier), #require(pod.extraAgentPIDs.first)]
+
+        let connecting = Date()
+        let first = try connections(
+            from: pod, count: Self.warmUp, first: 0, expecting: "bob \(client)", header: "X-Dev: bob")
+        #expect(first.matched == Self.warmUp, "\(first)")
+        let before = try resources(of: sessions[1])
+        let agentsBefore = try agents.map(ProcessResources.init)
+        let rest = try connections(
+            from: pod, count: Self.sharedConnections - Self.warmUp, first: Self.warmUp, expecting: "bob \(client)",
+            header: "X-Dev: bob")
+        #expect(rest.matched == Self.sharedConnections - Self.warmUp, "\(rest)")
+        let after = try resources(of: sessions[1])
+        let agentsAfter = try agents.map(ProcessResources.init)
+        check(
+            "shared steal, bob's sysmirror", connections: Self.sharedConnections,
+            seconds: Date().timeIntervalSince(connecting), total: Date().timeIntervalSince(started), before: before,
+            after: after)
+        for (name, (first, last)) in zip(["the receiving agent", "bob's agent"], zip(agentsBefore, agentsAfter)) {
+            print("LongSession shared steal, \(name): \(first) → \(last)")
+            #expect(last.descriptors <= first.descriptors + 4, "\(name): \(first) → \(last)")
+            #expect(last.threads <= first.threads, "\(name): \(first) → \(last)")
+            #expect(abs(last.vmRSS - first.vmRSS) <= Self.vmRSSToleranceKB, "\(name): \(first) → \(last)")
+        }
+        for session in sessions { end(session) }
     }
 
     @Test("10,000 outgoing connections through an agent on TCP (port-forward stand-in); sysmirror stays flat")
@@ -515,9 +561,12 @@ final class LongSessionTests {
     }
 
     /// A traced local server (the gofixture's, answering "local CLIENT-IP", unless given), once it listens.
-    func startLocal(_ pod: PodStandIn, _ options: [String], program: [String]? = nil) throws -> TracedSession {
+    func startLocal(_ pod: PodStandIn, _ options: [String], program: [String]? = nil, agent: String? = nil) throws
+        -> TracedSession
+    {
         let session = try startTrace(
-            pod, program ?? [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:8080"], options: options)
+            pod, program ?? [fixtures.path("gofixture"), "serve", "local", "127.0.0.1:8080"], agent: agent,
+            options: options)
         try PodStandIn.waitUntil("the local server's listen") {
             session.logText.contains("] listen(") || !session.process.isRunning
         }
@@ -526,12 +575,16 @@ final class LongSessionTests {
 
     /// `count` connections from the pod's client namespace to the pod's :8080, one after another, each a new
     /// connection with one GET /nI (I from `first`) read to its end and closed. Returns how many answers began
-    /// with `expecting`, and those that did not, with how long they took. One Python process makes them all
+    /// with `expecting`, and those that did not, with how long they took. `header`: a header line each request
+    /// carries. One Python process makes them all
     /// (5 s allowed for each); it stops after 5 failures or 120 s (a healthy run makes 3,000 in under 20 s).
-    func connections(from pod: PodStandIn, count: Int, first: Int, expecting: String) throws -> ClientRun {
+    func connections(from pod: PodStandIn, count: Int, first: Int, expecting: String, header: String = "") throws
+        -> ClientRun
+    {
         let script = """
             import http.client, json, sys, time
             first, count, expecting = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+            headers = dict([sys.argv[4].split(': ')]) if sys.argv[4] else {}
             matched, made, others, times = 0, 0, [], []
             started = time.monotonic()
             for i in range(first, first + count):
@@ -541,7 +594,7 @@ final class LongSessionTests {
                 begun = time.monotonic()
                 try:
                     c = http.client.HTTPConnection('\(PodStandIn.podAddress)', 8080, timeout=5)
-                    c.request('GET', '/n%d' % i)
+                    c.request('GET', '/n%d' % i, headers=headers)
                     answer = c.getresponse().read().decode().strip()
                     c.close()
                 except Exception as error:
@@ -556,7 +609,10 @@ final class LongSessionTests {
                               'p50 ms': round(times[len(times) // 2] * 1000, 1), 'max ms': round(times[-1] * 1000, 1)}))
             """
         let outcome = try Run.process(
-            ["ip", "netns", "exec", pod.clientNamespace, "python3", "-c", script, "\(first)", "\(count)", expecting],
+            [
+                "ip", "netns", "exec", pod.clientNamespace, "python3", "-c", script, "\(first)", "\(count)", expecting,
+                header,
+            ],
             directory: fixtures.directory, timeout: 200)
         guard outcome.status == 0,
             let result = try? JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any],

@@ -391,6 +391,15 @@ final class PodStandIn: @unchecked Sendable {  // processes are set up before te
 
     private var extraAgents: [(process: Process, socket: String)] = []
 
+    /// The extra agents themselves (each the child of its `unshare`), as this machine numbers them.
+    var extraAgentPIDs: [Int32] {
+        extraAgents.compactMap { extra in
+            let unshare = extra.process.processIdentifier
+            let children = try? String(contentsOfFile: "/proc/\(unshare)/task/\(unshare)/children", encoding: .utf8)
+            return children.flatMap { Int32($0.split(separator: " ").first ?? "") }
+        }
+    }
+
     /// Kills the agent with SIGKILL, as a crash would.
     func killAgent() {
         guard let agent else { return }
