@@ -85,8 +85,9 @@ public final class AgentClient: Sendable {
 
     /// How a link that breaks comes back (a port-forward that drops and is restarted on the same local
     /// port): the client connects again to the same address with the same token, and requests made
-    /// meanwhile wait for it. Requests in flight at the cut fail: their state in the agent went with its
-    /// session.
+    /// meanwhile wait for it. Requests in flight at the cut that may be asked again (`Request.isRepeatable`)
+    /// and heard nothing yet are sent again on the new session; the others fail: their state in the agent
+    /// went with its session.
     public struct Resumption: Sendable {
         let token: [UInt8]
         /// How long the link may stay down before every request fails.
@@ -109,6 +110,10 @@ public final class AgentClient: Sendable {
         let handler: Handler
         /// Nil while the client has the next step.
         var lastHeard: UInt64?
+        /// The request, when a cut before its first reply may send it again (`Request.isRepeatable`).
+        var repeatable: Request? = nil
+        /// Whether a reply came: a request half answered cannot be asked again.
+        var replied = false
         /// A relayed connection's stream hears the agent's `credit` here (`LinkStream`).
         var credit: (@Sendable (Int) -> Void)? = nil
     }
@@ -165,9 +170,9 @@ public final class AgentClient: Sendable {
         // Their ids were taken above; their answers may be in `buffer` already, so they wait before the reader starts.
         let calls = first.indices.map { client.expect(id: UInt32($0 + 1)) }
         client.requests.withLock { state in
-            for (offset, (_, handler)) in others.enumerated() {
+            for (offset, (request, handler)) in others.enumerated() {
                 state.pending[UInt32(first.count + offset + 1)] = Pending(
-                    handler: handler, lastHeard: Clock.monotonic())
+                    handler: handler, lastHeard: Clock.monotonic(), repeatable: request.isRepeatable ? request : nil)
             }
             state.nextID = UInt32(requests.count + 1)
         }
@@ -192,7 +197,10 @@ public final class AgentClient: Sendable {
     /// request leaves, so a handler never sees a reply before its owner knows the id.
     @discardableResult
     public func send(_ request: Request, prepare: (UInt32) -> Void = { _ in }, handler: @escaping Handler) -> UInt32 {
-        send(request, prepare: prepare, pending: Pending(handler: handler, lastHeard: Clock.monotonic()))
+        send(
+            request, prepare: prepare,
+            pending: Pending(
+                handler: handler, lastHeard: Clock.monotonic(), repeatable: request.isRepeatable ? request : nil))
     }
 
     /// Sends a request that opens a relayed connection's stream (`LinkStream`): `credit` hears the agent's
@@ -405,17 +413,27 @@ public final class AgentClient: Sendable {
             failAll(reason)
             return nil
         }
-        // Queued frames belong to requests in flight, which fail now; later ones queue whole from here on.
-        outbound.withLock {
-            $0.socket = -1
-            $0.queued = []
-        }
-        let cut = requests.withLock { state in
-            defer { state.pending = [:] }
-            return state.pending.values.map(\.handler)
+        // Queued frames belong to requests in flight: those asked again queue first, in order, the others
+        // fail now; later ones queue whole behind them. One step, so that no request falls between.
+        let (cut, repeated) = outbound.withLock { out in
+            out.socket = -1
+            out.queued = []
+            return requests.withLock { state -> ([Handler], Int) in
+                var cut: [Handler] = []
+                for (id, pending) in state.pending.sorted(by: { $0.key < $1.key }) {
+                    if let request = pending.repeatable, !pending.replied {
+                        Frame.encode(.request(id: id, request), into: &out.queued)
+                    } else {
+                        cut.append(pending.handler)
+                        state.pending[id] = nil
+                    }
+                }
+                return (cut, state.pending.count)
+            }
         }
         let patience = resumption.patienceSeconds
-        logger.warning("\(reason): connecting again for up to \(patience) s; calls made meanwhile wait")
+        let asked = repeated == 0 ? "" : ", and \(repeated) in flight at the cut will be asked again"
+        logger.warning("\(reason): connecting again for up to \(patience) s; calls made meanwhile wait\(asked)")
         for handler in cut { _ = handler(.linkFailure("\(reason) while the call was under way")) }
         for watcher in failureWatchers.withLock({ $0 }) { watcher(reason) }
         let deadline = Clock.monotonic() + patience * 1_000_000_000
@@ -477,6 +495,7 @@ public final class AgentClient: Sendable {
         guard let handler = requests.withLock({ $0.pending[id]?.handler }) else { return }  // cancelled
         let disposition = handler(reply)
         requests.withLock { state in
+            state.pending[id]?.replied = true
             switch disposition {
             case .complete: state.pending[id] = nil
             case .expectingMore: state.pending[id]?.lastHeard = Clock.monotonic()

@@ -110,6 +110,20 @@ public enum Request: Sendable, Equatable {
     case watch
 }
 
+extension Request {
+    /// Whether asking again is the same as asking once: it reads and changes nothing in the pod, and leaves
+    /// no state in the agent past its answer. A resumed link sends such a request again when the cut came
+    /// before its first reply (`AgentClient.Resumption`).
+    public var isRepeatable: Bool {
+        switch self {
+        case .environment, .hostname, .stat, .access, .readlink, .resolve, .ping: true
+        case .open(_, let flags, _): OpenIntent(flags: flags) == .read
+        case .socket, .connectionEvents, .connect, .listen, .takeIncoming, .stolenListener, .datagrams, .watch:
+            false
+        }
+    }
+}
+
 /// One datagram of a `datagrams` stream: where it goes (client → agent) or where it came from (agent →
 /// client), a sockaddr_in or sockaddr_in6, and its bytes.
 public struct Datagram: Sendable, Equatable {

@@ -173,3 +173,19 @@ let everyMessage: [Message] = [
         #expect(Datagram(chunk: []) == nil)
     }
 }
+
+/// What a resumed link may ask again: reads, never what changes the pod or opens something in the agent.
+@Test func onlyRequestsThatChangeNothingAreRepeatable() {
+    let repeatable: [Request] = [
+        .environment, .hostname, .stat(path: [], followSymlinks: true), .access(path: [], mode: 4),
+        .readlink(path: []), .resolve(server: [], questions: []), .ping, .open(path: [], flags: 0, mode: 0),
+    ]
+    let once: [Request] = [
+        .open(path: [], flags: 0o1101, mode: 0o644), .open(path: [], flags: 0o2, mode: 0),
+        .connect(address: []), .listen(IncomingSubscription(port: 80, mode: .steal)), .takeIncoming(connection: 1),
+        .datagrams(family: 2), .watch, .socket(family: 2, type: 1, protocol: 0), .connectionEvents,
+        .stolenListener(port: 80, family: 2),
+    ]
+    #expect(repeatable.allSatisfy { $0.isRepeatable })
+    #expect(!once.contains { $0.isRepeatable })
+}

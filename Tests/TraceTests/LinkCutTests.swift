@@ -26,13 +26,13 @@ final class LinkCutTests {
 
     /// `pod.trace` on a thread of its own, left running; the returned function waits (up to `seconds`) for
     /// its outcome and log, nil when it did not end in time.
-    static func traceInBackground(_ program: [String], pod: PodStandIn, agentAddress: String)
-        -> (_ seconds: Int) -> (Outcome, [String])?
-    {
+    static func traceInBackground(
+        _ program: [String], pod: PodStandIn, agentAddress: String, options: [String] = []
+    ) -> (_ seconds: Int) -> (Outcome, [String])? {
         let traced = Mutex<(Outcome, [String])?>(nil)
         let ended = DispatchSemaphore(value: 0)
         DispatchQueue.global().async {
-            traced.withLock { $0 = try? pod.trace(program, agentAddress: agentAddress, timeout: 90) }
+            traced.withLock { $0 = try? pod.trace(program, options: options, agentAddress: agentAddress, timeout: 90) }
             ended.signal()
         }
         return { seconds in
@@ -42,8 +42,8 @@ final class LinkCutTests {
     }
 
     /// A traced program that says it runs (creates `started`), then reads the pod's /config/app.yaml every
-    /// 100 ms until `done` exists, printing each outcome with the milliseconds it took.
-    func reader(started: String, done: String) -> [String] {
+    /// `pause` seconds until `done` exists, printing each outcome with the milliseconds it took.
+    func reader(started: String, done: String, pause: Double = 0.1) -> [String] {
         [
             "/usr/bin/python3", "-c",
             """
@@ -57,7 +57,7 @@ final class LinkCutTests {
                 except OSError:
                     outcome = 'failed'
                 print(outcome, int((time.monotonic() - start) * 1000), flush=True)
-                time.sleep(0.1)
+                time.sleep(\(pause))
             """,
         ]
     }
@@ -80,14 +80,40 @@ final class LinkCutTests {
         let (outcome, log) = try #require(traced(90))
         #expect(outcome.status == 0, "\(outcome.stderr)")
         let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
-        // A read made while the link was down waited for it; one in flight at the cut may fail; once the
-        // link is back, every read succeeds.
+        // A read made while the link was down waited for it; one half answered at the cut may fail; once
+        // the link is back, every read succeeds.
         #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) >= 400 }, "a read waited: \(outcome.stdout)")
         #expect(reads.filter { $0.first == "failed" }.count <= 1, "\(outcome.stdout)")
         #expect(reads.suffix(5).allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
         #expect(outcome.stderr.contains("connecting again for up to 30 s"), "\(outcome.stderr)")
         #expect(outcome.stderr.contains("is back"), "\(outcome.stderr)")
         #expect(!log.isEmpty)
+    }
+
+    /// Each read takes a round trip of 300 ms and the next follows at once: one is in flight at the cut.
+    @Test("A read in flight at the cut is asked again once the link is back: it waits, and no read fails")
+    func inFlightAtTheCut() throws {
+        let forwarded = try ForwardedAgent(podWithNetwork: false, delayMilliseconds: 150)
+        agents.append(forwarded)
+        let started = fixtures.path("started-\(UUID().uuidString)"), done = fixtures.path("done-\(UUID().uuidString)")
+        defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
+        let traced = Self.traceInBackground(
+            reader(started: started, done: done, pause: 0), pod: forwarded.pod, agentAddress: forwarded.address,
+            options: ["--fs-cache", "off"])
+        try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
+        usleep(1_000_000)
+        forwarded.cut()
+        usleep(1_000_000)
+        try forwarded.restore()
+        usleep(3_000_000)
+        FileManager.default.createFile(atPath: done, contents: nil)
+        let (outcome, _) = try #require(traced(90))
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
+        #expect(reads.count >= 4 && reads.allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
+        // The read cut in flight waited for the link, a second at least.
+        #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) >= 1000 }, "\(outcome.stdout)")
+        #expect(outcome.stderr.contains("in flight at the cut will be asked again"), "\(outcome.stderr)")
     }
 
     @Test("A connection relayed at the cut is reset, and the log names it; a new one after the cut works")
