@@ -26,6 +26,11 @@ public struct NetfilterPlan: Equatable, Sendable {
     public var steals: [UInt16: UInt16] = [:] {
         didSet { if !steals.isEmpty { hasStolen = true } }
     }
+    /// How many claims of its port came before the session's first steal (`PortSharing`): its redirect is
+    /// looked at after theirs, so that the first claim's agent gets the port's connections. nft runs the
+    /// chains of one hook in priority order, and those of one priority newest first. Fixed once the chain is
+    /// made.
+    public var stealOrder = 0
     /// Ports copied to `logGroup`.
     public var mirrors: Set<UInt16> = [] {
         didSet { if !mirrors.isEmpty { hasMirrored = true } }
@@ -47,7 +52,9 @@ public struct NetfilterPlan: Equatable, Sendable {
         let name = "inet \(table)"
         var declared: [String] = []
         if hasStolen {
-            declared.append("  chain steal { type nat hook prerouting priority dstnat - 10; policy accept; }")
+            declared.append(
+                "  chain steal { type nat hook prerouting priority dstnat - \(10 - min(stealOrder, 9)); policy accept; }"
+            )
             for port in steals.keys.sorted() { declared.append("  chain steal_\(port) { }") }
         }
         if hasMirrored {

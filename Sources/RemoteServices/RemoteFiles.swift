@@ -343,9 +343,8 @@ package final class PendingCall: Sendable {
         install(fd: reopened, flags: flags, note: note)
     }
 
-    /// Installs `fd` into the program (which gets its own copy; this one closes here) and answers with the
-    /// new number.
-    /// Installs `fd` as the call's result; the number the program got, or nil when the call failed or went away.
+    /// Installs `fd` into the program as the call's result (the program gets its own copy; this one closes
+    /// here); the number the program got, or nil when the call failed or went away.
     @discardableResult
     func install(fd: consuming OwnedDescriptor, flags: Int32, note: String? = nil) -> Int32? {
         guard claim("a descriptor") else { return nil }

@@ -78,3 +78,14 @@ import Testing
     #expect(NetfilterPlan.owner(of: "sysmirror_5f3a09c1_1") == "5f3a09c1")
     #expect(NetfilterPlan.owner(of: "filter") == nil)
 }
+
+/// A later claim of a shared port redirects after the earlier ones: its base chain's priority is later.
+@Test func laterClaimsRedirectLater() {
+    var second = NetfilterPlan(agent: "b2", session: 1)
+    second.stealOrder = 1
+    second.steals = [8080: 41000]
+    #expect(second.script(after: NetfilterPlan(agent: "b2", session: 1)).contains("priority dstnat - 9;"))
+    var far = second
+    far.stealOrder = 40
+    #expect(far.script(after: second).contains("priority dstnat - 1;"))
+}

@@ -62,24 +62,33 @@ final class LinkCutTests {
         ]
     }
 
-    @Test("Cut for a second: every read after the link is back succeeds, none hangs, and the log says so")
-    func cutAndBack() throws {
-        let forwarded = try forwardedAgent()
+    /// The reader (`pause` between reads) under trace through `forwarded`, whose link is cut `before` seconds
+    /// after it starts and back 1 s later, and which ends `after` seconds after that: its outcome and log,
+    /// and its reads, each an outcome and the milliseconds it took.
+    func readAcrossACut(
+        _ forwarded: ForwardedAgent, pause: Double = 0.1, options: [String] = [], before: Double, after: Double
+    ) throws -> (outcome: Outcome, log: [String], reads: [[Substring]]) {
         let started = fixtures.path("started-\(UUID().uuidString)"), done = fixtures.path("done-\(UUID().uuidString)")
         defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
-        let (pod, address, program) = (forwarded.pod, forwarded.address, reader(started: started, done: done))
-        let traced = Self.traceInBackground(program, pod: pod, agentAddress: address)
+        let traced = Self.traceInBackground(
+            reader(started: started, done: done, pause: pause), pod: forwarded.pod, agentAddress: forwarded.address,
+            options: options)
         try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
-        usleep(500_000)
+        usleep(UInt32(before * 1_000_000))
         forwarded.cut()
         usleep(1_000_000)
         try forwarded.restore()
-        // Back within the next attempt (0.1 s doubling, 2 s at most), then a few more reads.
-        usleep(2_500_000)
+        usleep(UInt32(after * 1_000_000))
         FileManager.default.createFile(atPath: done, contents: nil)
         let (outcome, log) = try #require(traced(90))
+        return (outcome, log, outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") })
+    }
+
+    @Test("Cut for a second: every read after the link is back succeeds, none hangs, and the log says so")
+    func cutAndBack() throws {
+        // Back within the next attempt (0.1 s doubling, 2 s at most), then a few more reads.
+        let (outcome, log, reads) = try readAcrossACut(try forwardedAgent(), before: 0.5, after: 2.5)
         #expect(outcome.status == 0, "\(outcome.stderr)")
-        let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
         // A read made while the link was down waited for it; one half answered at the cut may fail; once
         // the link is back, every read succeeds.
         #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) >= 400 }, "a read waited: \(outcome.stdout)")
@@ -95,21 +104,9 @@ final class LinkCutTests {
     func inFlightAtTheCut() throws {
         let forwarded = try ForwardedAgent(podWithNetwork: false, delayMilliseconds: 150)
         agents.append(forwarded)
-        let started = fixtures.path("started-\(UUID().uuidString)"), done = fixtures.path("done-\(UUID().uuidString)")
-        defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
-        let traced = Self.traceInBackground(
-            reader(started: started, done: done, pause: 0), pod: forwarded.pod, agentAddress: forwarded.address,
-            options: ["--fs-cache", "off"])
-        try PodStandIn.waitUntil("the program") { FileManager.default.fileExists(atPath: started) }
-        usleep(1_000_000)
-        forwarded.cut()
-        usleep(1_000_000)
-        try forwarded.restore()
-        usleep(3_000_000)
-        FileManager.default.createFile(atPath: done, contents: nil)
-        let (outcome, _) = try #require(traced(90))
+        let (outcome, _, reads) = try readAcrossACut(
+            forwarded, pause: 0, options: ["--fs-cache", "off"], before: 1, after: 3)
         #expect(outcome.status == 0, "\(outcome.stderr)")
-        let reads = outcome.stdout.split(separator: "\n").map { $0.split(separator: " ") }
         #expect(reads.count >= 4 && reads.allSatisfy { $0.first == "ok" }, "\(outcome.stdout)")
         // The read cut in flight waited for the link, a second at least.
         #expect(reads.contains { ($0.last.flatMap { Int($0) } ?? 0) >= 1000 }, "\(outcome.stdout)")

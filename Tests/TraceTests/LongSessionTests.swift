@@ -108,8 +108,8 @@ final class LongSessionTests {
         end(session)
     }
 
-    /// Alice's session, on the pod's agent, took the port first: its agent gets every connection and passes
-    /// bob's requests to bob's agent, a connection between the agents for each.
+    /// Alice's session, on the pod's agent, took the port first: its agent gets every connection and hands
+    /// each of bob's to bob's agent, descriptor and all.
     @Test(
         "shared steal: 1,000 connections for a session of a second agent, passed on by the first; both agents and sysmirror stay flat"
     )

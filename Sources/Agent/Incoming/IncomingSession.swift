@@ -36,6 +36,14 @@ final class IncomingSession: Sendable {
         let socket: SharedDescriptor
         /// Accepts the stolen connections here, on a copy of `socket`; gone once a client took `socket` over.
         var channel: (any Channel)?
+        /// Or, for a port stolen by filter, the agent's `StolenAccepts` does, until this is called.
+        var stopAccepting: (@Sendable () -> Void)? = nil
+
+        /// No more connections are accepted here; `socket` stays, for what is left in its queue.
+        func stop() {
+            channel?.close(promise: nil)
+            stopAccepting?()
+        }
     }
 
     let loop: any EventLoop
@@ -90,8 +98,12 @@ final class IncomingSession: Sendable {
         // Claimed before the session's lock is taken: a claim waits for the pod's other agents, whose
         // deliveries to this session need that lock meanwhile.
         let claim = subscription.mode == .steal ? makeClaim(subscription) : nil
-        if let claim, let refusal = registry.shares.claim(claim, by: self) {
-            return .failure(errno: EADDRINUSE, message: refusal)
+        var earlierClaims = 0
+        if let claim {
+            switch registry.shares.claim(claim, by: self) {
+            case .after(let count): earlierClaims = count
+            case .refused(let refusal): return .failure(errno: EADDRINUSE, message: refusal)
+            }
         }
         let response = state.withLock { state -> Response in
             guard !state.ended else { return .failure(errno: ECONNRESET, message: "the session has ended") }
@@ -100,8 +112,9 @@ final class IncomingSession: Sendable {
             do {
                 switch subscription.mode {
                 case .steal:
-                    let bound = try bindListeners(podPort: port, family: subscription.family)
+                    let bound = try bindListeners(podPort: port, family: subscription.family, filtered: filter != nil)
                     listeners = bound.listeners
+                    if !next.hasStolen { next.stealOrder = earlierClaims }
                     next.steals[port] = bound.port
                 case .mirror:
                     if state.capture == nil { state.capture = try MirrorCapture.open(session: self) }
@@ -110,7 +123,7 @@ final class IncomingSession: Sendable {
                 }
                 try netfilter.apply(next, after: state.plan)
             } catch {
-                for listener in listeners { listener.channel?.close(promise: nil) }
+                for listener in listeners { listener.stop() }
                 return .failure(errno: EPERM, message: Self.explain(error))
             }
             state.plan = next
@@ -155,7 +168,7 @@ final class IncomingSession: Sendable {
             registry.stoppedStealing(port, by: self)
             registry.shares.release(port, by: owner)
             for listener in subscription.listeners {
-                listener.channel?.close(promise: nil)
+                listener.stop()
                 passThroughWaiting(listener.socket, podPort: port)
             }
             logger.info("port \(port) of the pod is its own again")
@@ -185,7 +198,7 @@ final class IncomingSession: Sendable {
                 registry.stoppedStealing(port, by: self)
                 registry.shares.release(port, by: owner)
                 for listener in subscription.listeners {
-                    listener.channel?.close(promise: nil)
+                    listener.stop()
                     passThroughWaiting(listener.socket, podPort: port)
                 }
             }
@@ -305,8 +318,11 @@ final class IncomingSession: Sendable {
     /// redirect names a port, not a family), shaped for a program of `family`, so that the pod's sockets it
     /// may be handed are of its family: for IPv6, one dual-stack socket (IPv4 clients as ::ffff:a.b.c.d, as
     /// the program's own socket would show them); for IPv4, an IPv4 socket and an IPv6-only one beside it.
-    /// IPv4 alone in a pod without IPv6. Each with a NIO listener on a copy of it.
-    private func bindListeners(podPort: UInt16, family: Int32) throws -> (listeners: [Listener], port: UInt16) {
+    /// IPv4 alone in a pod without IPv6. Each with a NIO listener on a copy of it, or (`filtered`) watched by
+    /// the agent's `StolenAccepts`.
+    private func bindListeners(podPort: UInt16, family: Int32, filtered: Bool) throws
+        -> (listeners: [Listener], port: UInt16)
+    {
         var sockets: [(Int32, SharedDescriptor)] = []
         if family == AF_INET6, let dual = try? Self.listeningSocket(family: AF_INET6, port: 0, v6Only: false) {
             sockets = [(AF_INET6, dual)]
@@ -330,6 +346,13 @@ final class IncomingSession: Sendable {
         let port = try Sockets.localAddress(first.1.raw).port ?? 0
         var listeners: [Listener] = []
         for (family, socket) in sockets {
+            if filtered, let accepts = registry.shares.accepts {
+                let stop = accepts.watch(socket) { [self] connection in
+                    split(connection, podPort: podPort, client: nil, read: [], handedOver: false)
+                }
+                listeners.append(Listener(family: family, socket: socket, channel: nil, stopAccepting: stop))
+                continue
+            }
             let channel = try ServerBootstrap(group: loop)
                 .childChannelOption(.autoRead, value: false)
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
@@ -359,16 +382,10 @@ final class IncomingSession: Sendable {
         return socket
     }
 
-    /// A connection redirected from `podPort`: to the client whole, or request by request with a filter.
+    /// A connection redirected from `podPort`, stolen whole: to the client.
     private func stolen(_ channel: any Channel, podPort: UInt16) {
         guard let client = Endpoint(channel.remoteAddress), let subscription = subscription(for: podPort) else {
             return passThrough(StreamEnd.hold(channel), podPort: podPort, reason: "its port is no longer stolen")
-        }
-        if subscription.filter != nil {
-            let splitter = HTTPSplitter(session: self, podPort: podPort, client: client)
-            try? channel.pipeline.syncOperations.addHandler(splitter)
-            try? channel.syncOptions?.setOption(.autoRead, value: true)
-            return
         }
         let end = StreamEnd.hold(channel)
         offer(
@@ -383,6 +400,30 @@ final class IncomingSession: Sendable {
             abandon: { [self] in
                 passThrough(end, podPort: podPort, reason: "the developer's program did not take it in time")
             })
+    }
+
+    /// A connection to `podPort`, stolen by filter, split request by request (`HTTPSplitter`): accepted here
+    /// (from `client`; nil: its peer), or handed over by another agent (`handedOver`) with what it `read` of it.
+    func split(
+        _ connection: consuming OwnedDescriptor, podPort: UInt16, client: Endpoint?, read: [UInt8], handedOver: Bool
+    ) {
+        let client = client ?? (try? Sockets.peerAddress(connection.raw)).flatMap { Endpoint(socketAddress: $0.bytes) }
+        let socket = connection.release()
+        ClientBootstrap(group: loop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .withConnectedSocket(socket)
+            .whenSuccess { [self] channel in
+                guard let client, subscription(for: podPort) != nil else {
+                    let end = StreamEnd.hold(channel, read: ByteBuffer(bytes: read))
+                    return passThrough(end, podPort: podPort, reason: "its port is no longer stolen")
+                }
+                let splitter = HTTPSplitter(
+                    session: self, podPort: podPort, client: client, socket: socket, read: read, handedOver: handedOver)
+                try? channel.pipeline.syncOperations.addHandler(splitter)
+                try? channel.syncOptions?.setOption(.autoRead, value: true)
+            }
     }
 
     /// Relays a redirected connection (held since it came) to the pod's application, as if it had never been

@@ -23,10 +23,12 @@ import func LinuxSystem.readFile
 /// Every session that steals a port claims it here first, under a lock the pod's agents share (an abstract
 /// socket bound while a claim is decided): it asks every other agent for its claims of the port, and is
 /// refused when a claim is in the way (`PortSharing.refusal`). Each claim has its own nft table, redirecting
-/// the port to its own agent; the kernel applies the first such redirect, so whichever agent gets a
-/// connection routes its requests by every claim of the port, in the order made, to its own sessions or,
-/// on a delivery connection, to the agent of the claim. When a session ends, its table goes first and then
-/// its claim; when an agent dies, its peers see their connection to it end and remove its tables.
+/// the port to its own agent; the kernel applies one such redirect (of chains at one priority, the one made
+/// last), so whichever agent gets a connection routes its requests by every claim of the port, in the order
+/// made: to its own sessions; a connection whose first request is another agent's goes to that agent whole
+/// (`StolenAccepts`), and a later request of another agent's on a delivery connection to it. When a session
+/// ends, its table goes first and then its claim; when an agent dies, its peers see their connection to it
+/// end and remove its tables.
 final class PortShares: Sendable {
     static let beaconPrefix = "sysmirror-agent-"
     /// How long a claim waits for another agent's answer, or for another agent's claim to be decided.
@@ -53,6 +55,7 @@ final class PortShares: Sendable {
 
     private struct State {
         var beacon: (any Channel)?
+        var accepts: StolenAccepts?
         var loop: (any EventLoop)?
         /// The other agents, by name, each on one connection.
         var peers: [String: any Channel] = [:]
@@ -89,9 +92,19 @@ final class PortShares: Sendable {
                 }
                 .withBoundSocket(socket.release())
                 .wait()
+            state.accepts = try StolenAccepts(agent: agent) { [self] message, read, connection in
+                guard case .deliver(let number, let port, let client) = message,
+                    let client = Endpoint(socketAddress: client)
+                else { return }
+                guard let session = session(number) else { return }  // the connection closes here
+                session.split(connection, podPort: port, client: client, read: read, handedOver: true)
+            }
             state.loop = loop
         }
     }
+
+    /// Where the agent accepts the connections of ports stolen by filter (once `start` ran).
+    var accepts: StolenAccepts? { state.withLock { $0.accepts } }
 
     /// The names of the pod's agents that are running (their beacons are up), this one included.
     func runningAgents() -> Set<String> {
@@ -100,29 +113,37 @@ final class PortShares: Sendable {
         return Set(names.map { String($0.dropFirst(Self.beaconPrefix.count)) }).union([agent])
     }
 
-    /// Claims `claim.port` for `session`, unless a claim in the pod is in the way: then why not.
-    func claim(_ claim: PortClaim, by session: IncomingSession) -> String? {
+    /// What came of a claim.
+    enum Claimed {
+        /// The port is the session's, after this many claims made before.
+        case after(Int)
+        case refused(String)
+    }
+
+    /// Claims `claim.port` for `session`, unless a claim in the pod is in the way.
+    func claim(_ claim: PortClaim, by session: IncomingSession) -> Claimed {
         let lock: OwnedDescriptor
         do {
             lock = try lockPort(claim.port)
         } catch {
-            return "could not agree on port \(claim.port) with the pod's other agents: \(error)"
+            return .refused("could not agree on port \(claim.port) with the pod's other agents: \(error)")
         }
         // Held until the claim is known to every agent that asks.
-        let refusal = decide(claim, by: session)
+        let claimed = decide(claim, by: session)
         lock.close()
-        return refusal
+        return claimed
     }
 
-    private func decide(_ claim: PortClaim, by session: IncomingSession) -> String? {
-        if let refusal = PortSharing.refusal(of: claim, beside: claims(of: claim.port)) { return refusal }
+    private func decide(_ claim: PortClaim, by session: IncomingSession) -> Claimed {
+        let others = claims(of: claim.port)
+        if let refusal = PortSharing.refusal(of: claim, beside: others) { return .refused(refusal) }
         let peers = state.withLock { state in
             state.own.append(Own(claim: claim, session: session))
             reorder(claim.port, &state)
             return Array(state.peers.values)
         }
         tell(peers, .claims(port: claim.port, ownClaims(of: claim.port)))
-        return nil
+        return .after(others.count)
     }
 
     /// `owner` no longer steals `port` (its table is gone already): the other agents hear it.
