@@ -13,7 +13,7 @@ struct Options {
     var rounds = 5
     var iterations = 100_000
     var busy = false
-    /// Only this section: outgoing, incoming, resources or cluster (they need root), or loops.
+    /// Only this section: outgoing, incoming, sharing, resources or cluster (they need root), or loops.
     var only: String?
     /// `--only cluster`: another sysmirror build, measured beside the first (before and after, in one run).
     var baselineSysmirror: String?
@@ -32,12 +32,13 @@ struct Options {
             case "--baseline-sysmirror": options.baselineSysmirror = rest.popFirst()
             default:
                 print(
-                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|resources|loops|cluster|files] [--baseline-sysmirror BIN]"
+                    "usage: sysmirror-bench --sysmirror BIN --anchors DIR --programs DIR [--quick] [--busy] [--only outgoing|incoming|sharing|resources|loops|cluster|files] [--baseline-sysmirror BIN]"
                 )
                 print("  --quick  fewer rounds and iterations")
                 print("  --busy   keep the other CPU busy with a spinning process during the run")
                 print("  --only   run one section of network traffic alone")
-                print("           (resources: sysmirror's threads and memory over a long session;")
+                print("           (sharing: two sessions stealing one port by filter beside one alone;")
+                print("           resources: sysmirror's threads and memory over a long session;")
                 print("           loops: the serving loop's relay, own epoll against SwiftNIO;")
                 print("           cluster: round trips per operation through a delaying port-forward stand-in)")
                 print("  --baseline-sysmirror  with --only cluster: another build beside BIN, in one run")
@@ -159,11 +160,12 @@ if let only = options.only {
     switch only {
     case "outgoing": try outgoingTraffic()
     case "incoming": try incomingTraffic()
+    case "sharing": try sharedSteal()
     case "resources": try resourcesOfLongSessions()
     case "loops": try servingLoops()
     case "cluster": try clusterLink()
     case "files": try remoteFiles()
-    default: print("--only takes outgoing, incoming, resources, loops, cluster or files, not \(only)")
+    default: print("--only takes outgoing, incoming, sharing, resources, loops, cluster or files, not \(only)")
     }
     try? FileManager.default.removeItem(atPath: work)
     spinner?.terminate()  // exit runs no defer
@@ -244,6 +246,7 @@ print("")
 if getuid() == 0 {
     try outgoingTraffic()
     try incomingTraffic()
+    try sharedSteal()
     try resourcesOfLongSessions()
 } else {
     print("Outgoing and incoming traffic, resources of a long session: skipped (network namespaces need root)\n")
@@ -599,33 +602,52 @@ struct IncomingPod {
         }
     }
 
-    /// The local server (`httpbench serve 127.0.0.1:9090`, or `listen`) under `sysmirror trace --incoming
-    /// mode`, once the pod's port is its; `idle`: sysmirror and the server at SCHED_IDLE, so that they use only CPU time the
-    /// pod's side leaves (as on a laptop of their own). Without `log` (a file), the trace is `--quiet`. The
-    /// process is sysmirror's own (`chrt`, `ip netns exec` and `env` each exec the next).
-    func session(_ mode: String, idle: Bool = false, log: String? = nil, listen: String = "127.0.0.1:9090") throws
-        -> Process
-    {
-        func hasTable() -> Bool { run(inPod + ["nft", "list", "tables"]).output.contains("sysmirror_") }
+    /// How many sessions' nft tables the pod has (one per session taking its ports).
+    var tables: Int { run(inPod + ["nft", "list", "tables"]).output.components(separatedBy: "sysmirror_").count - 1 }
+
+    /// The local server (`httpbench serve 127.0.0.1:9090`, or `listen`; answering `answer`, by default
+    /// "pod") under `sysmirror trace --incoming mode` with `extra` options (a filter, a port map), through
+    /// the agent on `agent` (by default the stand-in's), once the pod's port is its; `idle`: sysmirror and the
+    /// server at SCHED_IDLE, so that they use only CPU time the pod's side leaves (as on a laptop of their
+    /// own). Without `log` (a file), the trace is `--quiet`. `others`: how many sessions (one nft table
+    /// each) are taking the pod's ports already. The process is sysmirror's own (`chrt`, `ip netns exec` and
+    /// `env` each exec the next).
+    func session(
+        _ mode: String, idle: Bool = false, log: String? = nil, listen: String = "127.0.0.1:9090",
+        answer: String? = nil, extra: [String] = [], agent: String? = nil, others: Int = 0
+    ) throws -> Process {
+        let agent = agent ?? socket
         // The last session's table goes as it ends; waited for (a while), so that its table is not taken
         // for the new session's. (5 s at most.)
         for _ in 0..<250 {
-            guard hasTable() else { break }
+            guard tables > others else { break }
             usleep(20_000)
         }
         let process = try servers.start(
             (idle ? ["chrt", "--idle", "0"] : []) + [
                 "ip", "netns", "exec", developer, options.sysmirror, "trace",
             ] + (log.map { ["--log", $0] } ?? ["--quiet"]) + [
-                "--agent", "unix:\(work)/\(socket)", "--token-file", "\(work)/token", "--incoming", mode, "--",
-                "\(work)/httpbench", "serve", listen,
-            ], log: "\(socket)-incoming-\(mode).log")
-        try waitUntil("nft table of the \(mode) session", seconds: 30) { hasTable() || !process.isRunning }
+                "--agent", "unix:\(work)/\(agent)", "--token-file", "\(work)/token", "--incoming", mode,
+            ] + extra + ["--", "\(work)/httpbench", "serve", listen] + (answer.map { [$0] } ?? []),
+            log: "\(agent)-incoming-\(mode).log")
+        try waitUntil("nft table of the \(mode) session", seconds: 30) { tables > others || !process.isRunning }
         guard process.isRunning else {
             throw BenchError(
-                description: "sysmirror trace --incoming \(mode) exited: see \(socket)-incoming-\(mode).log")
+                description: "sysmirror trace --incoming \(mode) exited: see \(agent)-incoming-\(mode).log")
         }
         return process
+    }
+
+    /// `count` requests to the pod's port from the client's namespace, one at a time, on one kept-alive
+    /// connection (`mode` keepalive) or a new one each (close), each with `header` (`Name: value`) if given:
+    /// the p50 and p99 round trip in µs, and who answered (the answers' distinct bodies: "pod", "alice,pod").
+    func latency(_ count: Int, _ mode: String, header: String? = nil) -> (p50: Double, p99: Double, answers: String) {
+        let output = run(
+            inClient + ["\(work)/httpbench", "latency", "http://\(Self.address):9090/", String(count), mode]
+                + (header.map { [$0] } ?? [])
+        ).output
+        let answers = output.split(separator: "\n").first { $0.hasPrefix("answers ") }?.dropFirst("answers ".count)
+        return (value("p50_us", in: output), value("p99_us", in: output), String(answers ?? ""))
     }
 }
 
@@ -644,9 +666,9 @@ func incomingTraffic(on stand: IncomingPod) throws {
     var p50: [String: [Double]] = [:], p99: [String: [Double]] = [:], rate: [String: [Double]] = [:]
     func latency(_ name: String) {
         for mode in ["keepalive", "close"] {
-            let output = run(inClient + ["\(work)/httpbench", "latency", url, String(count), mode]).output
-            p50["\(name) \(mode)", default: []].append(value("p50_us", in: output))
-            p99["\(name) \(mode)", default: []].append(value("p99_us", in: output))
+            let measured = stand.latency(count, mode)
+            p50["\(name) \(mode)", default: []].append(measured.p50)
+            p99["\(name) \(mode)", default: []].append(measured.p99)
         }
     }
     func load(_ name: String) {
