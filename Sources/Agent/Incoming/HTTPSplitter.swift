@@ -7,9 +7,8 @@ import NIOCore
 /// sent; the answers come back to the client in order, also when several kinds share one keep-alive
 /// connection. Requests are passed one at a time: the next one leaves when the answer to the last is
 /// complete (pipelined requests wait here). Something that is not HTTP/1.x, and what follows an upgrade
-/// (101), is relayed whole to where it was going. A connection whose first request is for another agent's
-/// session goes to that agent whole (`StolenAccepts.handOff`), so that its requests, most often all of one
-/// developer's, take no hop through this agent.
+/// (101), is relayed whole to where it was going. (A connection whose first request is for another agent's
+/// session went to that agent whole before it got here: `IncomingSession.sort`.)
 final class HTTPSplitter: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -40,12 +39,6 @@ final class HTTPSplitter: ChannelInboundHandler {
     let session: IncomingSession
     let podPort: UInt16
     let client: Endpoint
-    /// The connection's descriptor (its channel's), for a hand-over.
-    let socket: Int32
-    /// Handed over by another agent: it is not handed on again.
-    let handedOver: Bool
-    /// Where it went whole, once handed over.
-    private var handedTo: PortClaim?
     private var context: ChannelHandlerContext?
     private var pending: [UInt8] = []
     private var answer: [UInt8] = []
@@ -56,13 +49,11 @@ final class HTTPSplitter: ChannelInboundHandler {
     private var clientEnded = false
     private var counts: [Route: Int] = [:]
 
-    /// `read`: what was read of the connection before (by the agent that handed it over).
-    init(session: IncomingSession, podPort: UInt16, client: Endpoint, socket: Int32, read: [UInt8], handedOver: Bool) {
+    /// `read`: what was read of the connection before it came here.
+    init(session: IncomingSession, podPort: UInt16, client: Endpoint, read: [UInt8]) {
         self.session = session
         self.podPort = podPort
         self.client = client
-        self.socket = socket
-        self.handedOver = handedOver
         pending = read
     }
 
@@ -89,10 +80,9 @@ final class HTTPSplitter: ChannelInboundHandler {
         for case .open(let end) in upstreams.values { end.close() }
         upstreams = [:]
         let passed = counts[.pod] ?? 0
-        let what =
-            handedTo.map { "handed whole to the agent of \($0.developer)'s session, for which its first request is" }
-            ?? "HTTP, \(counts.values.reduce(0, +) - passed) request(s) stolen, \(passed) passed through"
-        session.logger.info("incoming connection from \(client) to port \(podPort): \(what)")
+        session.logger.info(
+            "incoming connection from \(client) to port \(podPort): HTTP, \(counts.values.reduce(0, +) - passed) request(s) stolen, \(passed) passed through"
+        )
         self.context = nil
         context.fireChannelInactive()
     }
@@ -103,7 +93,7 @@ final class HTTPSplitter: ChannelInboundHandler {
 
     /// Routes what the client sent, as far as the exchanges allow.
     private func advance() {
-        while handedTo == nil {
+        while true {
             if let tunnel {
                 if !pending.isEmpty { send(pending[...], to: tunnel) }
                 pending = []
@@ -152,7 +142,6 @@ final class HTTPSplitter: ChannelInboundHandler {
         }
         let (winner, missed) = session.registry.shares.route(podPort, head)
         let route: Route = winner.map(Route.claim) ?? .pod
-        if let winner, handOff(to: winner) { return false }
         if let winner, !missed.isEmpty {
             let request = String(decoding: head.method + [0x20] + head.path, as: UTF8.self)
             session.registry.shares.tellMissed(
@@ -164,20 +153,6 @@ final class HTTPSplitter: ChannelInboundHandler {
         exchange = Exchange(route: route, method: head.method, request: BodyReader(body))
         send(pending[..<head.length], to: route)
         pending.removeFirst(head.length)
-        return true
-    }
-
-    /// Hands the connection to `claim`'s agent when it is another's and nothing of the connection went
-    /// anywhere yet; whether it did. That agent routes this request and the next ones itself.
-    private func handOff(to claim: PortClaim) -> Bool {
-        guard claim.owner.agent != session.registry.shares.agent, !handedOver, upstreams.isEmpty, counts.isEmpty,
-            StolenAccepts.handOff(
-                socket, to: claim.owner.agent,
-                .deliver(session: claim.owner.session, port: podPort, client: client.socketAddress), read: pending)
-        else { return false }
-        handedTo = claim
-        pending = []
-        context?.close(promise: nil)
         return true
     }
 

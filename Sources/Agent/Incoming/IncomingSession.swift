@@ -347,8 +347,8 @@ final class IncomingSession: Sendable {
         var listeners: [Listener] = []
         for (family, socket) in sockets {
             if filtered, let accepts = registry.shares.accepts {
-                let stop = accepts.watch(socket) { [self] connection in
-                    split(connection, podPort: podPort, client: nil, read: [], handedOver: false)
+                let stop = accepts.watch(socket) { [self] connection, read in
+                    sort(connection, podPort: podPort, read: read)
                 }
                 listeners.append(Listener(family: family, socket: socket, channel: nil, stopAccepting: stop))
                 continue
@@ -402,25 +402,40 @@ final class IncomingSession: Sendable {
             })
     }
 
-    /// A connection to `podPort`, stolen by filter, split request by request (`HTTPSplitter`): accepted here
-    /// (from `client`; nil: its peer), or handed over by another agent (`handedOver`) with what it `read` of it.
-    func split(
-        _ connection: consuming OwnedDescriptor, podPort: UInt16, client: Endpoint?, read: [UInt8], handedOver: Bool
-    ) {
-        let client = client ?? (try? Sockets.peerAddress(connection.raw)).flatMap { Endpoint(socketAddress: $0.bytes) }
-        let socket = connection.release()
+    /// A connection to `podPort` stolen by filter, with its first bytes (`StolenAccepts`, on its thread): one
+    /// whose first request is for another agent's session goes to that agent whole, so that its requests, most
+    /// often all of one developer's, take no hop through this agent; the others are split here.
+    func sort(_ connection: consuming OwnedDescriptor, podPort: UInt16, read: [UInt8]) {
+        guard let client = (try? Sockets.peerAddress(connection.raw)).flatMap({ Endpoint(socketAddress: $0.bytes) })
+        else { return }  // gone already
+        if let head = try? HTTPHead.parse(read[...]), let claim = registry.shares.route(podPort, head).winner,
+            claim.owner.agent != registry.shares.agent,
+            StolenAccepts.handOff(
+                connection.raw, to: claim.owner.agent,
+                .deliver(session: claim.owner.session, port: podPort, client: client.socketAddress), read: read)
+        {
+            logger.info(
+                "incoming connection from \(client) to port \(podPort): handed whole to the agent of \(claim.developer)'s session, for which its first request is"
+            )
+            return
+        }
+        split(connection, podPort: podPort, client: client, read: read)
+    }
+
+    /// A connection to `podPort` stolen by filter, split request by request (`HTTPSplitter`), with what was
+    /// read of it before (here, or by the agent that handed it over).
+    func split(_ connection: consuming OwnedDescriptor, podPort: UInt16, client: Endpoint, read: [UInt8]) {
         ClientBootstrap(group: loop)
             .channelOption(.autoRead, value: false)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .withConnectedSocket(socket)
+            .withConnectedSocket(connection.release())
             .whenSuccess { [self] channel in
-                guard let client, subscription(for: podPort) != nil else {
+                guard subscription(for: podPort) != nil else {
                     let end = StreamEnd.hold(channel, read: ByteBuffer(bytes: read))
                     return passThrough(end, podPort: podPort, reason: "its port is no longer stolen")
                 }
-                let splitter = HTTPSplitter(
-                    session: self, podPort: podPort, client: client, socket: socket, read: read, handedOver: handedOver)
+                let splitter = HTTPSplitter(session: self, podPort: podPort, client: client, read: read)
                 try? channel.pipeline.syncOperations.addHandler(splitter)
                 try? channel.syncOptions?.setOption(.autoRead, value: true)
             }

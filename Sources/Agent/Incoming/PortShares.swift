@@ -97,7 +97,7 @@ final class PortShares: Sendable {
                     let client = Endpoint(socketAddress: client)
                 else { return }
                 guard let session = session(number) else { return }  // the connection closes here
-                session.split(connection, podPort: port, client: client, read: read, handedOver: true)
+                session.split(connection, podPort: port, client: client, read: read)
             }
             state.loop = loop
         }

@@ -58,11 +58,12 @@ final class StolenAccepts: Sendable {
             type: Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
     }
 
-    /// Calls `accepted` (on this thread) with each connection `listener` takes, until the returned stop is
-    /// called. The listener becomes non-blocking.
-    func watch(_ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor) -> Void)
-        -> @Sendable () -> Void
-    {
+    /// Calls `accepted` (on this thread) with each connection `listener` takes and its first bytes (what came
+    /// with its first readiness: with an HTTP client, its first request's head), until the returned stop is
+    /// called. The listener becomes non-blocking, and so do the connections.
+    func watch(
+        _ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor, [UInt8]) -> Void
+    ) -> @Sendable () -> Void {
         try? listener.descriptor.setNonBlocking(true)  // cannot fail on a socket the agent holds
         let registration = Mutex<EventLoop.Registration?>(nil)
         let stopped = Mutex(false)
@@ -71,10 +72,17 @@ final class StolenAccepts: Sendable {
             registration.withLock { registered in
                 registered = try? loop.register(listener.raw, for: .readable) { _ in
                     var peer: SocketAddress?
-                    while let connection = try? Sockets.accept(
-                        listener.raw, flags: Int32(SOCK_CLOEXEC.rawValue), peer: &peer)
-                    {
-                        accepted(connection)
+                    let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
+                    while let connection = try? Sockets.accept(listener.raw, flags: flags, peer: &peer) {
+                        // The registration holds the connection until its first bytes (or its end) come.
+                        let socket = connection.release()
+                        loop.whenReady(socket, for: .readable) { _ in
+                            let connection = OwnedDescriptor(taking: socket)
+                            // Nil: not readable after all, or failed (NIO hears of it again).
+                            let first = try? Sockets.receive(socket, upTo: Self.largestHandOff)
+                            if first?.isEmpty == true { return }  // ended before a byte: it closes here
+                            accepted(connection, first ?? [])
+                        }
                     }
                 }
             }
