@@ -93,6 +93,15 @@ public enum Sockets {
         return SocketAddress(withUnsafeBytes(of: &storage) { Array($0.prefix(Int(length))) })
     }
 
+    /// The user id of the process at the other end of a unix socket, as it was when it connected or listened
+    /// (SO_PEERCRED).
+    public static func peerUser(_ fd: Int32) throws(SystemCallError) -> UInt32 {
+        var credentials: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+        var size = socklen_t(MemoryLayout.size(ofValue: credentials))
+        _ = try systemCall("getsockopt(SO_PEERCRED)") { getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &size) }
+        return credentials.uid
+    }
+
     /// An integer option (getsockopt).
     public static func option(_ fd: Int32, level: Int32 = SOL_SOCKET, _ name: Int32) throws(SystemCallError) -> Int32 {
         var value: Int32 = 0

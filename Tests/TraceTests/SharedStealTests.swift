@@ -127,6 +127,52 @@ final class SharedStealTests {
         #expect(bob.requests.isEmpty && anyone.requests == "/x bob\n")
     }
 
+    /// Any process of the pod's network namespace can reach the agents' beacons; one that is not an agent
+    /// (another user than root) claims every request, earlier than anyone, and is not heard.
+    @Test("A process of the pod that is not an agent cannot claim the port's requests")
+    func strangerIsNotHeard() throws {
+        let alice = try steal(as: "alice", port: 18081)
+        let stranger = """
+            import socket, struct, time
+            def text(t):
+                b = t.encode()
+                return struct.pack('>H', len(b)) + b
+            def frame(kind, payload):
+                return struct.pack('>IB', len(payload) + 1, kind) + payload
+            name = next(line.split()[-1][1:] for line in open('/proc/net/unix')
+                        if line.split()[-1].startswith('@sysmirror-agent-') and line.split()[3] == '00010000')
+            inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            inbox.bind('\\0sysmirror-handoff-stranger')
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            peer.connect('\\0' + name)
+            claim = text('stranger') + struct.pack('>IQ', 1, 0) + text('^X-Dev: ') + text('') + text('x@y') + text('t')
+            try:
+                peer.sendall(frame(1, text('stranger')) + frame(3, struct.pack('>H', 8080) + claim))
+            except OSError:
+                pass  # closed by the agent already
+            print('claimed', name, flush=True)
+            time.sleep(3)
+            """
+        let said = Fixtures.shared.path("stranger-\(pod.name).log")
+        defer { try? FileManager.default.removeItem(atPath: said) }
+        let process = try PodStandIn.start(
+            [
+                "ip", "netns", "exec", pod.podNamespace, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "/usr/bin/python3", "-c", stranger,
+            ], log: said)
+        defer {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        // It has said its claim (or tried to: the agent may have closed the connection first); or it failed.
+        try PodStandIn.waitUntil("the stranger's claim") {
+            ((try? String(contentsOfFile: said, encoding: .utf8)) ?? "").contains("claimed") || !process.isRunning
+        }
+        #expect(process.isRunning, "\((try? String(contentsOfFile: said, encoding: .utf8)) ?? "")")
+        #expect(try answers(["GET /mine|X-Dev: alice", "GET /yours|X-Dev: bob"]) == ["alice", "pod"])
+        #expect(alice.requests == "/mine alice\n")
+    }
+
     @Test("A whole steal beside filtered ones is refused, and a filtered one beside a whole steal, each saying why")
     func refusals() throws {
         let alice = try steal(as: "alice", port: 18081)

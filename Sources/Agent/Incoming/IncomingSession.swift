@@ -347,7 +347,7 @@ final class IncomingSession: Sendable {
         var listeners: [Listener] = []
         for (family, socket) in sockets {
             if filtered, let accepts = registry.shares.accepts {
-                let stop = accepts.watch(socket) { [self] connection, read in
+                let stop = accepts.watchReadingFirst(socket) { [self] connection, read in
                     sort(connection, podPort: podPort, read: read)
                 }
                 listeners.append(Listener(family: family, socket: socket, channel: nil, stopAccepting: stop))

@@ -7,6 +7,7 @@ import Synchronization
 import SyscallDecoding
 
 import struct LinuxSystem.OwnedDescriptor
+import class LinuxSystem.SharedDescriptor
 import enum LinuxSystem.Sockets
 import struct LinuxSystem.SystemCallError
 import func LinuxSystem.readFile
@@ -54,7 +55,7 @@ final class PortShares: Sendable {
     }
 
     private struct State {
-        var beacon: (any Channel)?
+        var beacon: SharedDescriptor?
         var accepts: StolenAccepts?
         var loop: (any EventLoop)?
         /// The other agents, by name, each on one connection.
@@ -80,27 +81,40 @@ final class PortShares: Sendable {
     func start(on loop: any EventLoop) throws {
         try state.withLock { state in
             guard state.beacon == nil else { return }
-            let socket = try Sockets.make(
-                family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
-            try Sockets.bind(socket.raw, to: .unix(path: Array((Self.beaconPrefix + agent).utf8), abstract: true))
-            try Sockets.listen(socket.raw, backlog: 128)
-            state.beacon = try ServerBootstrap(group: loop)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: nil))
-                    }
-                }
-                .withBoundSocket(socket.release())
-                .wait()
-            state.accepts = try StolenAccepts(agent: agent) { [self] message, read, connection in
+            let accepts = try StolenAccepts(agent: agent) { [self] message, read, connection in
                 guard case .deliver(let number, let port, let client) = message,
                     let client = Endpoint(socketAddress: client)
                 else { return }
                 guard let session = session(number) else { return }  // the connection closes here
                 session.split(connection, podPort: port, client: client, read: read)
             }
+            let beacon = SharedDescriptor(
+                try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)))
+            try Sockets.bind(beacon.raw, to: .unix(path: Array((Self.beaconPrefix + agent).utf8), abstract: true))
+            try Sockets.listen(beacon.raw, backlog: 128)
+            // Accepted where the peer's user can be checked first (`isAgent`): any process of the pod's
+            // network namespace can reach the beacon.
+            _ = accepts.watch(beacon) { [self] connection in
+                guard Self.isAgent(connection.raw) else { return }  // closes here
+                _ = ClientBootstrap(group: loop)
+                    .channelInitializer { [self] channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: nil))
+                        }
+                    }
+                    .withConnectedSocket(connection.release())
+            }
+            state.beacon = beacon
+            state.accepts = accepts
             state.loop = loop
         }
+    }
+
+    /// Whether the process at the other end of a unix socket may be an agent of the pod: it runs as root or
+    /// as this agent's user. The pod's own processes (as a rule another user) are not heard, so that they
+    /// cannot make a claim that takes the pod's requests.
+    static func isAgent(_ socket: Int32) -> Bool {
+        (try? Sockets.peerUser(socket)).map { $0 == 0 || $0 == geteuid() } ?? false
     }
 
     /// Where the agent accepts the connections of ports stolen by filter (once `start` ran).
@@ -202,9 +216,11 @@ final class PortShares: Sendable {
         }
     }
 
+    /// A connection to agent `name`'s beacon, when an agent listens there (`isAgent`).
     private func connect(to name: String) throws(SystemCallError) -> OwnedDescriptor {
         let socket = try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
         try Sockets.connect(socket.raw, to: .unix(path: Array((Self.beaconPrefix + name).utf8), abstract: true))
+        guard Self.isAgent(socket.raw) else { throw SystemCallError("connect", .permissionDenied) }
         return socket
     }
 

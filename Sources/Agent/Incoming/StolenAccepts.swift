@@ -58,12 +58,11 @@ final class StolenAccepts: Sendable {
             type: Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue))
     }
 
-    /// Calls `accepted` (on this thread) with each connection `listener` takes and its first bytes (what came
-    /// with its first readiness: with an HTTP client, its first request's head), until the returned stop is
+    /// Calls `accepted` (on this thread) with each connection `listener` takes, until the returned stop is
     /// called. The listener becomes non-blocking, and so do the connections.
-    func watch(
-        _ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor, [UInt8]) -> Void
-    ) -> @Sendable () -> Void {
+    func watch(_ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor) -> Void)
+        -> @Sendable () -> Void
+    {
         try? listener.descriptor.setNonBlocking(true)  // cannot fail on a socket the agent holds
         let registration = Mutex<EventLoop.Registration?>(nil)
         let stopped = Mutex(false)
@@ -74,15 +73,7 @@ final class StolenAccepts: Sendable {
                     var peer: SocketAddress?
                     let flags = Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue)
                     while let connection = try? Sockets.accept(listener.raw, flags: flags, peer: &peer) {
-                        // The registration holds the connection until its first bytes (or its end) come.
-                        let socket = connection.release()
-                        loop.whenReady(socket, for: .readable) { _ in
-                            let connection = OwnedDescriptor(taking: socket)
-                            // Nil: not readable after all, or failed (NIO hears of it again).
-                            let first = try? Sockets.receive(socket, upTo: Self.largestHandOff)
-                            if first?.isEmpty == true { return }  // ended before a byte: it closes here
-                            accepted(connection, first ?? [])
-                        }
+                        accepted(connection)
                     }
                 }
             }
@@ -91,7 +82,28 @@ final class StolenAccepts: Sendable {
             stopped.withLock { $0 = true }
             // The closure holds the listener until the loop has let it go.
             loop.execute {
-                if let registered = registration.withLock({ $0 }) { _ = listener; loop.deregister(registered) }
+                if let registered = registration.withLock({ $0 }) {
+                    _ = listener
+                    loop.deregister(registered)
+                }
+            }
+        }
+    }
+
+    /// `watch`, with each connection's first bytes (what came with its first readiness: with an HTTP client,
+    /// its first request's head).
+    func watchReadingFirst(
+        _ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor, [UInt8]) -> Void
+    ) -> @Sendable () -> Void {
+        watch(listener) { [loop] connection in
+            // The registration holds the connection until its first bytes (or its end) come.
+            let socket = connection.release()
+            loop.whenReady(socket, for: .readable) { _ in
+                let connection = OwnedDescriptor(taking: socket)
+                // Nil: not readable after all, or failed (NIO hears of it again).
+                let first = try? Sockets.receive(socket, upTo: Self.largestHandOff)
+                if first?.isEmpty == true { return }  // ended before a byte: it closes here
+                accepted(connection, first ?? [])
             }
         }
     }
