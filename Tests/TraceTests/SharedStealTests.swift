@@ -222,17 +222,24 @@ final class KubernetesSharedStealTests {
         cluster.tearDown()
     }
 
+    /// `name`'s session from `machine` (the first developer's namespace if nil), once the pod's port is its:
+    /// its output (stdout and stderr).
     func steal(as name: String, machine: String?) throws -> String {
         let output = Fixtures.shared.path("shared-\(name)-\(UUID().uuidString).out")
+        let log = Fixtures.shared.path("shared-\(name)-\(UUID().uuidString).log")
         let server = [Fixtures.shared.path("gofixture"), "serve", name, "127.0.0.1:8080"]
         traces.append(
             try cluster.startTrace(
-                ["--target", "deployment/web", "--steal-header", "^X-Dev: \(name)$", "--"] + server, output: output,
-                machine: machine))
-        try PodStandIn.waitUntil("\(name)'s steal", timeout: 60) {
-            let said = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-            return (try? cluster.pod.client(["GET /probe|X-Dev: \(name)"]))?.first?.hasPrefix(name) == true
-                || said.contains("stays the pod's")
+                ["--log", log, "--target", "deployment/web", "--steal-header", "^X-Dev: \(name)$", "--"] + server,
+                output: output, machine: machine))
+        func text(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+        // An agent container to start and a port-forward to set up: slow on a loaded machine.
+        do {
+            try PodStandIn.waitUntil("\(name)'s steal", timeout: 120) {
+                text(log).contains("port 8080 of the pod: stolen") || text(output).contains("stays the pod's")
+            }
+        } catch {
+            throw FixtureError(description: "\(error); \(name)'s sysmirror said: \(text(output))")
         }
         return output
     }

@@ -1,5 +1,4 @@
 import AgentProtocol
-import Logging
 import Synchronization
 import SyscallDecoding
 
@@ -15,9 +14,10 @@ import struct LinuxSystem.SystemCallError
 
 /// The connections of ports stolen by filter, accepted here rather than by a NIO listener because a
 /// connection whose requests belong to another agent's session goes to that agent whole, descriptor and
-/// all, and a NIO channel hides its descriptor; and the connections other agents hand over. One thread (an
-/// epoll loop of its own) for the agent's filtered listeners and its hand-over socket, a datagram socket named
-/// `sysmirror-handoff-NAME` in the pod's network namespace.
+/// all, and a NIO channel hides its descriptor; the connections other agents hand over; and the agents'
+/// own, on the beacon, whose peer is checked before NIO has them (`PortShares.isAgent`). One thread (an
+/// epoll loop of its own) for the agent's filtered listeners, its beacon and its hand-over socket, a
+/// datagram socket named `sysmirror-handoff-NAME` in the pod's network namespace.
 final class StolenAccepts: Sendable {
     static let handOffPrefix = "sysmirror-handoff-"
     /// What one hand-over carries besides the descriptor at most: the connection's first bytes.
