@@ -350,7 +350,8 @@ package final class PendingCall: Sendable {
         guard claim("a descriptor") else { return nil }
         let answered = Clock.monotonic()
         do {
-            let number = try listener.answer(notification.id, installing: fd.raw, closeOnExec: flags & O_CLOEXEC != 0)
+            let number = try listener.answer(
+                notification.id, installing: fd.raw, closeOnExec: flags & O_CLOEXEC != 0, caller: notification.pid)
             done(.returned(Int64(number)), route, note, answered)
             return number
         } catch let error where error.errno == .noSuchFileOrDirectory {
