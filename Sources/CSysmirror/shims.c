@@ -280,19 +280,28 @@ ssize_t sysm_send_with_fd(int socket, const void *bytes, size_t length, int fd) 
 }
 
 ssize_t sysm_receive_with_fd(int socket, void *bytes, size_t capacity, int *fd) {
+    return sysm_receive_with_fd_from(socket, bytes, capacity, fd, NULL);
+}
+
+ssize_t sysm_receive_with_fd_from(int socket, void *bytes, size_t capacity, int *fd, uid_t *sender) {
     struct iovec data = {.iov_base = bytes, .iov_len = capacity};
     union {
-        char buffer[CMSG_SPACE(sizeof(int))];
+        char buffer[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
         struct cmsghdr align;
     } control;
     struct msghdr message = {
         .msg_iov = &data, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof control.buffer};
     *fd = -1;
+    if (sender) *sender = (uid_t)-1;
     ssize_t result = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
     if (result < 0) return result;
     for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
         if (header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_RIGHTS) {
             memcpy(fd, CMSG_DATA(header), sizeof(int));
+        } else if (sender && header->cmsg_level == SOL_SOCKET && header->cmsg_type == SCM_CREDENTIALS) {
+            struct ucred credentials;
+            memcpy(&credentials, CMSG_DATA(header), sizeof credentials);
+            *sender = credentials.uid;
         }
     }
     return result;

@@ -257,4 +257,16 @@ public enum Sockets {
         defer { if received >= 0 { descriptor = OwnedDescriptor(taking: received) } }
         return try systemCall("recvmsg") { sysm_receive_with_fd(fd, buffer.baseAddress, buffer.count, &received) }
     }
+
+    /// `receive(_:into:descriptor:)` on a socket with SO_PASSCRED: also the sender's user id.
+    public static func receive(
+        _ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, descriptor: inout OwnedDescriptor?,
+        sender: inout UInt32
+    ) throws(SystemCallError) -> Int {
+        var received: Int32 = -1
+        defer { if received >= 0 { descriptor = OwnedDescriptor(taking: received) } }
+        return try systemCall("recvmsg") {
+            sysm_receive_with_fd_from(fd, buffer.baseAddress, buffer.count, &received, &sender)
+        }
+    }
 }

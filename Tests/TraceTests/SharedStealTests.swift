@@ -127,9 +127,10 @@ final class SharedStealTests {
         #expect(bob.requests.isEmpty && anyone.requests == "/x bob\n")
     }
 
-    /// Any process of the pod's network namespace can reach the agents' beacons; one that is not an agent
-    /// (another user than root) claims every request, earlier than anyone, and is not heard.
-    @Test("A process of the pod that is not an agent cannot claim the port's requests")
+    /// Any process of the pod's network namespace can reach the agents' beacons and hand-over sockets; one
+    /// that is not an agent (another user than root) claims every request, earlier than anyone, and hands a
+    /// connection over, and is not heard.
+    @Test("A process of the pod that is not an agent cannot claim the port's requests, nor hand connections over")
     func strangerIsNotHeard() throws {
         let alice = try steal(as: "alice", port: 18081)
         let stranger = """
@@ -150,6 +151,17 @@ final class SharedStealTests {
                 peer.sendall(frame(1, text('stranger')) + frame(3, struct.pack('>H', 8080) + claim))
             except OSError:
                 pass  # closed by the agent already
+            # And hands over a connection of its own, as an agent hands one whose first request is alice's.
+            listener = socket.create_server(('127.0.0.1', 0))
+            mine = socket.create_connection(listener.getsockname())
+            client = bytes([2, 0, 0x13, 0x88, 10, 250, 0, 9]) + bytes(8)
+            request = b'GET /injected HTTP/1.1\\r\\nHost: x\\r\\nX-Dev: alice\\r\\n\\r\\n'
+            hand = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            hand.connect('\\0sysmirror-handoff-' + name[len('sysmirror-agent-'):])
+            for session in range(1, 5):
+                deliver = frame(5, struct.pack('>IH', session, 8080) + client)
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', mine.fileno()))]
+                hand.sendmsg([deliver + request], rights)
             print('claimed', name, flush=True)
             time.sleep(3)
             """
@@ -170,6 +182,7 @@ final class SharedStealTests {
         }
         #expect(process.isRunning, "\((try? String(contentsOfFile: said, encoding: .utf8)) ?? "")")
         #expect(try answers(["GET /mine|X-Dev: alice", "GET /yours|X-Dev: bob"]) == ["alice", "pod"])
+        // Neither its claim nor its connection reached alice.
         #expect(alice.requests == "/mine alice\n")
     }
 

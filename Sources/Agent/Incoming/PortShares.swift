@@ -114,8 +114,10 @@ final class PortShares: Sendable {
     /// as this agent's user. The pod's own processes (as a rule another user) are not heard, so that they
     /// cannot make a claim that takes the pod's requests.
     static func isAgent(_ socket: Int32) -> Bool {
-        (try? Sockets.peerUser(socket)).map { $0 == 0 || $0 == geteuid() } ?? false
+        (try? Sockets.peerUser(socket)).map(isAgent(user:)) ?? false
     }
+
+    static func isAgent(user: UInt32) -> Bool { user == 0 || user == geteuid() }
 
     /// Where the agent accepts the connections of ports stolen by filter (once `start` ran).
     var accepts: StolenAccepts? { state.withLock { $0.accepts } }

@@ -32,6 +32,7 @@ final class StolenAccepts: Sendable {
         throws
     {
         handOffs = SharedDescriptor(try Self.datagramSocket())
+        try Sockets.setOption(handOffs.raw, SO_PASSCRED, 1)  // each hand-over says who sent it
         try Sockets.bind(handOffs.raw, to: .unix(path: Array((Self.handOffPrefix + agent).utf8), abstract: true))
         loop = try EventLoop(name: "sysmirror-accept")
         loop.execute { [loop, handOffs] in
@@ -39,11 +40,16 @@ final class StolenAccepts: Sendable {
             _ = try? loop.register(handOffs.raw, for: .readable) { _ in
                 while true {
                     var descriptor: OwnedDescriptor?
-                    guard let count = try? Sockets.receive(handOffs.raw, into: buffer, descriptor: &descriptor) else {
+                    var sender = UInt32.max
+                    guard
+                        let count = try? Sockets.receive(
+                            handOffs.raw, into: buffer, descriptor: &descriptor, sender: &sender)
+                    else {
                         return  // drained (EAGAIN)
                     }
                     let bytes = Array(buffer.prefix(count))
-                    guard let connection = descriptor.take(),
+                    // Only an agent hands connections over (a stranger's descriptor closes here).
+                    guard PortShares.isAgent(user: sender), let connection = descriptor.take(),
                         case .message(let message, let consumed)? = try? PeerMessage.parse(bytes)
                     else { continue }  // not a hand-over: nothing to take
                     handedOver(message, Array(bytes[consumed...]), connection)

@@ -53,6 +53,8 @@ int sysm_setns(int fd, int type);
 // sendmsg/recvmsg return; received descriptors are close-on-exec.
 ssize_t sysm_send_with_fd(int socket, const void *bytes, size_t length, int fd);
 ssize_t sysm_receive_with_fd(int socket, void *bytes, size_t capacity, int *fd);
+// The same, and the sender's user id from SCM_CREDENTIALS (the socket has SO_PASSCRED), or -1 without one.
+ssize_t sysm_receive_with_fd_from(int socket, void *bytes, size_t capacity, int *fd, uid_t *sender);
 
 // prctl is variadic. Orphaned descendants of the program are reparented to sysmirror, which reaps them
 // and so knows when the last one is gone.
