@@ -71,6 +71,9 @@ public enum SocketAddress: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The abstract unix address `name` (no file: it lives in the network namespace, and goes with its socket).
+    public static func abstract(_ name: String) -> SocketAddress { .unix(path: Array(name.utf8), abstract: true) }
+
     /// The loopback address of `family` (127.0.0.1 or ::1) with `port`.
     public static func loopback(family: Int32, port: UInt16 = 0) -> SocketAddress {
         family == Int32(familyInet6)

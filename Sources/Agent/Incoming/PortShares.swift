@@ -67,6 +67,8 @@ final class PortShares: Sendable {
         var entries: [UInt16: [Entry]] = [:]
         /// `query`s waiting for their answer, by agent and port.
         var queries: [String: [UInt16: EventLoopPromise<Void>]] = [:]
+
+        func ownClaims(of port: UInt16) -> [PortClaim] { own.map(\.claim).filter { $0.port == port } }
     }
 
     init(netfilter: Netfilter?, pool: NIOThreadPool, logger: Logger) {
@@ -88,21 +90,14 @@ final class PortShares: Sendable {
                 guard let session = session(number) else { return }  // the connection closes here
                 session.split(connection, podPort: port, client: client, read: read)
             }
-            let beacon = SharedDescriptor(
-                try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)))
-            try Sockets.bind(beacon.raw, to: .unix(path: Array((Self.beaconPrefix + agent).utf8), abstract: true))
+            let beacon = SharedDescriptor(try Self.streamSocket())
+            try Sockets.bind(beacon.raw, to: .abstract(Self.beaconPrefix + agent))
             try Sockets.listen(beacon.raw, backlog: 128)
             // Accepted where the peer's user can be checked first (`isAgent`): any process of the pod's
             // network namespace can reach the beacon.
             _ = accepts.watch(beacon) { [self] connection in
                 guard Self.isAgent(connection.raw) else { return }  // closes here
-                _ = ClientBootstrap(group: loop)
-                    .channelInitializer { [self] channel in
-                        channel.eventLoop.makeCompletedFuture {
-                            try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: nil))
-                        }
-                    }
-                    .withConnectedSocket(connection.release())
+                _ = peerChannel(connection, name: nil, on: loop)
             }
             state.beacon = beacon
             state.accepts = accepts
@@ -193,23 +188,14 @@ final class PortShares: Sendable {
         return state.withLock { state in state.entries[port]?.map(\.claim) ?? [] }
     }
 
-    private func ownClaims(of port: UInt16) -> [PortClaim] {
-        state.withLock { state in state.own.map(\.claim).filter { $0.port == port } }
-    }
+    private func ownClaims(of port: UInt16) -> [PortClaim] { state.withLock { $0.ownClaims(of: port) } }
 
     /// The connection to agent `name`, made if there is none; nil when it cannot be reached.
     private func peer(named name: String) -> (any Channel)? {
         if let peer = state.withLock({ $0.peers[name] }) { return peer }
-        guard let loop = state.withLock({ $0.loop }), let socket = try? connect(to: name) else { return nil }
-        let channel = try? ClientBootstrap(group: loop)
-            .channelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: name))
-                }
-            }
-            .withConnectedSocket(socket.release())
-            .wait()
-        guard let channel else { return nil }
+        guard let loop = state.withLock({ $0.loop }), let socket = try? connect(to: name),
+            let channel = try? peerChannel(socket, name: name, on: loop).wait()
+        else { return nil }
         channel.writeAndFlush(ByteBuffer(bytes: PeerMessage.hello(agent: agent).encoded), promise: nil)
         return state.withLock { state in
             if let earlier = state.peers[name] { return earlier }
@@ -218,24 +204,39 @@ final class PortShares: Sendable {
         }
     }
 
+    /// A channel talking with another agent on `connection` (`name`: the agent there, when known).
+    private func peerChannel(_ connection: consuming OwnedDescriptor, name: String?, on loop: any EventLoop)
+        -> EventLoopFuture<any Channel>
+    {
+        ClientBootstrap(group: loop)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: name))
+                }
+            }
+            .withConnectedSocket(connection.release())
+    }
+
     /// A connection to agent `name`'s beacon, when an agent listens there (`isAgent`).
     private func connect(to name: String) throws(SystemCallError) -> OwnedDescriptor {
-        let socket = try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
-        try Sockets.connect(socket.raw, to: .unix(path: Array((Self.beaconPrefix + name).utf8), abstract: true))
+        let socket = try Self.streamSocket()
+        try Sockets.connect(socket.raw, to: .abstract(Self.beaconPrefix + name))
         guard Self.isAgent(socket.raw) else { throw SystemCallError("connect", .permissionDenied) }
         return socket
+    }
+
+    private static func streamSocket() throws(SystemCallError) -> OwnedDescriptor {
+        try Sockets.make(family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
     }
 
     /// The pod-wide lock of `port`'s claims: an abstract socket bound under the port's name, which one
     /// process at a time can hold, and which goes with its holder however it ends.
     private func lockPort(_ port: UInt16) throws -> OwnedDescriptor {
-        let name = Array("sysmirror-port-\(port)".utf8)
         let deadline = NIODeadline.now() + Self.answerTimeout
         while true {
-            let socket = try Sockets.make(
-                family: AF_UNIX, type: Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+            let socket = try Self.streamSocket()
             do throws(SystemCallError) {
-                try Sockets.bind(socket.raw, to: .unix(path: name, abstract: true))
+                try Sockets.bind(socket.raw, to: .abstract("sysmirror-port-\(port)"))
                 return socket
             } catch {
                 guard error.errno == .addressInUse, NIODeadline.now() < deadline else { throw error }
@@ -246,7 +247,7 @@ final class PortShares: Sendable {
 
     /// On any thread, with the state locked: `port`'s entries from the claims known now.
     private func reorder(_ port: UInt16, _ state: inout State) {
-        let all = state.own.map(\.claim).filter { $0.port == port } + state.theirs.values.flatMap { $0[port] ?? [] }
+        let all = state.ownClaims(of: port) + state.theirs.values.flatMap { $0[port] ?? [] }
         let previous = Dictionary(
             (state.entries[port] ?? []).map { ($0.claim, $0.filter) }, uniquingKeysWith: { first, _ in first })
         state.entries[port] = PortSharing.ordered(all).map { claim in

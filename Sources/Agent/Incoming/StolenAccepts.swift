@@ -33,7 +33,7 @@ final class StolenAccepts: Sendable {
     {
         handOffs = SharedDescriptor(try Self.datagramSocket())
         try Sockets.setOption(handOffs.raw, SO_PASSCRED, 1)  // each hand-over says who sent it
-        try Sockets.bind(handOffs.raw, to: .unix(path: Array((Self.handOffPrefix + agent).utf8), abstract: true))
+        try Sockets.bind(handOffs.raw, to: .abstract(Self.handOffPrefix + agent))
         loop = try EventLoop(name: "sysmirror-accept")
         loop.execute { [loop, handOffs] in
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.largestHandOff + 256, alignment: 8)
@@ -120,7 +120,7 @@ final class StolenAccepts: Sendable {
         let message = first.encoded + read
         guard message.count <= largestHandOff + 256, let sender = try? datagramSocket() else { return false }
         do throws(SystemCallError) {
-            try Sockets.connect(sender.raw, to: .unix(path: Array((handOffPrefix + agent).utf8), abstract: true))
+            try Sockets.connect(sender.raw, to: .abstract(handOffPrefix + agent))
             return try Sockets.send(sender.raw, message, passing: socket) == message.count
         } catch {
             return false
