@@ -153,16 +153,24 @@ public final class AgentClient: Sendable {
 
     /// Connects and authenticates, with `first` and `alsoSending` sent beside the hello in one write: over a
     /// link of some latency, a session's first requests then cost no round trip beyond the handshake's.
+    /// `opened`, a session already through its handshake at `address`, saves the connection and the hello:
+    /// the requests go out on it at once (a new connection is opened if it has ended meanwhile).
     /// Blocks until the session is open and `first` are answered (or have failed); `alsoSending`'s handlers
     /// hear their replies as any request's do.
     public static func connect(
         to address: AgentAddress, token: [UInt8], timeoutSeconds: Int = 5, resumption: Resumption? = nil,
-        logger: Logger, asking first: [Request], alsoSending others: [(Request, Handler)] = []
+        over opened: OpenedSession? = nil, logger: Logger, asking first: [Request],
+        alsoSending others: [(Request, Handler)] = []
     ) throws(AgentConnectError) -> (client: AgentClient, answers: [Result<Response, AgentCallError>]) {
         let requests = first + others.map(\.0)
         let pipelined = requests.enumerated().flatMap { Frame.encode(.request(id: UInt32($0.offset + 1), $0.element)) }
-        let (socket, welcome, buffer) = try LinkSocket.openSession(
-            to: address, token: token, timeoutSeconds: timeoutSeconds, pipelined: pipelined)
+        let (socket, welcome, buffer) =
+            if let kept = opened.flatMap({ try? $0.sending(pipelined, timeoutSeconds: timeoutSeconds) }) {
+                kept
+            } else {
+                try LinkSocket.openSession(
+                    to: address, token: token, timeoutSeconds: timeoutSeconds, pipelined: pipelined)
+            }
         let wakeUp = sysm_eventfd()
         let client = AgentClient(
             address: address, agentDescription: welcome, socket: socket, wakeUp: wakeUp, resumption: resumption,

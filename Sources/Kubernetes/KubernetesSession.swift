@@ -40,6 +40,9 @@ public final class KubernetesSession {
 
     /// The port-forward's end on this machine.
     public let address: AgentAddress
+    /// The connection through the port-forward that found the agent answering, its handshake done: the
+    /// session's link, which then starts without a second stream set-up and hello (`takeOpenedSession`).
+    private let opened: Mutex<OpenedSession?>
     /// The session's token: random, made for this session only (an agent added to a workload's new pod
     /// takes the same).
     public let token: [UInt8]
@@ -106,8 +109,9 @@ public final class KubernetesSession {
             let forward = try PortForward.start(
                 kubectl: kubectl, pod: podName, namespace: pod.metadata.namespace ?? "?", port: plan.port)
             let address = AgentAddress.tcp(host: "127.0.0.1", port: Int(forward.localPort))
+            let opened: OpenedSession
             do {
-                try waitForAnswer(
+                opened = try waitForAnswer(
                     address, token: token, forward: forward, deadline: deadline, timeout: request.readyTimeout,
                     logger: logger)
             } catch {
@@ -116,7 +120,8 @@ public final class KubernetesSession {
             }
             step("agent answering at 127.0.0.1:\(forward.localPort)")
             let session = KubernetesSession(
-                request: request, address: address, token: token, kubectl: kubectl, forward: forward, ownPod: ownPod)
+                request: request, address: address, token: token, opened: opened, kubectl: kubectl, forward: forward,
+                ownPod: ownPod)
             session.keepPortForwardUp(logger: logger)
             return session
         } catch {
@@ -126,15 +131,21 @@ public final class KubernetesSession {
     }
 
     private init(
-        request: Request, address: AgentAddress, token: [UInt8], kubectl: Kubectl, forward: PortForward,
-        ownPod: String?
+        request: Request, address: AgentAddress, token: [UInt8], opened: OpenedSession, kubectl: Kubectl,
+        forward: PortForward, ownPod: String?
     ) {
         self.address = address
+        self.opened = Mutex(opened)
         self.token = token
         self.kubectl = kubectl
         follower = PodFollower(request: request, token: token, kubectl: kubectl)
         self.forward = forward
         self.ownPod = ownPod
+    }
+
+    /// The session that answered at the start, for the trace's link; nil once taken.
+    public func takeOpenedSession() -> OpenedSession? {
+        opened.withLock { $0.take() }
     }
 
     /// Stops the port-forward and deletes the targetless pod. An ephemeral agent exits by itself after its
@@ -259,20 +270,18 @@ public final class KubernetesSession {
         return (events ?? EventList(items: [])).pullFailure(of: container, waiting: waiting)
     }
 
-    /// Connects through the port-forward until the agent completes the handshake: the container runs
-    /// before the agent listens, and kubectl accepts connections before the pod's end does.
+    /// Connects through the port-forward until the agent completes the handshake, and returns that session:
+    /// the container runs before the agent listens, and kubectl accepts connections before the pod's end does.
     /// A port-forward that ends meanwhile is started again: kubectl ends it at the first connection the pod
     /// refuses, and an agent may listen a little after its container runs.
     static func waitForAnswer(
         _ address: AgentAddress, token: [UInt8], forward: PortForward, deadline: ContinuousClock.Instant,
         timeout: Int, logger: Logger
-    ) throws(KubernetesFailure) {
+    ) throws(KubernetesFailure) -> OpenedSession {
         var last = ""
         while true {
             do {
-                let client = try AgentClient.connect(to: address, token: token, timeoutSeconds: 5, logger: logger)
-                client.close()
-                return
+                return try OpenedSession.open(to: address, token: token, timeoutSeconds: 5)
             } catch .refused(_, let reason) {
                 throw .agentFailed(container: "agent", reason: "it refused the session: \(reason)")
             } catch {

@@ -54,6 +54,9 @@ public final class TraceSession: Sendable {
     public struct RemoteOptions: Sendable {
         public var address: AgentAddress
         public var token: [UInt8]
+        /// A session at `address` already through its handshake (the one that found a cluster's agent
+        /// answering), taken as the link.
+        public var opened: OpenedSession?
         public var files: FileRules
         /// How the pod's environment is merged; nil keeps the local environment only (`--no-remote-env`).
         public var environment: EnvironmentMerge?
@@ -182,7 +185,7 @@ public final class TraceSession: Sendable {
             var resumption: AgentClient.Resumption?
             if case .tcp = remote.address { resumption = AgentClient.Resumption(token: remote.token) }
             (client, answers) = try AgentClient.connect(
-                to: remote.address, token: remote.token, resumption: resumption, logger: logger,
+                to: remote.address, token: remote.token, resumption: resumption, over: remote.opened, logger: logger,
                 asking: [.hostname] + (remote.environment != nil ? [.environment] : []),
                 alsoSending: cache?.firstRequests() ?? [])
             cache?.attach(client)

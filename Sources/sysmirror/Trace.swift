@@ -140,6 +140,7 @@ struct Trace: ParsableCommand {
             cluster = started
             remote?.address = started.address
             remote?.token = started.token
+            remote?.opened = started.takeOpenedSession()
             remote?.whenAgentIsLost = started.whenLost
         }
         let (sink, ownsSink) = try openLog()

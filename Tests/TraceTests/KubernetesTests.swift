@@ -54,6 +54,11 @@ final class KubernetesTests {
         let digest = try #require(command.firstIndex(of: "--token-sha256").map { command[$0 + 1] })
         #expect(digest.count == 64)
 
+        // One connection through the port-forward in all: the one that found the agent answering is the
+        // session's link, so the session does not pay kubectl's stream set-up and a hello a second time.
+        let connections = cluster.recorded.filter { $0["event"] as? String == "stream" }
+        #expect(connections.count == 1, "\(connections)")
+
         // Nothing lingers: the port-forward ended with sysmirror.
         let forwards = cluster.portForwards
         #expect(forwards.count == 1)
