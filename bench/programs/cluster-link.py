@@ -3,12 +3,15 @@
 
     cluster-link.py ROOT OPERATION TRIES [--first]
     cluster-link.py ROOT spawn TRIES -- COMMAND...
+    cluster-link.py / roundtrip TRIES --port PORT
 
 ROOT is where the pod's files are as this process sees them: "/" under sysmirror, the container's root
 folder when run beside it in the pod's namespace. Prints "ms T1 T2 ..." (each try, in milliseconds), or
 "fails: WHY" when the operation fails. One untimed try comes first, so that what a process sets up once
 (the supervisor's first stream, Python's imports) is not counted; with --first, only the first try of the
-process is timed (a lookup no cache of this process can answer). `spawn` times COMMAND's wall time.
+process is timed (a lookup no cache of this process can answer). `spawn` times COMMAND's wall time;
+`roundtrip`, one byte there and back through the delaying stand-in on 127.0.0.1:PORT to an echo: the link's
+own round trip, the table's unit.
 """
 
 import errno
@@ -129,6 +132,21 @@ def udp_echo(_root):
         check(answer == b"echo ping" and peer == ECHO, "answer %r from %r" % (answer, peer))
 
 
+class RoundTrip:
+    """One byte there and back on a kept connection to an echo behind the stand-in on `port`."""
+
+    def __init__(self, port):
+        self.port = port
+        self.connection = None
+
+    def __call__(self, _root):
+        if self.connection is None:
+            self.connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connection.sendall(b"x")
+        check(self.connection.recv(1) == b"x", "no echo")
+
+
 def spawn(command):
     """Start-up: COMMAND run to its end."""
     def run(_root):
@@ -167,7 +185,12 @@ def timed(function, *arguments):
 def main():
     root, operation, tries = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rest = sys.argv[4:]
-    function = spawn(rest[rest.index("--") + 1:]) if operation == "spawn" else OPERATIONS[operation]
+    if operation == "spawn":
+        function = spawn(rest[rest.index("--") + 1:])
+    elif operation == "roundtrip":
+        function = RoundTrip(int(rest[rest.index("--port") + 1]))
+    else:
+        function = OPERATIONS[operation]
     try:
         if "--first" in rest:
             times = [timed(function, root)]
