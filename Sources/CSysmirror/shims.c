@@ -34,22 +34,15 @@ int sysm_notif_addfd(int listener, struct seccomp_notif_addfd *addfd) {
 }
 
 int sysm_notif_addfd_here(int listener, struct seccomp_notif_addfd *addfd, pid_t caller) {
-    cpu_set_t here, callers, ours;
+    cpu_set_t here, callers;
     int cpu = sched_getcpu();
     CPU_ZERO(&here);
     if (cpu >= 0) CPU_SET(cpu, &here);
     int pinned = cpu >= 0 && sched_getaffinity(caller, sizeof callers, &callers) == 0
-        && sched_getaffinity(0, sizeof ours, &ours) == 0 && sched_setaffinity(caller, sizeof here, &here) == 0;
-    if (pinned && sched_setaffinity(0, sizeof here, &here) != 0) {
-        sched_setaffinity(caller, sizeof callers, &callers);
-        pinned = 0;
-    }
+        && sched_setaffinity(caller, sizeof here, &here) == 0;
     int result = ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, addfd);
     int saved = errno;
-    if (pinned) {
-        sched_setaffinity(caller, sizeof callers, &callers);
-        sched_setaffinity(0, sizeof ours, &ours);
-    }
+    if (pinned) sched_setaffinity(caller, sizeof callers, &callers);
     errno = saved;
     return result;
 }

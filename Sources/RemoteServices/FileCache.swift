@@ -308,15 +308,11 @@ extension FileCache.State {
     }
 }
 
-/// A kept file's content: each open of it gets an open file description of its own (its own offset),
-/// through /proc.
+/// A kept file's content: each open of it gets an open file description of its own (its own offset).
 final class KeptContent: Sendable {
     private let file: OwnedDescriptor
 
     init(_ file: consuming OwnedDescriptor) { self.file = file }
 
-    func open() -> OwnedDescriptor? {
-        try? OwnedDescriptor(
-            taking: systemCall("open(kept content)") { Glibc.open("/proc/self/fd/\(file.raw)", O_RDONLY | O_CLOEXEC) })
-    }
+    func open() -> OwnedDescriptor? { try? file.reopen(O_RDONLY) }
 }

@@ -462,11 +462,13 @@ final class ContentFile: @unchecked Sendable {  // owned by one thread at a time
         }
     }
 
-    /// A new open of the content (through /proc/self/fd) with `flags`' access mode: its own offset, and only
-    /// the access the program asked for.
+    /// A new open of the content with `flags`' access mode: its own offset, and only the access the program
+    /// asked for.
     func reopen(_ flags: Int32) throws(SystemCallError) -> OwnedDescriptor {
-        let path = "/proc/self/fd/\(raw)"
-        return OwnedDescriptor(taking: try systemCall("open(content)") { open(path, flags | O_CLOEXEC) })
+        guard let reopened = try descriptor?.reopen(flags) else {
+            throw SystemCallError("open(content)", .badFileDescriptor)
+        }
+        return reopened
     }
 
     /// Lets go of sysmirror's own descriptor (the program's opens keep the content).

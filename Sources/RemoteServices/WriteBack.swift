@@ -82,11 +82,7 @@ final class WriteBack: PendingWrite, @unchecked Sendable {  // `id` is set by `p
                 // From the start of the copy, with an offset of its own.
                 let requestID = id.withLock { $0 }
                 do throws(SystemCallError) {
-                    let source = SharedDescriptor(
-                        try OwnedDescriptor(
-                            taking: systemCall("open(copy)") {
-                                open("/proc/self/fd/\(keeper.raw)", O_RDONLY | O_CLOEXEC)
-                            }))
+                    let source = SharedDescriptor(try keeper.descriptor.reopen(O_RDONLY))
                     UploadPump.start(on: writes.loop, source, isPipe: false, id: requestID, client: writes.client)
                     return .waitingOnClient
                 } catch {

@@ -51,7 +51,7 @@ public final class NotificationListener: Sendable {
     /// Puts `source` (an fd of sysmirror's) into the program as a new fd and answers the call with its number,
     /// in one step (SECCOMP_ADDFD_FLAG_SEND): if the call is gone, no fd leaks into the program.
     /// `caller`: the calling thread, held on this thread's CPU meanwhile (`sysm_notif_addfd_here`): ADDFD wakes
-    /// it to install the descriptor and waits for it, and a wake-up to an idle CPU costs tens of microseconds.
+    /// it to install the descriptor, and a wake-up to an idle CPU costs tens of microseconds.
     public func answer(_ id: UInt64, installing source: Int32, closeOnExec: Bool, caller: Int32)
         throws(SystemCallError) -> Int32
     {

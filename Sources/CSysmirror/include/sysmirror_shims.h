@@ -32,9 +32,9 @@ int sysm_notif_recv(int listener, struct seccomp_notif *notification);
 int sysm_notif_send(int listener, struct seccomp_notif_resp *response);
 int sysm_notif_id_valid(int listener, uint64_t id);
 int sysm_notif_addfd(int listener, struct seccomp_notif_addfd *addfd);
-// ADDFD with SEND, the caller's thread and this one held on this CPU meanwhile (their masks put back after):
-// ADDFD wakes the caller with a plain complete() and waits for it, and each wake-up that crosses to an idle
-// CPU costs tens of microseconds; on one CPU neither leaves it idle.
+// ADDFD with SEND, the calling thread held on this CPU meanwhile (its mask put back after): ADDFD wakes it
+// with a plain complete(), which may send it to an idle CPU, tens of microseconds away. This thread is left
+// free: woken when the caller is done, it may finish its work on the other CPU while the program goes on.
 int sysm_notif_addfd_here(int listener, struct seccomp_notif_addfd *addfd, pid_t caller);
 int sysm_notif_set_flags(int listener, uint64_t flags);
 
