@@ -196,26 +196,37 @@ public enum Sockets {
         }
     }
 
-    /// recvfrom(2) of one datagram into a buffer of `count` bytes: what the call returned (the datagram's
-    /// whole length with MSG_TRUNC), the bytes that fit, and the sender.
-    public static func receiveDatagram(_ fd: Int32, upTo count: Int, flags: Int32 = 0) throws(SystemCallError)
-        -> (length: Int, bytes: [UInt8], sender: SocketAddress?)
+    /// recvmsg(2) of one datagram, up to `count` bytes and `controlCapacity` bytes of control messages: the
+    /// datagram's length (its whole length with MSG_TRUNC in `flags`), its bytes, its sender, the control
+    /// messages and the message's flags (MSG_TRUNC, MSG_CTRUNC).
+    public static func receiveMessage(_ fd: Int32, upTo count: Int, controlCapacity: Int, flags: Int32 = 0)
+        throws(SystemCallError) -> (length: Int, bytes: [UInt8], sender: SocketAddress?, control: [UInt8], flags: Int32)
     {
         var storage = sockaddr_storage()
-        var addressLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var control = [UInt8](repeating: 0, count: controlCapacity)
+        var header = msghdr()
         var length = 0
         let bytes = try filling(count) { buffer throws(SystemCallError) in
-            length = try systemCall("recvfrom") {
-                withUnsafeMutablePointer(to: &storage) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        recvfrom(fd, buffer.baseAddress, count, flags, $0, &addressLength)
+            var piece = iovec(iov_base: UnsafeMutableRawPointer(buffer.baseAddress), iov_len: count)
+            length = try systemCall("recvmsg") {
+                withUnsafeMutablePointer(to: &storage) { name in
+                    withUnsafeMutablePointer(to: &piece) { piece in
+                        control.withUnsafeMutableBytes { control in
+                            header.msg_name = UnsafeMutableRawPointer(name)
+                            header.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                            header.msg_iov = piece
+                            header.msg_iovlen = 1
+                            header.msg_control = controlCapacity > 0 ? control.baseAddress : nil
+                            header.msg_controllen = controlCapacity
+                            return recvmsg(fd, &header, flags)
+                        }
                     }
                 }
             }
             return min(length, count)
         }
-        let sender = withUnsafeBytes(of: &storage) { SocketAddress(Array($0.prefix(Int(addressLength)))) }
-        return (length, bytes, sender)
+        let sender = withUnsafeBytes(of: &storage) { SocketAddress(Array($0.prefix(Int(header.msg_namelen)))) }
+        return (length, bytes, sender, Array(control.prefix(header.msg_controllen)), header.msg_flags)
     }
 
     /// read(2) of up to `count` bytes from any descriptor (a pipe, a file, inotify): what came, empty at the end.

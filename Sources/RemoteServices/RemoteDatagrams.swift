@@ -5,6 +5,7 @@ import Logging
 import Routing
 import Synchronization
 import SyscallDecoding
+import SystemPackage
 import UserNotification
 
 #if canImport(Glibc)
@@ -19,8 +20,9 @@ import UserNotification
 /// Each pod peer it talks to is stood for by a relay socket of sysmirror's on loopback, connected to the
 /// program's socket: a connected program socket is connected to its peer's relay, so its send, write, recv
 /// and read run natively with no interception; what the pod answers comes to it from that relay. recvfrom
-/// with an address is routed (in such sessions only), so that the program learns the pod peer's address,
-/// not the relay's, as glibc's and musl's resolvers check. Datagrams to port 53 go to `PodNames` instead.
+/// with an address and recvmsg are routed (in such sessions only), so that the program learns the pod
+/// peer's address, not the relay's, as glibc's and musl's resolvers, Go's ReadMsgUDP and libuv check.
+/// sendmsg to a pod address is served as sendto is. Datagrams to port 53 go to `PodNames` instead.
 package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touched only on `loop`; `senders` is locked
     /// A program socket, by its local address's family and port.
     struct FlowKey: Hashable, Sendable {
@@ -59,21 +61,22 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         _ answer: PendingCall
     ) {
         let payload: [UInt8]?
+        let memory = ProcessMemory(pid: notification.pid)
         switch call.spec.call {
         case .connect: payload = nil
         case .sendto:
-            let count = min(Int(truncatingIfNeeded: notification.arguments[2]), 65535)
-            guard
-                let bytes = try? ProcessMemory(pid: notification.pid).readable(
-                    at: notification.arguments[1], count: count)
-            else { return answer.fail(EFAULT) }
+            let count = min(Int(truncatingIfNeeded: notification.arguments[2]), Self.largestDatagram)
+            guard let bytes = try? memory.readable(at: notification.arguments[1], count: count) else {
+                return answer.fail(EFAULT)
+            }
             payload = bytes
+        case .sendmsg:
+            switch Self.gathered(memory, header: notification.arguments[1]) {
+            case .success(let bytes): payload = bytes
+            case .failure(let errno): return answer.fail(errno.rawValue)
+            }
         default:
-            return answer.fail(
-                EOPNOTSUPP,
-                note:
-                    "through a port-forward, UDP to the pod is carried for connect and sendto; sendmsg with an address is not"
-            )
+            return answer.fail(EOPNOTSUPP)
         }
         loop.execute { [self] in
             guard listener.isPending(notification.id) else { return answer.gone() }
@@ -91,6 +94,31 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
                 answer.fail(error.errno.rawValue, note: "could not relay the program's UDP socket: \(error)")
             }
         }
+    }
+
+    /// The most of one datagram that is carried (UDP's own limit, over IPv6).
+    static let largestDatagram = 65535
+
+    /// sendmsg's bytes: its pieces gathered, as the kernel would send them (at most `largestDatagram`).
+    /// Its control messages are not carried (docs/kubernetes.md, "Limits").
+    static func gathered(_ memory: ProcessMemory, header address: UInt64) -> Result<[UInt8], Errno> {
+        guard let header = try? MessageHeader(memory.bytes(at: address, count: MessageHeader.size)) else {
+            return .failure(.badAddress)
+        }
+        guard header.pieceCount <= MessageHeader.maximumPieces else { return .failure(.messageTooLong) }
+        guard header.pieceCount > 0 else { return .success([]) }
+        guard let table = try? memory.bytes(at: header.pieces, count: 16 * header.pieceCount) else {
+            return .failure(.badAddress)
+        }
+        var bytes: [UInt8] = []
+        for piece in MessageHeader.pieces(table) {
+            guard bytes.count + piece.length <= largestDatagram else { return .failure(.messageTooLong) }
+            guard let part = try? memory.bytes(at: piece.address, count: piece.length) else {
+                return .failure(.badAddress)
+            }
+            bytes += part
+        }
+        return .success(bytes)
     }
 
     /// On the loop: the flow of the program's socket, which is bound to an ephemeral port first if it is not.
@@ -200,7 +228,7 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         return ports
     }
 
-    // MARK: recvfrom
+    // MARK: recvfrom and recvmsg
 
     /// Whether any program socket is relayed: until one is, a routed recvfrom is let go at once.
     package var isRelaying: Bool { !senders.withLock { $0.isEmpty } }
@@ -226,35 +254,71 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         return RelayedSocket(socket: socket, peers: peers)
     }
 
-    /// Serves recvfrom with an address on a relayed socket: the datagram, and the pod peer's address for the
-    /// relay's.
+    /// Where a routed receive puts the datagram: recvfrom's buffer and address, or recvmsg's header.
+    enum Destination {
+        case buffer(at: UInt64, count: Int, address: UInt64, addressLength: UInt64)
+        case message(at: UInt64, MessageHeader, pieces: [MessageHeader.Piece])
+
+        var capacity: Int {
+            switch self {
+            case .buffer(_, let count, _, _): count
+            case .message(_, _, let pieces): min(pieces.reduce(0) { $0 + $1.length }, RemoteDatagrams.largestDatagram)
+            }
+        }
+        var controlCapacity: Int {
+            if case .message(_, let header, _) = self { min(header.controlLength, 64 << 10) } else { 0 }
+        }
+    }
+
+    /// Serves recvfrom with an address, or recvmsg, on a relayed socket: the datagram, and the pod peer's
+    /// address for the relay's.
     package func serveReceive(
-        _ notification: Notification, _ relayed: RelayedSocket, done: @escaping PendingCall.Completion
+        _ notification: Notification, call: Syscall, _ relayed: RelayedSocket, done: @escaping PendingCall.Completion
     ) {
         let answer = PendingCall(notification: notification, listener: listener, logger: logger, done: done)
-        let flags = Int32(truncatingIfNeeded: notification.arguments[3])
+        let arguments = notification.arguments
+        let destination: Destination
+        let flags: Int32
+        if call == .recvmsg {
+            let memory = ProcessMemory(pid: notification.pid)
+            guard let header = try? MessageHeader(memory.bytes(at: arguments[1], count: MessageHeader.size)) else {
+                return answer.fail(EFAULT)
+            }
+            guard header.pieceCount <= MessageHeader.maximumPieces else { return answer.fail(EMSGSIZE) }
+            let table =
+                header.pieceCount == 0 ? [] : try? memory.bytes(at: header.pieces, count: 16 * header.pieceCount)
+            guard let table else { return answer.fail(EFAULT) }
+            destination = .message(at: arguments[1], header, pieces: MessageHeader.pieces(table))
+            flags = Int32(truncatingIfNeeded: arguments[2])
+        } else {
+            destination = .buffer(
+                at: arguments[1], count: Int(truncatingIfNeeded: arguments[2]), address: arguments[4],
+                addressLength: arguments[5])
+            flags = Int32(truncatingIfNeeded: arguments[3])
+        }
         let waits = !relayed.socket.nonBlocking && flags & Int32(MSG_DONTWAIT) == 0
-        receive(notification, socket: relayed.socket, peers: relayed.peers, flags: flags, waits: waits, answer)
+        receive(
+            notification, socket: relayed.socket, peers: relayed.peers, flags: flags, waits: waits, destination, answer)
     }
 
     private func receive(
         _ notification: Notification, socket: ProgramSocket, peers: [UInt16: SocketAddress], flags: Int32, waits: Bool,
-        _ answer: PendingCall
+        _ destination: Destination, _ answer: PendingCall
     ) {
-        let arguments = notification.arguments
-        let count = Int(truncatingIfNeeded: arguments[2])
-        let received: (length: Int, bytes: [UInt8], sender: SocketAddress?)
+        let received: (length: Int, bytes: [UInt8], sender: SocketAddress?, control: [UInt8], flags: Int32)
         do throws(SystemCallError) {
-            received = try Sockets.receiveDatagram(socket.fd.raw, upTo: count, flags: flags | Int32(MSG_DONTWAIT))
+            received = try Sockets.receiveMessage(
+                socket.fd.raw, upTo: destination.capacity, controlCapacity: destination.controlCapacity,
+                flags: flags | Int32(MSG_DONTWAIT))
         } catch {
             guard waits, error.errno == .resourceTemporarilyUnavailable else {
                 return answer.fail(error.errno.rawValue)
             }
-            // A blocking recvfrom with nothing queued yet: the loop waits for the next datagram.
+            // A blocking receive with nothing queued yet: the loop waits for the next datagram.
             return loop.execute { [self] in
                 loop.whenReady(socket.fd.raw, for: .readable) { [self] _ in
                     guard listener.isPending(notification.id) else { return answer.gone() }
-                    receive(notification, socket: socket, peers: peers, flags: flags, waits: waits, answer)
+                    receive(notification, socket: socket, peers: peers, flags: flags, waits: waits, destination, answer)
                 }
             }
         }
@@ -262,17 +326,44 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
             (sender.unmapped.isLoopback ? sender.port.flatMap { peers[$0] } : nil)?.seen(byFamily: socket.facts.family)
                 ?? sender
         }
-        if let sender, arguments[4] != 0, arguments[5] != 0 {
-            let memory = ProcessMemory(pid: notification.pid)
-            guard let room = try? memory.readable(at: arguments[5], count: 4) else { return answer.fail(EFAULT) }
-            let capacity = Int(room.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
-            let address = sender.bytes
-            let length = withUnsafeBytes(of: UInt32(address.count)) { Array($0) }
-            guard memory.write(Array(address.prefix(capacity)), at: arguments[4]) == 0,
-                memory.write(length, at: arguments[5]) == 0
-            else { return answer.fail(EFAULT) }
+        // Checked before writing: the pid may be reused once the call is gone.
+        guard listener.isPending(notification.id) else { return answer.gone() }
+        let memory = ProcessMemory(pid: notification.pid)
+        switch destination {
+        case .buffer(let at, _, let address, let addressLength):
+            if let sender, address != 0, addressLength != 0 {
+                guard let room = try? memory.readable(at: addressLength, count: 4) else { return answer.fail(EFAULT) }
+                let capacity = Int(room.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+                guard Self.writeAddress(sender.bytes, capacity: capacity, at: address, length: addressLength, memory)
+                else { return answer.fail(EFAULT) }
+            }
+            answer.write(received.bytes, at: at, result: Int64(received.length))
+        case .message(let at, let header, let pieces):
+            let name = header.name != 0 ? sender?.bytes ?? [] : []
+            let written =
+                Self.writeAddress(
+                    name, capacity: header.nameLength, at: header.name,
+                    length: at + MessageHeader.nameLengthOffset, memory)
+                && MessageHeader.scatter(received.bytes, into: pieces).allSatisfy {
+                    memory.write(Array($0.bytes), at: $0.address) == 0
+                }
+                && (received.control.isEmpty || memory.write(received.control, at: header.control) == 0)
+                && memory.write(
+                    withUnsafeBytes(of: UInt64(received.control.count)) { Array($0) },
+                    at: at + MessageHeader.controlLengthOffset) == 0
+                && memory.write(
+                    withUnsafeBytes(of: received.flags) { Array($0) }, at: at + MessageHeader.flagsOffset) == 0
+            if written { answer.succeed(Int64(received.length)) } else { answer.fail(EFAULT) }
         }
-        answer.write(received.bytes, at: arguments[1], result: Int64(received.length))
+    }
+
+    /// Writes `address` (cut to `capacity`) at `at`, and its whole length as a socklen_t at `length`, as the
+    /// kernel does; false on a fault.
+    private static func writeAddress(
+        _ address: [UInt8], capacity: Int, at: UInt64, length: UInt64, _ memory: ProcessMemory
+    ) -> Bool {
+        (address.isEmpty || capacity == 0 || memory.write(Array(address.prefix(capacity)), at: at) == 0)
+            && memory.write(withUnsafeBytes(of: UInt32(address.count)) { Array($0) }, at: length) == 0
     }
 }
 

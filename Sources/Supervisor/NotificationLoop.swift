@@ -194,7 +194,8 @@ public final class NotificationLoop: Sendable {
         return taken
     }
 
-    /// recvfrom on a program socket that sysmirror relays to the pod (RemoteDatagrams); false for the others.
+    /// recvfrom or recvmsg on a program socket that sysmirror relays to the pod (RemoteDatagrams); false for
+    /// the others.
     private func serveDatagramReceive(
         _ notification: Notification, _ call: DecodedSyscall, _ datagrams: RemoteDatagrams, started: UInt64
     ) -> Bool {
@@ -204,7 +205,7 @@ public final class NotificationLoop: Sendable {
             listener.isPending(notification.id)
         else { return false }
         let done = completion(notification, name: call.spec.name, decoded: call, started: started)
-        datagrams.serveReceive(notification, relayed, done: done)
+        datagrams.serveReceive(notification, call: call.spec.call, relayed, done: done)
         return true
     }
 

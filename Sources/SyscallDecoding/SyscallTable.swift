@@ -40,6 +40,7 @@ public enum SyscallCategory: Sendable, Equatable {
 public enum Syscall: String, Sendable, CaseIterable {
     case open, openat, openat2, creat, stat, lstat, newfstatat, statx, access, faccessat, faccessat2
     case readlink, readlinkat, execve, execveat, connect, bind, listen, accept, accept4, sendto, sendmsg, recvfrom,
+        recvmsg,
         uname
     case getxattr, lgetxattr, listxattr, llistxattr
 }
@@ -60,7 +61,8 @@ public enum SyscallService: Sendable, Equatable {
     case accept
     /// The pod's hostname.
     case hostname
-    /// A datagram that may come from a pod peer through a relay: recvfrom reports the peer's address.
+    /// A datagram that may come from a pod peer through a relay: recvfrom and recvmsg report the peer's
+    /// address.
     case datagramReceive
 }
 
@@ -169,6 +171,11 @@ public struct SyscallTable: Sendable {
         SyscallSpec(
             45, .recvfrom, .network, [.fd, .pointer, .integer, .messageFlags, .addressBuffer, .pointer],
             served: .datagramReceive, routing: [.withAddress, .withLinkDatagrams]),
+        // Every recvmsg where UDP travels the link: whether it asks for the sender is in memory, not in a
+        // register the filter sees.
+        SyscallSpec(
+            47, .recvmsg, .network, [.fd, .pointer, .messageFlags], served: .datagramReceive,
+            routing: .withLinkDatagrams),
         SyscallSpec(63, .uname, .system, [.pointer], served: .hostname, routing: .withAgent),
         SyscallSpec(191, .getxattr, .file, [.path, .name, .pointer, .integer], served: .file, routing: .withAgent),
         SyscallSpec(192, .lgetxattr, .file, [.path, .name, .pointer, .integer], served: .file, routing: .withAgent),

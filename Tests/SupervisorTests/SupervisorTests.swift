@@ -1,6 +1,6 @@
 import CSeccomp
-import LinuxSystem
 import Foundation
+import LinuxSystem
 import SyscallDecoding
 import SystemPackage
 import Testing
@@ -38,6 +38,14 @@ struct SupervisorTests {
         #expect(agent.subtracting(alone) == ["uname", "getxattr", "lgetxattr", "listxattr", "llistxattr"])
         #expect(incoming.subtracting(agent) == ["accept", "accept4"])
         #expect(!Set(FilterPlan.trace(routeSendmsg: false).routed).contains("sendmsg"))
+        // UDP on the link: every recvmsg (whether it asks for the sender is in memory), recvfrom only with an
+        // address.
+        let datagrams = FilterPlan.trace(routeSendmsg: true, withAgent: true, withLinkDatagrams: true)
+        #expect(Set(datagrams.routed).subtracting(agent) == ["recvmsg"])
+        #expect(datagrams.routedWithNonZeroArgument.map(\.name).contains("recvfrom"))
+        #expect(
+            !FilterPlan.trace(routeSendmsg: true, withAgent: true).routedWithNonZeroArgument.map(\.name)
+                .contains("recvfrom"))
     }
 
     @Test("Reading this process's memory: strings at a page's end, and strings running into an unmapped page")

@@ -30,6 +30,37 @@ final class ClusterLinkTests {
         #expect(log.contains { $0.contains("recvfrom(") && $0.contains("→ remote") })
     }
 
+    @Test("UDP with sendmsg and recvmsg (as Go's WriteMsgUDP and ReadMsgUDP, and libuv): the pod peer's address")
+    func messageUDP() throws {
+        let script = """
+            import socket
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+            print(s.sendmsg([b'pi', b'ng'], [], 0, ('\(Service.echo)', 7)))
+            data, control, flags, peer = s.recvmsg(100, socket.CMSG_SPACE(4))
+            print(data.decode(), peer[0], peer[1], [(c[0], c[1]) for c in control], flags & socket.MSG_TRUNC)
+            s.sendmsg([b'a longer one'], [], 0, ('\(Service.echo)', 7))
+            data, control, flags, peer = s.recvmsg(6)
+            print(data.decode(), peer[0], flags & socket.MSG_TRUNC != 0)
+            buffers = [bytearray(3), bytearray(20)]
+            s.sendmsg([b'scatter'], [], 0, ('\(Service.echo)', 7))
+            count, control, flags, peer = s.recvmsg_into(buffers)
+            print(count, bytes(buffers[0]).decode(), bytes(buffers[1][:count - 3]).decode(), peer[0])
+            """
+        let (outcome, log) = try traced(["python3", "-c", script])
+        #expect(
+            outcome.stdout == """
+                4
+                echo ping \(Service.echo) 7 [(0, 1)] 0
+                echo a \(Service.echo) True
+                12 ech o scatter \(Service.echo)
+
+                """, "\(outcome.stderr)")
+        #expect(log.contains { $0.contains("recvmsg(") && $0.contains("→ remote") })
+        #expect(log.contains { $0.contains("sendmsg(") && $0.contains("→ remote") })
+    }
+
     @Test("UDP from a static Go program and from socat")
     func goAndSocatUDP() throws {
         let (go, _) = try traced([fixtures.path("gofixture"), "udp", "\(Service.echo):7", "from go"])
