@@ -177,6 +177,22 @@ public enum Sockets {
         }
     }
 
+    /// sendto(2) of one datagram to `address`, without SIGPIPE; the count sent.
+    public static func send(_ fd: Int32, _ bytes: ArraySlice<UInt8>, to address: SocketAddress, flags: Int32 = 0)
+        throws(SystemCallError) -> Int
+    {
+        let name = address.bytes
+        return try systemCall("sendto") {
+            bytes.withUnsafeBytes { data in
+                name.withUnsafeBytes {
+                    sendto(
+                        fd, data.baseAddress, data.count, Int32(MSG_NOSIGNAL) | flags,
+                        $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count))
+                }
+            }
+        }
+    }
+
     /// recv(2) of up to `count` bytes: what came, empty at the end of the stream. An empty non-blocking
     /// socket (or MSG_DONTWAIT) throws EAGAIN.
     public static func receive(_ fd: Int32, upTo count: Int, flags: Int32 = 0) throws(SystemCallError) -> [UInt8] {

@@ -17,9 +17,12 @@ import UserNotification
 /// chunks on the session's link, so a request and its answer cost one round trip), and stays the program's
 /// own socket here.
 ///
-/// Each pod peer it talks to is stood for by a relay socket of sysmirror's on loopback, connected to the
-/// program's socket: a connected program socket is connected to its peer's relay, so its send, write, recv
-/// and read run natively with no interception; what the pod answers comes to it from that relay. recvfrom
+/// Each pod peer is stood for by one relay socket of sysmirror's on loopback (per address family), shared by
+/// every program socket that talks to that peer: a connected program socket is connected to its peer's
+/// relay, so its send, write, recv and read run natively with no interception; what the pod answers comes to
+/// it from that relay. Resolvers make a socket per query (glibc one per search-list candidate), so relays
+/// are per peer, not per program socket: a lookup storm makes no descriptors, only flows, which the sweep
+/// drops once their sockets are gone. recvfrom
 /// with an address and recvmsg are routed (in such sessions only), so that the program learns the pod
 /// peer's address, not the relay's, as glibc's and musl's resolvers, Go's ReadMsgUDP and libuv check.
 /// sendmsg to a pod address is served as sendto is. Datagrams to port 53 go to `PodNames` instead.
@@ -35,12 +38,23 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     let loop: EventLoop
     let listener: NotificationListener
     let logger: Logger
+    /// A relay, by the program sockets' family and the pod peer it stands for.
+    struct RelayKey: Hashable, Sendable {
+        let family: Int32
+        let peer: [UInt8]
+    }
+
     private var flows: [FlowKey: DatagramFlow] = [:]
+    /// Made on the loop, read on the receiving thread too (a connect to a peer that has a relay is served
+    /// there, with no hop to the loop).
+    private let relays = Mutex<[RelayKey: PeerRelay]>([:])
     /// For the receiving thread's recvfrom: per program socket, each relay's port and the pod peer it stands for.
     private let senders = Mutex<[FlowKey: [UInt16: SocketAddress]]>([:])
     private var sweep: EventLoop.Timer?
-    /// A flow this long quiet is looked for among the machine's UDP sockets, and dropped once its socket is gone.
-    static let idleCheck: UInt64 = 30_000_000_000
+    /// How often program sockets are looked for among the machine's UDP sockets, and their flows dropped once
+    /// gone; more often while many are relayed (a program that resolves names in a loop makes one per query).
+    static let sweepInterval: UInt64 = 30_000_000_000, busySweepInterval: UInt64 = 1_000_000_000
+    static let busyFlows = 64
 
     package init(client: AgentClient, names: PodNames, loop: EventLoop, listener: NotificationListener, logger: Logger)
     {
@@ -78,22 +92,64 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         default:
             return answer.fail(EOPNOTSUPP)
         }
+        let key = RelayKey(family: socket.facts.family, peer: destination.bytes)
+        if payload == nil, let relay = relays.withLock({ $0[key] }) {
+            // A connect to a peer with a relay: served here (a resolver's socket per query costs no hop).
+            do throws(SystemCallError) {
+                try connect(socket, to: relay)
+                return answer.succeed(0, note: "through \(client.address)")
+            } catch {
+                return answer.fail(error.errno.rawValue, note: "could not relay the program's UDP socket: \(error)")
+            }
+        }
         loop.execute { [self] in
             guard listener.isPending(notification.id) else { return answer.gone() }
             do throws(SystemCallError) {
-                let flow = try flow(for: socket)
-                let relay = try flow.relay(for: destination, service: self)
+                let relay = try relay(for: destination, family: socket.facts.family)
                 if let payload {
+                    let flow = try flow(for: socket)
+                    note(relay, sendingTo: flow.key)
                     deliver(payload, on: flow, to: relay)
                     answer.succeed(Int64(payload.count), note: "through \(client.address)")
                 } else {
-                    try Sockets.connect(socket.fd.raw, to: relay.address)
+                    try connect(socket, to: relay)
                     answer.succeed(0, note: "through \(client.address)")
                 }
             } catch {
                 answer.fail(error.errno.rawValue, note: "could not relay the program's UDP socket: \(error)")
             }
         }
+    }
+
+    /// Connects the program's socket to `relay` (bound first, as the flows know it by its port), and notes
+    /// the relay as its sender for recvfrom.
+    private func connect(_ socket: ProgramSocket, to relay: PeerRelay) throws(SystemCallError) {
+        let local = try bound(socket)
+        try Sockets.connect(socket.fd.raw, to: relay.address)
+        note(relay, sendingTo: FlowKey(family: socket.facts.family, port: local.port ?? 0))
+    }
+
+    /// Notes that `relay` sends to the program socket of `key`, for its recvfrom to name the relay's peer.
+    private func note(_ relay: PeerRelay, sendingTo key: FlowKey) {
+        senders.withLock { $0[key, default: [:]][relay.port] = relay.peer }
+    }
+
+    /// The program socket's address, after binding it to an ephemeral port if it had none.
+    private func bound(_ socket: ProgramSocket) throws(SystemCallError) -> SocketAddress {
+        let local = try Sockets.localAddress(socket.fd.raw)
+        guard local.port == 0 else { return local }
+        try Sockets.bind(socket.fd.raw, to: .any(family: socket.facts.family))
+        return try Sockets.localAddress(socket.fd.raw)
+    }
+
+    /// On the loop: the relay standing for `peer` to program sockets of `family`, made on first use.
+    private func relay(for peer: SocketAddress, family: Int32) throws(SystemCallError) -> PeerRelay {
+        let key = RelayKey(family: family, peer: peer.bytes)
+        if let relay = relays.withLock({ $0[key] }) { return relay }
+        let relay = try PeerRelay(peer: peer, family: family, service: self)
+        relays.withLock { $0[key] = relay }
+        if sweep == nil { scheduleSweep() }
+        return relay
     }
 
     /// The most of one datagram that is carried (UDP's own limit, over IPv6).
@@ -123,17 +179,16 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
 
     /// On the loop: the flow of the program's socket, which is bound to an ephemeral port first if it is not.
     private func flow(for socket: ProgramSocket) throws(SystemCallError) -> DatagramFlow {
-        var local = try Sockets.localAddress(socket.fd.raw)
-        if local.port == 0 {
-            try Sockets.bind(socket.fd.raw, to: .any(family: socket.facts.family))
-            local = try Sockets.localAddress(socket.fd.raw)
-        }
-        let key = FlowKey(family: socket.facts.family, port: local.port ?? 0)
+        flow(at: try bound(socket).connectable, family: socket.facts.family)
+    }
+
+    /// On the loop: the flow of the program socket at `program` (where relays send to it), made on first use.
+    func flow(at program: SocketAddress, family: Int32) -> DatagramFlow {
+        let key = FlowKey(family: family, port: program.port ?? 0)
         if let flow = flows[key] { return flow }
-        let flow = DatagramFlow(key: key, program: local.connectable)
+        let flow = DatagramFlow(key: key, program: program)
         flows[key] = flow
-        senders.withLock { $0[key] = [:] }
-        if sweep == nil { scheduleSweep() }
+        senders.withLock { _ = $0[key, default: [:]] }
         return flow
     }
 
@@ -141,12 +196,9 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     /// peer is a name server (port 53) and it is a query; otherwise to the pod.
     func deliver(_ payload: [UInt8], on flow: DatagramFlow, to relay: PeerRelay) {
         flow.lastActive = Clock.monotonic()
+        let program = flow.program
         if relay.peer.port == 53,
-            names.answer(
-                payload, server: relay.peer, udp: true,
-                reply: { [loop] answer in
-                    loop.execute { relay.send(answer) }
-                })
+            names.answer(payload, server: relay.peer, udp: true, reply: { relay.send($0, to: program) })
         {
             return
         }
@@ -181,35 +233,34 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     private func received(_ chunk: [UInt8], on flow: DatagramFlow) {
         guard flows[flow.key] === flow, let datagram = Datagram(chunk: chunk),
             let source = SocketAddress(datagram.address),
-            let relay = try? flow.relay(for: source, service: self)
+            let relay = try? relay(for: source, family: flow.key.family)
         else { return }
         flow.lastActive = Clock.monotonic()
-        relay.send(datagram.payload)
+        note(relay, sendingTo: flow.key)
+        relay.send(datagram.payload, to: flow.program)
     }
 
-    /// A relay's program socket is gone (its send was refused), or the sweep found it closed.
-    func end(_ flow: DatagramFlow) {
-        guard flows[flow.key] === flow else { return }
-        flows[flow.key] = nil
-        senders.withLock { $0[flow.key] = nil }
-        for relay in flow.relays.values { relay.stop() }
+    /// The sweep found the flow's program socket gone.
+    private func end(_ key: FlowKey) {
+        senders.withLock { $0[key] = nil }
+        guard let flow = flows.removeValue(forKey: key) else { return }
         if let stream = flow.stream { client.cancel(stream) }
     }
 
-    func noteRelay(_ relay: PeerRelay, of flow: DatagramFlow) {
-        senders.withLock { $0[flow.key, default: [:]][relay.port] = relay.peer }
-    }
-
+    /// Drops the flows of program sockets that are gone, every `sweepInterval` (or `busySweepInterval` while
+    /// many are relayed): a flow quiet since the last sweep whose port no UDP socket of the machine holds.
     private func scheduleSweep() {
-        sweep = loop.schedule(in: Self.idleCheck) { [self] in
+        let busy = senders.withLock { $0.count } > Self.busyFlows
+        let interval = busy ? Self.busySweepInterval : Self.sweepInterval
+        sweep = loop.schedule(in: interval) { [self] in
             let now = Clock.monotonic()
-            let quiet = flows.values.filter { now - $0.lastActive > Self.idleCheck }
+            let relayed = senders.withLock { Array($0.keys) }
+            let quiet = relayed.filter { key in flows[key].map { now - $0.lastActive > interval } ?? true }
             if !quiet.isEmpty {
                 let bound = Self.boundPorts()
-                for flow in quiet where !bound.contains(flow.key) { end(flow) }
+                for key in quiet where !bound.contains(key) { end(key) }
             }
-            sweep = nil
-            if !flows.isEmpty { scheduleSweep() }
+            scheduleSweep()
         }
     }
 
@@ -367,13 +418,11 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     }
 }
 
-/// One program socket's relays and its socket in the pod.
+/// One program socket's socket in the pod.
 final class DatagramFlow: @unchecked Sendable {  // touched only on the serving loop
     let key: RemoteDatagrams.FlowKey
     /// Where the relays send: the program socket's address (loopback for a wildcard one).
     let program: SocketAddress
-    /// By the pod peer's address bytes.
-    var relays: [[UInt8]: PeerRelay] = [:]
     /// The `datagrams` request of the pod's socket, once one was sent.
     var stream: UInt32?
     var lastActive = Clock.monotonic()
@@ -382,70 +431,41 @@ final class DatagramFlow: @unchecked Sendable {  // touched only on the serving 
         self.key = key
         self.program = program
     }
-
-    /// On the loop: the relay standing for `peer`, made on first use.
-    func relay(for peer: SocketAddress, service: RemoteDatagrams) throws(SystemCallError) -> PeerRelay {
-        if let relay = relays[peer.bytes] { return relay }
-        let relay = try PeerRelay(peer: peer, program: program, flow: self, service: service)
-        relays[peer.bytes] = relay
-        service.noteRelay(relay, of: self)
-        return relay
-    }
 }
 
-/// A loopback UDP socket of sysmirror's that stands for one pod peer of one program socket: what the program
-/// sends to it goes to that peer, and what that peer sends comes to the program from it.
-final class PeerRelay: @unchecked Sendable {  // touched only on the serving loop
+/// A loopback UDP socket of sysmirror's that stands for one pod peer to the program's sockets of one family:
+/// what a program socket sends to it goes to that peer, and what that peer sends comes to the program socket
+/// from it. Made on the loop and kept for the session; sending works from any thread.
+final class PeerRelay: Sendable {
     let peer: SocketAddress
     let fd: SharedDescriptor
     let address: SocketAddress
     var port: UInt16 { address.port ?? 0 }
-    private weak var flow: DatagramFlow?
-    private weak var service: RemoteDatagrams?
-    private var registration: EventLoop.Registration?
 
-    init(peer: SocketAddress, program: SocketAddress, flow: DatagramFlow, service: RemoteDatagrams)
-        throws(SystemCallError)
-    {
+    init(peer: SocketAddress, family: Int32, service: RemoteDatagrams) throws(SystemCallError) {
         self.peer = peer
-        self.flow = flow
-        self.service = service
-        let family = program.family
         fd = SharedDescriptor(
             try Sockets.make(family: family, type: Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue)))
         try Sockets.bind(fd.raw, to: .loopback(family: family))
-        try Sockets.connect(fd.raw, to: program)
         address = try Sockets.localAddress(fd.raw)
-        registration = try service.loop.register(fd.raw, for: .readable) { [weak self] _ in self?.readAll() }
-    }
-
-    /// What the program sent to this peer, each datagram delivered.
-    private func readAll() {
-        guard let flow, let service else { return }
-        while true {
-            do throws(SystemCallError) {
-                let datagram = try Sockets.receive(fd.raw, upTo: 65536, flags: Int32(MSG_DONTWAIT))
-                service.deliver(datagram, on: flow, to: self)
-            } catch {
-                // ECONNREFUSED: an earlier datagram to the program found its socket closed.
-                if error.errno == .connectionRefused { service.end(flow) }
-                return
-            }
+        _ = try service.loop.register(fd.raw, for: .readable) { [weak self, weak service] _ in
+            guard let self, let service else { return }
+            self.readAll(family: family, service: service)
         }
     }
 
-    /// On the loop: a datagram to the program; its socket being gone ends the flow.
-    func send(_ payload: [UInt8]) {
-        guard registration != nil else { return }
-        do throws(SystemCallError) {
-            _ = try Sockets.send(fd.raw, payload[...], flags: Int32(MSG_DONTWAIT))
-        } catch {
-            if error.errno == .connectionRefused, let flow, let service { service.end(flow) }
+    /// On the loop: what the program's sockets sent to this peer, each datagram delivered on its sender's flow.
+    private func readAll(family: Int32, service: RemoteDatagrams) {
+        while let datagram = try? Sockets.receiveMessage(
+            fd.raw, upTo: RemoteDatagrams.largestDatagram, controlCapacity: 0, flags: Int32(MSG_DONTWAIT)),
+            let sender = datagram.sender
+        {
+            service.deliver(datagram.bytes, on: service.flow(at: sender, family: family), to: self)
         }
     }
 
-    func stop() {
-        if let registration, let service { service.loop.deregister(registration) }
-        registration = nil
+    /// A datagram to the program socket at `program`. A socket gone meanwhile is the sweep's to find.
+    func send(_ payload: [UInt8], to program: SocketAddress) {
+        _ = try? Sockets.send(fd.raw, payload[...], to: program, flags: Int32(MSG_DONTWAIT))
     }
 }

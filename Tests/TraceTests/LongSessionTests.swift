@@ -27,6 +27,8 @@ final class LongSessionTests {
     static let sharedConnections = 1_000
     /// Outgoing connections through the TCP agent (a port-forward stand-in, two socat hops).
     static let outgoingConnections = 10_000
+    /// Lookups of a name with four search-list candidates through the TCP agent.
+    static let lookups = 2_000
 
     let fixtures = Fixtures.shared
     let client = PodStandIn.clientAddress
@@ -153,70 +155,21 @@ final class LongSessionTests {
 
     @Test("10,000 outgoing connections through an agent on TCP (port-forward stand-in); sysmirror stays flat")
     func outgoingMany() throws {
-        let started = Date()
-        let pod = try makePod(network: true)
-        let forwarded = try ForwardedAgent(in: pod)
-        agents.append(forwarded)
-        let agent = forwarded.address
-        let paused = fixtures.path("long-paused-\(pod.name)"), finished = fixtures.path("long-finished-\(pod.name)")
-        files += [paused, finished]
-        // Each connection: opened, one PING, the whole +PONG read, closed. The program waits (for a file to
-        // appear) after `warmUp` connections and again after the last, so that the trace process can be read.
-        let script = """
-            import os, socket, sys, time
-            total, warm_up, paused, finished = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-            def wait_for(path):
-                deadline = time.monotonic() + 120
-                while not os.path.exists(path) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-            ok, bad = 0, 0
-            for i in range(total):
-                if i == warm_up:
-                    print('paused', ok, flush=True)
-                    wait_for(paused)
-                try:
-                    s = socket.create_connection(('\(PodStandIn.Service.redis)', 6379), timeout=10)
-                    s.sendall(b'PING\\r\\n')
-                    answer = b''
-                    while not answer.endswith(b'\\r\\n'):
-                        chunk = s.recv(64)
-                        if not chunk:
-                            break
-                        answer += chunk
-                    s.close()
-                except OSError as error:
-                    answer = repr(error).encode()
-                if answer == b'+PONG\\r\\n':
-                    ok += 1
-                else:
-                    bad += 1
-                    if bad <= 5:
-                        print('bad', i, answer, flush=True)
-                    if bad >= 50:
-                        break
-            print('finished', ok, flush=True)
-            wait_for(finished)
+        // Each connection: opened, one PING, the whole +PONG read, closed.
+        let step = """
+            s = socket.create_connection(('\(PodStandIn.Service.redis)', 6379), timeout=10)
+            s.sendall(b'PING\\r\\n')
+            answer = b''
+            while not answer.endswith(b'\\r\\n'):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+            s.close()
+            return None if answer == b'+PONG\\r\\n' else answer
             """
-        let session = try startTrace(
-            pod, ["/usr/bin/python3", "-c", script, "\(Self.outgoingConnections)", "\(Self.warmUp)", paused, finished],
-            agent: agent)
-        let connecting = Date()
-        try PodStandIn.waitUntil("the first \(Self.warmUp) connections", timeout: 60) {
-            session.outputText.contains("paused") || !session.process.isRunning
-        }
-        // The output holds sysmirror's own messages too (its standard error).
-        #expect(("\n" + session.outputText).contains("\npaused \(Self.warmUp)\n"), "\(session.outputText)")
-        let before = try resources(of: session)
-        try Data().write(to: URL(fileURLWithPath: paused))
-        try PodStandIn.waitUntil("\(Self.outgoingConnections) connections", timeout: 600) {
-            session.outputText.contains("finished") || !session.process.isRunning
-        }
-        let after = try resources(of: session)
-        let seconds = Date().timeIntervalSince(connecting)
-        #expect(session.outputText.hasSuffix("finished \(Self.outgoingConnections)\n"), "\(session.outputText)")
-        try Data().write(to: URL(fileURLWithPath: finished))
-        let status = session.wait(seconds: 30)
-        #expect(status == 0, "\(session.outputText)")
+        let session = try throughPortForward(
+            "outgoing over TCP", Self.outgoingConnections, "connections", step: step)
         // Every connect went through the agent on TCP, as through a port-forward.
         let connects = session.logText.split(separator: "\n").filter {
             $0.contains("connect(") && $0.contains("\(PodStandIn.Service.redis):6379")
@@ -225,10 +178,87 @@ final class LongSessionTests {
         #expect(
             connects.allSatisfy { $0.contains("→ remote") && $0.contains("through 127.0.0.1:") },
             "\(connects.first ?? "")")
+    }
 
+    @Test("2,000 lookups of a full name through a port-forward, a UDP socket per search-list candidate; flat")
+    func lookupsMany() throws {
+        // glibc tries each search-list candidate of the name (ndots:5) on a socket of its own: 8,000 sockets.
+        let step = """
+            found = {a[4][0] for a in socket.getaddrinfo('web.default.svc.cluster.local', 80, socket.AF_INET, socket.SOCK_STREAM)}
+            return None if found == {'\(PodStandIn.Service.web)'} else found
+            """
+        let session = try throughPortForward("lookups over TCP", Self.lookups, "lookups", step: step)
+        let queries = session.logText.split(separator: "\n").filter {
+            $0.contains("connect(") && $0.contains("\(PodStandIn.Service.dns):53") && $0.contains("→ remote")
+        }
+        #expect(queries.count == 4 * Self.lookups, "\(queries.count) sockets to the name server")
+    }
+
+    /// Runs `count` of `step` (the body of a Python function, which returns None when all went right, else
+    /// what it saw) one after another in a program traced through an agent on TCP (as through a
+    /// port-forward), and checks the trace process after `warmUp` of them and at the end.
+    func throughPortForward(_ scenario: String, _ count: Int, _ what: String, step: String) throws -> TracedSession {
+        let started = Date()
+        let pod = try makePod(network: true)
+        let forwarded = try ForwardedAgent(in: pod)
+        agents.append(forwarded)
+        let paused = fixtures.path("long-paused-\(pod.name)"), finished = fixtures.path("long-finished-\(pod.name)")
+        files += [paused, finished]
+        // The program waits (for a file to appear) after `warmUp` steps and again after the last, so that the
+        // trace process can be read.
+        let script = """
+            import os, socket, sys, time
+            total, warm_up, paused, finished = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+            def wait_for(path):
+                deadline = time.monotonic() + 120
+                while not os.path.exists(path) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            def step():
+            \(step.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n"))
+            ok, bad = 0, 0
+            for i in range(total):
+                if i == warm_up:
+                    print('paused', ok, flush=True)
+                    wait_for(paused)
+                try:
+                    wrong = step()
+                except OSError as error:
+                    wrong = repr(error)
+                if wrong is None:
+                    ok += 1
+                else:
+                    bad += 1
+                    if bad <= 5:
+                        print('bad', i, wrong, flush=True)
+                    if bad >= 50:
+                        break
+            print('finished', ok, flush=True)
+            wait_for(finished)
+            """
+        let session = try startTrace(
+            pod, ["/usr/bin/python3", "-c", script, "\(count)", "\(Self.warmUp)", paused, finished],
+            agent: forwarded.address)
+        let running = Date()
+        try PodStandIn.waitUntil("the first \(Self.warmUp) \(what)", timeout: 60) {
+            session.outputText.contains("paused") || !session.process.isRunning
+        }
+        // The output holds sysmirror's own messages too (its standard error).
+        #expect(("\n" + session.outputText).contains("\npaused \(Self.warmUp)\n"), "\(session.outputText)")
+        let before = try resources(of: session)
+        try Data().write(to: URL(fileURLWithPath: paused))
+        try PodStandIn.waitUntil("\(count) \(what)", timeout: 600) {
+            session.outputText.contains("finished") || !session.process.isRunning
+        }
+        let after = try resources(of: session)
+        let seconds = Date().timeIntervalSince(running)
+        #expect(session.outputText.hasSuffix("finished \(count)\n"), "\(session.outputText)")
+        try Data().write(to: URL(fileURLWithPath: finished))
+        let status = session.wait(seconds: 30)
+        #expect(status == 0, "\(session.outputText)")
         check(
-            "outgoing over TCP", connections: Self.outgoingConnections, seconds: seconds,
-            total: Date().timeIntervalSince(started), before: before, after: after)
+            scenario, connections: count, seconds: seconds, total: Date().timeIntervalSince(started), before: before,
+            after: after)
+        return session
     }
 
     @Test(
