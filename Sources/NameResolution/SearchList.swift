@@ -20,6 +20,14 @@ public struct SearchList: Sendable, Equatable {
         self.init(domains: domains)
     }
 
+    /// The name servers of resolv.conf's text, in its order (`nameserver` lines, as written).
+    public static func nameServers(resolverConfiguration text: String) -> [String] {
+        text.split(whereSeparator: \.isNewline).compactMap { line in
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            return words.count > 1 && words[0] == "nameserver" ? String(words[1]) : nil
+        }
+    }
+
     /// The names a resolver may ask for in the lookup that asked `name` first or next: when `name` is one of
     /// the search list's expansions of some shorter name (its longest matching domain taken off), that name
     /// with every domain and bare; otherwise `name` itself and its expansions (a resolver that tries a name

@@ -128,10 +128,24 @@ package final class PodNames: Sendable {
 
     /// The search list from the pod's resolv.conf as the file cache keeps it, if it does.
     private func keptSearchList() -> SearchList? {
+        keptConfiguration().map { SearchList(resolverConfiguration: $0) }
+    }
+
+    /// The pod's resolv.conf as the file cache keeps it, if it does.
+    private func keptConfiguration() -> String? {
         guard let file = files?.content(Self.resolverConfiguration)?.open() else { return nil }
         var text: [UInt8] = []
         while let piece = try? Sockets.read(file.raw, upTo: 4096), !piece.isEmpty { text += piece }
-        return SearchList(resolverConfiguration: String(decoding: text, as: UTF8.self))
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// Before the program's first lookup: takes the search list from the kept resolv.conf, and returns its
+    /// name servers (none when it is not kept yet: the first lookup then reads it).
+    package func warmUp() -> [String] {
+        guard let text = keptConfiguration() else { return [] }
+        let list = SearchList(resolverConfiguration: text)
+        state.withLock { $0.searchList = $0.searchList ?? list }
+        return SearchList.nameServers(resolverConfiguration: text)
     }
 
     private func ask(_ questions: [DNSQuestion], server: [UInt8]) {

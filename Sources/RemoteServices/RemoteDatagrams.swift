@@ -63,6 +63,16 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         self.loop = loop
         self.listener = listener
         self.logger = logger
+        // The pod's name servers get their relays while the program starts, so that its first lookup's
+        // connect is served on the receiving thread at once.
+        loop.execute { [self] in
+            for server in names.warmUp() {
+                guard let bytes = OutgoingRule.address(server) else { continue }
+                let address: SocketAddress =
+                    bytes.count == 4 ? .inet(address: bytes, port: 53) : .inet6(address: bytes, port: 53, scope: 0)
+                _ = try? relay(for: address, family: address.family)
+            }
+        }
     }
 
     // MARK: connect and sendto

@@ -110,7 +110,7 @@ public struct OutgoingRule: Sendable, Equatable {
     }
 
     /// 4 bytes for IPv4 text, 16 for IPv6, nil otherwise (inet_pton: pure, no system call).
-    static func address(_ text: String) -> [UInt8]? {
+    package static func address(_ text: String) -> [UInt8]? {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: v4) { Array($0) } }
         var v6 = in6_addr()

@@ -149,6 +149,12 @@ enum Answers {
         #expect(SearchList(resolverConfiguration: "search a.b\ndomain c.d\n").domains == ["c.d"])
         #expect(SearchList(resolverConfiguration: "# search x\nnameserver 1.1.1.1\n").domains == [])
     }
+
+    @Test func nameServersInTheFilesOrder() {
+        let text = "search a.b\nnameserver 10.96.0.10\n#nameserver 9.9.9.9\nnameserver\tfd00::10\nnameserver\n"
+        #expect(SearchList.nameServers(resolverConfiguration: text) == ["10.96.0.10", "fd00::10"])
+        #expect(SearchList.nameServers(resolverConfiguration: "") == [])
+    }
 }
 
 @Suite struct AnswerCacheTests {
