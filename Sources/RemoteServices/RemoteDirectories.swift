@@ -12,11 +12,23 @@ import UserNotification
 /// remote entry (of the entry's type), so that getdents64 runs natively: `ls`, readdir and Go's os.ReadDir
 /// see the pod's names. A path through a placeholder (`fstatat(dirfd, "name")`, `openat(dirfd, ...)`) is
 /// translated back to the pod's path, so its metadata and content still come from the pod.
+///
+/// Each remote directory has one placeholder for the session, made at its first open and brought in line
+/// with the listing at each later one (as a real directory changes under its readers): a program that lists
+/// a directory again and again costs one open each time, and no new folder.
 package final class RemoteDirectories: Sendable {
     /// A private folder for this session's placeholders (and large files' unnamed contents), removed when
     /// the session ends.
     package let root: [UInt8]
-    private let state = Mutex<(next: Int, remotePaths: [Int: [UInt8]])>((1, [:]))
+    private let state = Mutex(State())
+
+    struct State {
+        var next = 1
+        /// By placeholder number.
+        var remotePaths: [Int: [UInt8]] = [:]
+        /// By remote path: its placeholder's number, and the entries it holds (name → d_type).
+        var placeholders: [[UInt8]: (number: Int, entries: [[UInt8]: UInt8])] = [:]
+    }
 
     static let prefix = "sysmirror-session-"
 
@@ -30,40 +42,59 @@ package final class RemoteDirectories: Sendable {
         root = template.dropLast().map { UInt8(bitPattern: $0) }
     }
 
-    /// Makes the placeholder of `remotePath` with `entries`; returns an O_DIRECTORY fd on it (close-on-exec),
-    /// or the errno.
+    /// The placeholder of `remotePath`, holding `entries` (made, or brought in line with them); returns an
+    /// O_DIRECTORY fd on it (close-on-exec), or the errno.
     func open(_ remotePath: [UInt8], entries: [DirectoryEntry]) -> Result<OwnedDescriptor, Errno> {
-        let number = state.withLock { state in
-            defer { state.next += 1 }
-            state.remotePaths[state.next] = remotePath
-            return state.next
-        }
-        let directory = String(decoding: root, as: UTF8.self) + "/\(number)"
-        let fd: OwnedDescriptor
-        do throws(SystemCallError) {
-            _ = try systemCall("mkdir") { mkdir(directory, 0o700) }
-            fd = OwnedDescriptor(
-                taking: try systemCall("open") { Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
-        } catch {
-            return .failure(error.errno)
-        }
-        // A placeholder the local file system refuses (a name too long for it) is left out: the listing
-        // misses that entry, and the rest works.
-        let folder = fd.raw
+        // A placeholder the local file system refuses (a name too long for it) is left out: the listing misses
+        // that entry, and the rest works.
+        var wanted: [[UInt8]: UInt8] = [:]
         for entry in entries where !entry.name.contains(UInt8(ascii: "/")) && !entry.name.contains(0) {
-            let name = String(decoding: entry.name, as: UTF8.self)
-            switch entry.type {
-            case DirectoryEntry.directory: _ = mkdirat(folder, name, 0o700)
-            case DirectoryEntry.symbolicLink: _ = symlinkat(".", folder, name)
-            default:
-                if let file = try? systemCall(
-                    "openat", { openat(folder, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) })
-                {
-                    OwnedDescriptor(taking: file).close()
+            wanted[entry.name] = wanted[entry.name] ?? entry.type
+        }
+        // One at a time: two opens of one directory must not both bring it in line.
+        return state.withLock { state in
+            let known = state.placeholders[remotePath]
+            let number = known?.number ?? state.next
+            let directory = String(decoding: root, as: UTF8.self) + "/\(number)"
+            let fd: OwnedDescriptor
+            do throws(SystemCallError) {
+                if known == nil {
+                    _ = try systemCall("mkdir") { mkdir(directory, 0o700) }
+                    state.next += 1
+                    state.remotePaths[number] = remotePath
                 }
+                fd = OwnedDescriptor(
+                    taking: try systemCall("open") { Glibc.open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+            } catch {
+                return .failure(error.errno)
+            }
+            let held = known?.entries ?? [:]
+            if held != wanted {
+                for (name, type) in held where wanted[name] != type { Self.remove(name, type, in: fd.raw) }
+                for (name, type) in wanted where held[name] != type { Self.make(name, type, in: fd.raw) }
+            }
+            state.placeholders[remotePath] = (number, wanted)
+            return .success(fd)
+        }
+    }
+
+    /// One entry's placeholder in `folder`: an empty file, folder or link of its type.
+    private static func make(_ name: [UInt8], _ type: UInt8, in folder: Int32) {
+        let name = String(decoding: name, as: UTF8.self)
+        switch type {
+        case DirectoryEntry.directory: _ = mkdirat(folder, name, 0o700)
+        case DirectoryEntry.symbolicLink: _ = symlinkat(".", folder, name)
+        default:
+            if let file = try? systemCall(
+                "openat", { openat(folder, name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600) })
+            {
+                OwnedDescriptor(taking: file).close()
             }
         }
-        return .success(fd)
+    }
+
+    private static func remove(_ name: [UInt8], _ type: UInt8, in folder: Int32) {
+        _ = unlinkat(folder, String(decoding: name, as: UTF8.self), type == DirectoryEntry.directory ? AT_REMOVEDIR : 0)
     }
 
     /// The pod's path for a local path inside a placeholder; nil for any other path.

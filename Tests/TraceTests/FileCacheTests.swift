@@ -113,6 +113,26 @@ final class FileCacheTests {
             ])
     }
 
+    @Test("A directory listed 200 times is one placeholder folder of the session, not 200")
+    func oneFolderPerDirectory() throws {
+        // The program sees where its directory descriptor is (the session's placeholder), and what the
+        // session's folder holds.
+        let script = """
+            import os
+            folders = set()
+            for _ in range(200):
+                fd = os.open('/data', os.O_RDONLY | os.O_DIRECTORY)
+                folders.add(os.readlink('/proc/self/fd/%d' % fd))
+                names = sorted(os.listdir(fd))
+                os.close(fd)
+            print(len(folders), ' '.join(names))
+            print(len(os.listdir(os.path.dirname(folders.pop()))))
+            """
+        let (outcome, log) = try pod.trace(["/usr/bin/python3", "-c", script])
+        #expect(outcome.stdout == "1 a.txt b.txt nested\n1\n", "\(outcome.stderr)")
+        #expect(log.filter { $0.contains("\"/data\"") && $0.contains("→ cached") }.count >= 199)
+    }
+
     @Test("The kubelet's ConfigMap update (a new directory and the ..data symlink swapped) is seen at once")
     func configMapSwap() throws {
         let volume = podFile("mounted/config")
