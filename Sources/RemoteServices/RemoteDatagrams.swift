@@ -75,11 +75,11 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         }
     }
 
-    // MARK: connect and sendto
+    // MARK: connect, sendto and sendmsg
 
-    /// Serves connect or sendto of a UDP socket to `destination` in the pod: connect connects the program's
-    /// socket to the peer's relay; sendto sends the program's bytes from here (its socket is bound first, as
-    /// the kernel would bind it).
+    /// Serves connect, sendto or sendmsg of a UDP socket to `destination` in the pod: connect connects the
+    /// program's socket to the peer's relay; sendto and sendmsg send the program's bytes from here (its socket
+    /// is bound first, as the kernel would bind it).
     func serve(
         _ notification: Notification, call: DecodedSyscall, socket: ProgramSocket, destination: SocketAddress,
         _ answer: PendingCall
