@@ -10,13 +10,11 @@ import Synchronization
 /// found the agent answering becomes the session's link instead of being closed and opened again.
 /// Taken once, by `AgentClient.connect(over:)`; closed when dropped untaken.
 public final class OpenedSession: Sendable {
-    public let address: AgentAddress
     /// What the agent said about itself in the handshake.
     public let agent: String
     private let parts: Mutex<(socket: Int32, buffer: FrameBuffer)?>
 
-    init(address: AgentAddress, socket: Int32, agent: String, buffer: FrameBuffer) {
-        self.address = address
+    init(socket: Int32, agent: String, buffer: FrameBuffer) {
         self.agent = agent
         parts = Mutex((socket, buffer))
     }
@@ -27,7 +25,7 @@ public final class OpenedSession: Sendable {
     {
         let (socket, agent, buffer) = try LinkSocket.openSession(
             to: address, token: token, timeoutSeconds: timeoutSeconds)
-        return OpenedSession(address: address, socket: socket, agent: agent, buffer: buffer)
+        return OpenedSession(socket: socket, agent: agent, buffer: buffer)
     }
 
     /// The socket and what was read past the welcome, for the one client that reads them; nil after the first.
