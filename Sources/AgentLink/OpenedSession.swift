@@ -11,7 +11,7 @@ import Synchronization
 /// Taken once, by `AgentClient.connect(over:)`; closed when dropped untaken.
 public final class OpenedSession: Sendable {
     /// What the agent said about itself in the handshake.
-    public let agent: String
+    let agent: String
     private let parts: Mutex<(socket: Int32, buffer: FrameBuffer)?>
 
     init(socket: Int32, agent: String, buffer: FrameBuffer) {
