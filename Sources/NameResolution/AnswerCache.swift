@@ -48,7 +48,9 @@ public struct AnswerCache: Sendable {
             return nil
         }
         if entry.once { entries[key] = nil }
-        return (entry.answer, UInt32((now - entry.stored) / 1_000_000_000))
+        // A caller may have read its clock a moment before another thread stored the answer: age 0.
+        let age = now > entry.stored ? (now - entry.stored) / 1_000_000_000 : 0
+        return (entry.answer, UInt32(age))
     }
 
     /// Forgets everything (the link came back: the pod's answers may have changed meanwhile).

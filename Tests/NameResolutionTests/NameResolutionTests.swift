@@ -172,6 +172,14 @@ enum Answers {
         #expect(cache.take(key, now: 5 * second) == nil)
     }
 
+    @Test func aClockReadBeforeTheStoreTakesTheAnswerAtAgeZero() {
+        var cache = AnswerCache()
+        let answer = Answers.message(
+            question: key.question, answers: [Answers.record(type: 1, ttl: 5, data: [1, 2, 3, 4])])
+        cache.store(answer, for: key, now: 10 * second)
+        #expect(cache.take(key, now: 10 * second - 1)?.age == 0)
+    }
+
     @Test func aTTLZeroAnswerServesItsOwnLookupOnce() {
         var cache = AnswerCache()
         let answer = Answers.message(
