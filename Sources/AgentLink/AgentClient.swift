@@ -512,10 +512,12 @@ public final class AgentClient: Sendable {
         }
     }
 
+    /// Fails the requests not heard from for `requestTimeout`. A request sent by another thread after `now`
+    /// was read is younger than `now`, not expired (nor an arithmetic overflow).
     func expireRequests(now: UInt64) {
         let limit = Self.requestTimeout * 1_000_000_000
         let expired = requests.withLock { state -> [Handler] in
-            let ids = state.pending.filter { $0.value.lastHeard.map { now - $0 > limit } ?? false }.map(\.key)
+            let ids = state.pending.filter { $0.value.lastHeard.map { now > $0 + limit } ?? false }.map(\.key)
             return ids.compactMap { state.pending.removeValue(forKey: $0)?.handler }
         }
         for handler in expired { _ = handler(.linkFailure("the agent did not answer within \(Self.requestTimeout) s")) }
