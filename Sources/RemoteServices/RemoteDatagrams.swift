@@ -165,19 +165,32 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
     /// The most of one datagram that is carried (UDP's own limit, over IPv6).
     static let largestDatagram = 65535
 
-    /// sendmsg's bytes: its pieces gathered, as the kernel would send them (at most `largestDatagram`).
-    /// Its control messages are not carried (docs/kubernetes.md, "Limits").
-    static func gathered(_ memory: ProcessMemory, header address: UInt64) -> Result<[UInt8], Errno> {
+    /// The program's `struct msghdr` at `address` and its pieces, as sendmsg and recvmsg take them; the
+    /// kernel's errno where it would refuse them.
+    static func messageHeader(_ memory: ProcessMemory, at address: UInt64)
+        -> Result<(MessageHeader, [MessageHeader.Piece]), Errno>
+    {
         guard let header = try? MessageHeader(memory.bytes(at: address, count: MessageHeader.size)) else {
             return .failure(.badAddress)
         }
         guard header.pieceCount <= MessageHeader.maximumPieces else { return .failure(.messageTooLong) }
-        guard header.pieceCount > 0 else { return .success([]) }
+        guard header.pieceCount > 0 else { return .success((header, [])) }
         guard let table = try? memory.bytes(at: header.pieces, count: 16 * header.pieceCount) else {
             return .failure(.badAddress)
         }
+        return .success((header, MessageHeader.pieces(table)))
+    }
+
+    /// sendmsg's bytes: its pieces gathered, as the kernel would send them (at most `largestDatagram`).
+    /// Its control messages are not carried (docs/kubernetes.md, "Limits").
+    static func gathered(_ memory: ProcessMemory, header address: UInt64) -> Result<[UInt8], Errno> {
+        let pieces: [MessageHeader.Piece]
+        switch messageHeader(memory, at: address) {
+        case .success(let (_, found)): pieces = found
+        case .failure(let errno): return .failure(errno)
+        }
         var bytes: [UInt8] = []
-        for piece in MessageHeader.pieces(table) {
+        for piece in pieces {
             guard bytes.count + piece.length <= largestDatagram else { return .failure(.messageTooLong) }
             guard let part = try? memory.bytes(at: piece.address, count: piece.length) else {
                 return .failure(.badAddress)
@@ -198,7 +211,6 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         if let flow = flows[key] { return flow }
         let flow = DatagramFlow(key: key, program: program)
         flows[key] = flow
-        senders.withLock { _ = $0[key, default: [:]] }
         return flow
     }
 
@@ -264,7 +276,7 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         let interval = busy ? Self.busySweepInterval : Self.sweepInterval
         sweep = loop.schedule(in: interval) { [self] in
             let now = Clock.monotonic()
-            let relayed = senders.withLock { Array($0.keys) }
+            let relayed = senders.withLock { Set($0.keys) }.union(flows.keys)
             let quiet = relayed.filter { key in flows[key].map { now - $0.lastActive > interval } ?? true }
             if !quiet.isEmpty {
                 let bound = Self.boundPorts()
@@ -341,15 +353,10 @@ package final class RemoteDatagrams: @unchecked Sendable {  // `flows` is touche
         let destination: Destination
         let flags: Int32
         if call == .recvmsg {
-            let memory = ProcessMemory(pid: notification.pid)
-            guard let header = try? MessageHeader(memory.bytes(at: arguments[1], count: MessageHeader.size)) else {
-                return answer.fail(EFAULT)
+            switch Self.messageHeader(ProcessMemory(pid: notification.pid), at: arguments[1]) {
+            case .success(let (header, pieces)): destination = .message(at: arguments[1], header, pieces: pieces)
+            case .failure(let errno): return answer.fail(errno.rawValue)
             }
-            guard header.pieceCount <= MessageHeader.maximumPieces else { return answer.fail(EMSGSIZE) }
-            let table =
-                header.pieceCount == 0 ? [] : try? memory.bytes(at: header.pieces, count: 16 * header.pieceCount)
-            guard let table else { return answer.fail(EFAULT) }
-            destination = .message(at: arguments[1], header, pieces: MessageHeader.pieces(table))
             flags = Int32(truncatingIfNeeded: arguments[2])
         } else {
             destination = .buffer(
