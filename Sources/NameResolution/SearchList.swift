@@ -12,19 +12,25 @@ public struct SearchList: Sendable, Equatable {
     /// resolv.conf's text (resolv.conf(5)): the last `search` or `domain` line wins, as in glibc.
     public init(resolverConfiguration text: String) {
         var domains: [String] = []
-        for line in text.split(whereSeparator: \.isNewline) {
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard let keyword = words.first, !keyword.hasPrefix("#"), !keyword.hasPrefix(";") else { continue }
-            if keyword == "search" || keyword == "domain" { domains = words.dropFirst().map(String.init) }
+        for words in Self.lines(resolverConfiguration: text) where words[0] == "search" || words[0] == "domain" {
+            domains = words.dropFirst().map(String.init)
         }
         self.init(domains: domains)
     }
 
     /// The name servers of resolv.conf's text, in its order (`nameserver` lines, as written).
     public static func nameServers(resolverConfiguration text: String) -> [String] {
+        lines(resolverConfiguration: text).compactMap { words in
+            words.count > 1 && words[0] == "nameserver" ? String(words[1]) : nil
+        }
+    }
+
+    /// resolv.conf's lines that say something, each as its words: comments (# or ;) and blank lines left out.
+    private static func lines(resolverConfiguration text: String) -> [[Substring]] {
         text.split(whereSeparator: \.isNewline).compactMap { line in
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            return words.count > 1 && words[0] == "nameserver" ? String(words[1]) : nil
+            guard let keyword = words.first, !keyword.hasPrefix("#"), !keyword.hasPrefix(";") else { return nil }
+            return words
         }
     }
 
