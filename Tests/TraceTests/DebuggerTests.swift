@@ -177,6 +177,9 @@ final class DebuggerTests {
             ["callFrameId": frame["callFrameId"] as? String ?? "", "expression": "token"])
         #expect((result["result"] as? [String: Any])?["value"] as? String == Self.token)
         try inspector.call("Debugger.resume")
+        // As editors do, the client stays until the program's context ends: node 20 itself crashes now and
+        // then (2 in 100 runs, untraced) when its debugger leaves right after a resume.
+        _ = try inspector.event("Runtime.executionContextDestroyed")
         inspector.close()
         let outcome = session.finish()
         #expect(outcome.stdout == "token: \(Self.token)\n", "\(outcome.stderr)")
