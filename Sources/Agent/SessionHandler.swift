@@ -411,19 +411,34 @@ extension SessionHandler {
     /// Watches `path` for a session that keeps answers; when it cannot, says so before the answer goes out.
     func watch(_ path: [UInt8], following: Bool, context: ChannelHandlerContext) {
         guard let request = watchRequest, let watches else { return }
-        let directoryPath =
-            path.lastIndex(of: UInt8(ascii: "/")).map { Array(path[..<max($0, 1)]) } ?? [UInt8(ascii: "/")]
         let object = try? target.lookup(path, flags: GNU.openPath | (following ? 0 : O_NOFOLLOW)).get()
         defer { try? object?.close() }
         let reason: String?
-        switch target.lookup(directoryPath, flags: GNU.openPath | O_DIRECTORY) {
-        case .failure(let error): reason = "its directory: \(error.response)"
+        switch entriesDeciding(path) {
+        case .failure(let error): reason = "its directory cannot be opened in the pod (\(error))"
         case .success(let directory):
             defer { try? directory.close() }
             reason = watches.watch(path, object: object, directory: directory, session: number)
         }
         if let reason {
             context.write(wrapOutboundOut(.response(id: request, .unwatched(path: path, reason: reason))), promise: nil)
+        }
+    }
+
+    /// The directory whose entries decide what `path` names: the one it is named in or, where that is missing
+    /// (a program probing paths that do not exist), the nearest ancestor that exists, where the missing part
+    /// would be created.
+    private func entriesDeciding(_ path: [UInt8]) -> Result<SystemPackage.FileDescriptor, TargetRoot.PodError> {
+        var directory = path
+        while true {
+            directory =
+                directory.lastIndex(of: UInt8(ascii: "/")).map { Array(directory[..<max($0, 1)]) } ?? [
+                    UInt8(ascii: "/")
+                ]
+            let found = target.lookup(directory, flags: GNU.openPath | O_DIRECTORY)
+            guard case .failure(let error) = found, case .failure(let errno, _) = error.response,
+                errno == ENOENT || errno == ENOTDIR, directory != [UInt8(ascii: "/")]
+            else { return found }
         }
     }
 }

@@ -31,10 +31,15 @@ public struct TargetRoot: Sendable {
     static func failure(_ errno: Int32, _ message: String = "") -> Response { .failure(errno: errno, message: message) }
 
     /// A failure as the program in the pod would see it.
-    public struct PodError: Error {
+    public struct PodError: Error, CustomStringConvertible {
         public let response: Response
         init(_ errno: Int32, _ message: String = "") { response = TargetRoot.failure(errno, message) }
         init(_ response: Response) { self.response = response }
+
+        public var description: String {
+            guard case .failure(let errno, let message) = response else { return "\(response)" }
+            return message.isEmpty ? "\(Errno(rawValue: errno))" : message
+        }
     }
 
     /// `path` as a lookup relative to the root; a NUL inside a path would silently cut it, so it is refused.

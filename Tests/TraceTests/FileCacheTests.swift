@@ -45,8 +45,11 @@ final class FileCacheTests {
     }
 
     /// Runs `changes` (each a description, the change, and what the program must then see) against a watching
-    /// program; checks that each is seen within the bound and never undone.
-    func expectSeen(_ path: String, listing: Bool = false, _ changes: [(String, () throws -> Void, String)]) throws {
+    /// program; checks that each is seen within the bound and never undone. The program's outcome and log.
+    @discardableResult
+    func expectSeen(_ path: String, listing: Bool = false, _ changes: [(String, () throws -> Void, String)]) throws
+        -> (Outcome, [String])
+    {
         let started = fixtures.path("cache-started-\(UUID().uuidString)"),
             done = fixtures.path("cache-done-\(UUID().uuidString)")
         defer { for file in [started, done] { try? FileManager.default.removeItem(atPath: file) } }
@@ -74,6 +77,7 @@ final class FileCacheTests {
         // Nothing old comes back: the program's last view is the last change's.
         #expect(lines.last.map { String($0.last ?? "") } == changedAt.last?.2, "\(outcome.stdout)")
         #expect(log.contains { $0.contains(path) && $0.contains("→ cached") }, "the reads were not cached")
+        return (outcome, log)
     }
 
     @Test("A file written in place, replaced by rename, its mode changed, deleted and made again: each seen at once")
@@ -97,6 +101,27 @@ final class FileCacheTests {
                     "listen: 6060 644"
                 ),
             ])
+    }
+
+    @Test("A path in folders that do not exist is kept missing, and seen once the pod makes them and it")
+    func missingFolders() throws {
+        let folder = podFile("config/new")
+        let (outcome, log) = try expectSeen(
+            "/config/new/deep/app.yaml",
+            [
+                (
+                    "made with its folders",
+                    {
+                        try FileManager.default.createDirectory(
+                            at: folder.appendingPathComponent("deep"), withIntermediateDirectories: true)
+                        try "listen: 5050".write(
+                            to: folder.appendingPathComponent("deep/app.yaml"), atomically: false, encoding: .utf8)
+                    }, "listen: 5050 644"
+                ),
+                ("its folders removed", { try FileManager.default.removeItem(at: folder) }, "error 2"),
+            ])
+        #expect(log.contains { $0.contains("/config/new/deep") && $0.contains("ENOENT") && $0.contains("→ cached") })
+        #expect(!outcome.stderr.contains("not cached"), "\(outcome.stderr)")
     }
 
     @Test("A directory's listing is kept, and a name made or removed in the pod is seen by the next one")
