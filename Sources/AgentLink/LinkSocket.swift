@@ -176,8 +176,15 @@ enum LinkSocket {
 }
 
 /// Bytes read from a socket, cut into messages.
+///
+/// It starts small and grows only when a frame needs it, up to room for two of the largest: most links carry
+/// small frames, and a buffer made at its largest (2 MiB) costs each new link 512 zeroed pages, and the
+/// first read of a copied one (its storage shared) a copy of them, a millisecond on a session's first
+/// lookup.
 public struct FrameBuffer: Sendable {
-    private var storage = [UInt8](repeating: 0, count: 2 * Frame.maximumLength + 64)
+    static let initialSize = 64 * 1024
+    static let largestSize = 2 * Frame.maximumLength + 64
+    private var storage = [UInt8](repeating: 0, count: FrameBuffer.initialSize)
     private var start = 0
     private var end = 0
 
@@ -185,7 +192,7 @@ public struct FrameBuffer: Sendable {
 
     public init() {}
 
-    /// Reads what the socket has (up to the room left, which always fits a whole frame).
+    /// Reads what the socket has, up to the room left (never none: `compactIfNeeded`).
     public mutating func fill(from fd: Int32) -> Fill {
         compactIfNeeded()
         let room = storage.count - end
@@ -220,13 +227,18 @@ public struct FrameBuffer: Sendable {
         }
     }
 
+    /// Makes room to read into: moves a partial frame to the front when the room behind it is less than half,
+    /// and doubles the storage when a partial frame fills it (the callers have taken every whole one).
     private mutating func compactIfNeeded() {
-        if start > 0 && storage.count - end < Frame.maximumLength + 4 {
+        if start > 0 && storage.count - end < storage.count / 2 {
             storage.withUnsafeMutableBytes { raw in
                 raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
             }
             end -= start
             start = 0
+        }
+        if end == storage.count && storage.count < Self.largestSize {
+            storage.append(contentsOf: repeatElement(0, count: min(storage.count, Self.largestSize - storage.count)))
         }
     }
 
