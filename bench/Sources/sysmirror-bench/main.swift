@@ -759,6 +759,8 @@ func incomingTraffic(on stand: IncomingPod) throws {
 // files. The pod's /data/small and /data/large are the local files pod/data/small and pod/data/large.
 func remoteFiles() throws {
     run(["cc", "-O2", "-static", "-pthread", "-o", "\(work)/file-reads", "\(options.programs)/file-reads.c"])
+    run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-addfd", "\(options.programs)/unotify-addfd.c"])
+    run(["cc", "-O2", "-pthread", "-o", "\(work)/unotify-min", "\(options.anchors)/unotify-min.c"])  // for --only
     let pod = "\(work)/pod"
     try FileManager.default.createDirectory(atPath: "\(pod)/data", withIntermediateDirectories: true)
     _ = FileManager.default.createFile(atPath: "\(pod)/data/small", contents: Data(repeating: 0x61, count: 2048))
@@ -780,6 +782,12 @@ func remoteFiles() throws {
         ("local file, sysmirror (routed, local)", [options.sysmirror, "trace", "--quiet", "--"], pod),
         ("remote file, first open (--fs-cache off)", remote.dropLast() + ["--fs-cache", "off", "--"], ""),
         ("remote file, sysmirror + agent (unix)", remote, ""),
+    ]
+    // The kernel's floors, open+read+close only: unotify-min answers with CONTINUE (a routed open), and
+    // unotify-addfd as the file cache must (a new description of a kept copy, through ADDFD).
+    let floorCases: [(name: String, prefix: [String])] = [
+        ("floor: unotify-min (CONTINUE)", ["\(work)/unotify-min"]),
+        ("floor: unotify-addfd (kept copy)", ["\(work)/unotify-addfd", "\(pod)/data/small"]),
     ]
     var p50: [String: [Double]] = [:]
     var p99: [String: [Double]] = [:]
@@ -804,6 +812,12 @@ func remoteFiles() throws {
             opensPerSecond[item.name, default: []].append(value("opens_per_s", in: threads))
             failures[item.name, default: []].append(value("failures", in: threads))
         }
+        for floor in floorCases {
+            let latency = run(floor.prefix + ["\(work)/file-reads", "latency", latencyCount, "\(pod)/data/small"])
+                .output
+            p50[floor.name, default: []].append(value("p50_ns", in: latency))
+            p99[floor.name, default: []].append(value("p99_ns", in: latency))
+        }
     }
     print("Files (median of \(options.rounds)): open+read+close of a 2 KiB file; 1 MiB reads of an open 100 MiB file;")
     print("10,000 opens+close of the 2 KiB file from 64 threads")
@@ -821,6 +835,16 @@ func remoteFiles() throws {
                 + pad(format(median(opensPerSecond[item.name]!), 0), 10)
                 + format(failures[item.name]!.max() ?? .nan, 0))
     }
+    for floor in floorCases {
+        print(
+            pad(floor.name, 40) + pad(format(median(p50[floor.name]!) / 1000), 9)
+                + pad(format(median(p99[floor.name]!) / 1000), 9))
+    }
+    let ratio = { (kept: String, routed: String) in format(median(p50[kept]!) / median(p50[routed]!), 2) }
+    print(
+        "a kept open: \(ratio("remote file, sysmirror + agent (unix)", "local file, sysmirror (routed, local)"))× the"
+            + " routed local open; the floors' own ratio, ADDFD to CONTINUE: "
+            + "\(ratio("floor: unotify-addfd (kept copy)", "floor: unotify-min (CONTINUE)"))×")
     print(
         "targets: remote p50 ≤ 100 µs, and kept (the file cache: every open after the first) ≤ 1.5× the routed local open;"
     )
