@@ -26,12 +26,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS
-#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
-#endif
-#ifndef SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
-#define SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (1UL << 0)
-#endif
+// The kernel ABI constants Debian 12's headers lack, as sysmirror defines them.
+#include "../../Sources/CSysmirror/include/sysmirror_shims.h"
 
 static int listener = -1, kept = -1, descriptors = -1;
 
