@@ -53,6 +53,17 @@ public struct OwnedDescriptor: ~Copyable, Sendable {
         if wanted != flags { _ = try systemCall("fcntl(F_SETFL)") { fcntl(raw, F_SETFL, wanted) } }
     }
 
+    /// fchmod: the file's permission bits.
+    public func setPermissions(_ mode: mode_t) throws(SystemCallError) {
+        _ = try systemCall("fchmod") { fchmod(raw, mode) }
+    }
+
+    /// futimens: the file's access and modification times.
+    public func setTimes(accessed: timespec, modified: timespec) throws(SystemCallError) {
+        let times = [accessed, modified]
+        _ = try systemCall("futimens") { futimens(raw, times) }
+    }
+
     deinit { _ = Glibc.close(raw) }
 }
 

@@ -135,7 +135,7 @@ package final class FileCache: Sendable {
     /// came back), so that the program's first reads of it cost nothing. A path ending in "/" is asked for its
     /// metadata only; a directory's listing or a file of 1 MiB or more is not kept.
     private func prefetchRequests(_ path: [UInt8], ticket: Ticket) -> [(Request, AgentClient.Handler)] {
-        let download = Mutex<(content: ContentFile?, size: Int)>((nil, 0))
+        let download = Mutex<(content: ContentFile?, metadata: FileMetadata?)>((nil, nil))
         let stat: AgentClient.Handler = { [self] reply in
             if case .response(let response) = reply { keepStatus(path, following: true, response, ticket) }
             return .complete
@@ -146,7 +146,7 @@ package final class FileCache: Sendable {
                 if metadata.isRegularFile && metadata.size < 1 << 20 {
                     download.withLock {
                         $0.content = try? ContentFile(name: path, size: metadata.size, scratch: "")
-                        $0.size = Int(metadata.size)
+                        $0.metadata = metadata
                     }
                 }
                 return .expectingMore
@@ -157,8 +157,10 @@ package final class FileCache: Sendable {
                 return .expectingMore
             case .end:
                 download.withLock { state in
-                    if let file = state.content, (try? file.flush()) != nil, let kept = try? file.reopen(O_RDONLY) {
-                        keepContent(path, kept, size: state.size, ticket)
+                    if let file = state.content, let metadata = state.metadata,
+                        (try? file.flush(matching: metadata)) != nil, let kept = try? file.reopen(O_RDONLY)
+                    {
+                        keepContent(path, kept, size: Int(metadata.size), ticket)
                     }
                     state.content?.close()
                 }

@@ -453,6 +453,16 @@ final class ContentFile: @unchecked Sendable {  // owned by one thread at a time
         pending.removeAll(keepingCapacity: true)
     }
 
+    /// `flush`, then the pod file's permission bits (and the owner's read, which each reopen needs) and times,
+    /// so that fstat of a program's descriptor shows them rather than a memfd's 0777 and the download's time:
+    /// OpenSSH, for one, refuses a key whose fstat shows access for others.
+    func flush(matching pod: FileMetadata) throws(SystemCallError) {
+        try flush()
+        try descriptor?.setPermissions(mode_t(pod.mode & 0o777) | S_IRUSR)
+        let time = { (time: FileMetadata.Time) in timespec(tv_sec: Int(time.seconds), tv_nsec: Int(time.nanoseconds)) }
+        try descriptor?.setTimes(accessed: time(pod.accessed), modified: time(pod.modified))
+    }
+
     private func write(_ bytes: [UInt8]) throws(SystemCallError) {
         var done = 0
         while done < bytes.count {

@@ -36,14 +36,15 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
     private var failure: SystemCallError?
     /// Set for a read-only open whose content the cache may keep.
     var ticket: FileCache.Ticket?
-    private var metadataSize: UInt64 = 0
+    /// The pod file's, from the agent's first answer.
+    private var metadata: FileMetadata?
     /// Checked every so many chunks: a program killed during a large download stops the stream.
     static let liveCheckInterval = 16
 
     func receive(_ reply: Reply) -> ReplyDisposition {
         switch reply {
         case .response(.opened(let metadata)):
-            metadataSize = metadata.size
+            self.metadata = metadata
             if metadata.isDirectory {
                 entries = []
             } else {
@@ -111,10 +112,9 @@ final class Download: RemoteOpen, @unchecked Sendable {  // touched only on the 
             } else if OpenIntent(flags: flags) == .readWrite && OpenIntent.writesBack(flags) {
                 context.writes.startWriteBack(content, path: path, flags: flags, answer)
             } else {
-                if let cache = context.cache, let ticket, (try? content.flush()) != nil,
-                    let kept = try? content.reopen(O_RDONLY)
-                {
-                    cache.keepContent(path, kept, size: Int(metadataSize), ticket)
+                let matched = metadata.map { (try? content.flush(matching: $0)) != nil } ?? false
+                if let cache = context.cache, let ticket, let metadata, matched, let kept = try? content.reopen(O_RDONLY) {
+                    cache.keepContent(path, kept, size: Int(metadata.size), ticket)
                 }
                 answer.install(content: content, flags: flags)
             }

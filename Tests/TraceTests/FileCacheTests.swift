@@ -216,6 +216,33 @@ final class FileCacheTests {
             "\(opens)")
     }
 
+    @Test("fstat of a pod file's descriptor shows its permissions and times, first and kept; ssh-keygen takes its key")
+    func descriptorMetadata() throws {
+        let key = podFile("data/id_test")
+        try PodStandIn.command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pod", "-f", key.path])
+        defer { for file in [key.path, key.path + ".pub"] { try? FileManager.default.removeItem(atPath: file) } }
+        chmod(key.path, 0o600)
+        try PodStandIn.command(["touch", "-d", "2020-01-02 03:04:05", key.path])
+        let script = """
+            import os
+            for _ in range(2):
+                with open('/data/id_test') as key:
+                    kept, seen = os.stat('/data/id_test'), os.fstat(key.fileno())
+                    print('%o %d %o %d' % (kept.st_mode, kept.st_mtime, seen.st_mode, seen.st_mtime))
+            """
+        let (outcome, log) = try pod.trace(["/usr/bin/python3", "-c", script])
+        let mtime = 1_577_934_245  // 2020-01-02 03:04:05 UTC
+        #expect(outcome.stdout == String(repeating: "100600 \(mtime) 100600 \(mtime)\n", count: 2), "\(outcome.stderr)")
+        #expect(log.contains { $0.contains("/data/id_test") && $0.contains("openat(") && $0.contains("→ cached") })
+        // OpenSSH refuses a private key whose fstat shows access for others: a memfd's 0777 did.
+        let (keygen, _) = try pod.trace([
+            "/bin/sh", "-c", "ssh-keygen -y -f /data/id_test && ssh-keygen -y -f /data/id_test",
+        ])
+        let publicKey = try String(contentsOf: URL(fileURLWithPath: key.path + ".pub"), encoding: .utf8)
+        #expect(keygen.status == 0, "\(keygen.stderr)")
+        #expect(keygen.stdout == String(repeating: publicKey, count: 2), "\(keygen.stdout)")
+    }
+
     @Test("Python imports a package from the pod twice: the second process is answered from the cache")
     func pythonImports() throws {
         try FileManager.default.createDirectory(at: podFile("app/shop"), withIntermediateDirectories: true)
