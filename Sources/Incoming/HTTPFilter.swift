@@ -18,20 +18,31 @@ public struct HTTPFilter: @unchecked Sendable {  // Regex holds no mutable state
         do {
             return try Regex(pattern)
         } catch {
-            throw HTTPFilterError(description: "\(option) \(pattern.debugDescription) is not a regular expression: \(error)")
+            throw HTTPFilterError(
+                description: "\(option) \(pattern.debugDescription) is not a regular expression: \(error)")
         }
     }
 
-    public func matches(_ head: HTTPHead) -> Bool {
-        if let path, (try? path.firstMatch(in: String(decoding: head.path, as: UTF8.self))) == nil { return false }
-        if let header {
-            return head.headerLines.contains { line in
-                guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return false }
-                let name = String(decoding: line[..<colon], as: UTF8.self)
-                let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingSpaces
-                return (try? header.firstMatch(in: "\(name): \(value)")) != nil
+    /// A request as filters see it, made once however many filters it meets: its path, and each header
+    /// line as `Name: value`, the value without the whitespace around it.
+    public struct Subject {
+        let path: String
+        let headerLines: [String]
+
+        public init(_ head: HTTPHead) {
+            path = String(decoding: head.path, as: UTF8.self)
+            headerLines = head.headerLines.compactMap { line in
+                guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+                return String(
+                    decoding: line[..<colon] + Array(": ".utf8) + line[(colon + 1)...].trimmingWhitespace,
+                    as: UTF8.self)
             }
         }
+    }
+
+    public func matches(_ subject: Subject) -> Bool {
+        if let path, (try? path.firstMatch(in: subject.path)) == nil { return false }
+        if let header { return subject.headerLines.contains { (try? header.firstMatch(in: $0)) != nil } }
         return true
     }
 }

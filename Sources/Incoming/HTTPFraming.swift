@@ -31,7 +31,8 @@ public struct HTTPHead: Equatable, Sendable {
                         continue
                     }
                     return HTTPHead(
-                        length: index + 1 - bytes.startIndex, startLine: lines[0], headerLines: Array(lines.dropFirst()))
+                        length: index + 1 - bytes.startIndex, startLine: lines[0], headerLines: Array(lines.dropFirst())
+                    )
                 }
                 lines.append(line)
                 lineStart = index + 1
@@ -64,12 +65,14 @@ public struct HTTPHead: Equatable, Sendable {
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")),
                 String(decoding: line[..<colon], as: UTF8.self).lowercased() == wanted
             else { return nil }
-            return String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingSpaces
+            return String(decoding: line[(colon + 1)...].trimmingWhitespace, as: UTF8.self)
         }
     }
 
     var isChunked: Bool {
-        values(of: "transfer-encoding").last?.lowercased().split(separator: ",").last.map { $0.trimmingSpaces }
+        values(of: "transfer-encoding").last?.lowercased().split(separator: ",").last.map {
+            String(decoding: $0.utf8.trimmingWhitespace, as: UTF8.self)
+        }
             == "chunked"
     }
 
@@ -192,11 +195,12 @@ public struct BodyReader: Sendable {
     }
 }
 
-extension StringProtocol {
-    var trimmingSpaces: String { trimmingCharacters(in: " \t") }
-
-    /// Without the leading and trailing characters that are in `set`.
-    func trimmingCharacters(in set: String) -> String {
-        String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+extension BidirectionalCollection<UInt8> {
+    /// Without the spaces and tabs at either end (HTTP's optional whitespace, RFC 9110 5.6.3).
+    var trimmingWhitespace: SubSequence {
+        let isWhitespace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let first = firstIndex(where: { !isWhitespace($0) }), let last = lastIndex(where: { !isWhitespace($0) })
+        else { return self[endIndex...] }
+        return self[first...last]
     }
 }

@@ -106,9 +106,7 @@ public struct NetfilterPlan: Equatable, Sendable {
         var tables: [String: [String]] = [:]
         var current: String?
         for line in listing.split(separator: "\n") {
-            let words = line.split(separator: " ", omittingEmptySubsequences: true).map {
-                $0.trimmingCharacters(in: "\t")
-            }
+            let words = line.split { $0 == " " || $0 == "\t" }.map(String.init)
             if words.count >= 3, words[0] == "table" {
                 current = words[2].hasPrefix(tablePrefix) ? words[2] : nil
                 if let current { tables[current, default: []] = tables[current] ?? [] }

@@ -28,7 +28,8 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     #expect(ok.status == 200)
     #expect(try ok.responseBody(requestMethod: bytes("GET")) == .length(3))
     #expect(try ok.responseBody(requestMethod: bytes("HEAD")) == .none)
-    #expect(try head("HTTP/1.1 304 Not Modified\r\nContent-Length: 3").responseBody(requestMethod: bytes("GET")) == .none)
+    #expect(
+        try head("HTTP/1.1 304 Not Modified\r\nContent-Length: 3").responseBody(requestMethod: bytes("GET")) == .none)
     #expect(try head("HTTP/1.0 200 OK").responseBody(requestMethod: bytes("GET")) == .untilClose)
 }
 
@@ -60,8 +61,12 @@ func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 @Test func filtersOnHeaderLinesAndPaths() throws {
     #expect(try HTTPFilter(headerPattern: "", pathPattern: "") == nil)
     let header = try #require(try HTTPFilter(headerPattern: "^X-Dev: (me|you)$", pathPattern: ""))
-    func head(_ text: String) -> HTTPHead { try! HTTPHead.parse(bytes(text + "\r\n\r\n")[...])! }
+    func head(_ text: String) -> HTTPFilter.Subject {
+        HTTPFilter.Subject(try! HTTPHead.parse(bytes(text + "\r\n\r\n")[...])!)
+    }
     #expect(header.matches(head("GET / HTTP/1.1\r\nHost: a\r\nX-Dev:   you")))
+    #expect(header.matches(head("GET / HTTP/1.1\r\nX-Dev:\t me \t")))  // optional whitespace either side
+    #expect(!header.matches(head("GET / HTTP/1.1\r\nX-Dev: \t ")))
     #expect(!header.matches(head("GET / HTTP/1.1\r\nHost: a\r\nX-Dev: them")))
     #expect(!header.matches(head("GET / HTTP/1.1\r\nx-dev: me")))  // as sent: case matters unless (?i)
     let both = try #require(try HTTPFilter(headerPattern: "(?i)^x-dev: me$", pathPattern: "^/api/"))

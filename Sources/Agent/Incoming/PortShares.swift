@@ -271,7 +271,8 @@ final class PortShares: Sendable {
     /// and the later claims it matches too.
     func route(_ port: UInt16, _ head: HTTPHead) -> (winner: PortClaim?, missed: [PortClaim]) {
         let entries = state.withLock { state in state.entries[port] ?? [] }
-        let (winner, missed) = PortSharing.route(entries) { $0.filter?.matches(head) ?? false }
+        let subject = HTTPFilter.Subject(head)
+        let (winner, missed) = PortSharing.route(entries) { $0.filter?.matches(subject) ?? false }
         return (winner?.claim, missed.map(\.claim))
     }
 
