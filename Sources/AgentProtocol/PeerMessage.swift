@@ -60,11 +60,14 @@ public enum PeerMessage: Sendable, Equatable {
     /// (from `client`, a sockaddr_in or sockaddr_in6) that the receiver's session `session` claims, and
     /// their answers.
     case deliver(session: UInt32, port: UInt16, client: [UInt8])
+    /// A connection for the receiver's session `session` waits on its hand-over socket (`StolenAccepts`): the
+    /// doorbell, on a connection that carries nothing else, for the session's loop to take the connection.
+    case handedOver(session: UInt32)
 }
 
 extension PeerMessage {
     enum TypeCode: UInt8 {
-        case hello = 1, query = 2, claims = 3, missed = 4, deliver = 5
+        case hello = 1, query = 2, claims = 3, missed = 4, deliver = 5, handedOver = 6
     }
 
     /// The result of looking at the start of a byte stream.
@@ -105,6 +108,9 @@ extension PeerMessage {
             writer.integer(session)
             writer.integer(port)
             writer.buffer.append(contentsOf: client)
+        case .handedOver(let session):
+            writer.buffer.append(TypeCode.handedOver.rawValue)
+            writer.integer(session)
         }
         let length = UInt32(writer.buffer.count - 4)
         withUnsafeBytes(of: length.bigEndian) { raw in
@@ -152,6 +158,7 @@ extension PeerMessage {
         case .deliver?:
             let session = try need(p.uint32(), "deliver")
             message = .deliver(session: session, port: try need(p.uint16(), "deliver"), client: p.rest())
+        case .handedOver?: message = .handedOver(session: try need(p.uint32(), "handedOver"))
         case nil:
             throw .malformed("peer message of type \(bytes[4])")
         }

@@ -23,6 +23,7 @@ struct PeerMessageTests {
             ]),
         .missed(owner: claim.owner, port: 8080, note: "GET /cart from 10.1.2.3:5000 went to bob@b's session"),
         .deliver(session: 7, port: 65535, client: [2, 0, 0x13, 0x88, 10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0]),
+        .handedOver(session: 7),
     ]
 
     @Test func everyMessageRoundTrips() throws {

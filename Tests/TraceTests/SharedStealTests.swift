@@ -129,9 +129,12 @@ final class SharedStealTests {
 
     /// Any process of the pod's network namespace can reach the agents' beacons and hand-over sockets; one
     /// that is not an agent (another user than root) claims every request, earlier than anyone, and hands a
-    /// connection over, and is not heard.
+    /// connection over to every agent, and is not heard. Bob's agent, whose redirect comes first, hands
+    /// alice's connection to alice's agent after it: the doorbell that has her agent take what waits.
     @Test("A process of the pod that is not an agent cannot claim the port's requests, nor hand connections over")
     func strangerIsNotHeard() throws {
+        let other = try pod.startExtraAgent()
+        let bob = try steal(as: "bob", port: 18082, agent: other.address)
         let alice = try steal(as: "alice", port: 18081)
         let stranger = """
             import socket, struct, time
@@ -140,12 +143,12 @@ final class SharedStealTests {
                 return struct.pack('>H', len(b)) + b
             def frame(kind, payload):
                 return struct.pack('>IB', len(payload) + 1, kind) + payload
-            name = next(line.split()[-1][1:] for line in open('/proc/net/unix')
-                        if line.split()[-1].startswith('@sysmirror-agent-') and line.split()[3] == '00010000')
+            names = [line.split()[-1][1:] for line in open('/proc/net/unix')
+                     if line.split()[-1].startswith('@sysmirror-agent-') and line.split()[3] == '00010000']
             inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             inbox.bind('\\0sysmirror-handoff-stranger')
             peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            peer.connect('\\0' + name)
+            peer.connect('\\0' + names[0])
             claim = text('stranger') + struct.pack('>IQ', 1, 0) + text('^X-Dev: ') + text('') + text('x@y') + text('t')
             try:
                 peer.sendall(frame(1, text('stranger')) + frame(3, struct.pack('>H', 8080) + claim))
@@ -156,13 +159,14 @@ final class SharedStealTests {
             mine = socket.create_connection(listener.getsockname())
             client = bytes([2, 0, 0x13, 0x88, 10, 250, 0, 9]) + bytes(8)
             request = b'GET /injected HTTP/1.1\\r\\nHost: x\\r\\nX-Dev: alice\\r\\n\\r\\n'
-            hand = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            hand.connect('\\0sysmirror-handoff-' + name[len('sysmirror-agent-'):])
-            for session in range(1, 5):
-                deliver = frame(5, struct.pack('>IH', session, 8080) + client)
-                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', mine.fileno()))]
-                hand.sendmsg([deliver + request], rights)
-            print('claimed', name, flush=True)
+            for name in names:
+                hand = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                hand.connect('\\0sysmirror-handoff-' + name[len('sysmirror-agent-'):])
+                for session in range(1, 5):
+                    deliver = frame(5, struct.pack('>IH', session, 8080) + client)
+                    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', mine.fileno()))]
+                    hand.sendmsg([deliver + request], rights)
+            print('claimed', len(names), flush=True)
             time.sleep(3)
             """
         let said = Fixtures.shared.path("stranger-\(pod.name).log")
@@ -181,9 +185,15 @@ final class SharedStealTests {
             ((try? String(contentsOfFile: said, encoding: .utf8)) ?? "").contains("claimed") || !process.isRunning
         }
         #expect(process.isRunning, "\((try? String(contentsOfFile: said, encoding: .utf8)) ?? "")")
-        #expect(try answers(["GET /mine|X-Dev: alice", "GET /yours|X-Dev: bob"]) == ["alice", "pod"])
+        #expect(
+            ((try? String(contentsOfFile: said, encoding: .utf8)) ?? "").contains("claimed 2"), "two agents' beacons")
+        #expect(try answers(["GET /mine|X-Dev: alice", "GET /yours|X-Dev: bob"]) == ["alice", "bob"])
+        let bobsAgentLog =
+            (try? String(contentsOfFile: Fixtures.shared.path("agent-\(pod.name)-1.log"), encoding: .utf8))
+        #expect(bobsAgentLog?.contains("handed whole to the agent of") == true, "\(bobsAgentLog ?? "")")
         // Neither its claim nor its connection reached alice.
         #expect(alice.requests == "/mine alice\n")
+        #expect(bob.requests == "/yours bob\n")
     }
 
     @Test("A whole steal beside filtered ones is refused, and a filtered one beside a whole steal, each saying why")

@@ -410,9 +410,8 @@ final class IncomingSession: Sendable {
         else { return }  // gone already
         if let head = try? HTTPHead.parse(read[...]), let claim = registry.shares.route(podPort, head).winner,
             claim.owner.agent != registry.shares.agent,
-            StolenAccepts.handOff(
-                connection.raw, to: claim.owner.agent,
-                .deliver(session: claim.owner.session, port: podPort, client: client.socketAddress), read: read)
+            registry.shares.accepts?.handOff(
+                connection.raw, to: claim.owner, client: client.socketAddress, port: podPort, read: read) == true
         {
             logger.info(
                 "incoming connection from \(client) to port \(podPort): handed whole to the agent of \(claim.developer)'s session, for which its first request is"

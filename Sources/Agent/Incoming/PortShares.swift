@@ -94,10 +94,15 @@ final class PortShares: Sendable {
             try Sockets.bind(beacon.raw, to: .abstract(Self.beaconPrefix + agent))
             try Sockets.listen(beacon.raw, backlog: 128)
             // Accepted where the peer's user can be checked first (`isAgent`): any process of the pod's
-            // network namespace can reach the beacon.
-            _ = accepts.watch(beacon) { [self] connection in
-                guard Self.isAgent(connection.raw) else { return }  // closes here
-                _ = peerChannel(connection, name: nil, on: loop)
+            // network namespace can reach the beacon. A session's doorbell goes on the session's loop.
+            _ = accepts.watchReadingFirst(beacon, admitting: Self.isAgent) { [self] connection, first in
+                var peerLoop = loop
+                if case .message(.handedOver(let number), _)? = try? PeerMessage.parse(first),
+                    let session = session(number)
+                {
+                    peerLoop = session.loop
+                }
+                _ = peerChannel(connection, name: nil, read: first, on: peerLoop)
             }
             state.beacon = beacon
             state.accepts = accepts
@@ -193,7 +198,7 @@ final class PortShares: Sendable {
     /// The connection to agent `name`, made if there is none; nil when it cannot be reached.
     private func peer(named name: String) -> (any Channel)? {
         if let peer = state.withLock({ $0.peers[name] }) { return peer }
-        guard let loop = state.withLock({ $0.loop }), let socket = try? connect(to: name),
+        guard let loop = state.withLock({ $0.loop }), let socket = try? Self.connect(to: name),
             let channel = try? peerChannel(socket, name: name, on: loop).wait()
         else { return nil }
         channel.writeAndFlush(ByteBuffer(bytes: PeerMessage.hello(agent: agent).encoded), promise: nil)
@@ -204,21 +209,22 @@ final class PortShares: Sendable {
         }
     }
 
-    /// A channel talking with another agent on `connection` (`name`: the agent there, when known).
-    private func peerChannel(_ connection: consuming OwnedDescriptor, name: String?, on loop: any EventLoop)
-        -> EventLoopFuture<any Channel>
-    {
+    /// A channel talking with another agent on `connection` (`name`: the agent there, when known; `read`:
+    /// what was read of it already).
+    private func peerChannel(
+        _ connection: consuming OwnedDescriptor, name: String?, read: [UInt8] = [], on loop: any EventLoop
+    ) -> EventLoopFuture<any Channel> {
         ClientBootstrap(group: loop)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: name))
+                    try channel.pipeline.syncOperations.addHandler(PeerConnection(shares: self, name: name, read: read))
                 }
             }
             .withConnectedSocket(connection.release())
     }
 
     /// A connection to agent `name`'s beacon, when an agent listens there (`isAgent`).
-    private func connect(to name: String) throws(SystemCallError) -> OwnedDescriptor {
+    static func connect(to name: String) throws(SystemCallError) -> OwnedDescriptor {
         let socket = try Self.streamSocket()
         try Sockets.connect(socket.raw, to: .abstract(Self.beaconPrefix + name))
         guard Self.isAgent(socket.raw) else { throw SystemCallError("connect", .permissionDenied) }
@@ -258,6 +264,7 @@ final class PortShares: Sendable {
                     ?? ((try? HTTPFilter(headerPattern: claim.headerPattern, pathPattern: claim.pathPattern)) ?? nil))
         }
         if state.entries[port]?.isEmpty == true { state.entries[port] = nil }
+        state.accepts?.keepWays(to: Set(state.entries.values.joined().map(\.claim.owner)))
     }
 
     private func tell(_ peers: [any Channel], _ message: PeerMessage) {
@@ -298,7 +305,7 @@ final class PortShares: Sendable {
             guard let session = session(claim.owner.session) else { return failed() }
             return session.offer(claim.port, client: client, on: loop, take: connected, abandon: failed)
         }
-        guard let socket = try? connect(to: claim.owner.agent) else { return failed() }
+        guard let socket = try? Self.connect(to: claim.owner.agent) else { return failed() }
         let first = PeerMessage.deliver(session: claim.owner.session, port: claim.port, client: client.socketAddress)
         ClientBootstrap(group: loop)
             .channelOption(.allowRemoteHalfClosure, value: true)
@@ -333,8 +340,8 @@ final class PortShares: Sendable {
             answerQuery(from: name, port: port)?.succeed()
         case .missed(let owner, let port, let note):
             session(owner.session)?.notice(port, note)
-        case .deliver:
-            break  // PeerConnection hands deliveries over itself
+        case .deliver, .handedOver:
+            break  // PeerConnection takes these itself
         }
     }
 
@@ -390,16 +397,30 @@ final class PeerConnection: ChannelInboundHandler {
     let shares: PortShares
     /// The agent at the other end, once known (the connecting side says it in `hello`).
     private var name: String?
+    /// Whether the other end rings the doorbell of hand-overs here (`StolenAccepts`).
+    private var ringsDoorbell = false
     private var received = ByteBuffer()
 
-    init(shares: PortShares, name: String?) {
+    init(shares: PortShares, name: String?, read: [UInt8]) {
         self.shares = shares
         self.name = name
+        received = ByteBuffer(bytes: read)
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        if received.readableBytes > 0 { takeMessages(context: context) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         received.writeBuffer(&bytes)
+        takeMessages(context: context)
+    }
+
+    private func takeMessages(context: ChannelHandlerContext) {
+        var rings = 0  // taken together, after the read
+        defer { if rings > 0 { shares.accepts?.takeHandedOver(rings) } }
         while true {
             let parsed: PeerMessage.Parsed
             do {
@@ -419,6 +440,9 @@ final class PeerConnection: ChannelInboundHandler {
 
                 return shares.delivered(
                     StreamEnd.hold(channel, read: rest), session: session, port: port, client: client)
+            case .handedOver:
+                ringsDoorbell = true
+                rings += 1
             case .hello(let agent):
                 name = agent
                 shares.heard(message, from: agent, on: context.channel)
@@ -430,6 +454,7 @@ final class PeerConnection: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if let name { shares.lost(name, channel: context.channel) }
+        if ringsDoorbell { shares.accepts?.takeHandedOver() }
         context.fireChannelInactive()
     }
 

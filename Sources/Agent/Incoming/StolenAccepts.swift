@@ -16,8 +16,14 @@ import struct LinuxSystem.SystemCallError
 /// connection whose requests belong to another agent's session goes to that agent whole, descriptor and
 /// all, and a NIO channel hides its descriptor; the connections other agents hand over; and the agents'
 /// own, on the beacon, whose peer is checked before NIO has them (`PortShares.isAgent`). One thread (an
-/// epoll loop of its own) for the agent's filtered listeners, its beacon and its hand-over socket, a
-/// datagram socket named `sysmirror-handoff-NAME` in the pod's network namespace.
+/// epoll loop of its own) for the agent's filtered listeners and its beacon.
+///
+/// A connection comes over in two parts: its descriptor and first bytes, in a datagram on the receiving
+/// agent's hand-over socket (`sysmirror-handoff-NAME` in the pod's network namespace), and then the
+/// doorbell, a `handedOver` frame on a connection to its beacon kept for the receiving session, which that
+/// session's loop reads (`PeerConnection`). The loop takes the connection off the hand-over socket and
+/// serves it: the thread woken is the one that serves it, as on a lone session's path, rather than one
+/// more in between.
 final class StolenAccepts: Sendable {
     static let handOffPrefix = "sysmirror-handoff-"
     /// What one hand-over carries besides the descriptor at most: the connection's first bytes.
@@ -25,36 +31,51 @@ final class StolenAccepts: Sendable {
 
     private let loop: EventLoop
     private let handOffs: SharedDescriptor
+    private let handedOver: @Sendable (PeerMessage, [UInt8], consuming OwnedDescriptor) -> Void
+    /// The ways to the sessions this agent hands connections to, kept from the first hand-over to each.
+    private let ways = Mutex<[PortClaim.Owner: Way]>([:])
 
-    /// `handedOver` gets each connection another agent hands over: its `deliver` message, the bytes read of
-    /// it, and its descriptor.
+    /// To another agent's session: its agent's hand-over socket, and its beacon for the session's doorbell
+    /// (both connected).
+    private struct Way: Sendable {
+        let handOffs: SharedDescriptor
+        let doorbell: SharedDescriptor
+    }
+
+    /// `handedOver` gets each connection another agent hands over (on the loop that heard its doorbell): its
+    /// `deliver` message, the bytes read of it, and its descriptor.
     init(agent: String, handedOver: @escaping @Sendable (PeerMessage, [UInt8], consuming OwnedDescriptor) -> Void)
         throws
     {
         handOffs = SharedDescriptor(try Self.datagramSocket())
         try Sockets.setOption(handOffs.raw, SO_PASSCRED, 1)  // each hand-over says who sent it
         try Sockets.bind(handOffs.raw, to: .abstract(Self.handOffPrefix + agent))
+        self.handedOver = handedOver
         loop = try EventLoop(name: "sysmirror-accept")
-        loop.execute { [loop, handOffs] in
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.largestHandOff + 256, alignment: 8)
-            _ = try? loop.register(handOffs.raw, for: .readable) { _ in
-                while true {
-                    var descriptor: OwnedDescriptor?
-                    var sender = UInt32.max
-                    guard
-                        let count = try? Sockets.receive(
-                            handOffs.raw, into: buffer, descriptor: &descriptor, sender: &sender)
-                    else {
-                        return  // drained (EAGAIN)
-                    }
-                    let bytes = Array(buffer.prefix(count))
-                    // Only an agent hands connections over (a stranger's descriptor closes here).
-                    guard PortShares.isAgent(user: sender), let connection = descriptor.take(),
-                        case .message(let message, let consumed)? = try? PeerMessage.parse(bytes)
-                    else { continue }  // not a hand-over: nothing to take
-                    handedOver(message, Array(bytes[consumed...]), connection)
-                }
+    }
+
+    /// Takes `count` connections waiting on the hand-over socket, one for each ring heard (a stranger's
+    /// datagram, ahead of them, goes without counting); all of them when a connection that rings ended (its
+    /// last ring may not have been sent).
+    func takeHandedOver(_ count: Int = .max) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.largestHandOff + 256, alignment: 8)
+        defer { buffer.deallocate() }
+        var taken = 0
+        while taken < count {
+            var descriptor: OwnedDescriptor?
+            var sender = UInt32.max
+            guard
+                let length = try? Sockets.receive(handOffs.raw, into: buffer, descriptor: &descriptor, sender: &sender)
+            else {
+                return  // drained (EAGAIN)
             }
+            let bytes = Array(buffer.prefix(length))
+            // Only an agent hands connections over (a stranger's descriptor closes here).
+            guard PortShares.isAgent(user: sender), let connection = descriptor.take(),
+                case .message(let message, let consumed)? = try? PeerMessage.parse(bytes)
+            else { continue }  // not a hand-over: nothing to take
+            taken += 1
+            handedOver(message, Array(bytes[consumed...]), connection)
         }
     }
 
@@ -97,11 +118,13 @@ final class StolenAccepts: Sendable {
     }
 
     /// `watch`, with each connection's first bytes (what came with its first readiness: with an HTTP client,
-    /// its first request's head).
+    /// its first request's head). A connection `admits` refuses closes at once, before it is waited for.
     func watchReadingFirst(
-        _ listener: SharedDescriptor, _ accepted: @escaping @Sendable (consuming OwnedDescriptor, [UInt8]) -> Void
+        _ listener: SharedDescriptor, admitting admits: @escaping @Sendable (Int32) -> Bool = { _ in true },
+        _ accepted: @escaping @Sendable (consuming OwnedDescriptor, [UInt8]) -> Void
     ) -> @Sendable () -> Void {
         watch(listener) { [loop] connection in
+            guard admits(connection.raw) else { return }  // closes here
             // The registration holds the connection until its first bytes (or its end) come.
             let socket = connection.release()
             loop.whenReady(socket, for: .readable) { _ in
@@ -114,16 +137,44 @@ final class StolenAccepts: Sendable {
         }
     }
 
-    /// Hands the connection `socket` over to `agent` (a peer in the pod), with `first` (its `deliver`) and
-    /// the bytes read of it so far; false when it cannot (the caller keeps the connection then).
-    static func handOff(_ socket: Int32, to agent: String, _ first: PeerMessage, read: [UInt8]) -> Bool {
-        let message = first.encoded + read
-        guard message.count <= largestHandOff + 256, let sender = try? datagramSocket() else { return false }
-        do throws(SystemCallError) {
-            try Sockets.connect(sender.raw, to: .abstract(handOffPrefix + agent))
-            return try Sockets.send(sender.raw, message, passing: socket) == message.count
-        } catch {
+    /// Hands the connection `socket` over to `owner` (a session of another agent of the pod), with its
+    /// `deliver` and the bytes read of it so far; false when it cannot (the caller keeps the connection
+    /// then). On the accepting thread.
+    func handOff(_ socket: Int32, to owner: PortClaim.Owner, client: [UInt8], port: UInt16, read: [UInt8]) -> Bool {
+        let message = PeerMessage.deliver(session: owner.session, port: port, client: client).encoded + read
+        guard message.count <= Self.largestHandOff + 256, let way = way(to: owner) else { return false }
+        guard (try? Sockets.send(way.handOffs.raw, message, passing: socket)) == message.count else {
+            forget(owner)  // gone, or not taking any (its queue is full)
             return false
         }
+        // A doorbell that is not sent whole closes its connection, whose end rings it.
+        let doorbell = PeerMessage.handedOver(session: owner.session).encoded
+        if (try? Sockets.send(way.doorbell.raw, doorbell[...])) != doorbell.count { forget(owner) }
+        return true
+    }
+
+    /// The kept way to `owner`, made if there is none; nil when it cannot be reached.
+    private func way(to owner: PortClaim.Owner) -> Way? {
+        if let way = ways.withLock({ $0[owner] }) { return way }
+        do throws(SystemCallError) {
+            let handOffs = try Self.datagramSocket()
+            try Sockets.connect(handOffs.raw, to: .abstract(Self.handOffPrefix + owner.agent))
+            let doorbell = try PortShares.connect(to: owner.agent)
+            try doorbell.setNonBlocking(true)  // a doorbell that would wait is not sent
+            let way = Way(handOffs: SharedDescriptor(handOffs), doorbell: SharedDescriptor(doorbell))
+            ways.withLock { $0[owner] = way }
+            return way
+        } catch {
+            return nil
+        }
+    }
+
+    private func forget(_ owner: PortClaim.Owner) {
+        _ = ways.withLock { $0.removeValue(forKey: owner) }
+    }
+
+    /// Lets the ways to sessions other than `owners` (those that claim ports now) go.
+    func keepWays(to owners: Set<PortClaim.Owner>) {
+        ways.withLock { ways in ways = ways.filter { owners.contains($0.key) } }
     }
 }
