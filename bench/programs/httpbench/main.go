@@ -8,6 +8,11 @@
 //	                                              one request at a time, each with HEADER ("Name: value") if
 //	                                              given; the p50 and p99 round trip in µs, and the answers
 //	                                              (their distinct bodies, sorted: "alice" or "alice,pod")
+//	httpbench rotate COUNT keepalive|close TARGET...
+//	                                              latency of each TARGET (URL, or URL|HEADER), their requests
+//	                                              taking turns one at a time, each target on a client of its
+//	                                              own: every target meets the same moments of the machine.
+//	                                              A line per target: target N p50_us P p99_us Q answers A
 package main
 
 import (
@@ -63,26 +68,61 @@ func main() {
 		fmt.Printf("requests_per_s %.0f\nfailed %d\n", float64(done)/float64(seconds), failed)
 	case (len(os.Args) == 5 || len(os.Args) == 6) && os.Args[1] == "latency":
 		count, _ := strconv.Atoi(os.Args[3])
-		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: os.Args[4] == "close"}}
-		request, err := http.NewRequest("GET", os.Args[2], nil)
+		target := os.Args[2]
+		if len(os.Args) == 6 {
+			target += "|" + os.Args[5]
+		}
+		result := roundTrips([]string{target}, count, os.Args[4] == "close")[0]
+		fmt.Printf("p50_us %.1f\np99_us %.1f\nanswers %s\n", result.p50, result.p99, result.answers)
+	case len(os.Args) >= 5 && os.Args[1] == "rotate":
+		count, _ := strconv.Atoi(os.Args[2])
+		for index, result := range roundTrips(os.Args[4:], count, os.Args[3] == "close") {
+			fmt.Printf("target %d p50_us %.1f p99_us %.1f answers %s\n", index+1, result.p50, result.p99, result.answers)
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "usage: httpbench serve ADDRESS [ANSWER] | load URL SECONDS CLIENTS keepalive|close | latency URL COUNT keepalive|close [HEADER] | rotate COUNT keepalive|close TARGET...")
+		os.Exit(2)
+	}
+}
+
+type latency struct {
+	p50, p99 float64
+	answers  string // the distinct bodies, sorted and joined by commas
+}
+
+// roundTrips sends count requests (after a tenth more to warm up) to each target (URL, or URL|Name: value),
+// one at a time, the targets taking turns; each target has a client of its own.
+func roundTrips(targets []string, count int, close bool) []latency {
+	type state struct {
+		client  *http.Client
+		request *http.Request
+		samples []time.Duration
+		answers map[string]bool
+	}
+	states := make([]*state, len(targets))
+	for index, target := range targets {
+		url, header, hasHeader := strings.Cut(target, "|")
+		request, err := http.NewRequest("GET", url, nil)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
 		}
-		if len(os.Args) == 6 {
-			name, value, found := strings.Cut(os.Args[5], ":")
+		if hasHeader {
+			name, value, found := strings.Cut(header, ":")
 			if !found {
-				fmt.Fprintln(os.Stderr, "a header is Name: value, not", os.Args[5])
+				fmt.Fprintln(os.Stderr, "a header is Name: value, not", header)
 				os.Exit(2)
 			}
 			request.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
 		}
-		warmUp := count / 10
-		samples := make([]time.Duration, 0, count)
-		answers := map[string]bool{}
-		for i := 0; i < count+warmUp; i++ {
+		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: close}}
+		states[index] = &state{client, request, make([]time.Duration, 0, count), map[string]bool{}}
+	}
+	warmUp := count / 10
+	for i := 0; i < count+warmUp; i++ {
+		for _, s := range states {
 			start := time.Now()
-			response, err := client.Do(request)
+			response, err := s.client.Do(s.request)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
@@ -90,21 +130,23 @@ func main() {
 			body, _ := io.ReadAll(response.Body)
 			response.Body.Close()
 			if i >= warmUp {
-				samples = append(samples, time.Since(start))
+				s.samples = append(s.samples, time.Since(start))
 			}
-			answers[strings.TrimSpace(string(body))] = true
+			s.answers[strings.TrimSpace(string(body))] = true
 		}
-		sort.Slice(samples, func(a, b int) bool { return samples[a] < samples[b] })
-		microseconds := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
-		fmt.Printf("p50_us %.1f\np99_us %.1f\n", microseconds(samples[count/2]), microseconds(samples[count*99/100]))
-		names := make([]string, 0, len(answers))
-		for name := range answers {
+	}
+	microseconds := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+	results := make([]latency, len(states))
+	for index, s := range states {
+		sort.Slice(s.samples, func(a, b int) bool { return s.samples[a] < s.samples[b] })
+		names := make([]string, 0, len(s.answers))
+		for name := range s.answers {
 			names = append(names, name)
 		}
 		sort.Strings(names)
-		fmt.Printf("answers %s\n", strings.Join(names, ","))
-	default:
-		fmt.Fprintln(os.Stderr, "usage: httpbench serve ADDRESS [ANSWER] | load URL SECONDS CLIENTS keepalive|close | latency URL COUNT keepalive|close [HEADER]")
-		os.Exit(2)
+		results[index] = latency{
+			microseconds(s.samples[count/2]), microseconds(s.samples[count*99/100]), strings.Join(names, ","),
+		}
 	}
+	return results
 }
