@@ -196,6 +196,43 @@ final class SharedStealTests {
         #expect(bob.requests == "/yours bob\n")
     }
 
+    /// An agent of an earlier sysmirror hands connections over with no doorbell after them (as root, like an
+    /// agent): each is served all the same, a moment later, rather than left waiting.
+    @Test("A hand-over whose doorbell never rings is served all the same")
+    func unrungHandOver() throws {
+        let alice = try steal(as: "alice", port: 18081)
+        let stolen = try #require(
+            pod.agentLogText.split(separator: "\n").last { $0.contains("port 8080 of the pod is stolen") })
+        let session = try #require(stolen.split(separator: "session: ").last?.prefix { $0.isNumber })
+        let earlierAgent = """
+            import socket, struct, sys, time
+            name = next(line.split()[-1][1:] for line in open('/proc/net/unix')
+                        if line.split()[-1].startswith('@sysmirror-agent-') and line.split()[3] == '00010000')
+            listener = socket.create_server(('127.0.0.1', 0))
+            client = socket.create_connection(listener.getsockname())
+            served, _ = listener.accept()
+            address = bytes([2, 0, 0x13, 0x88, 10, 250, 0, 9]) + bytes(8)
+            deliver = struct.pack('>IBIH', 1 + 6 + len(address), 5, int(sys.argv[1]), 8080) + address
+            request = b'GET /unrung HTTP/1.1\\r\\nHost: x\\r\\nX-Dev: alice\\r\\n\\r\\n'
+            hand = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            hand.connect('\\0sysmirror-handoff-' + name[len('sysmirror-agent-'):])
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack('i', served.fileno()))]
+            started = time.monotonic()
+            hand.sendmsg([deliver + request], rights)
+            served.close()
+            client.settimeout(5)
+            answer = client.recv(65536).decode(errors='replace')
+            print(answer.split('\\r\\n\\r\\n', 1)[-1].strip(), round(time.monotonic() - started, 3))
+            """
+        let outcome = try Run.process(
+            ["ip", "netns", "exec", pod.podNamespace, "/usr/bin/python3", "-c", earlierAgent, String(session)])
+        #expect(outcome.stdout.hasPrefix("alice "), "\(outcome.stdout) \(outcome.stderr)")
+        let seconds = Double(
+            outcome.stdout.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
+        #expect((seconds ?? 9) < 2, "served after \(seconds ?? -1) s")
+        #expect(alice.requests == "/unrung alice\n")
+    }
+
     @Test("A whole steal beside filtered ones is refused, and a filtered one beside a whole steal, each saying why")
     func refusals() throws {
         let alice = try steal(as: "alice", port: 18081)

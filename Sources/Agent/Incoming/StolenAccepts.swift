@@ -28,6 +28,9 @@ final class StolenAccepts: Sendable {
     static let handOffPrefix = "sysmirror-handoff-"
     /// What one hand-over carries besides the descriptor at most: the connection's first bytes.
     static let largestHandOff = 64 << 10
+    /// How long a hand-over waits for its doorbell before the accepting thread takes it anyway: one whose
+    /// ring never comes (its sender's sysmirror predates doorbells) is served all the same.
+    static let unrungWait: UInt64 = 100_000_000
 
     private let loop: EventLoop
     private let handOffs: SharedDescriptor
@@ -52,6 +55,19 @@ final class StolenAccepts: Sendable {
         try Sockets.bind(handOffs.raw, to: .abstract(Self.handOffPrefix + agent))
         self.handedOver = handedOver
         loop = try EventLoop(name: "sysmirror-accept")
+        loop.execute { [self] in watchUnrung() }
+    }
+
+    /// The hand-over socket wakes this thread once (one-shot), not for every hand-over: what is still there
+    /// `unrungWait` later is taken, and the socket is watched again.
+    private func watchUnrung() {
+        var registration: EventLoop.Registration?
+        registration = try? loop.register(handOffs.raw, for: [.readable, .oneShot]) { [self] _ in
+            loop.schedule(in: Self.unrungWait) { [self] in
+                takeHandedOver()
+                if let registration { loop.rearm(registration, for: .readable) }
+            }
+        }
     }
 
     /// Takes `count` connections waiting on the hand-over socket, one for each ring heard (a stranger's
