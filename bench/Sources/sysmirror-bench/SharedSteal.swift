@@ -50,18 +50,6 @@ func sharedSteal(on stand: IncomingPod) throws {
         Case(name: "shared: unmarked → pod", port: 9091, header: nil, answerer: "pod", alone: aloneUnmarked),
     ]
 
-    /// `count` requests of each case in `order`, taking turns: each case's p50, p99 and who answered.
-    func rotate(_ order: [Case], _ count: Int, _ mode: String) -> [(p50: Double, p99: Double, answers: String)] {
-        let output = run(
-            stand.inClient + ["\(work)/httpbench", "rotate", String(count), mode] + order.map(\.target)
-        ).output
-        let lines = output.split(separator: "\n").filter { $0.hasPrefix("target ") }
-        return order.indices.map { index in
-            guard index < lines.count else { return (.nan, .nan, "") }
-            let words = lines[index].split(separator: " ").map(String.init)
-            return (Double(words[3]) ?? .nan, Double(words[5]) ?? .nan, words.count > 7 ? words[7] : "")
-        }
-    }
     /// `name`'s session, stealing the pod's `port` requests marked `X-Dev: NAME` for a server on local port
     /// `local` that answers NAME, through the agent on `agent` (by default the stand-in's), beside `others`
     /// sessions.
@@ -78,7 +66,7 @@ func sharedSteal(on stand: IncomingPod) throws {
         // A claim reaches the pod's other agents a moment after its table is up (PortShares).
         let marked = Case(name: name, port: port, header: "X-Dev: \(name)", answerer: name)
         try waitUntil("\(name)'s marked requests to port \(port) answered by \(name)") {
-            rotate([marked], 1, "close").first?.answers == name
+            stand.rotate([marked.target], 1, "close").first?.answers == name
         }
     }
     try steal(as: "alice", port: 9090, local: 9090, others: 0)
@@ -97,7 +85,7 @@ func sharedSteal(on stand: IncomingPod) throws {
             let shifted = williams.map { cases[($0 + round) % cases.count] }
             let order = (round / cases.count).isMultiple(of: 2) ? shifted : shifted.reversed()
             var measured: [String: Double] = [:]
-            for (kind, result) in zip(order, rotate(order, count, mode)) {
+            for (kind, result) in zip(order, stand.rotate(order.map(\.target), count, mode)) {
                 guard result.answers == kind.answerer else {
                     throw BenchError(
                         description: "\(kind.name) (\(mode)): answered by \(result.answers), not \(kind.answerer)")

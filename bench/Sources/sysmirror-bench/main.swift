@@ -638,16 +638,24 @@ struct IncomingPod {
         return process
     }
 
-    /// `count` requests to the pod's port from the client's namespace, one at a time, on one kept-alive
-    /// connection (`mode` keepalive) or a new one each (close), each with `header` (`Name: value`) if given:
-    /// the p50 and p99 round trip in µs, and who answered (the answers' distinct bodies: "pod", "alice,pod").
-    func latency(_ count: Int, _ mode: String, header: String? = nil) -> (p50: Double, p99: Double, answers: String) {
-        let output = run(
-            inClient + ["\(work)/httpbench", "latency", "http://\(Self.address):9090/", String(count), mode]
-                + (header.map { [$0] } ?? [])
-        ).output
-        let answers = output.split(separator: "\n").first { $0.hasPrefix("answers ") }?.dropFirst("answers ".count)
-        return (value("p50_us", in: output), value("p99_us", in: output), String(answers ?? ""))
+    /// `count` requests to the pod's port 9090 from the client's namespace, one at a time, on one kept-alive
+    /// connection (`mode` keepalive) or a new one each (close): the p50 and p99 round trip in µs.
+    func latency(_ count: Int, _ mode: String) -> (p50: Double, p99: Double) {
+        let measured = rotate(["http://\(Self.address):9090/"], count, mode)[0]
+        return (measured.p50, measured.p99)
+    }
+
+    /// `count` requests of each of `targets` (URL, or URL|Name: value) from the client's namespace, their
+    /// requests taking turns (`httpbench rotate`): each one's p50 and p99 round trip in µs, and who answered
+    /// it (the answers' distinct bodies: "pod", "alice,pod").
+    func rotate(_ targets: [String], _ count: Int, _ mode: String) -> [(p50: Double, p99: Double, answers: String)] {
+        let output = run(inClient + ["\(work)/httpbench", "rotate", String(count), mode] + targets).output
+        let lines = output.split(separator: "\n").filter { $0.hasPrefix("target ") }
+        return targets.indices.map { index in
+            guard index < lines.count else { return (.nan, .nan, "") }
+            let words = lines[index].split(separator: " ").map(String.init)
+            return (Double(words[3]) ?? .nan, Double(words[5]) ?? .nan, words.count > 7 ? words[7] : "")
+        }
     }
 }
 

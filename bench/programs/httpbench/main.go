@@ -4,15 +4,12 @@
 //	httpbench load URL SECONDS CLIENTS keepalive|close
 //	                                              requests per second from CLIENTS goroutines, each request on
 //	                                              a kept-alive connection or on a new one
-//	httpbench latency URL COUNT keepalive|close [HEADER]
-//	                                              one request at a time, each with HEADER ("Name: value") if
-//	                                              given; the p50 and p99 round trip in µs, and the answers
-//	                                              (their distinct bodies, sorted: "alice" or "alice,pod")
 //	httpbench rotate COUNT keepalive|close TARGET...
-//	                                              latency of each TARGET (URL, or URL|HEADER), their requests
-//	                                              taking turns one at a time, each target on a client of its
-//	                                              own: every target meets the same moments of the machine.
-//	                                              A line per target: target N p50_us P p99_us Q answers A
+//	                                              latency of each TARGET (URL, or URL|Name: value), their
+//	                                              requests taking turns one at a time, each target on a client
+//	                                              of its own: every target meets the same moments of the
+//	                                              machine. A line per target: target N p50_us P p99_us Q
+//	                                              answers A (the distinct bodies, sorted: "alice,pod")
 package main
 
 import (
@@ -66,21 +63,13 @@ func main() {
 		}
 		wait.Wait()
 		fmt.Printf("requests_per_s %.0f\nfailed %d\n", float64(done)/float64(seconds), failed)
-	case (len(os.Args) == 5 || len(os.Args) == 6) && os.Args[1] == "latency":
-		count, _ := strconv.Atoi(os.Args[3])
-		target := os.Args[2]
-		if len(os.Args) == 6 {
-			target += "|" + os.Args[5]
-		}
-		result := roundTrips([]string{target}, count, os.Args[4] == "close")[0]
-		fmt.Printf("p50_us %.1f\np99_us %.1f\nanswers %s\n", result.p50, result.p99, result.answers)
 	case len(os.Args) >= 5 && os.Args[1] == "rotate":
 		count, _ := strconv.Atoi(os.Args[2])
 		for index, result := range roundTrips(os.Args[4:], count, os.Args[3] == "close") {
 			fmt.Printf("target %d p50_us %.1f p99_us %.1f answers %s\n", index+1, result.p50, result.p99, result.answers)
 		}
 	default:
-		fmt.Fprintln(os.Stderr, "usage: httpbench serve ADDRESS [ANSWER] | load URL SECONDS CLIENTS keepalive|close | latency URL COUNT keepalive|close [HEADER] | rotate COUNT keepalive|close TARGET...")
+		fmt.Fprintln(os.Stderr, "usage: httpbench serve ADDRESS [ANSWER] | load URL SECONDS CLIENTS keepalive|close | rotate COUNT keepalive|close TARGET...")
 		os.Exit(2)
 	}
 }
